@@ -1,0 +1,100 @@
+"""MMIN's constraint module (paper section 2.2, Fig. 2a): eq. 3, 4, 5.
+
+Modalities are always ordered (text, video, audio) = labels (0, 1, 2), as the paper's
+y_L = [1,0,0], y_V = [0,1,0], y_A = [0,0,1].
+"""
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "separation_loss",
+    "grad_reverse",
+    "GradientReversal",
+    "ModalityDiscriminator",
+    "modality_cross_entropy",
+    "MODALITY_LABELS",
+]
+
+MODALITY_LABELS = {"text": 0, "video": 1, "audio": 2}
+
+
+def separation_loss(common: Sequence[torch.Tensor], private: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Eq. 5: L_sep = sum_m ||H_m^C^T H_m^P||_F^2 + sum_{m1<m2} ||H_m1^P^T H_m2^P||_F^2.
+
+    `common` and `private` are sequences of (batch, d) tensors in the same modality order
+    (text, video, audio; fewer when a modality is ablated). The pairs (m1, m2) are the
+    unordered pairs of distinct modalities (3 for three modalities), as in MISA/DSN.
+    """
+    if len(common) != len(private):
+        raise ValueError(f"separation_loss: {len(common)} common codes but {len(private)} private codes")
+    loss = private[0].new_zeros(())
+    for c, p in zip(common, private):
+        loss = loss + (c.transpose(0, 1) @ p).pow(2).sum()
+    for i in range(len(private)):
+        for j in range(i + 1, len(private)):
+            loss = loss + (private[i].transpose(0, 1) @ private[j]).pow(2).sum()
+    return loss
+
+
+class _GradReverse(torch.autograd.Function):
+    """Gradient reversal layer (Ganin et al. 2016): identity forward, -lambda * g backward."""
+
+    @staticmethod
+    def forward(ctx, x, lambd):
+        ctx.lambd = lambd
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return grad_out.neg() * ctx.lambd, None
+
+
+def grad_reverse(x: torch.Tensor, lambd: float = 1.0) -> torch.Tensor:
+    return _GradReverse.apply(x, float(lambd))
+
+
+class GradientReversal(nn.Module):
+    def __init__(self, lambd: float = 1.0):
+        super().__init__()
+        self.lambd = float(lambd)
+
+    def forward(self, x):
+        return grad_reverse(x, self.lambd)
+
+    def extra_repr(self):
+        return f"lambd={self.lambd}"
+
+
+class ModalityDiscriminator(nn.Module):
+    """D in eq. 3/4: a 3-way modality classifier, logits = W2 relu(W1 h + b1) + b2.
+
+    The paper says only "a multi-class classifier"; one hidden ReLU layer is the smallest
+    non-linear choice (a linear D could not separate codes that differ non-linearly).
+    Dropout (train mode only) sits on the hidden layer.
+    """
+
+    def __init__(self, d_in: int, d_hidden: int, n_modalities: int = 3, dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, d_hidden)
+        self.fc2 = nn.Linear(d_hidden, n_modalities)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, d_in) -> (B, n_modalities)
+        return self.fc2(self.dropout(torch.relu(self.fc1(h))))
+
+
+def modality_cross_entropy(logits: Sequence[torch.Tensor], labels: Sequence[int]) -> torch.Tensor:
+    """Eq. 3/4: -(1/n) sum_m sum_{i=1}^n y_m . log D(h_m,i).
+
+    `logits[k]` is D's (n, 3) output for the codes of modality `labels[k]`. The sum runs over
+    modalities and the 1/n averages over the batch only, exactly as the paper writes (so with
+    three modalities this is 3x the cross-entropy averaged over all 3n codes).
+    """
+    loss = logits[0].new_zeros(())
+    for lg, m in zip(logits, labels):
+        target = torch.full((lg.shape[0],), int(m), dtype=torch.long, device=lg.device)
+        loss = loss + F.cross_entropy(lg, target, reduction="mean")
+    return loss
