@@ -1,0 +1,396 @@
+"""MMIN: Multi-grained Multimodal Interaction Network (Fang, Liu, Zhang, ICASSP 2024).
+
+One readable file, modules named after the paper's parts (section 2):
+
+    FeatureExtractor        2.1  BERT for text; LSTMs over the real lengths for video and audio
+    CoarseInteraction       2.2  CIN: private encoders (eq. 1), shared common encoder (eq. 2),
+                                 modality discriminator D with gradient reversal (eq. 3, 4),
+                                 separation loss (eq. 5)
+    CrossAttention          2.3  the CA module: layer norm, multi-head cross-attention normalised
+                                 with sparsemax, residual connection (Fig. 2b)
+    FineInteraction         2.3  FIN: N stacked CA layers between every ordered modality pair,
+                                 then the coarse-grained representation guided interaction
+    FusionLayer             2.4  coarse and fine representations stacked, a transformer layer,
+                                 outputs concatenated, FC head
+    MMIN                         the whole network; total loss L = L_senti + a L_sep + b L_ac + g L_ap
+                                 (eq. 6) is assembled by the trainer from the outputs here.
+
+Modality order is always (text, video, audio) = (L, V, A), as in the paper's labels
+y_L=[1,0,0], y_V=[0,1,0], y_A=[0,0,1]. MMSA passes tensors as (text, audio, vision).
+
+Choices where the paper is silent or ambiguous (also listed in the README):
+
+* Sizes. All codes and sequences live in one width `d_model` (paper: unspecified; default 128)
+  so that the shared common encoder can take every modality. Text is projected from the encoder's
+  hidden size (read from its config, never assumed 768) by one linear layer; video and audio LSTMs
+  have hidden size d_model. `nheads` (default 8), `fine_layers` N (default 2).
+* Encoders (eq. 1, 2). "Fully-connected layers": one Linear + Tanh each. Tanh keeps the codes
+  zero-centred and bounded, so the orthogonality of eq. 5 is reachable (a sigmoid code, as in
+  MISA, is non-negative and cannot be orthogonal without disjoint supports) and the unnormalised
+  squared Frobenius norms of eq. 5 stay bounded by batch^2 * d^2.
+* Discriminator: Linear(d, disc_hidden) -> ReLU -> Linear(disc_hidden, 3) (see losses.py).
+  L_ac passes the common codes through a gradient-reversal layer (lambda = `grl_lambda`), so D
+  learns to classify them while the common encoder learns to fool it; L_ap does not reverse, so
+  the private encoders learn to be recognisable.
+* CA module (Fig. 2b): exactly layer norm + cross-attention + residual, pre-norm:
+  Y = X_a + MHA_sparsemax(LN_q(X_a), LN_kv(X_b)). The figure shows no feed-forward sub-layer, so
+  none is added. Output positions are the query's positions (one output per query time step,
+  as in MulT). Padded keys are masked with -inf, so sparsemax gives them exactly zero weight; a
+  fully padded key row (zero-length sequence) yields zero attention and the residual alone.
+  No positional encoding is added: text carries BERT's, video/audio come out of LSTMs.
+* FIN pairs: N CA layers for each ordered pair (a <- b) of distinct modalities (6 for three
+  modalities, each with its own weights, as MulT). The fine sequence of modality a is the time
+  concatenation of its pair outputs [CA(a <- b1); CA(a <- b2)] (query positions of a, keyed by a's
+  padding mask) -- "the other modalities interact one by one".
+* Coarse-guided interaction: one CA module per modality m with query = the stacked common codes
+  [h_L^C, h_V^C, h_A^C] (B, 3, d) and key/value = the fine sequence of m. "The corresponding
+  vector" of the output is read as the output at m's own position in the query stack, giving one
+  fine-grained representation per modality.
+* Fusion: the tokens [h_L^P, h_V^P, h_A^P, h_L^C, h_V^C, h_A^C, f_L, f_V, f_A] (B, 9, d) go through
+  `fusion_layers` standard transformer encoder layers (the paper's "transformer layer"), are
+  concatenated to (B, 9d) and fed to Linear -> ReLU -> Dropout -> Linear(1).
+* Ablations (Table 2), `ablation` = list of names:
+  'cin' / 'fin'  drop the CIN / FIN tokens from the fusion input only (representation learning
+                 and its losses stay, as the paper says; with 'fin' the FIN modules are skipped,
+                 since nothing downstream uses them);
+  'text' / 'video' / 'audio'  remove the modality in both CIN and FIN (its encoders, codes, loss
+                 terms, CA pairs and fusion tokens);
+  'sep' / 'ac' / 'ap'  set alpha / beta / gamma to 0.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .errors import MMINConfigError
+from .losses import ModalityDiscriminator, grad_reverse, modality_cross_entropy, separation_loss
+from .sparsemax import sparsemax
+
+__all__ = [
+    "MODALITIES",
+    "ABLATIONS",
+    "parse_ablation",
+    "FeatureExtractor",
+    "CoarseInteraction",
+    "CrossAttention",
+    "CALayerStack",
+    "FineInteraction",
+    "FusionLayer",
+    "MMIN",
+]
+
+MODALITIES = ("text", "video", "audio")
+ABLATIONS = ("cin", "fin", "text", "video", "audio", "sep", "ac", "ap")
+
+
+def parse_ablation(value) -> List[str]:
+    """Normalise the `ablation` config value (list, single name, or comma string)."""
+    if value is None or value == "" or value == "none":
+        return []
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    names = [str(v).strip().lower() for v in value]
+    bad = [n for n in names if n not in ABLATIONS]
+    if bad:
+        raise MMINConfigError(
+            f"config key 'ablation': unknown name(s) {bad}; expected a subset of {list(ABLATIONS)}"
+        )
+    if all(m in names for m in MODALITIES):
+        raise MMINConfigError("config key 'ablation': cannot remove all three modalities")
+    return names
+
+
+def _arg(args, key, default=None):
+    return args[key] if key in args and args[key] is not None else default
+
+
+def _full_lengths(x: torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+
+
+def _as_lengths(lengths, x: torch.Tensor) -> torch.Tensor:
+    """MMSA hands lengths as a tensor or a list; None means full length (e.g. MMSA_test)."""
+    if lengths is None:
+        return _full_lengths(x)
+    lengths = torch.as_tensor(lengths, device=x.device).reshape(-1).long()
+    return lengths.clamp(min=0, max=x.shape[1])
+
+
+# --------------------------------------------------------------------------------------------
+# 2.1 Feature extraction
+# --------------------------------------------------------------------------------------------
+class SequenceLSTM(nn.Module):
+    """LSTM over the real lengths (packed): returns the end state and the zero-padded outputs."""
+
+    def __init__(self, d_in: int, d_model: int, num_layers: int = 1):
+        super().__init__()
+        self.lstm = nn.LSTM(d_in, d_model, num_layers=num_layers, batch_first=True)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor):
+        # x: (B, L, d_in), lengths: (B,) in [0, L]
+        B, L, _ = x.shape
+        # pack_padded_sequence rejects length 0; such rows are run on one step and zeroed below.
+        packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+        out, (h_n, _) = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=L)  # (B, L, d)
+        valid = (lengths > 0).to(out.dtype)
+        end_state = h_n[-1] * valid[:, None]  # (B, d)
+        mask = torch.arange(L, device=x.device)[None, :] < lengths[:, None]  # (B, L) True = real step
+        return end_state, out * mask[..., None].to(out.dtype), mask
+
+
+class FeatureExtractor(nn.Module):
+    """Section 2.1: BERT for text ([CLS] for CIN, tokens for FIN); LSTMs for video and audio."""
+
+    def __init__(self, args, modalities: Sequence[str]):
+        super().__init__()
+        self.modalities = tuple(modalities)
+        d = int(args["d_model"])
+        self.use_bert = bool(_arg(args, "use_bert", True))
+        self.use_finetune = bool(_arg(args, "use_finetune", True))
+        if "text" in self.modalities:
+            if self.use_bert:
+                self.bert = _load_text_encoder(args)
+                text_dim = int(self.bert.config.hidden_size)
+            else:
+                text_dim = int(args["feature_dims"][0])
+            self.text_proj = nn.Linear(text_dim, d)
+        if "audio" in self.modalities:
+            self.audio_rnn = SequenceLSTM(int(args["feature_dims"][1]), d, int(_arg(args, "rnn_layers", 1)))
+        if "video" in self.modalities:
+            self.video_rnn = SequenceLSTM(int(args["feature_dims"][2]), d, int(_arg(args, "rnn_layers", 1)))
+
+    def encode_text(self, text: torch.Tensor):
+        if self.use_bert:
+            # text: (B, 3, L) = token ids, attention mask, segment ids (MMSA's text_bert)
+            ids, mask, seg = text[:, 0].long(), text[:, 1].long(), text[:, 2].long()
+            with torch.set_grad_enabled(self.use_finetune and torch.is_grad_enabled()):
+                hidden = self.bert(input_ids=ids, attention_mask=mask, token_type_ids=seg).last_hidden_state
+            key_mask = mask.bool()  # (B, L)
+        else:
+            # text: (B, L, d_text) pre-extracted features; zero rows are padding, position 0 is [CLS]
+            hidden = text
+            key_mask = text.abs().sum(-1) > 0
+            key_mask[:, 0] = True
+        seq = self.text_proj(hidden) * key_mask[..., None].to(hidden.dtype)  # (B, L, d)
+        return seq[:, 0], seq, key_mask  # [CLS] vector (B, d), token sequence, mask
+
+    def forward(self, text, audio, video, audio_lengths=None, video_lengths=None):
+        """Returns {modality: (vector (B, d), sequence (B, L_m, d), key mask (B, L_m))}."""
+        feats = {}
+        if "text" in self.modalities:
+            feats["text"] = self.encode_text(text)
+        if "video" in self.modalities:
+            feats["video"] = self.video_rnn(video, _as_lengths(video_lengths, video))
+        if "audio" in self.modalities:
+            feats["audio"] = self.audio_rnn(audio, _as_lengths(audio_lengths, audio))
+        return feats
+
+
+def _load_text_encoder(args) -> nn.Module:
+    """`pretrained` is a hub name or a local directory, as in MMSA's BERT models."""
+    from transformers import AutoModel, BertModel, RobertaModel
+
+    name = str(_arg(args, "transformers", "bert"))
+    if name in ("bert", "roberta"):
+        # MMIN reads the [CLS] hidden state, not the pooler: leave the pooler out so that no
+        # parameter sits in the model without ever receiving a gradient.
+        cls = BertModel if name == "bert" else RobertaModel
+        return cls.from_pretrained(str(args["pretrained"]), add_pooling_layer=False)
+    return AutoModel.from_pretrained(str(args["pretrained"]))
+
+
+# --------------------------------------------------------------------------------------------
+# 2.2 Coarse-grained Interaction Network
+# --------------------------------------------------------------------------------------------
+class CoarseInteraction(nn.Module):
+    """CIN: h_m^P = Private_m(h_m) (eq. 1), h_m^C = Common(h_m) (eq. 2), and the constraint module."""
+
+    def __init__(self, d_model: int, modalities: Sequence[str], disc_hidden: int, grl_lambda: float, dropout: float):
+        super().__init__()
+        self.modalities = tuple(modalities)
+        self.private = nn.ModuleDict({m: nn.Sequential(nn.Linear(d_model, d_model), nn.Tanh()) for m in modalities})
+        self.common = nn.Sequential(nn.Linear(d_model, d_model), nn.Tanh())  # shared by all modalities
+        self.discriminator = ModalityDiscriminator(d_model, disc_hidden, n_modalities=3, dropout=dropout)
+        self.grl_lambda = float(grl_lambda)
+
+    def forward(self, h: Dict[str, torch.Tensor]):
+        private = {m: self.private[m](h[m]) for m in self.modalities}  # each (B, d)
+        common = {m: self.common(h[m]) for m in self.modalities}
+        labels = [MODALITIES.index(m) for m in self.modalities]
+        # Always computed (cheap) so that ablated terms are still logged; a zero weight in eq. 6
+        # then removes their gradient.
+        losses = {
+            "L_sep": separation_loss([common[m] for m in self.modalities], [private[m] for m in self.modalities]),
+            # eq. 3: D must not tell the common codes apart -> gradient reversal on h^C
+            "L_ac": modality_cross_entropy(
+                [self.discriminator(grad_reverse(common[m], self.grl_lambda)) for m in self.modalities], labels),
+            # eq. 4: D must tell the private codes apart
+            "L_ap": modality_cross_entropy([self.discriminator(private[m]) for m in self.modalities], labels),
+        }
+        return private, common, losses
+
+
+# --------------------------------------------------------------------------------------------
+# 2.3 Fine-grained Interaction Network
+# --------------------------------------------------------------------------------------------
+class CrossAttention(nn.Module):
+    """The CA module (Fig. 2b): Y = X_q + MHA_sparsemax(LN(X_q), LN(X_kv)), pre-norm residual."""
+
+    def __init__(self, d_model: int, nheads: int, attn_dropout: float = 0.0, dropout: float = 0.0):
+        super().__init__()
+        if d_model % nheads:
+            raise MMINConfigError(f"config keys 'd_model'/'nheads': d_model={d_model} is not divisible by nheads={nheads}")
+        self.nheads, self.d_head = nheads, d_model // nheads
+        self.norm_q = nn.LayerNorm(d_model)
+        self.norm_kv = nn.LayerNorm(d_model)
+        self.q = nn.Linear(d_model, d_model)
+        self.k = nn.Linear(d_model, d_model)
+        self.v = nn.Linear(d_model, d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.attn_dropout = nn.Dropout(attn_dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor, kv_mask: Optional[torch.Tensor] = None,
+                return_attention: bool = False):
+        # x_q: (B, Lq, d); x_kv: (B, Lk, d); kv_mask: (B, Lk) True = real step
+        B, Lq, d = x_q.shape
+        Lk = x_kv.shape[1]
+        q_in, kv_in = self.norm_q(x_q), self.norm_kv(x_kv)
+        # scaling q rather than the (B, h, Lq, Lk) scores: same maths, Lk/dh times fewer multiplies
+        q = (self.q(q_in) / math.sqrt(self.d_head)).view(B, Lq, self.nheads, self.d_head).transpose(1, 2)  # (B, h, Lq, dh)
+        k = self.k(kv_in).view(B, Lk, self.nheads, self.d_head).transpose(1, 2)  # (B, h, Lk, dh)
+        v = self.v(kv_in).view(B, Lk, self.nheads, self.d_head).transpose(1, 2)
+        scores = q @ k.transpose(-1, -2)  # (B, h, Lq, Lk)
+        if kv_mask is not None and not bool(kv_mask.all()):
+            scores = scores.masked_fill(~kv_mask[:, None, None, :], float("-inf"))
+        attn = sparsemax(scores, dim=-1)  # sparse weights; padded keys get exactly 0
+        ctx = (self.attn_dropout(attn) @ v).transpose(1, 2).reshape(B, Lq, d)  # (B, Lq, d)
+        y = x_q + self.dropout(self.out(ctx))
+        return (y, attn) if return_attention else y
+
+
+class CALayerStack(nn.Module):
+    """N stacked CA modules for one ordered modality pair (query <- key/value)."""
+
+    def __init__(self, d_model, nheads, n_layers, attn_dropout, dropout):
+        super().__init__()
+        self.layers = nn.ModuleList(CrossAttention(d_model, nheads, attn_dropout, dropout) for _ in range(n_layers))
+
+    def forward(self, x_q, x_kv, kv_mask):
+        for layer in self.layers:
+            x_q = layer(x_q, x_kv, kv_mask)
+        return x_q
+
+
+class FineInteraction(nn.Module):
+    """FIN: pairwise stacked CA between modalities, then the coarse-grained representation guided step."""
+
+    def __init__(self, d_model, nheads, n_layers, modalities, attn_dropout, dropout):
+        super().__init__()
+        self.modalities = tuple(modalities)
+        self.pairs = [(a, b) for a in self.modalities for b in self.modalities if a != b]
+        self.cross = nn.ModuleDict(
+            {f"{a}_from_{b}": CALayerStack(d_model, nheads, n_layers, attn_dropout, dropout) for a, b in self.pairs}
+        )
+        self.guided = nn.ModuleDict({m: CrossAttention(d_model, nheads, attn_dropout, dropout) for m in self.modalities})
+
+    def forward(self, seqs: Dict[str, torch.Tensor], masks: Dict[str, torch.Tensor], common: Dict[str, torch.Tensor]):
+        # the stacked modality-invariant codes are the query of the guided step: (B, M, d)
+        query = torch.stack([common[m] for m in self.modalities], dim=1)
+        fine = {}
+        for i, a in enumerate(self.modalities):
+            others = [b for b in self.modalities if b != a]
+            if others:
+                outs = [self.cross[f"{a}_from_{b}"](seqs[a], seqs[b], masks[b]) for b in others]
+                seq_a = torch.cat(outs, dim=1)  # (B, (M-1) * L_a, d)
+                mask_a = torch.cat([masks[a]] * len(others), dim=1)
+            else:  # single-modality ablation: no pair to interact with
+                seq_a, mask_a = seqs[a], masks[a]
+            guided = self.guided[a](query, seq_a, mask_a)  # (B, M, d)
+            fine[a] = guided[:, i]  # the vector at a's own position in the query stack
+        return fine
+
+
+# --------------------------------------------------------------------------------------------
+# 2.4 Fusion layer
+# --------------------------------------------------------------------------------------------
+class FusionLayer(nn.Module):
+    """Stack the representations, a transformer layer, concatenate, FC head -> sentiment score."""
+
+    def __init__(self, d_model, nheads, n_tokens, n_layers, ff_dim, dropout):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(d_model, nheads, dim_feedforward=ff_dim, dropout=dropout, batch_first=True)
+        self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.head = nn.Sequential(
+            nn.Linear(n_tokens * d_model, d_model), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d_model, 1)
+        )
+
+    def forward(self, tokens: torch.Tensor):
+        # tokens: (B, n_tokens, d) -> (B, n_tokens * d) -> (B, 1)
+        fused = self.transformer(tokens).flatten(1)
+        return self.head(fused), fused
+
+
+# --------------------------------------------------------------------------------------------
+# The network
+# --------------------------------------------------------------------------------------------
+class MMIN(nn.Module):
+    """MMIN for MMSA. forward(text, audio, video, audio_lengths=None, vision_lengths=None)."""
+
+    def __init__(self, args):
+        super().__init__()
+        self.ablation = parse_ablation(_arg(args, "ablation", []))
+        self.modalities = tuple(m for m in MODALITIES if m not in self.ablation)
+        d, h = int(args["d_model"]), int(args["nheads"])
+        if d <= 0 or h <= 0 or d % h:
+            raise MMINConfigError(f"config keys 'd_model'/'nheads': need positive d_model divisible by nheads, "
+                                  f"found d_model={d}, nheads={h}")
+        dropout = float(_arg(args, "dropout", 0.1))
+        attn_dropout = float(_arg(args, "attn_dropout", dropout))
+        self.use_cin = "cin" not in self.ablation
+        self.use_fin = "fin" not in self.ablation
+        self.weights = {
+            "alpha": 0.0 if "sep" in self.ablation else float(_arg(args, "alpha", 0.0)),
+            "beta": 0.0 if "ac" in self.ablation else float(_arg(args, "beta", 0.0)),
+            "gamma": 0.0 if "ap" in self.ablation else float(_arg(args, "gamma", 0.0)),
+        }
+        self.features = FeatureExtractor(args, self.modalities)
+        self.cin = CoarseInteraction(d, self.modalities, int(_arg(args, "disc_hidden", d)),
+                                     float(_arg(args, "grl_lambda", 1.0)), dropout)
+        self.fin = FineInteraction(d, h, int(_arg(args, "fine_layers", 2)), self.modalities, attn_dropout, dropout) \
+            if self.use_fin else None
+        n_tokens = len(self.modalities) * (2 * self.use_cin + self.use_fin)
+        self.fusion = FusionLayer(d, h, n_tokens, int(_arg(args, "fusion_layers", 1)),
+                                  int(_arg(args, "fusion_ff_dim", 2 * d)), dropout)
+
+    def forward(self, text, audio, video, audio_lengths=None, vision_lengths=None, **_):
+        feats = self.features(text, audio, video, audio_lengths, vision_lengths)
+        vec = {m: feats[m][0] for m in self.modalities}
+        seqs = {m: feats[m][1] for m in self.modalities}
+        masks = {m: feats[m][2] for m in self.modalities}
+
+        private, common, losses = self.cin(vec)
+        tokens = []
+        if self.use_cin:
+            tokens += [private[m] for m in self.modalities] + [common[m] for m in self.modalities]
+        if self.use_fin:
+            fine = self.fin(seqs, masks, common)
+            tokens += [fine[m] for m in self.modalities]
+        pred, fused = self.fusion(torch.stack(tokens, dim=1))  # (B, n_tokens, d) -> (B, 1)
+        out = {"M": pred, "Feature_f": fused}
+        out.update(losses)
+        return out
+
+    def total_loss(self, outputs: Dict[str, torch.Tensor], labels: torch.Tensor):
+        """Eq. 6: L = L_senti + alpha L_sep + beta L_ac + gamma L_ap (L_senti = MSE)."""
+        terms = {"L_senti": F.mse_loss(outputs["M"], labels)}
+        terms.update({k: outputs[k] for k in ("L_sep", "L_ac", "L_ap")})
+        total = (terms["L_senti"] + self.weights["alpha"] * terms["L_sep"]
+                 + self.weights["beta"] * terms["L_ac"] + self.weights["gamma"] * terms["L_ap"])
+        return total, terms
