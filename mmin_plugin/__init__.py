@@ -1,7 +1,24 @@
-"""mmin-plugin: MMIN (Fang, Liu, Zhang, ICASSP 2024) as a model of the MMSA 2.2.1 toolkit."""
+"""mmin-plugin: MMIN (Fang, Liu, Zhang, ICASSP 2024) as a model of the MMSA 2.2.1 toolkit.
+
+`import mmin_plugin` applies the compatibility layer (MMSA on CPU and current torch) and
+registers the model name 'mmin' into MMSA, so that `MMSA_run('mmin', 'mosi', ...)` works.
+"""
 from . import losses
-from .errors import MMINError
+from .errors import MMINConfigError, MMINDataError, MMINError, NonFiniteLossError
+from .registry import register, unregister
 from .sparsemax import Sparsemax, sparsemax
 
-__all__ = ["sparsemax", "Sparsemax", "losses", "MMINError"]
+__all__ = [
+    "sparsemax",
+    "Sparsemax",
+    "losses",
+    "register",
+    "unregister",
+    "MMINError",
+    "MMINDataError",
+    "MMINConfigError",
+    "NonFiniteLossError",
+]
 __version__ = "0.1.0"
+
+register()

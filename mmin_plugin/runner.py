@@ -1,0 +1,37 @@
+"""Run `MMSA_run` and get the per-seed test results back (MMSA itself only writes them to a CSV
+as rounded mean*100 / std*100 tuples)."""
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, List
+
+
+@contextlib.contextmanager
+def capture_results():
+    """Collect the test-result dict of every `MMSA.run._run` call made inside the block."""
+    import MMSA.run as mrun
+
+    captured: List[Dict] = []
+    inner = mrun._run
+
+    def _run(args, *a, **kw):
+        result = inner(args, *a, **kw)
+        if isinstance(result, dict):
+            captured.append({k: v for k, v in result.items() if isinstance(v, (int, float))})
+        return result
+
+    mrun._run = _run
+    try:
+        yield captured
+    finally:
+        mrun._run = inner
+
+
+def mmsa_run(model: str, dataset: str, **kwargs) -> List[Dict]:
+    """`MMSA_run(model, dataset, **kwargs)`, returning one result dict per seed."""
+    import mmin_plugin  # noqa: F401  (registration and compatibility layer)
+    from MMSA import MMSA_run
+
+    with capture_results() as results:
+        MMSA_run(model, dataset, **kwargs)
+    return results
