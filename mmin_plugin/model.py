@@ -195,13 +195,19 @@ class FeatureExtractor(nn.Module):
 def _load_text_encoder(args) -> nn.Module:
     """`pretrained` is a hub name or a local directory, as in MMSA's BERT models."""
     from transformers import AutoModel, BertModel, RobertaModel
+    from transformers.utils import logging as hf_logging
 
     name = str(_arg(args, "transformers", "bert"))
     if name in ("bert", "roberta"):
         # MMIN reads the [CLS] hidden state, not the pooler: leave the pooler out so that no
         # parameter sits in the model without ever receiving a gradient.
         cls = BertModel if name == "bert" else RobertaModel
-        return cls.from_pretrained(str(args["pretrained"]), add_pooling_layer=False)
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the checkpoint's pooler weights are unused on purpose
+        try:
+            return cls.from_pretrained(str(args["pretrained"]), add_pooling_layer=False)
+        finally:
+            hf_logging.set_verbosity(level)
     return AutoModel.from_pretrained(str(args["pretrained"]))
 
 

@@ -117,15 +117,14 @@ def _install_patches() -> None:
     import MMSA.config as mconfig
     import MMSA.data_loader as mloader
     import MMSA.run as mrun
-    from MMSA.models import AMIO as amio_mod
-    from MMSA.trains import ATIO as atio_mod
+    from MMSA.models import AMIO
+    from MMSA.trains import ATIO
 
     from . import compat
     from .safeload import SafePickle, clear_cache
 
     compat.apply()
 
-    AMIO, ATIO = amio_mod.AMIO, atio_mod.ATIO
     orig_amio_init, orig_get_train = AMIO.__init__, ATIO.getTrain
 
     def amio_init(self, args):

@@ -1,0 +1,211 @@
+"""The MMIN network itself: gradients, finiteness, masking/padding invariance, batch independence,
+gradient reversal and the Table 2 ablation switches."""
+import copy
+
+import pytest
+import torch
+
+from mmin_plugin.errors import MMINConfigError
+from mmin_plugin.losses import grad_reverse
+from mmin_plugin.model import MMIN, CrossAttention, parse_ablation
+
+from ._models import make_args, make_batch
+
+
+def _model(tiny_bert, seed=0, **over):
+    torch.manual_seed(seed)
+    return MMIN(make_args(tiny_bert, **over))
+
+
+def test_every_parameter_gets_a_gradient_and_outputs_are_finite(tiny_bert):
+    model = _model(tiny_bert)
+    model.train()
+    text, audio, video, al, vl, y = make_batch(seed=1)
+    out = model(text, audio, video, audio_lengths=al, vision_lengths=vl)
+    loss, terms = model.total_loss(out, y)
+    for k, v in terms.items():
+        assert torch.isfinite(v), k
+    assert terms["L_sep"] > 0 and terms["L_ac"] > 0 and terms["L_ap"] > 0
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert missing == []
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_zero_padding_beyond_lengths_changes_nothing(tiny_bert):
+    model = _model(tiny_bert).eval()
+    text, audio, video, al, vl, _ = make_batch(seed=2)
+    with torch.no_grad():
+        ref = model(text, audio, video, audio_lengths=al, vision_lengths=vl)["M"]
+        # garbage after the real length must be ignored as well as extra zero frames
+        audio2 = torch.cat([audio, torch.zeros(audio.shape[0], 7, audio.shape[2])], 1)
+        video2 = torch.cat([video, torch.zeros(video.shape[0], 5, video.shape[2])], 1)
+        for b in range(audio.shape[0]):
+            audio2[b, al[b]:] = torch.randn_like(audio2[b, al[b]:]) * 0  # zero frames
+        out = model(text, audio2, video2, audio_lengths=al, vision_lengths=vl)["M"]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_values_beyond_lengths_are_ignored(tiny_bert):
+    model = _model(tiny_bert).eval()
+    text, audio, video, al, vl, _ = make_batch(seed=3)
+    noisy_a, noisy_v = audio.clone(), video.clone()
+    for b in range(audio.shape[0]):
+        noisy_a[b, al[b]:] = 5.0
+        noisy_v[b, vl[b]:] = -5.0
+    with torch.no_grad():
+        ref = model(text, audio, video, audio_lengths=al, vision_lengths=vl)["M"]
+        out = model(text, noisy_a, noisy_v, audio_lengths=al, vision_lengths=vl)["M"]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_prediction_does_not_depend_on_the_batch(tiny_bert):
+    model = _model(tiny_bert).eval()
+    text, audio, video, al, vl, _ = make_batch(seed=4, batch=5)
+    with torch.no_grad():
+        full = model(text, audio, video, audio_lengths=al, vision_lengths=vl)["M"]
+        for i in range(5):
+            one = model(text[i:i + 1], audio[i:i + 1], video[i:i + 1], audio_lengths=al[i:i + 1],
+                        vision_lengths=vl[i:i + 1])["M"]
+            torch.testing.assert_close(one, full[i:i + 1], rtol=1e-4, atol=1e-5)
+
+
+def test_missing_lengths_mean_full_length(tiny_bert):
+    model = _model(tiny_bert).eval()
+    text, audio, video, _, _, _ = make_batch(seed=5)
+    B = audio.shape[0]
+    full_a = torch.full((B,), audio.shape[1]); full_v = torch.full((B,), video.shape[1])
+    with torch.no_grad():
+        a = model(text, audio, video)["M"]
+        b = model(text, audio, video, audio_lengths=full_a, vision_lengths=full_v)["M"]
+    torch.testing.assert_close(a, b)
+
+
+def test_zero_length_sequences_give_finite_outputs_and_loss(tiny_bert):
+    model = _model(tiny_bert).train()
+    text, audio, video, al, vl, y = make_batch(seed=6)
+    al[0] = 0
+    vl[1] = 0
+    al[2] = 0
+    vl[2] = 0
+    out = model(text, audio, video, audio_lengths=al, vision_lengths=vl)
+    loss, _ = model.total_loss(out, y)
+    assert torch.isfinite(out["M"]).all() and torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_gradient_reversal_flips_and_scales():
+    x = torch.randn(4, 3, requires_grad=True)
+    g = torch.randn(4, 3)
+    y = grad_reverse(x, 0.7)
+    torch.testing.assert_close(y, x)
+    y.backward(g)
+    torch.testing.assert_close(x.grad, -0.7 * g)
+
+
+def test_common_encoder_receives_reversed_discriminator_gradient(tiny_bert):
+    """Through L_ac, D's gradient pushes the common encoder the opposite way (eq. 3 + GRL)."""
+    model = _model(tiny_bert).eval()  # no dropout: both passes see the same D
+    cin = model.cin
+    h = {m: torch.randn(6, cin.common[0].in_features) for m in cin.modalities}
+    _, _, losses = cin(h)
+    grad_rev = torch.autograd.grad(losses["L_ac"], cin.common[0].weight)[0]
+    lam = cin.grl_lambda
+    cin.grl_lambda = 0.0 - 1.0  # reversal with -1 == plain gradient
+    _, _, losses = cin(h)
+    grad_plain = torch.autograd.grad(losses["L_ac"], cin.common[0].weight)[0]
+    cin.grl_lambda = lam
+    torch.testing.assert_close(grad_rev, -lam * grad_plain)
+
+
+@pytest.mark.parametrize("modality,arg", [("text", 0), ("audio", 1), ("video", 2)])
+def test_without_a_modality_its_input_changes_nothing(tiny_bert, modality, arg):
+    model = _model(tiny_bert, ablation=[modality]).eval()
+    inputs = list(make_batch(seed=7)[:3])
+    with torch.no_grad():
+        ref = model(*inputs)["M"]
+        changed = copy.deepcopy(inputs)
+        if arg == 0:
+            changed[0][:, 0] = torch.randint(5, 90, changed[0][:, 0].shape).float() * changed[0][:, 1]
+        else:
+            changed[arg] = torch.randn_like(changed[arg]) * 3
+        out = model(*changed)["M"]
+        full = _model(tiny_bert).eval()
+        assert not torch.allclose(full(*inputs)["M"], full(*changed)["M"])
+    torch.testing.assert_close(out, ref)
+    assert all(modality not in n.split(".") and f"{modality}_" not in n for n, _ in model.named_parameters()
+               if n.startswith(("cin.private", "fin.")))
+
+
+def test_without_cin_and_without_fin_drop_fusion_tokens_only(tiny_bert):
+    full = _model(tiny_bert)
+    no_cin = _model(tiny_bert, ablation=["cin"])
+    no_fin = _model(tiny_bert, ablation=["fin"])
+    assert full.fusion.head[0].in_features == 9 * full.fusion.head[0].out_features
+    assert no_cin.fusion.head[0].in_features == 3 * full.fusion.head[0].out_features
+    assert no_fin.fusion.head[0].in_features == 6 * full.fusion.head[0].out_features
+    assert no_fin.fin is None and no_cin.fin is not None
+    # w/o CIN keeps the CIN representation learning and its losses
+    text, audio, video, al, vl, y = make_batch(seed=8)
+    out = no_cin(text, audio, video, audio_lengths=al, vision_lengths=vl)
+    loss, terms = no_cin.total_loss(out, y)
+    loss.backward()
+    assert no_cin.cin.private["text"][0].weight.grad.abs().sum() > 0
+    assert no_cin.weights == full.weights
+
+
+@pytest.mark.parametrize("name,weight", [("sep", "alpha"), ("ac", "beta"), ("ap", "gamma")])
+def test_loss_ablation_zeroes_its_weight_and_its_gradient(tiny_bert, name, weight):
+    model = _model(tiny_bert, ablation=[name])
+    assert model.weights[weight] == 0.0
+    others = {k: v for k, v in model.weights.items() if k != weight}
+    assert all(v > 0 for v in others.values())
+    text, audio, video, al, vl, y = make_batch(seed=9)
+    out = model(text, audio, video, audio_lengths=al, vision_lengths=vl)
+    total, terms = model.total_loss(out, y)
+    rest = terms["L_senti"] + sum(model.weights[w] * terms[t] for w, t in
+                                  (("alpha", "L_sep"), ("beta", "L_ac"), ("gamma", "L_ap")) if w != weight)
+    torch.testing.assert_close(total, rest)
+
+
+def test_total_loss_is_eq6(tiny_bert):
+    model = _model(tiny_bert, alpha=0.5, beta=0.25, gamma=2.0)
+    text, audio, video, al, vl, y = make_batch(seed=10)
+    out = model(text, audio, video, audio_lengths=al, vision_lengths=vl)
+    total, t = model.total_loss(out, y)
+    torch.testing.assert_close(total, ((out["M"] - y) ** 2).mean() + 0.5 * t["L_sep"] + 0.25 * t["L_ac"] + 2.0 * t["L_ap"])
+
+
+def test_pre_extracted_text_features_without_bert(tiny_bert):
+    model = _model(tiny_bert, use_bert=False, feature_dims=[12, 5, 7])
+    text = torch.randn(3, 9, 12)
+    text[:, 6:] = 0
+    audio, video = torch.randn(3, 11, 5), torch.randn(3, 8, 7)
+    out = model(text, audio, video)
+    assert out["M"].shape == (3, 1) and torch.isfinite(out["M"]).all()
+    assert not hasattr(model.features, "bert")
+
+
+def test_ca_module_masks_padded_keys_exactly():
+    torch.manual_seed(0)
+    ca = CrossAttention(16, 4).eval()
+    q, kv = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[0, 4:] = False
+    mask[1, :] = False  # nothing to attend to: zero attention, residual (+ output bias) only
+    y, attn = ca(q, kv, mask, return_attention=True)
+    assert (attn[0, :, :, 4:] == 0).all()
+    torch.testing.assert_close(attn[0].sum(-1), torch.ones(4, 5))
+    assert (attn[1] == 0).all()
+    torch.testing.assert_close(y[1], q[1] + ca.out.bias.detach().expand_as(q[1]))  # empty context
+
+
+def test_bad_config_is_a_clear_error(tiny_bert):
+    with pytest.raises(MMINConfigError, match="nheads"):
+        _model(tiny_bert, d_model=30, nheads=8)
+    with pytest.raises(MMINConfigError, match="ablation"):
+        parse_ablation(["textt"])
+    with pytest.raises(MMINConfigError, match="all three"):
+        parse_ablation("text,video,audio")
+    assert parse_ablation("text, sep") == ["text", "sep"]
