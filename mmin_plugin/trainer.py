@@ -132,7 +132,7 @@ class MMINTrainer:
                     optimizer.step()
                     sums["Loss"] += loss.item()
                     for k in LOSS_TERMS:
-                        sums[k] += float(terms[k])
+                        sums[k] += float(terms[k].detach())
                     y_pred.append(outputs["M"].detach().cpu())
                     y_true.append(labels.cpu())
                     bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -185,7 +185,7 @@ class MMINTrainer:
                 outputs = model(*inputs, **kwargs)
                 _, terms = net.total_loss(outputs, labels)
                 for k in LOSS_TERMS:
-                    sums[k] += float(terms[k])
+                    sums[k] += float(terms[k].detach())
                 y_pred.append(outputs["M"].cpu())
                 y_true.append(labels.cpu())
                 if return_sample_results:
