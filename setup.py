@@ -1,4 +1,20 @@
+from pathlib import Path
+
 from setuptools import setup
+from setuptools.command.build_py import build_py
+
+ROOT = Path(__file__).resolve().parent
+
+
+class build_py_with_registry(build_py):
+    """registry.json lives at the repository root (MMIN's MMSA config); ship it inside the package."""
+
+    def run(self):
+        super().run()
+        target = Path(self.build_lib) / "mmin_plugin" / "registry.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.copy_file(str(ROOT / "registry.json"), str(target))
+
 
 setup(
     name="mmin-plugin",
@@ -6,7 +22,8 @@ setup(
     description="MMIN (Fang, Liu, Zhang, ICASSP 2024) as a model of the MMSA 2.2.1 toolkit",
     packages=["mmin_plugin", "mmin_reference"],
     package_dir={"mmin_plugin": "mmin_plugin", "mmin_reference": "reference"},
-    package_data={"mmin_plugin": ["registry.json"]},
+    package_data={"mmin_plugin": ["*.c"]},
+    cmdclass={"build_py": build_py_with_registry},
     python_requires=">=3.10",
     install_requires=[
         "mmsa==2.2.1",
@@ -21,7 +38,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "hypothesis"],
-        "bench": ["entmax"],
+        "bench": ["entmax", "psutil"],
     },
     entry_points={"console_scripts": ["mmin-plugin=mmin_plugin.cli:main"]},
 )
