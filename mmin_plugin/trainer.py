@@ -120,7 +120,7 @@ class MMINTrainer:
                     outputs = model(*inputs, **kwargs)
                     loss, terms = net.total_loss(outputs, labels)
                     if not torch.isfinite(loss):
-                        bad = {k: float(v) for k, v in terms.items()}
+                        bad = {k: float(v.detach()) for k, v in terms.items()}
                         raise NonFiniteLossError(
                             f"non-finite loss at epoch {epochs}, batch {step}/{n_batches} "
                             f"(terms: {bad}); training stopped, best checkpoint left as it was at "

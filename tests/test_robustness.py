@@ -1,0 +1,90 @@
+"""Bad numbers during training and runs on bad files: clear errors, nothing lost, finite results."""
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmin_plugin.errors import NonFiniteLossError
+from mmin_plugin.model import MMIN
+from mmin_plugin.runner import mmsa_run
+from mmin_plugin.trainer import MMINTrainer, atomic_save
+
+from ._models import make_args, make_batch
+
+
+def _loader(n_batches, seed=0):
+    batches = []
+    for i in range(n_batches):
+        text, audio, video, al, vl, y = make_batch(seed=seed + i)
+        batches.append({"text": text, "audio": audio, "vision": video, "audio_lengths": al, "vision_lengths": vl,
+                        "labels": {"M": y}, "id": [f"s{i}_{j}" for j in range(len(y))]})
+    return batches
+
+
+def _trainer_args(tmp_path, tiny_bert, **over):
+    args = make_args(tiny_bert, **over)
+    args.update(dataset_name="mosi", model_name="mmin", device=torch.device("cpu"), KeyEval="Loss",
+                early_stop=5, max_epochs=3, model_save_path=tmp_path / "mmin-mosi.pth", cur_seed=1)
+    return args
+
+
+def _digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_nonfinite_loss_stops_with_epoch_and_batch_and_keeps_best(tmp_path, tiny_bert, monkeypatch):
+    args = _trainer_args(tmp_path, tiny_bert)
+    torch.manual_seed(0)
+    model = MMIN(args)
+    data = {"train": _loader(3), "valid": _loader(1, seed=10), "test": _loader(1, seed=20)}
+    trainer = MMINTrainer(args)
+    real = model.total_loss
+    calls = {"n": 0}
+    saved = {}
+
+    def total_loss(outputs, labels):
+        loss, terms = real(outputs, labels)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == 5:  # epoch 2, batch 2
+                saved["digest"] = _digest(args["model_save_path"])
+                return loss * float("nan"), terms
+        return loss, terms
+
+    monkeypatch.setattr(model, "total_loss", total_loss)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, batch 2/3"):
+        trainer.do_train(model, data)
+    assert _digest(args["model_save_path"]) == saved["digest"]  # the epoch-1 checkpoint is intact
+    state = torch.load(args["model_save_path"], weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pth"
+    atomic_save({"w": torch.ones(3)}, path)
+    before = _digest(path)
+
+    def dying_save(obj, f, *a, **k):
+        Path(f).write_bytes(b"partial")
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"w": torch.zeros(3)}, path)
+    assert _digest(path) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]  # no temporary file left behind
+
+
+def test_run_on_file_with_nan_inf_and_zero_lengths_is_finite(tmp_path, tiny_bert):
+    from mmin_plugin.data import ensure_demo
+
+    files = ensure_demo(tmp_path / "d", dataset="mosi", n_train=32, n_valid=16, n_test=16, seq_lens=(12, 24, 20),
+                        bert_dir=tiny_bert, corrupt=True)
+    with pytest.warns(Warning, match="non-finite"):
+        res = mmsa_run("mmin", "mosi", config={"featurePath": files["feature_path"], "pretrained": tiny_bert,
+                                               "d_model": 16, "nheads": 4, "max_epochs": 2},
+                       seeds=[1111], gpu_ids=[], num_workers=0, model_save_dir=tmp_path / "m",
+                       res_save_dir=tmp_path / "r", log_dir=tmp_path / "l", verbose_level=0)
+    assert all(np.isfinite(v) for v in res[0].values())
