@@ -1,63 +1,237 @@
 """Sparsemax (Martins & Astudillo, 2016): the attention normaliser of MMIN's FIN.
 
-sparsemax(z) = argmin_{p in simplex} ||p - z||^2 = max(z - tau, 0), where the threshold tau
-solves sum_i max(z_i - tau, 0) = 1.  Backward (closed form, on the support S = {p > 0}):
-    dL/dz = s * (g - mean_{j in S} g_j),   s = 1[p > 0].
-Masked positions are given as -inf and receive exactly 0; a row that is all -inf gives zeros.
+    sparsemax(z) = argmin_{p in simplex} ||p - z||^2 = max(z - tau(z), 0),
 
-(Placeholder-free first version: exact sort-based threshold. The fast exact path of issue 6
-replaces `_threshold` and keeps this one as the reference fallback.)
+where the threshold tau solves sum_i max(z_i - tau, 0) = 1.  Over z sorted decreasingly,
+
+    k(z) = max{k : 1 + k z_(k) > sum_{j<=k} z_(j)},   tau = (sum_{j<=k(z)} z_(j) - 1) / k(z)
+
+(M&A Alg. 1).  tau(z + c) = tau(z) + c and max(z) - 1 <= tau < max(z), so every backend
+works on y = z - max(z): the partial sums are then O(1) on the support whatever |z|, and
+the result is accurate to a few ulps of p, not of z.
+
+Backward, in closed form (M&A eq. 14): the Jacobian J = diag(s) - s s^T / |S| with
+s = 1[p > 0], S the support, is symmetric, so
+
+    dL/dz = J g = s * (g - mean_{j in S} g_j),
+
+and since J does not depend on g (and is piecewise constant in z) the double backward is
+the same map applied to the incoming gradient.
+
+Conventions: -inf entries are masked positions and get exactly 0; a row that is all -inf
+gives all zeros and a zero gradient; a row holding NaN or +inf gives NaN in that row only.
+
+Backends, chosen at each call by the environment variable MMIN_SPARSEMAX_BACKEND:
+
+* ``native``: C kernel (``_sparsemax.c``, compiled on first use, see ``_sparsemax_native``)
+  for CPU tensors: per row the max, then Newton / Michelot threshold steps from the lower
+  bound max - 1, exact as soon as the support stops changing, with an exact sort for any
+  row still unconverged after ``_MAX_PASSES`` steps; sums in float64; fused backward.
+* ``torch``: the same iteration in pure torch (any device; float64 inside on CPU, float32
+  inside on GPU for float16/bfloat16/float32), with the sort for unconverged rows.
+* ``sort``: the sort-based rule above in float64 (``sparsemax_sort``), the reference.
+* ``auto`` (default): ``native`` on CPU if the kernel builds, else ``torch`` (logged once on
+  the 'MMSA' logger); ``torch`` on other devices.  ``native`` also means ``torch`` off CPU,
+  but raises MMINError on CPU if the kernel cannot be built.
+
+float16/bfloat16 inputs are computed in float32 (float64 for the torch path on CPU) and
+cast back; float64 inputs in float64.
 """
+import logging
+import os
+
 import torch
 from torch import nn
 
-__all__ = ["sparsemax", "Sparsemax", "sparsemax_sort"]
+from . import _sparsemax_native as _native
+from .errors import MMINConfigError, MMINError
+
+__all__ = ["sparsemax", "Sparsemax", "sparsemax_sort", "backend_for"]
+
+log = logging.getLogger("MMSA")
+
+BACKENDS = ("auto", "native", "torch", "sort")
+# Newton steps before the exact sort takes over a row (native and torch); usually 3-8 suffice.
+_MAX_PASSES = 32
+_logged = set()
 
 
-def _threshold_sort(z: torch.Tensor) -> torch.Tensor:
-    """tau along the last dim of z (finite or -inf entries); rows all -inf give +inf."""
-    zs, _ = torch.sort(z, dim=-1, descending=True)
-    k = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
-    finite = torch.isfinite(zs)
-    cs = torch.where(finite, zs, torch.zeros_like(zs)).cumsum(-1)
-    support = finite & (1 + k * zs > cs)
-    ksz = support.sum(-1, keepdim=True).clamp(min=1)
-    tau = (cs.gather(-1, ksz - 1) - 1) / ksz.to(z.dtype)
-    all_masked = ~finite[..., :1]
-    return torch.where(all_masked, torch.full_like(tau, float("inf")), tau)
+def backend_for(x: torch.Tensor) -> str:
+    """Backend ('native', 'torch' or 'sort') that sparsemax uses for x right now."""
+    name = (os.environ.get("MMIN_SPARSEMAX_BACKEND") or "auto").strip().lower()
+    if name not in BACKENDS:
+        raise MMINConfigError(
+            f"MMIN_SPARSEMAX_BACKEND={name!r}: expected one of {', '.join(BACKENDS)}")
+    if name == "sort":
+        return "sort"
+    if name == "torch" or x.device.type != "cpu":
+        return "torch"
+    try:
+        _native.kernels()
+    except RuntimeError as exc:
+        if name == "native":
+            raise MMINError(
+                f"MMIN_SPARSEMAX_BACKEND=native but the C kernel is unavailable: {exc}") from None
+        if "warned" not in _logged:
+            _logged.add("warned")
+            log.warning("sparsemax: native kernel unavailable, using the exact pure-torch "
+                        "path (slower). Reason: %s", exc)
+        return "torch"
+    if "loaded" not in _logged:
+        _logged.add("loaded")
+        info = _native.build_info()
+        log.debug("sparsemax: native kernel %s (%s)", info.get("path"),
+                  "cached" if info.get("cached") else f"compiled in {info.get('seconds', 0):.2f} s")
+    return "native"
 
 
-def sparsemax_sort(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Reference forward only (no custom backward), sort-based."""
-    z = x.transpose(dim, -1)
-    tau = _threshold_sort(z)
-    return torch.clamp(z - tau, min=0).nan_to_num(0.0).transpose(dim, -1)
+# ------------------------------------------------------------------ threshold on y = z - max
+
+
+def _shifted(z: torch.Tensor, dtype: torch.dtype):
+    """(y, bad): y = z - max(z) along the last dim in dtype; bad marks NaN/+inf rows.
+
+    Rows that are all -inf keep y = -inf (empty support); bad rows are zeroed here and
+    filled with NaN by _finish."""
+    z = z.to(dtype)
+    m = z.amax(-1, keepdim=True)
+    bad = torch.isnan(m) | (m == float("inf"))
+    y = z - torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    return torch.where(bad, torch.zeros_like(y), y), bad
+
+
+def _finish(y, t, bad, dtype):
+    """p = max(y - t, 0), NaN on bad rows, cast to dtype."""
+    p = (y - t).clamp_min(0)
+    return torch.where(bad, torch.full_like(p, float("nan")), p).to(dtype)
+
+
+def _sort_threshold(y: torch.Tensor) -> torch.Tensor:
+    """tau - max(z) by M&A Alg. 1 over the last dim of y (max 0, or all -inf -> -1)."""
+    ys = torch.sort(y, dim=-1, descending=True).values
+    k = torch.arange(1, y.shape[-1] + 1, device=y.device)
+    cs = torch.where(ys > float("-inf"), ys, torch.zeros_like(ys)).cumsum(-1)
+    k_sup = torch.where(1 + k * ys > cs, k, 0).amax(-1, keepdim=True).clamp_min(1)
+    return (cs.gather(-1, k_sup - 1) - 1) / k_sup
+
+
+def _newton_threshold(y: torch.Tensor, max_passes: int) -> torch.Tensor:
+    """tau - max(z) by Newton / Michelot steps over the last dim of y, exact.
+
+    S_0 = {y > -1}, t_{k+1} = (sum_{S_k} y - 1) / |S_k|, S_{k+1} = S_k & {y > t_{k+1}}:
+    t increases to tau and is exact once |S_{k+1}| = |S_k|.  Rows still changing after
+    max_passes steps get the sort-based threshold."""
+    s = y > -1
+    k = s.sum(-1, keepdim=True)
+    t = torch.full_like(y[..., :1], -1.0)
+    done = torch.zeros_like(k, dtype=torch.bool)
+    for _ in range(max_passes):
+        t = (torch.where(s, y, torch.zeros_like(y)).sum(-1, keepdim=True) - 1) / k.clamp_min(1)
+        s = s & (y > t)
+        k_next = s.sum(-1, keepdim=True)
+        done, k = k_next == k, k_next
+        if bool(done.all()):
+            return t
+    rows = (~done).reshape(-1).nonzero().squeeze(1)
+    t = t.reshape(-1).clone()
+    t[rows] = _sort_threshold(y.reshape(-1, y.shape[-1])[rows]).reshape(-1)
+    return t.reshape(k.shape)
+
+
+# ------------------------------------------------------------------ backends (last dim)
+
+
+def _inner_dtype(x: torch.Tensor, exact_cpu: bool) -> torch.dtype:
+    if x.dtype == torch.float64 or (exact_cpu and x.device.type == "cpu"):
+        return torch.float64
+    return torch.float32
+
+
+def _forward_native(z):
+    y, _ = _native.forward(z.to(_inner_dtype(z, False)).contiguous(), _MAX_PASSES)
+    return y.to(z.dtype)
+
+
+def _forward_torch(z):
+    y, bad = _shifted(z, _inner_dtype(z, True))
+    return _finish(y, _newton_threshold(y, _MAX_PASSES), bad, z.dtype)
+
+
+def _forward_sort(z):
+    y, bad = _shifted(z, torch.float64)
+    return _finish(y, _sort_threshold(y), bad, z.dtype)
+
+
+_FORWARD = {"native": _forward_native, "torch": _forward_torch, "sort": _forward_sort}
+
+
+def _vjp(p: torch.Tensor, g: torch.Tensor, backend: str) -> torch.Tensor:
+    """s * (g - mean_S g), s = 1[p > 0], over the last dim; 0 on rows with empty support."""
+    if backend == "native":
+        dtype = _inner_dtype(p, False)
+        return _native.backward(p.to(dtype).contiguous(), g.to(dtype).contiguous()).to(g.dtype)
+    s = p > 0
+    gs = torch.where(s, g.to(_inner_dtype(g, True)), 0)
+    mean = gs.sum(-1, keepdim=True) / s.sum(-1, keepdim=True).clamp_min(1)
+    return torch.where(s, gs - mean, 0).to(g.dtype)
+
+
+class _SparsemaxVJP(torch.autograd.Function):
+    """v -> J v, J = diag(s) - s s^T / |S|: symmetric and constant in v, so its own VJP."""
+
+    @staticmethod
+    def forward(ctx, p, v, backend):
+        ctx.save_for_backward(p)
+        ctx.backend = backend
+        return _vjp(p, v, backend)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (p,) = ctx.saved_tensors
+        return None, _SparsemaxVJP.apply(p, grad, ctx.backend), None
 
 
 class _SparsemaxFunction(torch.autograd.Function):
+    """p = sparsemax(x) along dim; backward s * (g - mean_S g) from the saved output."""
+
     @staticmethod
-    def forward(ctx, x, dim):
+    def forward(ctx, x, dim, backend):
         z = x.transpose(dim, -1)
-        p = torch.clamp(z - _threshold_sort(z), min=0).nan_to_num(0.0)
+        p = _FORWARD[backend](z) if z.numel() else torch.zeros_like(z)
         ctx.save_for_backward(p)
-        ctx.dim = dim
+        ctx.dim, ctx.backend = dim, backend
         return p.transpose(dim, -1)
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad):
         (p,) = ctx.saved_tensors
-        g = grad_out.transpose(ctx.dim, -1)
-        s = (p > 0).to(g.dtype)
-        mean = (g * s).sum(-1, keepdim=True) / s.sum(-1, keepdim=True).clamp(min=1)
-        return (s * (g - mean)).transpose(ctx.dim, -1), None
+        g = grad.transpose(ctx.dim, -1)
+        dz = _SparsemaxVJP.apply(p, g, ctx.backend) if g.numel() else torch.zeros_like(g)
+        return dz.transpose(ctx.dim, -1), None, None
 
 
 def sparsemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Sparsemax of x along dim (exact; -inf entries are masked positions)."""
-    return _SparsemaxFunction.apply(x, dim)
+    if not (x.is_floating_point()):
+        raise TypeError(f"sparsemax expects a floating-point tensor, got {x.dtype}")
+    if x.dim() == 0:
+        return sparsemax(x.reshape(1), dim).reshape(())
+    return _SparsemaxFunction.apply(x, dim, backend_for(x))
+
+
+def sparsemax_sort(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Reference sparsemax by sorting (M&A Alg. 1) in float64, cast back to x.dtype.
+
+    Plain torch ops, no custom backward: autograd through it gives the true Jacobian
+    (almost everywhere), an independent check of the closed-form backward."""
+    z = x.transpose(dim, -1)
+    p = _forward_sort(z) if z.numel() else torch.zeros_like(z)
+    return p.transpose(dim, -1)
 
 
 class Sparsemax(nn.Module):
+    """nn.Module wrapper of sparsemax along `dim`."""
+
     def __init__(self, dim: int = -1):
         super().__init__()
         self.dim = dim

@@ -1,0 +1,28 @@
+"""mmin_reference: a pure-NumPy oracle of MMIN's numerical core.
+
+Small, slow and written for clarity; the property tests hold the torch code in
+`mmin_plugin` to it. No torch import anywhere in this package.
+"""
+from .losses import (
+    discriminator_forward,
+    grad_reverse,
+    grad_reverse_vjp,
+    linear,
+    log_softmax,
+    modality_cross_entropy,
+    separation_loss,
+)
+from .sparsemax import sparsemax, sparsemax_threshold, sparsemax_vjp
+
+__all__ = [
+    "sparsemax",
+    "sparsemax_threshold",
+    "sparsemax_vjp",
+    "separation_loss",
+    "linear",
+    "discriminator_forward",
+    "log_softmax",
+    "modality_cross_entropy",
+    "grad_reverse",
+    "grad_reverse_vjp",
+]

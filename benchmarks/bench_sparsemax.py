@@ -1,0 +1,173 @@
+"""Benchmark of mmin_plugin.sparsemax against torch.softmax and entmax.sparsemax (CPU).
+
+    python benchmarks/bench_sparsemax.py --out bench_sparsemax.json [--repeats 10 --warmup 2]
+
+or, from another script, ``run(repeats=..., warmup=...) -> list[dict]``.
+
+Measured in one run on the same machine, float32, ``torch.get_num_threads()`` threads:
+forward and forward+backward of every available mmin backend (native, torch, sort),
+torch.softmax and entmax.sparsemax (skipped with a note when entmax is not installed), on
+the shapes (128,50,500), (128,50,375), (128,3,500), (512,50,50) and over the key length
+L = 125..2000 at (128,50,L).  The implementations are timed round-robin (one call each per
+repetition) so that load from other processes hits all of them alike; the medians over
+the repetitions after warm-up are reported, with the minima.  The one-time compile cost of
+the native kernel (cold, into an empty cache directory) is a row of its own.
+"""
+import argparse
+import importlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+S = importlib.import_module("mmin_plugin.sparsemax")
+N = importlib.import_module("mmin_plugin._sparsemax_native")
+
+SHAPES = [(128, 50, 500), (128, 50, 375), (128, 3, 500), (512, 50, 50)]
+SCALING = [(128, 50, L) for L in (125, 250, 500, 1000, 2000)]
+
+
+def _implementations():
+    """name -> (callable(x), note); the mmin ones go through the public API and env var."""
+    impls, notes = {"softmax": lambda x: torch.softmax(x, -1)}, []
+
+    def mmin(backend):
+        def call(x):
+            os.environ["MMIN_SPARSEMAX_BACKEND"] = backend
+            return S.sparsemax(x, -1)
+        return call
+
+    try:
+        N.kernels()
+        impls["mmin-native"] = mmin("native")
+    except RuntimeError as exc:
+        notes.append(f"mmin-native skipped: {exc}")
+    impls["mmin-torch"] = mmin("torch")
+    impls["mmin-sort"] = mmin("sort")
+    try:
+        from entmax import sparsemax as entmax_sparsemax
+        impls["entmax"] = lambda x: entmax_sparsemax(x, -1)
+    except ImportError:
+        notes.append("entmax not installed (pip install entmax): entmax columns skipped")
+    return impls, notes
+
+
+def _time_shape(shape, impls, repeats, warmup):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    xg = x.clone().requires_grad_(True)
+    g = torch.randn(shape)
+
+    def fwd(f):
+        with torch.no_grad():
+            f(x)
+
+    def fwd_bwd(f):
+        f(xg).backward(g)
+        xg.grad = None
+
+    rows = []
+    for op, step in (("forward", fwd), ("fwd+bwd", fwd_bwd)):
+        times = {name: [] for name in impls}
+        for name, f in impls.items():
+            for _ in range(warmup):
+                step(f)
+        for _ in range(repeats):
+            for name, f in impls.items():
+                start = time.perf_counter()
+                step(f)
+                times[name].append(time.perf_counter() - start)
+        for name, ts in times.items():
+            rows.append({"shape": list(shape), "op": op, "impl": name, "repeats": repeats,
+                         "median_ms": 1e3 * statistics.median(ts), "min_ms": 1e3 * min(ts)})
+    return rows
+
+
+def _compile_cost():
+    """Cold build of the native kernel into an empty cache directory."""
+    if N._compiler() is None:
+        return {"impl": "mmin-native", "op": "compile", "error": "no C compiler"}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            _, info = N.build(tmp)
+        except RuntimeError as exc:
+            return {"impl": "mmin-native", "op": "compile", "error": str(exc)}
+    return {"impl": "mmin-native", "op": "compile", "shape": None, "median_ms": 1e3 * info["seconds"],
+            "compiler": info["compiler"], "flags": info["flags"]}
+
+
+def run(repeats: int = 10, warmup: int = 2, shapes=None, scaling=None) -> list:
+    """All measurements as a list of dicts (shape, op, impl, median_ms, min_ms, repeats)."""
+    saved = os.environ.get("MMIN_SPARSEMAX_BACKEND")
+    impls, notes = _implementations()
+    rows = [_compile_cost()] + [{"op": "note", "note": n} for n in notes]
+    try:
+        for shape in list(shapes or SHAPES) + list(SCALING if scaling is None else scaling):
+            rows += _time_shape(shape, impls, repeats, warmup)
+    finally:
+        if saved is None:
+            os.environ.pop("MMIN_SPARSEMAX_BACKEND", None)
+        else:
+            os.environ["MMIN_SPARSEMAX_BACKEND"] = saved
+    return rows
+
+
+def markdown(rows) -> str:
+    """Table: one line per (shape, op), medians in ms, ratios native/softmax, entmax/native."""
+    med = {(tuple(r["shape"]), r["op"], r["impl"]): r["median_ms"] for r in rows
+           if r.get("shape") and "median_ms" in r}
+    cols = ["softmax", "mmin-native", "mmin-torch", "mmin-sort", "entmax"]
+    out = ["| shape | op | " + " | ".join(c + " ms" for c in cols)
+           + " | native/softmax | entmax/native |",
+           "|---|---|" + "---:|" * (len(cols) + 2)]
+    seen = []
+    for shape, op, _ in med:
+        if (shape, op) in seen:
+            continue
+        seen.append((shape, op))
+        vals = [med.get((shape, op, c)) for c in cols]
+        cell = ["-" if v is None else f"{v:.2f}" for v in vals]
+        nat, soft, ent = vals[1], vals[0], vals[4]
+        r1 = f"{nat / soft:.2f}x" if nat and soft else "-"
+        r2 = f"{ent / nat:.1f}x" if nat and ent else "-"
+        out.append(f"| {tuple(shape)} | {op} | " + " | ".join(cell) + f" | {r1} | {r2} |")
+    extra = [r for r in rows if r.get("op") in ("compile", "note")]
+    for r in extra:
+        if r["op"] == "compile":
+            out.append(f"\nnative kernel compile (cold, once): "
+                       + (f"{r['median_ms'] / 1e3:.2f} s" if "median_ms" in r else r["error"]))
+        else:
+            out.append(f"\nnote: {r['note']}")
+    return "\n".join(out)
+
+
+def _meta():
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": sys.version.split()[0],
+            "machine": platform.machine(), "processor": platform.processor() or platform.platform(),
+            "cpu_count": os.cpu_count(), "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", help="write the JSON results here")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--no-scaling", action="store_true", help="only the four fixed shapes")
+    args = ap.parse_args(argv)
+    meta = _meta()
+    rows = run(args.repeats, args.warmup, scaling=[] if args.no_scaling else None)
+    meta["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(markdown(rows))
+    print(f"\n{meta}")
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump({"meta": meta, "results": rows}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+/* Row-wise exact sparsemax kernels for mmin_plugin (plain C99 + pthreads, no torch headers).
+ *
+ * Loaded through ctypes by mmin_plugin/_sparsemax_native.py; every buffer is a contiguous
+ * (rows, n) array of float or double.  Build: cc -O3 -shared -fPIC -pthread
+ * -fopenmp-simd -fno-trapping-math (the last two only let the compiler vectorise the
+ * marked loops; no OpenMP runtime is used and no result depends on them).
+ *
+ * Forward, per row z (Martins & Astudillo 2016):
+ *     p = max(z - tau, 0)   where tau is the root of   f(t) = sum_i max(z_i - t, 0) - 1.
+ * Work on y = z - max(z) in double, so the partial sums are O(1) whatever the scale of z
+ * (tau(z + c) = tau(z) + c); then tau - max lies in [-1, 0), so only the candidates
+ * y > -1 can be in the support: one vectorised pass finds the max, a second copies the
+ * candidates (and their indices) to a scratch buffer.  f is convex, decreasing and
+ * piecewise linear with slope -|{y > t}|, so Newton's method from the lower bound
+ * t0 = -1 (Michelot's algorithm) on the candidates,
+ *     S_0 = {y > -1},   t_{k+1} = (sum_{S_k} y - 1) / |S_k|,   S_{k+1} = {y in S_k : y > t_{k+1}},
+ * increases monotonically and is exact as soon as the support stops changing
+ * (S_{k+1} = S_k gives t_{k+2} = t_{k+1} = tau); the buffer is compacted in place at each
+ * step, typically 3-8 steps.  A row that has not converged after `max_passes` steps is
+ * finished by the exact sort-based rule (M&A Alg. 1) on its remaining candidates, never by
+ * an approximation.  The output is written as zeros, then y - tau on the candidates.
+ *
+ * Conventions: -inf entries are masked and give exactly 0; a row that is all -inf gives
+ * all zeros; a row containing NaN or +inf gives all NaN (only that row).
+ *
+ * Backward (vector-Jacobian product; the Jacobian is symmetric, M&A eq. 14):
+ *     dz = s * (g - sum_S g / |S|),   s = 1[p > 0];   a row with empty support gets 0.
+ *
+ * Rows are split into contiguous chunks over at most `nthreads` threads (pthreads created
+ * per call; nthreads = 1 creates none, so the kernels are safe after fork()).
+ */
+#ifndef T /* ------------------------------------------------------------ common part */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MIN_ELEMS_PER_THREAD 16384
+#define MAX_THREADS 256
+#define BLOCK 16  /* elements tested at once for candidates */
+
+static int cmp_desc(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x < y) - (x > y);
+}
+
+/* Exact threshold of the candidates c[0..k) (k >= 1, a superset of the support), by
+ * sorting: tau = (sum_{j<=K} c_(j) - 1) / K,  K = max{j : 1 + j c_(j) > sum_{i<=j} c_(i)}. */
+static double sort_threshold(double *c, int64_t k)
+{
+    double cs = 0.0, cs_sup = c[0];
+    int64_t j, k_sup = 1;
+    qsort(c, (size_t)k, sizeof(double), cmp_desc);
+    for (j = 0; j < k; j++) {
+        cs += c[j];
+        if (1.0 + (double)(j + 1) * c[j] > cs) { k_sup = j + 1; cs_sup = cs; }
+    }
+    return (cs_sup - 1.0) / (double)k_sup;
+}
+
+static double sum(const double *c, int64_t k)
+{
+    double s = 0.0;
+    int64_t j;
+#pragma omp simd reduction(+:s)
+    for (j = 0; j < k; j++) s += c[j];
+    return s;
+}
+
+/* Newton steps on the candidates c[0..k) (all > the current iterate, which is <= tau);
+ * returns tau - max(z) exactly and sets *fell_back when the sort was needed. */
+static double threshold(double *c, int64_t k, int max_passes, int *fell_back)
+{
+    int pass;
+    for (pass = 0;; pass++) {
+        double t;
+        int64_t j, k2 = 0;
+        if (pass >= max_passes) { *fell_back = 1; return sort_threshold(c, k); }
+        t = (sum(c, k) - 1.0) / (double)k;
+        for (j = 0; j < k; j++) {  /* keep c[j] > t, branch-free compaction */
+            double y = c[j];
+            c[k2] = y;
+            k2 += y > t;
+        }
+        if (k2 == k) return t;  /* support unchanged: t is exact */
+        k = k2;                 /* k2 >= 1: the max (y = 0) is kept since t < 0 */
+    }
+}
+
+#define T float
+#define FN(name) name##_f32
+#define nextafter_f32 nextafterf
+#include __FILE__
+#undef T
+#undef FN
+#define T double
+#define FN(name) name##_f64
+#define nextafter_f64 nextafter
+#include __FILE__
+#undef T
+#undef FN
+
+/* ------------------------------------------------------------------ threading */
+
+typedef struct {
+    int fwd, f64, max_passes;
+    const void *a, *b;  /* forward: z, unused;  backward: p, g */
+    void *out;
+    int64_t n, r0, r1;
+    int64_t fell_back;  /* forward: rows finished by the sort; -1 if malloc failed */
+} job_t;
+
+static void *run_job(void *arg)
+{
+    job_t *j = (job_t *)arg;
+    int64_t r, n = j->n;
+    double *y = NULL;  /* forward scratch: y, c (doubles) and idx (int64), n each */
+    if (j->fwd && !(y = (double *)malloc((size_t)(n > 0 ? n : 1) * 3 * sizeof(double)))) {
+        j->fell_back = -1;
+        return NULL;
+    }
+    for (r = j->r0; r < j->r1; r++) {
+        if (j->fwd && j->f64)
+            j->fell_back += fwd_row_f64((const double *)j->a + r * n, (double *)j->out + r * n, n,
+                                        y, y + n, (int64_t *)(y + 2 * n), j->max_passes);
+        else if (j->fwd)
+            j->fell_back += fwd_row_f32((const float *)j->a + r * n, (float *)j->out + r * n, n,
+                                        y, y + n, (int64_t *)(y + 2 * n), j->max_passes);
+        else if (j->f64)
+            bwd_row_f64((const double *)j->a + r * n, (const double *)j->b + r * n,
+                        (double *)j->out + r * n, n);
+        else
+            bwd_row_f32((const float *)j->a + r * n, (const float *)j->b + r * n,
+                        (float *)j->out + r * n, n);
+    }
+    free(y);
+    return NULL;
+}
+
+static int64_t dispatch(int fwd, int f64, const void *a, const void *b, void *out, int64_t rows,
+                        int64_t n, int max_passes, int nthreads)
+{
+    job_t jobs[MAX_THREADS];
+    pthread_t tid[MAX_THREADS];
+    int started[MAX_THREADS];
+    int64_t by_size = rows * n / MIN_ELEMS_PER_THREAD, total = 0;
+    int t, nt = nthreads < 1 ? 1 : nthreads > MAX_THREADS ? MAX_THREADS : nthreads;
+    if ((int64_t)nt > by_size) nt = by_size > 1 ? (int)by_size : 1;
+    if ((int64_t)nt > rows) nt = rows > 1 ? (int)rows : 1;
+    for (t = 0; t < nt; t++) {
+        job_t jb = {fwd, f64, max_passes, a, b, out, n, rows * t / nt, rows * (t + 1) / nt, 0};
+        jobs[t] = jb;
+        started[t] = 0;
+    }
+    for (t = 1; t < nt; t++)  /* a thread that cannot be created leaves its chunk to us */
+        started[t] = pthread_create(&tid[t], NULL, run_job, &jobs[t]) == 0;
+    run_job(&jobs[0]);
+    for (t = 1; t < nt; t++) {
+        if (started[t]) pthread_join(tid[t], NULL);
+        else run_job(&jobs[t]);
+    }
+    for (t = 0; t < nt; t++) {
+        if (jobs[t].fell_back < 0) return -1;
+        total += jobs[t].fell_back;
+    }
+    return total;
+}
+
+/* Entry points.  Forward returns the number of rows finished by the sort (>= 0), or -1 if a
+ * scratch buffer could not be allocated (the output is then incomplete). */
+int64_t mmin_sparsemax_fwd_f32(const float *z, float *p, int64_t rows, int64_t n, int max_passes,
+                               int nthreads)
+{ return dispatch(1, 0, z, NULL, p, rows, n, max_passes, nthreads); }
+
+int64_t mmin_sparsemax_fwd_f64(const double *z, double *p, int64_t rows, int64_t n,
+                               int max_passes, int nthreads)
+{ return dispatch(1, 1, z, NULL, p, rows, n, max_passes, nthreads); }
+
+int64_t mmin_sparsemax_bwd_f32(const float *p, const float *g, float *dz, int64_t rows, int64_t n,
+                               int nthreads)
+{ return dispatch(0, 0, p, g, dz, rows, n, 0, nthreads); }
+
+int64_t mmin_sparsemax_bwd_f64(const double *p, const double *g, double *dz, int64_t rows,
+                               int64_t n, int nthreads)
+{ return dispatch(0, 1, p, g, dz, rows, n, 0, nthreads); }
+
+#else /* ------------------------------------ row kernels, included once per type T */
+
+/* Appends y = z[i] - max and i for the candidates z[i] > lo, i in [i0, i1) (branch-free). */
+static int64_t FN(collect)(const T *z, int64_t i0, int64_t i1, T lo, double dm, double *y,
+                           int64_t *idx, int64_t k)
+{
+    int64_t i;
+    for (i = i0; i < i1; i++) {
+        y[k] = (double)z[i] - dm;
+        idx[k] = i;
+        k += z[i] > lo;
+    }
+    return k;
+}
+
+/* One row; scratch y, c (doubles) and idx, n entries each.  Returns 1 if the sort was used. */
+static int FN(fwd_row)(const T *z, T *p, int64_t n, double *y, double *c, int64_t *idx,
+                       int max_passes)
+{
+    T m = -INFINITY, lo;
+    int bad = 0, fell_back = 0;
+    int64_t i, i0, j, k = 0;
+    double dm, t;
+#pragma omp simd reduction(max:m) reduction(|:bad)
+    for (i = 0; i < n; i++) {
+        T v = z[i];
+        m = v > m ? v : m;
+        bad |= v != v;
+    }
+    if (bad || m == INFINITY || m == -INFINITY) {  /* NaN/+inf row, or all masked */
+        T fill = m == -INFINITY && !bad ? (T)0 : (T)NAN;
+        for (i = 0; i < n; i++) p[i] = fill;
+        return 0;
+    }
+    dm = (double)m;
+    lo = (T)(dm - 1.0);  /* candidates z > lo: a superset of z > m - 1, as tau >= m - 1 */
+    if ((double)lo > dm - 1.0) lo = FN(nextafter)(lo, (T)-INFINITY);
+    for (i0 = 0; i0 + BLOCK <= n; i0 += BLOCK) {
+        int any = 0;
+        for (i = i0; i < i0 + BLOCK; i++) any |= z[i] > lo;  /* vectorised test */
+        if (any) k = FN(collect)(z, i0, i0 + BLOCK, lo, dm, y, idx, k);
+    }
+    k = FN(collect)(z, i0, n, lo, dm, y, idx, k);
+    memcpy(c, y, (size_t)k * sizeof(double));
+    t = threshold(c, k, max_passes, &fell_back);
+    for (i = 0; i < n; i++) p[i] = 0;
+    for (j = 0; j < k; j++) {  /* p = max(y - t, 0) on the candidates, 0 elsewhere */
+        double v = y[j] - t;
+        if (v > 0.0) p[idx[j]] = (T)v;
+    }
+    return fell_back;
+}
+
+static void FN(bwd_row)(const T *p, const T *g, T *dz, int64_t n)
+{
+    double s = 0.0, k = 0.0, mean;
+    int64_t i;
+#pragma omp simd reduction(+:s,k)
+    for (i = 0; i < n; i++) {  /* a product vectorises better than a select ... */
+        double on = p[i] > 0 ? 1.0 : 0.0;
+        k += on;
+        s += on * (double)g[i];
+    }
+    if (s != s) {  /* ... but 0 * inf = NaN: redo with a select if g has inf/NaN anywhere */
+        for (i = 0, s = 0.0; i < n; i++)
+            if (p[i] > 0) s += (double)g[i];
+    }
+    mean = k > 0.0 ? s / k : 0.0;
+#pragma omp simd
+    for (i = 0; i < n; i++) {
+        T v = (T)((double)g[i] - mean);
+        dz[i] = p[i] > 0 ? v : (T)0;
+    }
+}
+
+#endif

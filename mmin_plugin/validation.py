@@ -1,0 +1,577 @@
+"""Start-up checks for MMIN runs: the feature file's layout and the configuration.
+
+* :func:`validate_features` -- every split has what MMSA's loader and MMIN read, with
+  consistent sample counts, numeric dtypes and sane shapes/values.  One failure, one
+  :class:`~mmin_plugin.errors.MMINDataError` naming the file, the split, the key, what was
+  expected and what was found.  It does not look at NaN/inf in audio/vision:
+  :func:`sanitize_features` repairs those (real MOSI audio carries -inf in its padding).
+* :func:`sanitize_features` -- NaN/+inf/-inf in audio/vision -> 0, in place, with one warning.
+* :func:`validate_config` -- MMIN's configuration values, :class:`MMINConfigError` on the first
+  bad one.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import os
+import re
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+
+from .errors import MMINConfigError, MMINDataError
+
+__all__ = [
+    "SPLITS",
+    "DATASETS",
+    "ABLATIONS",
+    "validate_features",
+    "sanitize_features",
+    "validate_config",
+    "normalize_ablation",
+    "looks_like_hub_id",
+]
+
+SPLITS = ("train", "valid", "test")
+DATASETS = ("mosi", "mosei", "sims")
+ABLATIONS = ("cin", "fin", "text", "video", "audio", "sep", "ac", "ap")
+_MODALITY_ABLATIONS = ("text", "video", "audio")
+_LABEL_MAX = {"mosi": 3.0, "mosei": 3.0, "sims": 1.0}
+_F32_MAX = float(np.finfo(np.float32).max)
+_CHUNK = 1 << 22  # elements per chunk for the value scans (bounded temporary memory)
+
+logger = logging.getLogger("MMSA")
+
+
+# ================================================================================================
+# Feature files
+# ================================================================================================
+
+def _fmt_shape(a):
+    return "(" + ", ".join(str(int(s)) for s in a.shape) + ")"
+
+
+def _describe(v):
+    """A short description of a value for error messages."""
+    if isinstance(v, np.ndarray):
+        return f"ndarray of {v.dtype} with shape {_fmt_shape(v)}"
+    if isinstance(v, (list, tuple)):
+        return f"{type(v).__name__} of length {len(v)}"
+    mod = type(v).__module__
+    name = type(v).__name__
+    r = repr(v)
+    if len(r) > 60:
+        r = r[:57] + "..."
+    return f"{name if mod == 'builtins' else mod + '.' + name} {r}"
+
+
+class _Ctx:
+    """Builds the one error message format: file, split, key, expected, found."""
+
+    def __init__(self, path):
+        self.path = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path)
+
+    def fail(self, split, key, expected, found):
+        where = self.path
+        if split is not None:
+            where += f": split '{split}'"
+        if key is not None:
+            where += f", key '{key}'" if split is not None else f": key '{key}'"
+        raise MMINDataError(f"{where}: expected {expected}; found {found}")
+
+
+def _chunks(a):
+    flat = a.reshape(-1)
+    step = _CHUNK
+    for i in range(0, flat.size, step):
+        yield flat[i:i + step]
+
+
+def _nonfinite_count(a):
+    if a.dtype.kind not in "fc":
+        return 0
+    return int(sum(int(np.count_nonzero(~np.isfinite(c))) for c in _chunks(a)))
+
+
+def _abs_max_finite(a):
+    """Largest |x| over the finite values (0 when none)."""
+    if a.dtype.kind not in "fiu" or a.size == 0:
+        return 0.0
+    m = 0.0
+    for c in _chunks(a):
+        if a.dtype.kind == "f":
+            c = c[np.isfinite(c)]
+        if c.size:
+            m = max(m, float(np.max(np.abs(c.astype(np.float64)))))
+    return m
+
+
+def _numeric_array(ctx, split, key, v, ndim=None, allow_list=False):
+    """Return `v` as a numeric ndarray (bool/int/uint/float) or fail."""
+    if not isinstance(v, np.ndarray):
+        if not allow_list or not isinstance(v, (list, tuple)):
+            ctx.fail(split, key, "a numpy array" + (" (or list)" if allow_list else ""),
+                     _describe(v))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                arr = np.asarray(v)
+        except (ValueError, TypeError, OverflowError) as e:
+            ctx.fail(split, key, "a rectangular numeric sequence", f"{_describe(v)} ({e})")
+        v = arr
+    if v.dtype.kind not in "biuf":
+        ctx.fail(split, key, "a numeric dtype (bool, int or float)", _describe(v))
+    if ndim is not None and v.ndim not in (ndim if isinstance(ndim, tuple) else (ndim,)):
+        ctx.fail(split, key, f"a {ndim if not isinstance(ndim, tuple) else ' or '.join(map(str, ndim))}"
+                             "-D array", _describe(v))
+    return v
+
+
+def _f32_representable(ctx, split, key, a):
+    if a.dtype.kind == "f" and a.dtype.itemsize > 4:  # ints and float16/32 always fit
+        m = _abs_max_finite(a)
+        if m > _F32_MAX:
+            ctx.fail(split, key, f"values representable as float32 (|x| <= {_F32_MAX:.3g}; "
+                                 "MMSA casts to float32, larger values become inf)",
+                     f"max |x| = {m:.3g}")
+
+
+def _length(ctx, split, key, v):
+    if isinstance(v, np.ndarray):
+        if v.ndim == 0:
+            ctx.fail(split, key, "a 1-D sequence with one entry per sample", _describe(v))
+        return int(v.shape[0])
+    if isinstance(v, (list, tuple)):
+        return len(v)
+    ctx.fail(split, key, "a numpy array or list with one entry per sample", _describe(v))
+
+
+def _check_strings(ctx, split, key, v, n):
+    """'id' / 'raw_text': one str per sample (MMSA batches them as lists of str)."""
+    k = _length(ctx, split, key, v)
+    if isinstance(v, np.ndarray):
+        if v.ndim != 1:
+            ctx.fail(split, key, "a 1-D array of str", _describe(v))
+        if v.dtype.kind == "U":
+            items = ()
+        elif v.dtype.kind == "O":
+            items = v
+        else:
+            ctx.fail(split, key, "an array of str (dtype '<U' or object)", _describe(v))
+    else:
+        items = v
+    for i, x in enumerate(items):
+        if not isinstance(x, str):
+            ctx.fail(split, key, "one str per sample", f"{_describe(x)} at sample {i}")
+    if k != n:
+        ctx.fail(split, key, f"{n} entries (the sample count of 'regression_labels')", f"{k}")
+
+
+def _check_lengths(ctx, split, key, v, n, max_len):
+    if isinstance(v, np.ndarray) or isinstance(v, (list, tuple)):
+        if isinstance(v, (list, tuple)) and not all(
+                isinstance(x, (numbers.Real, np.generic)) and not isinstance(x, (bool, np.bool_))
+                for x in v):
+            bad = next(x for x in v if not isinstance(x, (numbers.Real, np.generic))
+                       or isinstance(x, (bool, np.bool_)))
+            ctx.fail(split, key, "integer lengths", f"an entry {_describe(bad)}")
+        arr = _numeric_array(ctx, split, key, v, ndim=1, allow_list=True)
+    else:
+        ctx.fail(split, key, "a list or 1-D integer array of lengths", _describe(v))
+    if arr.dtype.kind == "b":
+        ctx.fail(split, key, "integer lengths", _describe(arr))
+    if arr.shape[0] != n:
+        ctx.fail(split, key, f"{n} lengths (one per sample)", f"{arr.shape[0]}")
+    if arr.dtype.kind == "f":
+        if _nonfinite_count(arr):
+            ctx.fail(split, key, "finite integer lengths", "NaN/inf")
+        frac = arr != np.round(arr)
+        if frac.any():
+            ctx.fail(split, key, "integer lengths",
+                     f"{float(arr[np.argmax(frac)])!r} at sample {int(np.argmax(frac))}")
+    if arr.size:
+        lo, hi = arr.min(), arr.max()
+        if lo < 0 or hi > max_len:
+            i = int(np.argmax((arr < 0) | (arr > max_len)))
+            ctx.fail(split, key, f"lengths within [0, {max_len}] (the padded sequence length)",
+                     f"{arr[i].item()!r} at sample {i}")
+    return arr.astype(np.int64)
+
+
+def _check_labels(ctx, split, key, v, n, label_max, need_ndarray):
+    if need_ndarray and not isinstance(v, np.ndarray):
+        ctx.fail(split, key, "a numpy array (MMSA calls .astype on it)", _describe(v))
+    arr = _numeric_array(ctx, split, key, v, ndim=(1, 2), allow_list=True)
+    if arr.ndim == 2 and arr.shape[1] != 1:
+        ctx.fail(split, key, f"shape ({n},) or ({n}, 1)", _describe(arr))
+    if arr.shape[0] != n:
+        ctx.fail(split, key, f"{n} labels (the sample count of 'regression_labels')",
+                 f"{arr.shape[0]}")
+    if arr.dtype.kind == "b":
+        ctx.fail(split, key, "numeric (int or float) labels", _describe(arr))
+    bad = _nonfinite_count(arr)
+    if bad:
+        i = int(np.argmax(~np.isfinite(arr.reshape(-1))))
+        ctx.fail(split, key, "finite labels", f"{bad} NaN/inf value(s), first at sample {i}")
+    _f32_representable(ctx, split, key, arr)
+    if label_max is not None and arr.size:
+        m = float(np.max(np.abs(arr.astype(np.float64))))
+        if m > label_max + 1e-4:
+            ctx.fail(split, key, f"labels within [-{label_max:g}, {label_max:g}]",
+                     f"max |label| = {m:g}")
+    return arr
+
+
+def validate_features(data, path, use_bert=True, need_data_aligned=False, *,
+                      dataset_name=None):
+    """Check a loaded feature file (the dict MMSA unpickles) before any training.
+
+    Per split ('train', 'valid', 'test'): keys ``'text_bert'`` (``use_bert``) or ``'text'``,
+    ``'audio'``, ``'vision'``, ``'regression_labels'``, ``'id'``, ``'raw_text'`` and, when not
+    ``need_data_aligned``, ``'audio_lengths'``/``'vision_lengths'`` (and for
+    ``dataset_name='sims'`` the unimodal ``'regression_labels_T/A/V'`` MMSA reads); at least one
+    sample and the same sample count N everywhere; numeric dtypes (bool/int/float); ``text_bert``
+    (N, 3, L) with integral non-negative ids, a 0/1 mask row and 0/1 segment ids; ``text``
+    (N, L, d) finite; ``audio``/``vision`` (N, L, d), L >= 1, d >= 1 and d equal across splits
+    (as is the text feature dim); ``id``/``raw_text`` one str per sample; aligned data: one L
+    for text, audio and vision; lengths integral (int, or integral floats) within [0, L];
+    labels finite, float32-representable and, with ``dataset_name``, in [-3, 3] (MOSI/MOSEI) or
+    [-1, 1] (SIMS).  NaN/inf in audio/vision are left to
+    :func:`sanitize_features`; values beyond float32's range are refused.
+
+    Zero lengths are accepted (they occur in real files); the model must handle them.
+
+    Returns a summary ``{split: {'n', 'seq_lens': (L, La, Lv), 'feature_dims': (dt, da, dv),
+    'zero_audio_lengths', 'zero_vision_lengths'}}``.  Raises one :class:`MMINDataError` on the
+    first problem.
+    """
+    ctx = _Ctx(path)
+    if not isinstance(data, Mapping):
+        ctx.fail(None, None, "a dict with the splits 'train', 'valid', 'test' (an MMSA feature file)",
+                 _describe(data))
+    if dataset_name is not None:
+        dataset_name = str(dataset_name).lower()
+    label_max = _LABEL_MAX.get(dataset_name)
+    text_key = "text_bert" if use_bert else "text"
+    required = [text_key, "audio", "vision", "regression_labels", "id", "raw_text"]
+    if not need_data_aligned:
+        required += ["audio_lengths", "vision_lengths"]
+    if dataset_name == "sims":
+        required += ["regression_labels_T", "regression_labels_A", "regression_labels_V"]
+
+    dims_seen = {}
+    summary = {}
+    for split in SPLITS:
+        if split not in data:
+            ctx.fail(None, None, f"the splits {list(SPLITS)}",
+                     f"no '{split}' split (keys: {sorted(map(str, data.keys()))[:10]})")
+        s = data[split]
+        if not isinstance(s, Mapping):
+            ctx.fail(split, None, "a dict of arrays", _describe(s))
+        for key in required:
+            if key not in s:
+                ctx.fail(split, key, "the key to be present",
+                         f"it missing (keys: {sorted(map(str, s.keys()))})")
+
+        labels = _check_labels(ctx, split, "regression_labels", s["regression_labels"],
+                               _length(ctx, split, "regression_labels", s["regression_labels"]),
+                               label_max, need_ndarray=False)
+        n = int(labels.shape[0])
+        if n < 1:
+            ctx.fail(split, "regression_labels", "at least one sample", "0 samples")
+        if dataset_name == "sims":
+            for m in "TAV":
+                _check_labels(ctx, split, "regression_labels_" + m, s["regression_labels_" + m],
+                              n, label_max, need_ndarray=True)
+        for key in ("id", "raw_text"):
+            _check_strings(ctx, split, key, s[key], n)
+
+        # --- text ---------------------------------------------------------------------------
+        t = _numeric_array(ctx, split, text_key, s[text_key], ndim=3)
+        if t.shape[0] != n:
+            ctx.fail(split, text_key, f"{n} samples (the sample count of 'regression_labels')",
+                     _describe(t))
+        if use_bert:
+            if t.shape[1] != 3:
+                ctx.fail(split, text_key, f"shape (N, 3, L): token ids, attention mask, "
+                                          "segment ids", _describe(t))
+            L_text = int(t.shape[2])
+            if L_text < 1:
+                ctx.fail(split, text_key, "a sequence length L >= 1", _describe(t))
+            ids, mask, seg = t[:, 0, :], t[:, 1, :], t[:, 2, :]
+            if _nonfinite_count(ids) or (ids.dtype.kind == "f" and (ids != np.round(ids)).any()):
+                ctx.fail(split, text_key, "integral token ids in row 0",
+                         "non-integral or non-finite values")
+            lo, hi = float(ids.min()), float(ids.max())
+            if lo < 0 or hi >= 2 ** 24:
+                ctx.fail(split, text_key, "token ids in row 0 within [0, 2**24) (float32-exact)",
+                         f"values in [{lo:g}, {hi:g}]")
+            for row, name, arr in ((1, "attention mask", mask), (2, "segment ids", seg)):
+                bad = ~((arr == 0) | (arr == 1))
+                if bad.any():
+                    i = np.argwhere(bad)[0]
+                    ctx.fail(split, text_key, f"{name} (row {row}) of 0/1 values",
+                             f"{arr[tuple(i)].item()!r} at sample {int(i[0])}, step {int(i[1])}")
+            d_text = 768
+        else:
+            L_text, d_text = int(t.shape[1]), int(t.shape[2])
+            if L_text < 1 or d_text < 1:
+                ctx.fail(split, text_key, "shape (N, L, d) with L, d >= 1", _describe(t))
+            bad = _nonfinite_count(t)
+            if bad:
+                ctx.fail(split, text_key, "finite text features (only audio/vision are "
+                                          "sanitized)", f"{bad} NaN/inf value(s)")
+            _f32_representable(ctx, split, text_key, t)
+            prev = dims_seen.setdefault("text", (split, d_text))
+            if prev[1] != d_text:
+                ctx.fail(split, text_key, f"feature dim {prev[1]} (as in split '{prev[0]}')",
+                         f"{d_text} ({_describe(t)})")
+
+        # --- audio / vision ---------------------------------------------------------------------
+        seq, dims, zeros = {}, {}, {}
+        for key in ("audio", "vision"):
+            a = _numeric_array(ctx, split, key, s[key], ndim=3)
+            if a.shape[0] != n:
+                ctx.fail(split, key, f"{n} samples (the sample count of 'regression_labels')",
+                         _describe(a))
+            if a.shape[1] < 1 or a.shape[2] < 1:
+                ctx.fail(split, key, "shape (N, L, d) with L, d >= 1", _describe(a))
+            _f32_representable(ctx, split, key, a)
+            seq[key], dims[key] = int(a.shape[1]), int(a.shape[2])
+            prev = dims_seen.setdefault(key, (split, dims[key]))
+            if prev[1] != dims[key]:
+                ctx.fail(split, key, f"feature dim {prev[1]} (as in split '{prev[0]}')",
+                         f"{dims[key]} ({_describe(a)})")
+            if need_data_aligned:
+                if seq[key] != L_text:
+                    ctx.fail(split, key, f"aligned data: sequence length {L_text} (as the text)",
+                             _describe(a))
+                if key + "_lengths" in s:
+                    _check_lengths(ctx, split, key + "_lengths", s[key + "_lengths"], n, seq[key])
+                zeros[key] = 0
+            else:
+                lens = _check_lengths(ctx, split, key + "_lengths", s[key + "_lengths"], n,
+                                      seq[key])
+                zeros[key] = int(np.count_nonzero(lens == 0))
+
+        summary[split] = {
+            "n": n,
+            "seq_lens": (L_text, seq["audio"], seq["vision"]),
+            "feature_dims": (d_text, dims["audio"], dims["vision"]),
+            "zero_audio_lengths": zeros["audio"],
+            "zero_vision_lengths": zeros["vision"],
+        }
+    return summary
+
+
+def sanitize_features(data, path):
+    """Replace NaN, +inf and -inf in every split's 'audio'/'vision' float arrays by 0, in place.
+
+    Returns ``{split: {modality: {'nan': k, 'posinf': k, 'neginf': k}}}`` for the arrays that had
+    any (empty when clean).  When something was replaced, emits ONE warning (``warnings.warn``
+    and ``logging.getLogger('MMSA').warning``) with the counts per split and modality; nothing
+    when clean.  Anything that is not a float ndarray is skipped (see :func:`validate_features`).
+    """
+    counts = {}
+    if not isinstance(data, Mapping):
+        return counts
+    for split in SPLITS:
+        s = data.get(split)
+        if not isinstance(s, Mapping):
+            continue
+        for key in ("audio", "vision"):
+            a = s.get(key)
+            if not isinstance(a, np.ndarray) or a.dtype.kind != "f" or a.size == 0:
+                continue
+            c = {"nan": 0, "posinf": 0, "neginf": 0}
+            if not a.flags.writeable:
+                a = a.copy()
+                s[key] = a  # type: ignore[index]
+            flat = a.reshape(-1) if a.flags.c_contiguous else None
+            chunks = _chunks(a) if flat is not None else [a]
+            for ch in chunks:
+                nan = np.isnan(ch)
+                pinf = np.isposinf(ch)
+                ninf = np.isneginf(ch)
+                k = (int(nan.sum()), int(pinf.sum()), int(ninf.sum()))
+                if any(k):
+                    c["nan"] += k[0]
+                    c["posinf"] += k[1]
+                    c["neginf"] += k[2]
+                    ch[nan | pinf | ninf] = 0
+            if any(c.values()):
+                counts.setdefault(split, {})[key] = c
+    if counts:
+        parts = []
+        for split, mods in counts.items():
+            for key, c in mods.items():
+                parts.append(f"{split}/{key}: {c['nan']} NaN, {c['posinf']} +inf, "
+                             f"{c['neginf']} -inf")
+        total = sum(sum(c.values()) for m in counts.values() for c in m.values())
+        msg = (f"{_Ctx(path).path}: replaced {total} non-finite audio/vision value(s) by 0 "
+               f"({'; '.join(parts)})")
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        logger.warning(msg)
+    return counts
+
+
+# ================================================================================================
+# Configuration
+# ================================================================================================
+
+def _cfail(key, expected, found):
+    raise MMINConfigError(f"config key '{key}': expected {expected}; found {found!r}")
+
+
+def _is_int(v):
+    return isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_real(v):
+    return isinstance(v, (numbers.Real, np.number)) and not isinstance(v, (bool, np.bool_)) \
+        and not isinstance(v, (complex, np.complexfloating))
+
+
+def normalize_ablation(value, key="ablation"):
+    """``None``/``''``/``[]`` -> ``[]``; ``'cin'``, ``'cin,text'``, ``['cin', 'text']`` -> a list of
+    valid lower-case names (order kept, duplicates dropped).  Unknown names:
+    :class:`MMINConfigError`."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = []
+        for v in value:
+            if not isinstance(v, str):
+                _cfail(key, f"ablation names (strings) from {list(ABLATIONS)}", v)
+            items.extend(v.split(","))
+    else:
+        _cfail(key, f"a list, a string or a comma-separated string of {list(ABLATIONS)}", value)
+    out = []
+    for it in items:
+        name = it.strip().lower()
+        if not name:
+            continue
+        if name not in ABLATIONS:
+            _cfail(key, f"ablation names from {list(ABLATIONS)}", it.strip())
+        if name not in out:
+            out.append(name)
+    return out
+
+
+_HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,95})"
+_HUB_RE = re.compile(rf"^{_HUB_PART}(?:/{_HUB_PART})?$")
+
+
+def looks_like_hub_id(s):
+    """``name`` or ``org/name`` (letters, digits, '.', '_', '-'; no '..', no leading '.', '/',
+    '~', no backslash or drive letter), i.e. not something that looks like a local path."""
+    if not isinstance(s, str) or not s or ".." in s or s.endswith((".", "/")):
+        return False
+    if s.startswith(("/", ".", "~")) or "\\" in s or re.match(r"^[A-Za-z]:", s):
+        return False
+    if os.sep != "/" and os.sep in s:
+        return False
+    return bool(_HUB_RE.match(s))
+
+
+def _get(args, key):
+    try:
+        return key in args, args[key] if key in args else None
+    except TypeError:  # pragma: no cover - exotic mappings
+        return False, None
+
+
+def validate_config(args):
+    """Check MMIN's configuration at start-up; raise :class:`MMINConfigError` on the first bad value.
+
+    Only keys present in ``args`` (a dict / EasyDict) are checked: ``dataset_name`` (mosi, mosei,
+    sims), loss weights ``alpha``/``beta``/``gamma``/``grl_lambda`` (finite, >= 0), positive
+    ints ``d_model``/``nheads``/``fine_layers``/``fusion_layers``/``fusion_ff_dim``/``rnn_layers``/
+    ``disc_hidden``/``batch_size`` with ``d_model % nheads == 0``, positive finite
+    ``learning_rate``/``learning_rate_bert``, non-negative weight decays, ``dropout``/
+    ``attn_dropout`` in [0, 1), ``ablation`` (see :func:`normalize_ablation`; not all of text,
+    video and audio), ``max_epochs`` (None or a positive int), ``early_stop`` (int >= 1),
+    ``grad_clip`` (a finite number; <= 0 disables), ``transformers`` ('bert' or 'roberta') and
+    ``pretrained`` (an existing local model directory holding config.json, or a hub id
+    ``name``/``org/name``).
+    """
+    if not isinstance(args, Mapping):
+        raise MMINConfigError(f"config: expected a dict of parameters; found {type(args).__name__}")
+
+    has, v = _get(args, "dataset_name")
+    if has:
+        if not isinstance(v, str) or v.lower() not in DATASETS:
+            _cfail("dataset_name", f"one of {list(DATASETS)}", v)
+
+    for key in ("alpha", "beta", "gamma", "grl_lambda"):
+        has, v = _get(args, key)
+        if has and (not _is_real(v) or not math.isfinite(float(v)) or float(v) < 0):
+            _cfail(key, "a finite loss weight >= 0", v)
+
+    for key in ("d_model", "nheads", "fine_layers", "fusion_layers", "fusion_ff_dim",
+                "rnn_layers", "disc_hidden", "batch_size"):
+        has, v = _get(args, key)
+        if has and (not _is_int(v) or int(v) < 1):
+            _cfail(key, "a positive integer", v)
+    has_d, d = _get(args, "d_model")
+    has_h, h = _get(args, "nheads")
+    if has_d and has_h and int(d) % int(h) != 0:
+        raise MMINConfigError(
+            f"config key 'd_model': expected a multiple of nheads={int(h)} (attention heads "
+            f"split d_model evenly); found {int(d)} (d_model % nheads = {int(d) % int(h)})")
+
+    for key in ("learning_rate", "learning_rate_bert"):
+        has, v = _get(args, key)
+        if has and (not _is_real(v) or not math.isfinite(float(v)) or float(v) <= 0):
+            _cfail(key, "a positive finite learning rate", v)
+    for key in ("weight_decay", "weight_decay_bert"):
+        has, v = _get(args, key)
+        if has and (not _is_real(v) or not math.isfinite(float(v)) or float(v) < 0):
+            _cfail(key, "a finite weight decay >= 0", v)
+
+    for key in ("dropout", "attn_dropout"):
+        has, v = _get(args, key)
+        if has and (not _is_real(v) or not (0.0 <= float(v) < 1.0)):
+            _cfail(key, "a dropout probability in [0, 1)", v)
+
+    has, v = _get(args, "ablation")
+    if has:
+        abl = normalize_ablation(v)
+        if all(m in abl for m in _MODALITY_ABLATIONS):
+            _cfail("ablation", "at most two of the modalities 'text', 'video', 'audio' ablated "
+                               "(at least one must remain)", v)
+
+    has, v = _get(args, "max_epochs")
+    if has and v is not None and (not _is_int(v) or int(v) < 1):
+        _cfail("max_epochs", "None (no cap) or a positive integer", v)
+    has, v = _get(args, "early_stop")
+    if has and (not _is_int(v) or int(v) < 1):
+        _cfail("early_stop", "an integer >= 1", v)
+    has, v = _get(args, "grad_clip")
+    if has and v is not None and (not _is_real(v) or not math.isfinite(float(v))):
+        _cfail("grad_clip", "a finite number (<= 0 disables clipping)", v)
+    has, v = _get(args, "transformers")
+    if has and v not in ("bert", "roberta"):
+        _cfail("transformers", "'bert' or 'roberta' (MMSA's BertTextEncoder)", v)
+
+    has, v = _get(args, "pretrained")
+    if has:
+        if not isinstance(v, (str, os.PathLike)) or not os.fspath(v):
+            _cfail("pretrained", "a local model directory or a hub id like 'bert-base-uncased'", v)
+        p = os.fspath(v)
+        expanded = os.path.expanduser(p)
+        if os.path.isdir(expanded):
+            if not os.path.isfile(os.path.join(expanded, "config.json")):
+                _cfail("pretrained", "a model directory containing config.json "
+                                     "(written by save_pretrained)", p)
+        elif os.path.exists(expanded):
+            _cfail("pretrained", "a model directory (not a file) or a hub id", p)
+        elif not looks_like_hub_id(p):
+            _cfail("pretrained", "an existing local model directory or a hub id "
+                                 "('name' or 'org/name'); this looks like a local path that "
+                                 "does not exist", p)
+    return None

@@ -1,0 +1,265 @@
+"""Property tests: the torch constraint module (`mmin_plugin.losses`: eq. 3, 4, 5, the
+discriminator D and the gradient reversal layer) against the NumPy oracle `mmin_reference`.
+
+Tolerances, eps = machine epsilon of the dtype under test (float64 or float32); every bound
+is a standard forward-error bound (gamma_k ~ k eps for a k-term dot product) with headroom:
+  * eq. 5: every entry of a product C^T P is a batch-length-n dot product, so its error is
+    <= n eps ||c_a|| ||p_b||; squaring and summing the D = d_1 d_2 entries and the 6 terms,
+    |L - L_exact| <= (3 n + D + 6) eps B with B = sum over the terms of ||X||_F^2 ||Y||_F^2.
+    TOL = 4 (n + D + 6) eps B.  For codes orthogonal by construction the products are
+    themselves only rounding (QR, the cast to dtype, the matmul), so L <= (8 n eps)^2 B.
+  * D's logits: |error| <= 4 (d + H + 2) eps * (|W2| (|W1| |h| + |b1|) + |b2|), elementwise
+    (the same network run on absolute values bounds every partial sum).
+  * eq. 3/4: log-softmax is computed shifted by the row max: error <= c eps (max|logit| + 1)
+    per code; TOL = 10 k eps (3 + max|logit|) for k modalities.
+  * gradient reversal: exact in float64; 2 eps relative in float32 (torch rounds lambda to
+    float32 before the product, the oracle rounds once).
+  * autograd vs central differences (float64): eq. 5 is a quadratic in each single entry, so
+    central differences are exact up to rounding, eps |L| / h; D's loss is smooth away from
+    ReLU kinks (assumed >= 100 h away), error O(h^2) + eps |L| / h.
+"""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import mmin_reference as ref
+from mmin_plugin import losses as L
+
+try:  # tests/ is not a package (rootdir-relative import); fall back if it becomes one
+    import strategies as S
+except ImportError:  # pragma: no cover
+    from tests import strategies as S
+
+DTYPES = [np.float64, np.float32]
+FAST = settings(max_examples=120, deadline=None)
+SLOW = settings(max_examples=40, deadline=None)
+
+
+def cast(x, dtype):
+    return np.asarray(x).astype(dtype).astype(np.float64)
+
+
+def as_torch(x, dtype, requires_grad=False):
+    return torch.from_numpy(np.asarray(x).astype(dtype)).requires_grad_(requires_grad)
+
+
+# --- eq. 5: separation loss ------------------------------------------------------------------
+
+def eq5_terms(common, private):
+    """The pairs (X, Y) whose ||X^T Y||_F^2 eq. 5 sums."""
+    own = list(zip(common, private))
+    cross = [(private[i], private[j]) for i in range(len(private)) for j in range(i + 1, len(private))]
+    return own + cross
+
+
+def eq5_scale(common, private):
+    """B = sum over the terms of ||X||_F^2 ||Y||_F^2 (bounds every term by Cauchy-Schwarz)."""
+    return sum(np.sum(x ** 2) * np.sum(y ** 2) for x, y in eq5_terms(common, private))
+
+
+def eq5_tol(common, private, dtype):
+    n = common[0].shape[0]
+    dmax = max(x.shape[1] * y.shape[1] for x, y in eq5_terms(common, private))
+    return 4 * (n + dmax + 6) * np.finfo(dtype).eps * eq5_scale(common, private)
+
+
+def torch_separation(common, private, dtype):
+    return L.separation_loss([as_torch(c, dtype) for c in common], [as_torch(p, dtype) for p in private]).item()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FAST
+@given(codes=S.code_sets())
+def test_separation_loss_torch_matches_oracle(dtype, codes):
+    common, private = ([cast(x, dtype) for x in xs] for xs in codes)
+    expected = ref.separation_loss(common, private)
+    assert abs(torch_separation(common, private, dtype) - expected) <= eq5_tol(common, private, dtype)
+
+
+def test_separation_loss_oracle_by_hand():
+    """Eq. 5 on 1-d codes, by hand: C^T P and P^T P' are plain dot products."""
+    c = [np.array([[1.0], [0.0]])] * 3
+    p = [np.array([[2.0], [0.0]]), np.array([[0.0], [3.0]]), np.array([[1.0], [1.0]])]
+    # own: (1*2)^2 + 0^2 + (1*1)^2 = 5;  pairs: (t,v) 0, (t,a) 2^2 = 4, (v,a) 3^2 = 9
+    assert ref.separation_loss(c, p) == 18.0
+    assert torch_separation(c, p, np.float64) == 18.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FAST
+@given(codes=S.orthogonal_code_sets())
+def test_separation_loss_zero_for_orthogonal_codes(dtype, codes):
+    common, private = ([cast(x, dtype) for x in xs] for xs in codes)
+    n = common[0].shape[0]
+    zero_tol = (8 * n * np.finfo(dtype).eps) ** 2 * eq5_scale(common, private) + 1e-300
+    assert 0.0 <= ref.separation_loss(common, private) <= zero_tol
+    assert 0.0 <= torch_separation(common, private, dtype) <= zero_tol
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FAST
+@given(codes=S.code_sets(), s=st.floats(0.1, 10.0))
+def test_separation_loss_scales_as_fourth_power(dtype, codes, s):
+    common, private = ([cast(x, dtype) for x in xs] for xs in codes)
+    scaled_c, scaled_p = [cast(s * c, dtype) for c in common], [cast(s * p, dtype) for p in private]
+    # rounding s X to dtype is a relative eps change of every entry: <= 4 eps s^4 B more
+    eps = np.finfo(dtype).eps
+    atol = s ** 4 * (2 * eq5_tol(common, private, dtype) + 4 * eps * eq5_scale(common, private))
+    for loss, dt in ((ref.separation_loss, np.float64), (lambda c, p: torch_separation(c, p, dtype), dtype)):
+        assert abs(loss(scaled_c, scaled_p) - s ** 4 * loss(common, private)) <= atol
+
+
+@SLOW
+@given(codes=S.code_sets())
+def test_separation_loss_autograd_matches_oracle_finite_differences(codes):
+    common, private = codes
+    leaves = [as_torch(x, np.float64, requires_grad=True) for x in common + private]
+    k = len(common)
+    L.separation_loss(leaves[:k], leaves[k:]).backward()
+    arrays = [x.copy() for x in common + private]
+    h = 1e-2 * (1 + max(np.abs(x).max() for x in arrays))  # exact for quadratics: h may be large
+    atol = 100 * np.finfo(np.float64).eps * (1 + eq5_scale(common, private)) / h
+    for a, leaf in zip(arrays, leaves):
+        fd = np.zeros_like(a)
+        for idx in np.ndindex(a.shape):
+            old = a[idx]
+            a[idx] = old + h
+            up = ref.separation_loss(arrays[:k], arrays[k:])
+            a[idx] = old - h
+            down = ref.separation_loss(arrays[:k], arrays[k:])
+            a[idx] = old
+            fd[idx] = (up - down) / (2 * h)
+        np.testing.assert_allclose(leaf.grad.numpy(), fd, rtol=1e-9, atol=atol)
+
+
+# --- D and eq. 3/4 ----------------------------------------------------------------------------
+
+def torch_discriminator(weights, dtype, dropout=0.0):
+    """A ModalityDiscriminator holding `weights` (cast to dtype), in eval mode."""
+    hidden, d = weights["fc1.weight"].shape
+    disc = L.ModalityDiscriminator(d, hidden, dropout=dropout).to(torch.from_numpy(np.zeros(1, dtype)).dtype)
+    with torch.no_grad():
+        for name, param in disc.named_parameters():
+            param.copy_(torch.from_numpy(weights[name].astype(dtype)))
+    return disc.eval()
+
+
+def numpy_weights(disc):
+    """Copy torch's weights into numpy (float64, exact for float32 values)."""
+    sd = {k: v.detach().double().numpy() for k, v in disc.state_dict().items()}
+    return sd["fc1.weight"], sd["fc1.bias"], sd["fc2.weight"], sd["fc2.bias"]
+
+
+def logits_tol(h, w1, b1, w2, b2, dtype):
+    abs_net = np.abs(np.abs(h) @ np.abs(w1).T + np.abs(b1)) @ np.abs(w2).T + np.abs(b2)
+    return 4 * (w1.shape[1] + w1.shape[0] + 2) * np.finfo(dtype).eps * abs_net
+
+
+def ce_tol(logits_list, dtype):
+    top = max(np.abs(lg).max() for lg in logits_list)
+    return 10 * len(logits_list) * np.finfo(dtype).eps * (3 + top)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FAST
+@given(case=S.discriminator_cases(), dropout=st.sampled_from([0.0, 0.5]))
+def test_discriminator_logits_and_eq3_loss_match_oracle(dtype, case, dropout):
+    """logits = fc2(relu(fc1(h))) and L = -(1/n) sum_m sum_i y_m . log D(h_m,i), eval mode."""
+    hs, weights = case
+    disc = torch_discriminator(weights, dtype, dropout)
+    w = numpy_weights(disc)
+    hs = [cast(h, dtype) for h in hs]
+    torch_logits = [disc(as_torch(h, dtype)) for h in hs]
+    ref_logits = [ref.discriminator_forward(h, *w) for h in hs]
+    for got, expected, h in zip(torch_logits, ref_logits, hs):
+        assert got.shape == expected.shape == (h.shape[0], S.N_MODALITIES)
+        diff = np.abs(got.detach().double().numpy() - expected)
+        assert (diff <= logits_tol(h, *w, dtype)).all()
+    labels = [L.MODALITY_LABELS[m] for m in ("text", "video", "audio")]
+    got = L.modality_cross_entropy(torch_logits, labels).item()
+    expected = ref.modality_cross_entropy(ref_logits, labels)
+    # the loss is 1-Lipschitz in each logit (|d CE / d logit| <= 1 per code, /n, summed):
+    # logits' own error adds at most the largest logit error per modality
+    slack = sum(logits_tol(h, *w, dtype).max() for h in hs)
+    assert abs(got - expected) <= ce_tol(ref_logits, dtype) + 2 * slack
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FAST
+@given(case=S.modality_logits())
+def test_modality_cross_entropy_matches_oracle(dtype, case):
+    logits_list, labels = case
+    logits_list = [cast(lg, dtype) for lg in logits_list]
+    got = L.modality_cross_entropy([as_torch(lg, dtype) for lg in logits_list], labels).item()
+    expected = ref.modality_cross_entropy(logits_list, labels)
+    assert abs(got - expected) <= ce_tol(logits_list, dtype)
+
+
+@FAST
+@given(case=S.modality_logits())
+def test_modality_cross_entropy_averages_over_the_batch_only(case):
+    """Eq. 3/4's 1/n: with k modalities of n codes each, L = k * (mean CE over all k n codes)."""
+    logits_list, labels = case
+    everything = torch.from_numpy(np.concatenate(logits_list))
+    targets = torch.tensor(np.repeat(labels, logits_list[0].shape[0]))
+    pooled = len(labels) * F.cross_entropy(everything, targets).item()
+    tol = ce_tol(logits_list, np.float64) * (1 + abs(pooled))
+    assert abs(ref.modality_cross_entropy(logits_list, labels) - pooled) <= tol
+    got = L.modality_cross_entropy([torch.from_numpy(lg) for lg in logits_list], labels).item()
+    assert abs(got - pooled) <= tol
+
+
+# --- gradient reversal -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("as_module", [False, True])
+@FAST
+@given(case=S.arrays_and_upstream(), lambd=S.lambdas())
+def test_gradient_reversal_identity_forward_negated_backward(dtype, as_module, case, lambd):
+    x, g = (cast(a, dtype) for a in case)
+    xt = as_torch(x, dtype, requires_grad=True)
+    y = L.GradientReversal(lambd)(xt) if as_module else L.grad_reverse(xt, lambd)
+    assert torch.equal(y, xt)  # forward: bit-identical values
+    np.testing.assert_array_equal(ref.grad_reverse(x, lambd), x)
+    y.backward(as_torch(g, dtype))
+    rtol = 0.0 if dtype == np.float64 else 2 * np.finfo(dtype).eps
+    expected = ref.grad_reverse_vjp(g, lambd)
+    np.testing.assert_allclose(xt.grad.double().numpy(), expected, rtol=rtol, atol=0)
+    np.testing.assert_array_equal(expected, -lambd * g)
+
+
+@SLOW
+@given(case=S.discriminator_cases(max_batch=4, max_in=4, max_hidden=5), lambd=S.lambdas())
+def test_reversed_adversarial_gradient_is_minus_lambda_oracle_gradient(case, lambd):
+    """Eq. 3 through the reversal layer: d L_ac(D(GRL(h))) / dh = -lambda d L_ac(D(h)) / dh,
+    torch autograd on the left, central differences of the oracle on the right."""
+    hs, weights = case
+    disc = torch_discriminator(weights, np.float64)
+    w = numpy_weights(disc)
+    step = 1e-6
+    pre = [np.abs(ref.linear(h, w[0], w[1])).min() for h in hs]
+    assume(min(pre) > 100 * step * (1 + np.abs(w[0]).sum()))  # no ReLU kink in the stencil
+    labels = [0, 1, 2]
+    leaves = [as_torch(h, np.float64, requires_grad=True) for h in hs]
+    L.modality_cross_entropy([disc(L.grad_reverse(t, lambd)) for t in leaves], labels).backward()
+
+    def oracle_loss(arrays):
+        return ref.modality_cross_entropy([ref.discriminator_forward(a, *w) for a in arrays], labels)
+
+    arrays = [h.copy() for h in hs]
+    for a, leaf in zip(arrays, leaves):
+        fd = np.zeros_like(a)
+        for idx in np.ndindex(a.shape):
+            old = a[idx]
+            a[idx] = old + step
+            up = oracle_loss(arrays)
+            a[idx] = old - step
+            down = oracle_loss(arrays)
+            a[idx] = old
+            fd[idx] = (up - down) / (2 * step)
+        expected = ref.grad_reverse_vjp(fd, lambd)
+        scale = 1 + np.abs(fd).max()
+        np.testing.assert_allclose(leaf.grad.numpy(), expected, rtol=0, atol=1e-5 * scale * (1 + lambd))
