@@ -1,9 +1,9 @@
 /* Row-wise exact sparsemax kernels for mmin_plugin (plain C99 + pthreads, no torch headers).
  *
  * Loaded through ctypes by mmin_plugin/_sparsemax_native.py; every buffer is a contiguous
- * (rows, n) array of float or double.  Build: cc -O3 -shared -fPIC -pthread
- * -fopenmp-simd -fno-trapping-math (the last two only let the compiler vectorise the
- * marked loops; no OpenMP runtime is used and no result depends on them).
+ * (rows, n) array of float or double.  Build: cc -O3 -shared -fPIC -pthread -fopenmp-simd
+ * -fno-trapping-math -ffp-contract=off (the -f flags only let the compiler vectorise the
+ * marked loops, and keep it from fusing a*b+c; no OpenMP runtime is used).
  *
  * Forward, per row z (Martins & Astudillo 2016):
  *     p = max(z - tau, 0)   where tau is the root of   f(t) = sum_i max(z_i - t, 0) - 1.
@@ -38,6 +38,13 @@
 
 #define MIN_ELEMS_PER_THREAD 16384
 #define MAX_THREADS 256
+/* On x86-64 Linux the row kernels get an AVX2 clone, picked at load time (GCC/clang ifunc);
+ * the loader retries with -DMMIN_NO_CLONES where that is not supported. */
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(MMIN_NO_CLONES)
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLONES
+#endif
 #define BLOCK 16  /* elements tested at once for candidates */
 
 static int cmp_desc(const void *a, const void *b)
@@ -60,32 +67,31 @@ static double sort_threshold(double *c, int64_t k)
     return (cs_sup - 1.0) / (double)k_sup;
 }
 
-static double sum(const double *c, int64_t k)
+/* Newton steps on the candidates c[0..k) (a superset of the support; c is short, so no
+ * compaction): S = {c > t} from t = -1, then t <- (sum_S c - 1) / |S|.  Level sets {c > t}
+ * are nested, so an unchanged |S| means an unchanged S, and then t = (sum_S c - 1) / |S|
+ * with S = {c > t}: t is exactly tau - max(z).  After max_passes steps: the exact sort. */
+static double threshold(const double *c, int64_t k, double *scratch, int max_passes,
+                        int *fell_back)
 {
-    double s = 0.0;
-    int64_t j;
-#pragma omp simd reduction(+:s)
-    for (j = 0; j < k; j++) s += c[j];
-    return s;
-}
-
-/* Newton steps on the candidates c[0..k) (all > the current iterate, which is <= tau);
- * returns tau - max(z) exactly and sets *fell_back when the sort was needed. */
-static double threshold(double *c, int64_t k, int max_passes, int *fell_back)
-{
+    double t = -1.0, k_prev = -1.0;
     int pass;
     for (pass = 0;; pass++) {
-        double t;
-        int64_t j, k2 = 0;
-        if (pass >= max_passes) { *fell_back = 1; return sort_threshold(c, k); }
-        t = (sum(c, k) - 1.0) / (double)k;
-        for (j = 0; j < k; j++) {  /* keep c[j] > t, branch-free compaction */
-            double y = c[j];
-            c[k2] = y;
-            k2 += y > t;
+        double s = 0.0, ks = 0.0;
+        int64_t j;
+#pragma omp simd reduction(+:s,ks)
+        for (j = 0; j < k; j++) {
+            ks += c[j] > t ? 1.0 : 0.0;
+            s += c[j] > t ? c[j] : 0.0;
         }
-        if (k2 == k) return t;  /* support unchanged: t is exact */
-        k = k2;                 /* k2 >= 1: the max (y = 0) is kept since t < 0 */
+        if (ks == k_prev) return t;  /* support unchanged: t is exact */
+        if (pass >= max_passes) {
+            *fell_back = 1;
+            memcpy(scratch, c, (size_t)k * sizeof(double));
+            return sort_threshold(scratch, k);
+        }
+        k_prev = ks;
+        t = (s - 1.0) / ks;  /* ks >= 1: the max (c = 0) is in S since t < 0 */
     }
 }
 
@@ -202,7 +208,7 @@ static int64_t FN(collect)(const T *z, int64_t i0, int64_t i1, T lo, double dm, 
 }
 
 /* One row; scratch y, c (doubles) and idx, n entries each.  Returns 1 if the sort was used. */
-static int FN(fwd_row)(const T *z, T *p, int64_t n, double *y, double *c, int64_t *idx,
+CLONES static int FN(fwd_row)(const T *z, T *p, int64_t n, double *y, double *c, int64_t *idx,
                        int max_passes)
 {
     T m = -INFINITY, lo;
@@ -229,17 +235,16 @@ static int FN(fwd_row)(const T *z, T *p, int64_t n, double *y, double *c, int64_
         if (any) k = FN(collect)(z, i0, i0 + BLOCK, lo, dm, y, idx, k);
     }
     k = FN(collect)(z, i0, n, lo, dm, y, idx, k);
-    memcpy(c, y, (size_t)k * sizeof(double));
-    t = threshold(c, k, max_passes, &fell_back);
+    t = threshold(y, k, c, max_passes, &fell_back);
     for (i = 0; i < n; i++) p[i] = 0;
     for (j = 0; j < k; j++) {  /* p = max(y - t, 0) on the candidates, 0 elsewhere */
         double v = y[j] - t;
-        if (v > 0.0) p[idx[j]] = (T)v;
+        p[idx[j]] = v > 0.0 ? (T)v : (T)0;
     }
     return fell_back;
 }
 
-static void FN(bwd_row)(const T *p, const T *g, T *dz, int64_t n)
+CLONES static void FN(bwd_row)(const T *p, const T *g, T *dz, int64_t n)
 {
     double s = 0.0, k = 0.0, mean;
     int64_t i;

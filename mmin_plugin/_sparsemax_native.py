@@ -27,11 +27,11 @@ import torch
 __all__ = ["kernels", "build_info", "forward", "backward", "cache_dir", "build"]
 
 SOURCE = Path(__file__).with_name("_sparsemax.c")
-# Tried in order; the second set is for compilers without the two vectorisation hints.
-FLAG_SETS = (
-    ["-O3", "-std=c99", "-fPIC", "-shared", "-pthread", "-fopenmp-simd", "-fno-trapping-math"],
-    ["-O2", "-std=c99", "-fPIC", "-shared", "-pthread"],
-)
+# Tried in order: the full set; without the AVX2 clones (no ifunc support); plain C99.
+_FAST = ["-O3", "-std=c99", "-fPIC", "-shared", "-pthread", "-fopenmp-simd",
+         "-fno-trapping-math", "-ffp-contract=off"]
+FLAG_SETS = (_FAST, _FAST + ["-DMMIN_NO_CLONES"],
+             ["-O2", "-std=c99", "-fPIC", "-shared", "-pthread", "-DMMIN_NO_CLONES"])
 
 _lock = threading.Lock()
 _state = {}  # "lib" or "error", plus "info" (path, flags, build seconds)
@@ -102,12 +102,12 @@ def build(directory=None):
         try:
             proc = subprocess.run([cc, *flags, str(SOURCE.resolve()), "-o", tmp, "-lm"],
                                   capture_output=True, text=True, timeout=600)
-            if proc.returncode == 0:
-                os.replace(tmp, path)
-                info.update(cached=False, seconds=time.perf_counter() - start)
-                return _load(path), info
-            errors.append(f"{cc} {' '.join(flags)}: {proc.stderr.strip()[-2000:]}")
-        except (OSError, subprocess.SubprocessError) as exc:
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr.strip()[-2000:])
+            os.replace(tmp, path)
+            info.update(cached=False, seconds=time.perf_counter() - start)
+            return _load(path), info
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             errors.append(f"{cc} {' '.join(flags)}: {exc}")
         finally:
             if os.path.exists(tmp):

@@ -23,9 +23,11 @@ MMIN and every Table 2 variant (config key `ablation`). Both write, under `out_d
   of a failed run; then the paper's Table 1 rows (compare) or Table 2 rows (ablate) for the
   same dataset as a separate block labelled as published numbers, not measured here. Rewritten
   after every seed; also printed to the terminal at the end.
-* `<kind>-<dataset>.png`  one panel per metric, bars = mean over seeds, error bars = std, the
-  paper's published value (where it has one) as a black tick; rendered with matplotlib's Agg
-  canvas directly (no pyplot, no global backend switch).
+* `<kind>-<dataset>.png`  one panel per metric: per run the mean over seeds with a ± std error
+  bar (best in orange), the paper's published value (where it has one) as a black bar; rendered
+  with matplotlib's Agg canvas directly (no pyplot, no global backend switch). Re-rendered after
+  a seed when `FIGURE_EVERY_S` (60 s) passed since the last rendering, and always at the end
+  (also on KeyboardInterrupt).
 * `curves-<run>-<dataset>-seed<seed>.png` for every MMIN run: per-epoch training curves of each
   loss term of eq. 6 (train, and validation where logged) and of the validation KeyEval metric,
   from the history JSON MMIN's trainer writes; the JSON is kept as
@@ -68,6 +70,25 @@ Inputs
   Precedence: featurePath/pretrained/max_epochs < common overrides < model-scoped overrides <
   the ablation variant's `ablation`.
 
+MMSA behaviours that bear on fairness (left as they are; reported, not patched)
+------------------------------------------------------------------------------
+* Gradient accumulation: MISA (`update_epochs` 2), MulT (8), Self-MM (4) step the optimizer every
+  `update_epochs` batches and silently drop the gradients of the last `n_batches % update_epochs`
+  batches of each epoch (the trailing `if not left_epochs: optimizer.step()` can never fire). On
+  real MOSI (81 batches of 16) that is one batch an epoch; on a tiny demo file with fewer batches
+  than `update_epochs` MulT and Self-MM make NO optimizer step at all, so their demo numbers are
+  those of an untrained network.
+* MISA packs its audio and video LSTMs with the TEXT lengths (BERT mask sums), so on unaligned
+  data it reads only the first <= 50 audio/video frames; Self-MM and MMIM use the real audio/video
+  lengths when `need_data_aligned` is false; MulT uses no lengths (attends over padding).
+* Model selection: every trainer keeps the checkpoint of the best validation `KeyEval`, which
+  MMSA's configs set to 'Loss' for MOSI/MOSEI/SIMS, and 'Loss' is each trainer's own criterion:
+  MSE for MISA and MMIN, L1 for MulT and MMIM, a weighted L1 for Self-MM. So the CSV's `Loss`
+  column is not comparable across models, and MulT/MMIM/Self-MM select directly on an MAE-like
+  criterion. The test split is used once, at the end. `MMSA_run(is_tune=True)` would select
+  hyper-parameters on TEST (`_run` evaluates `dataloader['test']`); not used here.
+* `MMSA.run._run` sleeps 1 s after every run (in the wall times, equally for all models).
+
 Each model/seed is one `MMSA_run(..., seeds=[seed])` call; an exception is recorded as a failed
 row and the other runs go on. MMSA's logger gets a new file and console handler from every
 `MMSA_run` call; they are removed after each call here (otherwise every message is repeated once
@@ -100,8 +121,6 @@ from .errors import MMINConfigError, MMINDataError
 __all__ = ["run_comparison", "run_ablation", "ABLATION_VARIANTS", "CSV_BASE_COLUMNS", "split_overrides",
            "epoch_cap", "render_markdown", "render_figure", "plot_training_curves", "read_rows"]
 
-logger = logging.getLogger("mmin_plugin.compare")
-
 #: ablation variants of paper Table 2: (run name, MMIN `ablation` list, label)
 ABLATION_VARIANTS = (
     ("full", [], "MMIN (full)"),
@@ -118,6 +137,9 @@ ABLATION_VARIANTS = (
 CSV_BASE_COLUMNS = ["run", "model", "ablation", "dataset", "seed", "status", "error", "wall_time_s", "epochs",
                     "stopped_by", "max_epochs", "feature_path", "pretrained", "checkpoint"]
 
+#: the comparison figure is re-rendered after a seed only if this many seconds passed since the
+#: last rendering (and always at the end, also when interrupted)
+FIGURE_EVERY_S = 60.0
 # display order of MMSA's metric keys; anything else MMSA returns goes after, sorted
 METRIC_ORDER = ("MAE", "Corr", "Has0_acc_2", "Non0_acc_2", "Has0_F1_score", "Non0_F1_score", "Mult_acc_2",
                 "Mult_acc_3", "Mult_acc_5", "Mult_acc_7", "F1_score", "Acc_2", "Loss")
@@ -520,6 +542,7 @@ def plot_training_curves(history: List[Dict], title: str) -> bytes:
     """PNG bytes of MMIN's per-epoch history: each loss term (train / valid) and valid KeyEval."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(13, 6.5), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -531,6 +554,7 @@ def plot_training_curves(history: List[Dict], title: str) -> bytes:
                 ax.plot(epochs, [h.get(key, np.nan) for h in history], style, label=lab, ms=4)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     ax = fig.add_subplot(2, 3, 6)
@@ -542,6 +566,7 @@ def plot_training_curves(history: List[Dict], title: str) -> bytes:
         ax.plot(*zip(*best), "*", color="tab:red", ms=11, label="new best (checkpoint saved)")
     ax.set_title(f"validation KeyEval: {key_eval}", fontsize=10)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
@@ -596,6 +621,7 @@ class _Session:
             shutil.copyfile(self.csv_path, self.out / f"{stem}.prev.csv")
         self.rows: List[Dict] = []
         self._figure_rows = -1  # number of rows the PNG on disk shows
+        self._figure_time = time.monotonic()
 
     # -- one model, one seed ------------------------------------------------------------------
     def _config_for(self, spec: RunSpec) -> Dict:
@@ -626,12 +652,12 @@ class _Session:
                "epochs": None, "stopped_by": None, "max_epochs": self.max_epochs,
                "feature_path": self.feature_path or "", "pretrained": "", "checkpoint": "", "metrics": {}}
         t0 = time.perf_counter()
+        for d in dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
         try:
             cfg = self._config_for(spec)
             row["pretrained"] = cfg.get("pretrained", "")
             row["max_epochs"] = cfg.get("max_epochs")
-            for d in dirs.values():
-                d.mkdir(parents=True, exist_ok=True)
             history.unlink(missing_ok=True)  # never attribute a previous seed's curves to this one
             with _own_mmsa_handlers(), epoch_cap(cfg.get("max_epochs")) as stats:
                 results = mmsa_run(spec.model, self.dataset, config=cfg, seeds=[seed], gpu_ids=list(self.gpu_ids),
@@ -676,7 +702,7 @@ class _Session:
         md = render_markdown(self.rows, self.specs, self.kind, self.info())
         _write_atomic(self.md_path, md)
         if figure and self._figure_rows != len(self.rows):
-            self._figure_rows = len(self.rows)
+            self._figure_rows, self._figure_time = len(self.rows), time.monotonic()
             try:
                 _write_atomic(self.png_path, render_figure(self.rows, self.specs, self.kind, self.dataset), binary=True)
             except Exception as exc:
@@ -687,23 +713,26 @@ class _Session:
         total = len(self.specs) * len(self.seeds)
         self.write(figure=False)
         i = 0
-        for spec in self.specs:
-            for seed in self.seeds:
-                i += 1
-                print(f"[{self.kind} {self.dataset}] {i}/{total} {spec.label} seed {seed}: running", flush=True)
-                row = self.run_one(spec, seed)
-                self.rows.append(row)
-                if row["status"] == "ok":
-                    m = row["metrics"]
-                    brief = " ".join(f"{k} {m[k]:.4f}" for k in ("MAE", "Corr") if k in m)
-                    print(f"[{self.kind} {self.dataset}] {i}/{total} {spec.label} seed {seed}: ok in "
-                          f"{row['wall_time_s']:.1f} s, {row['epochs']} epoch(s) (stopped by {row['stopped_by']}), "
-                          f"{brief}", flush=True)
-                else:
-                    print(f"[{self.kind} {self.dataset}] {i}/{total} {spec.label} seed {seed}: FAILED after "
-                          f"{row['wall_time_s']:.1f} s: {row['error']}", flush=True)
-                self.write()
-        md = self.write()
+        try:
+            for spec in self.specs:
+                for seed in self.seeds:
+                    i += 1
+                    print(f"[{self.kind} {self.dataset}] {i}/{total} {spec.label} seed {seed}: running", flush=True)
+                    row = self.run_one(spec, seed)
+                    self.rows.append(row)
+                    if row["status"] == "ok":
+                        m = row["metrics"]
+                        brief = " ".join(f"{k} {m[k]:.4f}" for k in ("MAE", "Corr") if k in m)
+                        print(f"[{self.kind} {self.dataset}] {i}/{total} {spec.label} seed {seed}: ok in "
+                              f"{row['wall_time_s']:.1f} s, {row['epochs']} epoch(s) (stopped by "
+                              f"{row['stopped_by']}), {brief}", flush=True)
+                    else:
+                        print(f"[{self.kind} {self.dataset}] {i}/{total} {spec.label} seed {seed}: FAILED after "
+                              f"{row['wall_time_s']:.1f} s: {row['error']}", flush=True)
+                    # CSV and table after every seed; the figure at most every FIGURE_EVERY_S seconds
+                    self.write(figure=time.monotonic() - self._figure_time >= FIGURE_EVERY_S)
+        finally:  # also on KeyboardInterrupt: the files show every finished seed
+            md = self.write()
         print()
         print(md)
         print(f"written: {self.md_path}\n         {self.csv_path}\n         {self.png_path}", flush=True)

@@ -351,35 +351,36 @@ def _sequence_features(rng, n, max_len, dim, lengths, strength, signal, noise, s
 
 
 def _corrupt(rng, split_data, keys=("audio", "vision")):
-    """Insert NaN, +inf, -inf and zero-length sequences (the bad-input demo)."""
+    """Insert NaN, +inf, -inf and zero-length sequences (the bad-input demo), in place.
+
+    Per modality: 1 (n < 8) or 2 zero-length sequences (rows zeroed; none when n < 2), one
+    NaN, one +inf and one -inf at valid steps of other samples, a few more random ones, and
+    (audio) -inf in the padding of one sample, as real MOSI has.
+    """
+    bad_values = (np.nan, np.inf, -np.inf)
     for key in keys:
         arr = split_data[key]
         lens = list(split_data[key + "_lengths"])
-        n, L, _ = arr.shape
-        order = rng.permutation(n)
-        bad_values = (np.nan, np.inf, -np.inf)
-        for j, val in enumerate(bad_values):
-            if j >= n:
-                break
-            i = int(order[j])
-            t = int(rng.integers(0, max(1, lens[i])))
-            arr[i, t, int(rng.integers(0, arr.shape[2]))] = val
-        # a few more, at random valid steps
-        for _ in range(max(1, n // 8)):
-            i = int(rng.integers(0, n))
-            t = int(rng.integers(0, max(1, lens[i])))
-            arr[i, t, int(rng.integers(0, arr.shape[2]))] = bad_values[int(rng.integers(0, 3))]
-        if key == "audio":
-            # real MOSI audio carries -inf in padding
-            i = int(order[min(3, n - 1)])
-            if lens[i] < L:
-                arr[i, lens[i]:, 0] = -np.inf
-        # zero-length sequences (rows zeroed), not on the samples that hold non-finite values
-        n_zero = 1 if n < 8 else 2
-        for j in range(n_zero):
-            i = int(order[-1 - j - (1 if key == "vision" else 0)]) if n > 2 else int(order[-1])
+        n, L, d = arr.shape
+        order = [int(i) for i in rng.permutation(n)]
+        n_zero = 0 if n < 2 else (1 if n < 8 else 2)
+        zero, rest = order[:n_zero], order[n_zero:]
+        for i in zero:
             lens[i] = 0
             arr[i] = 0.0
+
+        def put(i, val):
+            t = int(rng.integers(0, max(1, lens[i])))
+            arr[i, t, int(rng.integers(0, d))] = val
+
+        for j, val in enumerate(bad_values):
+            put(rest[j % len(rest)], val)
+        for _ in range(max(1, n // 8)):
+            put(rest[int(rng.integers(0, len(rest)))], bad_values[int(rng.integers(0, 3))])
+        if key == "audio":
+            i = rest[-1]
+            if lens[i] < L:
+                arr[i, lens[i]:, 0] = -np.inf
         split_data[key + "_lengths"] = lens
     return split_data
 
@@ -419,7 +420,8 @@ def make_demo_features(path, dataset="mosi", n_train=128, n_valid=32, n_test=32,
     (``signal``/``noise`` scale them).  SIMS modalities follow their unimodal labels.
 
     ``corrupt=True`` (the bad-input demo) inserts NaN, +inf and -inf into audio/vision (also
-    -inf in audio padding, as real MOSI has) and sets a few lengths to 0 per split.
+    -inf in audio padding, as real MOSI has) and sets 1-2 lengths per split and modality to 0
+    (rows zeroed); with at least 5 samples per split every kind appears in every split.
     The file is written atomically (temporary file + rename).
     """
     dataset = str(dataset).lower()

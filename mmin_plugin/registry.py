@@ -183,7 +183,7 @@ def _validate_registered_run(args) -> None:
     main = args.get("custom_feature") or args["featurePath"]
     data = safe_load(main)
     validate_features(data, main, use_bert=bool(args.get("use_bert")),
-                      need_data_aligned=bool(args.get("need_data_aligned")))
+                      need_data_aligned=bool(args.get("need_data_aligned")), dataset_name=args.get("dataset_name"))
     sanitize_features(data, main)
     for key in ("feature_A", "feature_V"):
         if args.get(key):

@@ -15,7 +15,7 @@ Cache
 -----
 ``MMSA.data_loader.MMDataLoader`` builds three ``MMDataset`` objects (train/valid/test) and each
 opens and unpickles the *whole* feature file.  ``load``/``safe_load`` therefore keep the parsed
-object of the most recent files (at most :data:`CACHE_MAX_ENTRIES`), keyed by
+object of the most recently used files (at most :data:`CACHE_MAX_ENTRIES`, 4), keyed by
 ``(realpath, st_mtime_ns, st_size)`` (plus device/inode), so a file is parsed once per run and
 a rewritten file is parsed again.  Trade-off: the parsed file stays in memory until
 :func:`clear_cache` is called (MMSA keeps its own float32 copies of every split, so without
@@ -77,15 +77,16 @@ ALLOWED_GLOBALS = {
 # Protocol 0-2 pickles use Python 2 names ('__builtin__.set', 'copy_reg...'); like pickle's own
 # find_class (fix_imports) they are mapped to Python 3 names first, then checked.
 
-#: How many parsed files the cache keeps (least recently used dropped first).
-CACHE_MAX_ENTRIES = 2
+#: How many parsed files the cache keeps (least recently used dropped first): 4 covers a run's
+#: main feature file plus MMSA's optional feature_T / feature_A / feature_V files.
+CACHE_MAX_ENTRIES = 4
 
 
 def _describe(source) -> str:
     if isinstance(source, (str, bytes, os.PathLike)):
         return os.fsdecode(source)
     name = getattr(source, "name", None)
-    if isinstance(name, (str, bytes)) and not isinstance(name, int):
+    if isinstance(name, (str, bytes)):
         return os.fsdecode(name)
     return "<stream>"
 

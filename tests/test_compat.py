@@ -5,9 +5,7 @@ small MOSI-layout file (short sequences, few samples) and a tiny random 32-d BER
 locally by ``mmin_plugin.data``.
 """
 import logging
-import os
 import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest

@@ -204,7 +204,7 @@ def test_persistent_ids_are_refused():
 
     buf = io.BytesIO()
     P(buf, protocol=2).dump({"a": "tensor"})
-    with pytest.raises(MMINDataError, match="persistent id"):
+    with pytest.raises(MMINDataError, match="refusing to unpickle a persistent id"):
         safe_loads(buf.getvalue())
 
 
@@ -345,3 +345,46 @@ def test_mmsa_loader_with_safepickle_parses_once_and_refuses_payloads(tmp_path, 
     with pytest.raises(MMINDataError, match="'(posix|os|nt).system'"):
         dl.MMDataLoader(args, 0)
     assert not target.exists()
+
+
+def test_prerun_repair_is_seen_by_mmsa_through_the_cache(tmp_path, monkeypatch):
+    """safe_load + in-place sanitize before MMSA's loader: MMSA reads the repaired arrays (the
+    cache returns the same object), also with custom feature_A/feature_V files (4 entries)."""
+    import warnings
+
+    import MMSA.data_loader as dl
+    import torch
+    from easydict import EasyDict as edict
+
+    from mmin_plugin.validation import sanitize_features
+
+    rng = np.random.default_rng(1)
+    n, L, La, Lv = 3, 5, 6, 4
+
+    def split():
+        a = rng.standard_normal((n, La, 5)).astype(np.float32)
+        v = rng.standard_normal((n, Lv, 20)).astype(np.float32)
+        a[0, 0, 0], v[1, 1, 1] = np.nan, np.inf
+        return {"text_bert": np.stack([np.full((n, L), 7.0), np.ones((n, L)), np.zeros((n, L))], 1),
+                "audio": a, "vision": v, "audio_lengths": [La] * n, "vision_lengths": [Lv] * n,
+                "regression_labels": np.zeros(n, np.float32),
+                "id": np.array(["a$_$1"] * n), "raw_text": np.array(["x"] * n)}
+
+    paths = {}
+    for name in ("main", "A", "V"):
+        paths[name] = tmp_path / f"{name}.pkl"
+        paths[name].write_bytes(pickle.dumps({s: split() for s in ("train", "valid", "test")}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for p in paths.values():
+            assert sanitize_features(safe_load(p), str(p))
+    monkeypatch.setattr(dl, "pickle", SafePickle)
+    args = edict(dataset_name="mosi", featurePath=str(paths["main"]), custom_feature=None,
+                 feature_T="", feature_A=str(paths["A"]), feature_V=str(paths["V"]),
+                 use_bert=True, need_data_aligned=False, feature_dims=[768, 5, 20],
+                 seq_lens=[L, La, Lv], batch_size=n)
+    loaders = dl.MMDataLoader(args, 0)
+    assert cache_info()["misses"] == 3  # only the three pre-run parses
+    for split in ("train", "valid", "test"):
+        batch = next(iter(loaders[split]))
+        assert torch.isfinite(batch["audio"]).all() and torch.isfinite(batch["vision"]).all()

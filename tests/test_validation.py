@@ -364,7 +364,29 @@ def malformed(draw):
     return data, opts
 
 
-def _mmsa_consumes(data, opts, tmp_path_factory=None):
+def _accepted_invariants(data, opts):
+    """What an accepted file guarantees beyond 'MMSA does not crash'."""
+    text_key = "text_bert" if opts["use_bert"] else "text"
+    dims = set()
+    for split in SPLITS:
+        s = data[split]
+        for key in (text_key, "audio", "vision"):
+            assert isinstance(s[key], np.ndarray) and s[key].dtype.kind in "biuf", (split, key)
+            assert s[key].ndim == 3 and min(s[key].shape) >= 1
+        if opts["use_bert"]:
+            assert s["text_bert"].shape[1] == 3
+            assert set(np.unique(s["text_bert"][:, 1:])) <= {0, 1}
+        dims.add((s["audio"].shape[2], s["vision"].shape[2]))
+        if not opts["need_data_aligned"]:
+            for key in ("audio", "vision"):
+                lens = np.asarray(s[key + "_lengths"], dtype=np.float64)
+                assert lens.shape == (s[key].shape[0],)
+                assert np.all((lens >= 0) & (lens <= s[key].shape[1]) & (lens == np.round(lens)))
+        assert np.isfinite(np.asarray(s["regression_labels"], dtype=np.float64)).all()
+    assert len(dims) == 1
+
+
+def _mmsa_consumes(data, opts):
     """What MMSA's MMDataset does with an accepted file must work and give finite tensors."""
     import torch
     import MMSA.data_loader as dl
@@ -404,6 +426,7 @@ def test_malformed_inputs_raise_mmindataerror_or_pass(case):
             warnings.simplefilter("ignore")
             sanitize_features(data, PATH)  # must not crash on junk either
         return
+    _accepted_invariants(data, opts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sanitize_features(data, PATH)
