@@ -70,6 +70,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from .errors import MMINConfigError
 from .losses import ModalityDiscriminator, grad_reverse, modality_cross_entropy, separation_loss
 from .sparsemax import sparsemax
+from .validation import ABLATIONS, normalize_ablation
 
 __all__ = [
     "MODALITIES",
@@ -85,21 +86,11 @@ __all__ = [
 ]
 
 MODALITIES = ("text", "video", "audio")
-ABLATIONS = ("cin", "fin", "text", "video", "audio", "sep", "ac", "ap")
 
 
 def parse_ablation(value) -> List[str]:
     """Normalise the `ablation` config value (list, single name, or comma string)."""
-    if value is None or value == "" or value == "none":
-        return []
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    names = [str(v).strip().lower() for v in value]
-    bad = [n for n in names if n not in ABLATIONS]
-    if bad:
-        raise MMINConfigError(
-            f"config key 'ablation': unknown name(s) {bad}; expected a subset of {list(ABLATIONS)}"
-        )
+    names = normalize_ablation(value)
     if all(m in names for m in MODALITIES):
         raise MMINConfigError("config key 'ablation': cannot remove all three modalities")
     return names
