@@ -192,20 +192,29 @@ class Contender:
         self._clip_on = self.clip != -1.0
 
     # -- the measured operations ----------------------------------------------------------------
-    def step(self):
-        """One training step; returns its wall seconds per phase and its process CPU seconds."""
-        import torch
+    def step(self, scoped=False):
+        """One training step; returns its wall seconds per phase and its process CPU seconds.
+        scoped=True labels the phases for torch.profiler."""
+        import contextlib
 
+        import torch
+        from torch.autograd.profiler import record_function
+
+        scope = record_function if scoped else (lambda _name: contextlib.nullcontext())
         c0, t0 = time.process_time(), time.perf_counter()
-        self.optimizer.zero_grad()
-        loss = self._loss(self._forward())
+        with scope("[phase] zero_grad + forward + loss"):
+            self.optimizer.zero_grad()
+            loss = self._loss(self._forward())
         t1 = time.perf_counter()
-        loss.backward()
+        with scope("[phase] backward"):
+            loss.backward()
         t2 = time.perf_counter()
-        if self._clip_on:
-            torch.nn.utils.clip_grad_value_([p for p in self.model.parameters() if p.requires_grad], self.clip)
-        self.optimizer.step()
-        loss.item()
+        with scope("[phase] clip + optimizer step"):
+            if self._clip_on:
+                torch.nn.utils.clip_grad_value_([p for p in self.model.parameters() if p.requires_grad],
+                                                self.clip)
+            self.optimizer.step()
+            loss.item()
         t3 = time.perf_counter()
         return StepTime(t1 - t0, t2 - t1, t3 - t2, time.process_time() - c0)
 
@@ -245,9 +254,11 @@ def _step_summary(steps) -> dict:
 
 def _sparsemax_backend():
     try:
-        import torch
-        from mmin_plugin import sparsemax as sm
+        import importlib
 
+        import torch
+
+        sm = importlib.import_module("mmin_plugin.sparsemax")  # the package re-exports the function
         return sm.backend_for(torch.zeros(2)) if hasattr(sm, "backend_for") else "sort (single path)"
     except Exception as e:  # noqa: BLE001
         return f"unknown ({type(e).__name__})"
@@ -318,7 +329,7 @@ def _reset_hwm() -> bool:
         return False
 
 
-def memory_child(name, cache_dir, audio_len=AUDIO_LEN, video_len=VIDEO_LEN, steps=2):
+def memory_child(name, cache_dir, audio_len=AUDIO_LEN, video_len=VIDEO_LEN, steps=1):
     import resource
 
     import torch  # noqa: F401
@@ -369,8 +380,9 @@ def measure_memory(names, cache_dir, log=print, timeout=900):
                 res[name] = json.loads(line[len("MEMJSON "):])
         except subprocess.TimeoutExpired:
             res[name] = {"error": f"timed out after {timeout}s"}
-        log(f"  memory {name}: {res[name].get('step_peak_rss_mb', res[name].get('error'))} "
-            f"({time.perf_counter() - t0:.0f}s)")
+        peak = res[name].get("step_peak_rss_mb")
+        log(f"  memory {name}: " + (f"step peak RSS {peak:.0f} MB" if peak else res[name]["error"])
+            + f" ({time.perf_counter() - t0:.0f}s)")
     return res
 
 
@@ -392,11 +404,15 @@ def profile_step(name, cache_dir, rows=15, log=print):
     labels = {}
     scopes = {"features.bert": "text: BERT", "features.text_proj": "text: projection",
               "features.audio_rnn": "audio LSTM", "features.video_rnn": "video LSTM",
-              "cin": "CIN (encoders, D, losses)", "fin.cross": "FIN pairwise CA stacks",
-              "fin.guided": "FIN coarse-guided CA", "fusion": "fusion + head"}
+              "cin": "CIN (encoders, D, losses)", "fusion": "fusion + head"}
     handles, stack = [], []
     for mod_name, module in net.named_modules():
         label = scopes.get(mod_name)
+        parts = mod_name.split(".")
+        if label is None and len(parts) == 3 and parts[:2] == ["fin", "cross"]:
+            label = f"FIN CA stack {parts[2].replace('_from_', ' <- ')} ({len(module.layers)} layers)"
+        if label is None and len(parts) == 3 and parts[:2] == ["fin", "guided"]:
+            label = "FIN coarse-guided CA (all modalities)"
         if label is None:
             continue
         labels[label] = mod_name
@@ -420,7 +436,7 @@ def profile_step(name, cache_dir, rows=15, log=print):
     try:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             with record_function("[step] total"):
-                c.step()
+                c.step(scoped=True)
     finally:
         mm.sparsemax = orig_sparsemax
         for h in handles:
@@ -432,9 +448,11 @@ def profile_step(name, cache_dir, rows=15, log=print):
            f"{_sparsemax_backend()}): {total_us / 1e6:.3f}s under the profiler; the step before it, "
            f"unprofiled: {plain.wall:.3f}s = fwd+loss {plain[0]:.3f} + backward {plain[1]:.3f} "
            f"+ clip+Adam {plain[2]:.3f}", ""]
-    out += ["| forward scope | CPU ms (incl. children) | % of step |", "|---|---:|---:|"]
-    for e in sorted((e for e in ev if e.key.startswith("[fwd]")), key=lambda e: -e.cpu_time_total):
-        out.append(f"| {e.key[6:]} | {e.cpu_time_total / 1e3:.1f} | {100 * e.cpu_time_total / total_us:.1f} |")
+    out += ["| phase / forward scope | calls | CPU ms (incl. children) | % of step |", "|---|---:|---:|---:|"]
+    for e in [e for e in ev if e.key.startswith("[phase]")] + sorted(
+            (e for e in ev if e.key.startswith("[fwd]")), key=lambda e: -e.cpu_time_total):
+        name = e.key[8:] if e.key.startswith("[phase]") else "forward: " + e.key[6:]
+        out.append(f"| {name} | {e.count} | {e.cpu_time_total / 1e3:.1f} | {100 * e.cpu_time_total / total_us:.1f} |")
     out += ["", "| backward node (autograd) | calls | CPU ms (incl. children) | % of step |", "|---|---:|---:|---:|"]
     bw = sorted((e for e in ev if e.key.startswith("autograd::engine::evaluate_function:")),
                 key=lambda e: -e.cpu_time_total)[:rows]
@@ -616,7 +634,7 @@ def tables(result) -> str:
                        f"| {fp:.0f} | {_f(_ratio(fp, base_fp), 2)} |")
         methods = {m.get("method") for m in mem.values() if "method" in m}
         out.append(f"\nMethod: peak = kernel high-water mark of the resident set ({', '.join(sorted(methods))}) "
-                   "over the worst of 2 training steps after a warm-up step, each contender in a fresh process "
+                   "during a training step that follows a warm-up step, each contender in a fresh process "
                    "with MALLOC_MMAP_THRESHOLD_=131072 (freed tensors return to the OS at once); "
                    "'peak - before step' = gradients + activations + temporaries; 'peak - libs' = everything "
                    "the model adds to a process that has imported torch/transformers/MMSA.")
@@ -663,6 +681,10 @@ def targets(result) -> str:
     exp, expc = sc.get("exponent"), sc.get("exponent_cpu")
     last = ([r.get("local_exponent") for r in sc.get("lengths", []) if r.get("local_exponent") is not None]
             or [None])[-1]
+    longest = max([r["audio"] for r in sc.get("lengths", []) if "step_s" in r] or [0])
+    scale_verdict = _verdict(exp, 1.0)
+    if exp is not None and longest < max(SCALING_LENGTHS):
+        scale_verdict += f" (inconclusive: lengths <= {longest} only, run without --quick)"
     return "\n".join([
         "### Targets (verdict on wall-clock medians; CPU-time figure for comparison)", "",
         "| target | measured (wall; CPU time) | verdict |", "|---|---|---|",
@@ -670,7 +692,7 @@ def targets(result) -> str:
         f"| {_verdict(r1, 1.3)} |",
         f"| MMIN step with tiny BERT faster than MulT's | {_f(r2, 2)} x MulT; {_f(r2c, 2)} x | {_verdict(r2, 1.0)} |",
         f"| MMIN step time grows at most linearly with sequence length | exponent {_f(exp, 2)}; {_f(expc, 2)} "
-        f"(last segment {_f(last, 2)}) | {_verdict(exp, 1.0)} |"])
+        f"(last segment {_f(last, 2)}) | {scale_verdict} |"])
 
 
 def main(argv=None):

@@ -84,6 +84,7 @@ def _time_shape(shape, impls, repeats, warmup):
                 times[name].append(time.perf_counter() - start)
         for name, ts in times.items():
             rows.append({"shape": list(shape), "op": op, "impl": name, "repeats": repeats,
+                         "threads": torch.get_num_threads(),
                          "median_ms": 1e3 * statistics.median(ts), "min_ms": 1e3 * min(ts)})
     return rows
 
@@ -101,15 +102,25 @@ def _compile_cost():
             "compiler": info["compiler"], "flags": info["flags"]}
 
 
-def run(repeats: int = 10, warmup: int = 2, shapes=None, scaling=None) -> list:
-    """All measurements as a list of dicts (shape, op, impl, median_ms, min_ms, repeats)."""
+def run(repeats: int = 10, warmup: int = 2, shapes=None, scaling=None, threads=None) -> list:
+    """All measurements as a list of dicts (shape, op, impl, threads, median_ms, min_ms, ...).
+
+    shapes / scaling: lists of shapes (default SHAPES / SCALING; the scaling sweep times
+    softmax, mmin-native and entmax only); threads: torch threads (default: unchanged)."""
     saved = os.environ.get("MMIN_SPARSEMAX_BACKEND")
+    saved_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
     impls, notes = _implementations()
+    sweep = {k: v for k, v in impls.items() if k in ("softmax", "mmin-native", "entmax")}
     rows = [_compile_cost()] + [{"op": "note", "note": n} for n in notes]
     try:
-        for shape in list(shapes or SHAPES) + list(SCALING if scaling is None else scaling):
+        for shape in shapes or SHAPES:
             rows += _time_shape(shape, impls, repeats, warmup)
+        for shape in SCALING if scaling is None else scaling:
+            rows += _time_shape(shape, sweep, repeats, warmup)
     finally:
+        torch.set_num_threads(saved_threads)
         if saved is None:
             os.environ.pop("MMIN_SPARSEMAX_BACKEND", None)
         else:
@@ -117,10 +128,11 @@ def run(repeats: int = 10, warmup: int = 2, shapes=None, scaling=None) -> list:
     return rows
 
 
-def markdown(rows) -> str:
-    """Table: one line per (shape, op), medians in ms, ratios native/softmax, entmax/native."""
-    med = {(tuple(r["shape"]), r["op"], r["impl"]): r["median_ms"] for r in rows
-           if r.get("shape") and "median_ms" in r}
+def markdown(rows, stat: str = "median_ms") -> str:
+    """Table: one line per (shape, op), times in ms (stat: median_ms or min_ms), ratios
+    native/softmax and entmax/native."""
+    med = {(tuple(r["shape"]), r["op"], r["impl"]): r[stat] for r in rows
+           if r.get("shape") and stat in r}
     cols = ["softmax", "mmin-native", "mmin-torch", "mmin-sort", "entmax"]
     out = ["| shape | op | " + " | ".join(c + " ms" for c in cols)
            + " | native/softmax | entmax/native |",
@@ -157,12 +169,17 @@ def main(argv=None):
     ap.add_argument("--out", help="write the JSON results here")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's default)")
     ap.add_argument("--no-scaling", action="store_true", help="only the four fixed shapes")
     args = ap.parse_args(argv)
     meta = _meta()
-    rows = run(args.repeats, args.warmup, scaling=[] if args.no_scaling else None)
+    rows = run(args.repeats, args.warmup, scaling=[] if args.no_scaling else None,
+               threads=args.threads)
+    meta["threads"] = args.threads or meta["threads"]
     meta["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"medians, ms, float32, {meta['threads']} thread(s):\n")
     print(markdown(rows))
+    print(f"\nminima, ms:\n\n{markdown(rows, 'min_ms')}")
     print(f"\n{meta}")
     if args.out:
         with open(args.out, "w") as fh:

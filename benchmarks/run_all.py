@@ -96,7 +96,7 @@ def machine_info() -> dict:
         info["mmsa"] = None
     try:
         import mmin_plugin
-        from mmin_plugin import sparsemax as sm
+        sm = importlib.import_module("mmin_plugin.sparsemax")  # the package re-exports the function
 
         info["mmin_plugin"] = mmin_plugin.__version__
         if hasattr(sm, "backend_for"):
@@ -187,8 +187,9 @@ def main(argv=None):
           _machine_md(info), ""]
 
     if args.only in (None, "sparsemax"):
-        sp = run_sparsemax(args.quick, repeats if args.repeats or args.quick else 10,
-                           warmup if args.warmup is not None else 2)
+        # bench_sparsemax's own defaults (10 repetitions, 2 warm-up) unless told otherwise
+        sp = run_sparsemax(args.quick, args.repeats or (1 if args.quick else 10),
+                           args.warmup if args.warmup is not None else (1 if args.quick else 2))
         result["sparsemax"] = sp
         md += ["### Sparsemax vs softmax vs entmax (benchmarks/bench_sparsemax.py)", ""]
         md.append(sp.get("markdown") or f"skipped: {sp.get('skipped') or sp.get('error')}")
