@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seeds", type=int, nargs="+", default=[1111, 1112, 1113, 1114, 1115])
         p.add_argument("--feature-path", help="MMSA-Standard feature file (default: MMSA's configured path)")
         p.add_argument("--pretrained", help="BERT hub name or local directory, passed to every BERT-based model")
-        p.add_argument("--max-epochs", type=int, help="cap on epochs (MMIN; MMSA's models via early_stop)")
+        p.add_argument("--max-epochs", type=int, help="cap on training epochs, the same rule for every model (see mmin_plugin.compare)")
         p.add_argument("--out", default="mmin-results")
         p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides applied to every model")
         p.add_argument("-g", "--gpu-ids", type=int, nargs="*", default=[])

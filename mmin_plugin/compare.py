@@ -11,8 +11,9 @@ MMIN and every Table 2 variant (config key `ablation`). Both write, under `out_d
   `ablation` (MMIN's `ablation` list, comma-joined; empty otherwise), `dataset`, `seed`,
   `status` (`ok` / `failed`), `error` (`ExceptionType: message` when failed), `wall_time_s`,
   `epochs` (training epochs run), `stopped_by` (`early_stop` / `max_epochs`), `max_epochs`,
-  `feature_path`, `pretrained` (what the model was given; empty = the model's default or no
-  BERT), `checkpoint`, then every metric MMSA returned, raw as MMSA returns it (accuracies and F1
+  `early_stop` (the model's patience), `feature_path` and `pretrained` (the feature file and, for
+  BERT-based models, the text encoder MMSA's `_run` really used; empty `pretrained` = no BERT),
+  `checkpoint`, then every metric MMSA returned, raw as MMSA returns it (accuracies and F1
   as fractions; MOSI/MOSEI: MAE, Corr, Has0_acc_2, Non0_acc_2, Has0_F1_score, Non0_F1_score,
   Mult_acc_5, Mult_acc_7, Loss; SIMS: MAE, Corr, Mult_acc_2, Mult_acc_3, Mult_acc_5, F1_score,
   Loss).
@@ -135,7 +136,7 @@ ABLATION_VARIANTS = (
 )
 
 CSV_BASE_COLUMNS = ["run", "model", "ablation", "dataset", "seed", "status", "error", "wall_time_s", "epochs",
-                    "stopped_by", "max_epochs", "feature_path", "pretrained", "checkpoint"]
+                    "stopped_by", "max_epochs", "early_stop", "feature_path", "pretrained", "checkpoint"]
 
 #: the comparison figure is re-rendered after a seed only if this many seconds passed since the
 #: last rendering (and always at the end, also when interrupted)
@@ -248,18 +249,21 @@ def epoch_cap(max_epochs: Optional[int]):
 
 
 @contextlib.contextmanager
-def _own_mmsa_handlers():
-    """Remove (and close) the handlers each MMSA_run call adds to the 'MMSA' logger."""
-    lg = logging.getLogger("MMSA")
-    before = list(lg.handlers)
+def _record_args(row: Dict):
+    """Record into `row` what MMSA's `_run` really got (after $MMSA_DATASET_ROOT re-rooting):
+    the feature file, the text encoder of a BERT-based model, the patience."""
+    from . import compat
+
+    def hook(args):
+        row["feature_path"] = str(args.get("custom_feature") or args.get("featurePath") or "")
+        row["pretrained"] = str(args.get("pretrained") or "") if args.get("use_bert") else ""
+        row["early_stop"] = args.get("early_stop")
+
+    compat.PRE_RUN_HOOKS.append(hook)
     try:
         yield
     finally:
-        for h in list(lg.handlers):
-            if h not in before:
-                lg.removeHandler(h)
-                with contextlib.suppress(Exception):
-                    h.close()
+        compat.PRE_RUN_HOOKS.remove(hook)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -641,7 +645,7 @@ class _Session:
         return cfg
 
     def run_one(self, spec: RunSpec, seed: int) -> Dict:
-        from .runner import mmsa_run
+        from .runner import mmsa_run, own_mmsa_handlers
 
         run_dir = self.out / "runs" / spec.name
         dirs = {"model_save_dir": run_dir / "models", "res_save_dir": run_dir / "results", "log_dir": run_dir / "logs"}
@@ -649,7 +653,7 @@ class _Session:
         history = ckpt.with_name(ckpt.stem + ".history.json")
         row = {"run": spec.name, "model": spec.model, "ablation": ",".join(spec.ablation or []),
                "dataset": self.dataset, "seed": seed, "status": "failed", "error": "", "wall_time_s": 0.0,
-               "epochs": None, "stopped_by": None, "max_epochs": self.max_epochs,
+               "epochs": None, "stopped_by": None, "max_epochs": self.max_epochs, "early_stop": None,
                "feature_path": self.feature_path or "", "pretrained": "", "checkpoint": "", "metrics": {}}
         t0 = time.perf_counter()
         for d in dirs.values():
@@ -659,7 +663,7 @@ class _Session:
             row["pretrained"] = cfg.get("pretrained", "")
             row["max_epochs"] = cfg.get("max_epochs")
             history.unlink(missing_ok=True)  # never attribute a previous seed's curves to this one
-            with _own_mmsa_handlers(), epoch_cap(cfg.get("max_epochs")) as stats:
+            with own_mmsa_handlers(), _record_args(row), epoch_cap(cfg.get("max_epochs")) as stats:
                 results = mmsa_run(spec.model, self.dataset, config=cfg, seeds=[seed], gpu_ids=list(self.gpu_ids),
                                    num_workers=self.num_workers, verbose_level=self.verbose_level,
                                    **{k: str(v) for k, v in dirs.items()})

@@ -3,7 +3,24 @@ as rounded mean*100 / std*100 tuples)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Dict, List
+
+
+@contextlib.contextmanager
+def own_mmsa_handlers():
+    """Remove (and close) the handlers each MMSA_run call adds to the 'MMSA' logger (MMSA adds a
+    file and a console handler per call, so without this every later line is printed N times)."""
+    lg = logging.getLogger("MMSA")
+    before = list(lg.handlers)
+    try:
+        yield
+    finally:
+        for h in list(lg.handlers):
+            if h not in before:
+                lg.removeHandler(h)
+                with contextlib.suppress(Exception):
+                    h.close()
 
 
 @contextlib.contextmanager
@@ -32,6 +49,6 @@ def mmsa_run(model: str, dataset: str, **kwargs) -> List[Dict]:
     import mmin_plugin  # noqa: F401  (registration and compatibility layer)
     from MMSA import MMSA_run
 
-    with capture_results() as results:
+    with own_mmsa_handlers(), capture_results() as results:
         MMSA_run(model, dataset, **kwargs)
     return results

@@ -23,3 +23,11 @@ def small_mosi(tmp_path_factory, tiny_bert):
 
     return ensure_demo(tmp_path_factory.mktemp("demo"), dataset="mosi", n_train=48, n_valid=16, n_test=16,
                        seq_lens=(16, 40, 30), bert_dir=tiny_bert)
+
+
+def pytest_configure(config):
+    # The test models are tiny: one thread is as fast as two, and it keeps timings stable when
+    # other processes share the two cores (two threads then oversubscribe and run 3-7x slower).
+    import torch
+
+    torch.set_num_threads(1)

@@ -73,6 +73,18 @@ def cell_mean(cell):
     return float(m.group(0)) if m else None
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The demo networks are tiny: one intra-op thread is faster than two, and far faster on a
+    busy 2-core machine (thread oversubscription); restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, tiny_bert):
     from mmin_plugin.data import ensure_demo
@@ -112,6 +124,7 @@ def test_compare_csv_one_row_per_model_and_seed(comparison, demo):
         assert float(r["wall_time_s"]) > 0
         # the epoch cap holds for MMSA's own trainers too (their early_stop is 8)
         assert r["epochs"] == "1" and r["stopped_by"] == "max_epochs" and r["max_epochs"] == "1"
+        assert r["early_stop"] == "8"  # each model's own MMSA patience, untouched
         assert r["feature_path"] == demo["feature_path"]
         assert Path(r["checkpoint"]).is_file() and r["checkpoint"].endswith(f"runs/{name}/models/{name}-mosi.pth")
     # pretrained goes to BERT-based models only (MulT reads the file's precomputed text features)
@@ -220,17 +233,25 @@ def test_cli_ablate_all_table2_variants(demo, tmp_path, capsys):
     assert "| MMIN (full) |" in capsys.readouterr().out
 
 
-def test_python_m_compare_subprocess(demo, tmp_path):
+def test_python_m_compare_subprocess_default_feature_path(demo, tmp_path):
+    """`python -m mmin_plugin compare` without --feature-path: MMSA's configured featurePath
+    (MOSI/Processed/unaligned_50.pkl), re-rooted by $MMSA_DATASET_ROOT."""
+    root = tmp_path / "datasets"
+    (root / "MOSI" / "Processed").mkdir(parents=True)
+    expected = root / "MOSI" / "Processed" / "unaligned_50.pkl"
+    expected.symlink_to(demo["feature_path"])
     out = tmp_path / "cli"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(REPO),
+               MMSA_DATASET_ROOT=str(root), OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "mmin_plugin", "compare", "--dataset", "mosi", "--models", "mmin", "bogus",
-         "--seeds", "1111", "--max-epochs", "1", "--feature-path", demo["feature_path"],
-         "--pretrained", demo["bert_dir"], "--out", str(out), "--set", *_fast_set()],
+         "--seeds", "1111", "--max-epochs", "1", "--pretrained", demo["bert_dir"], "--out", str(out),
+         "--set", *_fast_set()],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, rows = read_csv(out / "compare-mosi.csv")
     assert [(r["run"], r["status"]) for r in rows] == [("mmin", "ok"), ("bogus", "failed")]
+    assert rows[0]["feature_path"] == str(expected)
     assert "| mmin |" in proc.stdout and "FAILED" in proc.stdout
     assert_png(out / "compare-mosi.png")
 
