@@ -8,17 +8,17 @@
  * Forward, per row z (Martins & Astudillo 2016):
  *     p = max(z - tau, 0)   where tau is the root of   f(t) = sum_i max(z_i - t, 0) - 1.
  * Work on y = z - max(z) in double, so the partial sums are O(1) whatever the scale of z
- * (tau(z + c) = tau(z) + c); then tau - max lies in [-1, 0), so only the candidates
- * y > -1 can be in the support: one vectorised pass finds the max, a second copies the
- * candidates (and their indices) to a scratch buffer.  f is convex, decreasing and
- * piecewise linear with slope -|{y > t}|, so Newton's method from the lower bound
- * t0 = -1 (Michelot's algorithm) on the candidates,
- *     S_0 = {y > -1},   t_{k+1} = (sum_{S_k} y - 1) / |S_k|,   S_{k+1} = {y in S_k : y > t_{k+1}},
- * increases monotonically and is exact as soon as the support stops changing
- * (S_{k+1} = S_k gives t_{k+2} = t_{k+1} = tau); the buffer is compacted in place at each
- * step, typically 3-8 steps.  A row that has not converged after `max_passes` steps is
- * finished by the exact sort-based rule (M&A Alg. 1) on its remaining candidates, never by
- * an approximation.  The output is written as zeros, then y - tau on the candidates.
+ * (tau(z + c) = tau(z) + c).  As tau - max lies in [-1, 0), only the candidates y > -1 can
+ * be in the support: one vectorised pass finds the max, a second collects the indices of
+ * the candidates, skipping blocks of 16 whose max is too small.
+ * f is convex, decreasing, piecewise linear with slope -|{y > t}|, so Newton's method from
+ * the lower bound t0 = -1 (Michelot's algorithm) on the candidates,
+ *     S_k = {y > t_k},   t_{k+1} = (sum_{S_k} y - 1) / |S_k|,
+ * increases monotonically to tau, typically in 2-4 steps, and t_{k+1} is exactly tau as
+ * soon as S_k = {y > t_{k+1}} (min_{S_k} y > t_{k+1} >= max of the rest), which the same
+ * pass checks.  A row not settled after `max_passes` steps is finished by the exact
+ * sort-based rule (M&A Alg. 1) on its candidates, never by an approximation.  The output
+ * is written as zeros, then y - tau on the candidates (one pass over short rows).
  *
  * Conventions: -inf entries are masked and give exactly 0; a row that is all -inf gives
  * all zeros; a row containing NaN or +inf gives all NaN (only that row).
@@ -45,7 +45,8 @@
 #else
 #define CLONES
 #endif
-#define BLOCK 16  /* elements tested at once for candidates */
+#define BLOCK 16       /* elements tested at once for candidates */
+#define SHORT_ROW 128  /* up to this length the output is one pass over the row */
 
 static int cmp_desc(const void *a, const void *b)
 {
@@ -67,32 +68,37 @@ static double sort_threshold(double *c, int64_t k)
     return (cs_sup - 1.0) / (double)k_sup;
 }
 
+/* Sums of one Newton step over c[0..k) at t: |S|, sum_S c, min_S c, max_{not S} c. */
+#define NEWTON_SUMS                                                     \
+    for (j = 0; j < k; j++) {                                           \
+        double v = c[j], a = v > t ? v : INFINITY, b = v > t ? -INFINITY : v; \
+        ks += v > t ? 1.0 : 0.0;                                        \
+        s += v > t ? v : 0.0;                                           \
+        min_in = a < min_in ? a : min_in;                               \
+        max_out = b > max_out ? b : max_out;                            \
+    }
+
 /* Newton steps on the candidates c[0..k) (a superset of the support; c is short, so no
- * compaction): S = {c > t} from t = -1, then t <- (sum_S c - 1) / |S|.  Level sets {c > t}
- * are nested, so an unchanged |S| means an unchanged S, and then t = (sum_S c - 1) / |S|
- * with S = {c > t}: t is exactly tau - max(z).  After max_passes steps: the exact sort. */
+ * compaction): from t = -1, S = {c > t}, t' = (sum_S c - 1) / |S|.  t' is exact as soon as
+ * S = {c > t'}, i.e. min_S c > t' >= max_{not S} c: then t' = (sum_S c - 1)/|S| is the
+ * fixed point tau - max(z).  Both extremes come with the sums, so no extra pass is needed.
+ * After max_passes steps: the exact sort. */
 static double threshold(const double *c, int64_t k, double *scratch, int max_passes,
                         int *fell_back)
 {
-    double t = -1.0, k_prev = -1.0;
+    double t = -1.0;
     int pass;
-    for (pass = 0;; pass++) {
-        double s = 0.0, ks = 0.0;
+    for (pass = 0; pass < max_passes; pass++) {
+        double s = 0.0, ks = 0.0, min_in = INFINITY, max_out = -INFINITY;
         int64_t j;
-#pragma omp simd reduction(+:s,ks)
-        for (j = 0; j < k; j++) {
-            ks += c[j] > t ? 1.0 : 0.0;
-            s += c[j] > t ? c[j] : 0.0;
-        }
-        if (ks == k_prev) return t;  /* support unchanged: t is exact */
-        if (pass >= max_passes) {
-            *fell_back = 1;
-            memcpy(scratch, c, (size_t)k * sizeof(double));
-            return sort_threshold(scratch, k);
-        }
-        k_prev = ks;
+#pragma omp simd reduction(+:s,ks) reduction(min:min_in) reduction(max:max_out)
+        NEWTON_SUMS
         t = (s - 1.0) / ks;  /* ks >= 1: the max (c = 0) is in S since t < 0 */
+        if (min_in > t && max_out <= t) return t;  /* S = {c > t}: t is exact */
     }
+    *fell_back = 1;
+    memcpy(scratch, c, (size_t)k * sizeof(double));
+    return sort_threshold(scratch, k);
 }
 
 #define T float
@@ -194,13 +200,11 @@ int64_t mmin_sparsemax_bwd_f64(const double *p, const double *g, double *dz, int
 
 #else /* ------------------------------------ row kernels, included once per type T */
 
-/* Appends y = z[i] - max and i for the candidates z[i] > lo, i in [i0, i1) (branch-free). */
-static int64_t FN(collect)(const T *z, int64_t i0, int64_t i1, T lo, double dm, double *y,
-                           int64_t *idx, int64_t k)
+/* Appends the indices i in [i0, i1) of the candidates z[i] > lo (branch-free). */
+static int64_t FN(collect)(const T *z, int64_t i0, int64_t i1, T lo, int64_t *idx, int64_t k)
 {
     int64_t i;
     for (i = i0; i < i1; i++) {
-        y[k] = (double)z[i] - dm;
         idx[k] = i;
         k += z[i] > lo;
     }
@@ -227,17 +231,29 @@ CLONES static int FN(fwd_row)(const T *z, T *p, int64_t n, double *y, double *c,
         return 0;
     }
     dm = (double)m;
-    lo = (T)(dm - 1.0);  /* candidates z > lo: a superset of z > m - 1, as tau >= m - 1 */
-    if ((double)lo > dm - 1.0) lo = FN(nextafter)(lo, (T)-INFINITY);
+    /* candidates z > lo, lo <= m - 1 (tau >= m - 1): lo - m is exact near -1 (Sterbenz),
+     * so this also holds for |m| >= 2^53, where m - 1 rounds back to m */
+    lo = (T)(dm - 1.0);
+    while ((double)lo - dm > -1.0) lo = FN(nextafter)(lo, (T)-INFINITY);
     for (i0 = 0; i0 + BLOCK <= n; i0 += BLOCK) {
-        int any = 0;
-        for (i = i0; i < i0 + BLOCK; i++) any |= z[i] > lo;  /* vectorised test */
-        if (any) k = FN(collect)(z, i0, i0 + BLOCK, lo, dm, y, idx, k);
+        T bmax = lo;
+#pragma omp simd reduction(max:bmax)
+        for (i = i0; i < i0 + BLOCK; i++) bmax = z[i] > bmax ? z[i] : bmax;
+        if (bmax > lo) k = FN(collect)(z, i0, i0 + BLOCK, lo, idx, k);
     }
-    k = FN(collect)(z, i0, n, lo, dm, y, idx, k);
+    k = FN(collect)(z, i0, n, lo, idx, k);
+    for (j = 0; j < k; j++) y[j] = (double)z[idx[j]] - dm;
     t = threshold(y, k, c, max_passes, &fell_back);
-    for (i = 0; i < n; i++) p[i] = 0;
-    for (j = 0; j < k; j++) {  /* p = max(y - t, 0) on the candidates, 0 elsewhere */
+    if (n <= SHORT_ROW) {  /* p = max(y - t, 0): one vectorised pass ... */
+#pragma omp simd
+        for (i = 0; i < n; i++) {
+            double v = ((double)z[i] - dm) - t;
+            p[i] = v > 0.0 ? (T)v : (T)0;
+        }
+        return fell_back;
+    }
+    for (i = 0; i < n; i++) p[i] = 0;  /* ... or zeros, then the candidates */
+    for (j = 0; j < k; j++) {
         double v = y[j] - t;
         p[idx[j]] = v > 0.0 ? (T)v : (T)0;
     }
@@ -246,7 +262,8 @@ CLONES static int FN(fwd_row)(const T *z, T *p, int64_t n, double *y, double *c,
 
 CLONES static void FN(bwd_row)(const T *p, const T *g, T *dz, int64_t n)
 {
-    double s = 0.0, k = 0.0, mean;
+    double s = 0.0, k = 0.0;
+    T mean;
     int64_t i;
 #pragma omp simd reduction(+:s,k)
     for (i = 0; i < n; i++) {  /* a product vectorises better than a select ... */
@@ -258,12 +275,9 @@ CLONES static void FN(bwd_row)(const T *p, const T *g, T *dz, int64_t n)
         for (i = 0, s = 0.0; i < n; i++)
             if (p[i] > 0) s += (double)g[i];
     }
-    mean = k > 0.0 ? s / k : 0.0;
+    mean = k > 0.0 ? (T)(s / k) : (T)0;  /* sums in double, the difference in T */
 #pragma omp simd
-    for (i = 0; i < n; i++) {
-        T v = (T)((double)g[i] - mean);
-        dz[i] = p[i] > 0 ? v : (T)0;
-    }
+    for (i = 0; i < n; i++) dz[i] = p[i] > 0 ? g[i] - mean : (T)0;
 }
 
 #endif

@@ -118,24 +118,24 @@ def _sort_threshold(y: torch.Tensor) -> torch.Tensor:
 def _newton_threshold(y: torch.Tensor, max_passes: int) -> torch.Tensor:
     """tau - max(z) by Newton / Michelot steps over the last dim of y, exact.
 
-    S_0 = {y > -1}, t_{k+1} = (sum_{S_k} y - 1) / |S_k|, S_{k+1} = S_k & {y > t_{k+1}}:
-    t increases to tau and is exact once |S_{k+1}| = |S_k|.  Rows still changing after
+    From t = -1: S = {y > t}, t' = (sum_S y - 1) / |S| increases to tau; t' is exactly tau
+    once S = {y > t'}, i.e. min_S y > t' >= max_{not S} y.  Rows not settled after
     max_passes steps get the sort-based threshold."""
-    s = y > -1
-    k = s.sum(-1, keepdim=True)
     t = torch.full_like(y[..., :1], -1.0)
-    done = torch.zeros_like(k, dtype=torch.bool)
+    done = torch.zeros_like(t, dtype=torch.bool)
+    inf = torch.tensor(float("inf"), dtype=y.dtype, device=y.device)
     for _ in range(max_passes):
-        t = (torch.where(s, y, torch.zeros_like(y)).sum(-1, keepdim=True) - 1) / k.clamp_min(1)
-        s = s & (y > t)
-        k_next = s.sum(-1, keepdim=True)
-        done, k = k_next == k, k_next
+        s = y > t
+        k = s.sum(-1, keepdim=True).clamp_min(1)  # all -inf rows: S empty, t stays -1
+        t = (torch.where(s, y, 0).sum(-1, keepdim=True) - 1) / k
+        done = (torch.where(s, y, inf).amin(-1, keepdim=True) > t) & (
+            torch.where(s, -inf, y).amax(-1, keepdim=True) <= t)
         if bool(done.all()):
             return t
     rows = (~done).reshape(-1).nonzero().squeeze(1)
     t = t.reshape(-1).clone()
     t[rows] = _sort_threshold(y.reshape(-1, y.shape[-1])[rows]).reshape(-1)
-    return t.reshape(k.shape)
+    return t.reshape(done.shape)
 
 
 # ------------------------------------------------------------------ backends (last dim)

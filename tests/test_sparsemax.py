@@ -25,6 +25,16 @@ ATOL = {torch.float32: 1e-6, torch.float64: 1e-12}
 NINF = float("-inf")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Small tensors: one torch thread is faster, and immune to a loaded machine (2-thread
+    torch ops wait for descheduled workers). test_threads_do_not_change_results uses 2."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _native_or_skip():
     try:
         N.kernels()
@@ -191,6 +201,18 @@ def test_property_every_backend_exact(x, data):
             assert_exact(S.sparsemax(xt.double(), dim), xt.double(), dim)
 
 
+def test_extreme_magnitudes(backend):
+    """|z| beyond 2^53 (m - 1 rounds to m) and near the largest float."""
+    x64 = torch.tensor([[1e17, 1e17 - 16, 0.0], [1.7e308, 1.7e308, -1.7e308],
+                        [-1.7e308, -1.7e308, NINF]], dtype=torch.float64)
+    x32 = torch.tensor([[3.4e38, 3.4e38, 1.0], [-3.4e38, -3.0e38, NINF],
+                        [2.0 ** 60, 2.0 ** 60 - 2.0 ** 36, 0.0]], dtype=torch.float32)
+    want = torch.tensor([[1.0, 0, 0], [0.5, 0.5, 0], [0.5, 0.5, 0]])
+    assert torch.equal(S.sparsemax(x64).float(), want)
+    assert torch.equal(S.sparsemax(x32), torch.tensor([[0.5, 0.5, 0], [0, 1.0, 0], [1.0, 0, 0]]))
+    assert_exact(S.sparsemax(x32), x32)
+
+
 def test_non_finite_rows_are_nan_only_there(backend):
     x = torch.randn(5, 8)
     x[1, 3] = float("nan")
@@ -240,6 +262,25 @@ def test_half_precision_inputs(backend):
         assert x.grad.dtype == dtype and torch.isfinite(x.grad).all()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_cuda_uses_the_torch_path(dtype):
+    torch.manual_seed(13)
+    x = torch.randn(64, 300, device="cuda").to(dtype)
+    x[0, :10] = NINF
+    x[1] = NINF
+    x.requires_grad_(True)
+    assert S.backend_for(x) == "torch"
+    p = S.sparsemax(x)
+    g = torch.randn_like(p)
+    p.backward(g)
+    tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 1e-6, torch.float64: 1e-12}[dtype]
+    assert p.dtype == dtype and x.grad.dtype == dtype
+    assert (p.double().cpu() - reference(x.detach().cpu())).abs().max() <= tol
+    want = closed_form_vjp(x.detach().cpu(), g.cpu())
+    assert (x.grad.double().cpu() - want).abs().max() <= 10 * max(tol, 1e-6) * (1 + g.abs().max().item())
+
+
 def test_threads_do_not_change_results():
     _native_or_skip()
     x = torch.randn(256, 700)
@@ -248,7 +289,7 @@ def test_threads_do_not_change_results():
         torch.set_num_threads(1)
         p1, _ = N.forward(x, 32)
         g1 = N.backward(p1, x)
-        torch.set_num_threads(max(2, n))
+        torch.set_num_threads(max(2, n))  # the kernel splits rows over 2 pthreads
         p2, _ = N.forward(x, 32)
         g2 = N.backward(p2, x)
     finally:
