@@ -98,7 +98,8 @@ def _compile_cost():
             _, info = N.build(tmp)
         except RuntimeError as exc:
             return {"impl": "mmin-native", "op": "compile", "error": str(exc)}
-    return {"impl": "mmin-native", "op": "compile", "shape": None, "median_ms": 1e3 * info["seconds"],
+    ms = 1e3 * info["seconds"]
+    return {"impl": "mmin-native", "op": "compile", "shape": None, "median_ms": ms,
             "compiler": info["compiler"], "flags": info["flags"]}
 
 
@@ -151,7 +152,7 @@ def markdown(rows, stat: str = "median_ms") -> str:
     extra = [r for r in rows if r.get("op") in ("compile", "note")]
     for r in extra:
         if r["op"] == "compile":
-            out.append(f"\nnative kernel compile (cold, once): "
+            out.append("\nnative kernel compile (cold, once): "
                        + (f"{r['median_ms'] / 1e3:.2f} s" if "median_ms" in r else r["error"]))
         else:
             out.append(f"\nnote: {r['note']}")
@@ -159,9 +160,10 @@ def markdown(rows, stat: str = "median_ms") -> str:
 
 
 def _meta():
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": sys.version.split()[0],
-            "machine": platform.machine(), "processor": platform.processor() or platform.platform(),
-            "cpu_count": os.cpu_count(), "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "python": sys.version.split()[0], "machine": platform.machine(),
+            "processor": platform.processor() or platform.platform(), "cpu_count": os.cpu_count(),
+            "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None}
 
 
 def main(argv=None):

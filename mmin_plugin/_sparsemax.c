@@ -1,16 +1,16 @@
 /* Row-wise exact sparsemax kernels for mmin_plugin (plain C99 + pthreads, no torch headers).
  *
  * Loaded through ctypes by mmin_plugin/_sparsemax_native.py; every buffer is a contiguous
- * (rows, n) array of float or double.  Build: cc -O3 -shared -fPIC -pthread -fopenmp-simd
- * -fno-trapping-math -ffp-contract=off (the -f flags only let the compiler vectorise the
- * marked loops, and keep it from fusing a*b+c; no OpenMP runtime is used).
+ * (rows, n) array of float or double.  Build: cc -O3 -std=c99 -shared -fPIC -pthread
+ * -fopenmp -fno-trapping-math -ffp-contract=off (-fno-trapping-math lets the compiler
+ * vectorise the selects; -ffp-contract=off keeps it from fusing a*b+c).
  *
  * Forward, per row z (Martins & Astudillo 2016):
  *     p = max(z - tau, 0)   where tau is the root of   f(t) = sum_i max(z_i - t, 0) - 1.
  * Work on y = z - max(z) in double, so the partial sums are O(1) whatever the scale of z
  * (tau(z + c) = tau(z) + c).  As tau - max lies in [-1, 0), only the candidates y > -1 can
  * be in the support: one vectorised pass finds the max, a second collects the indices of
- * the candidates, skipping blocks of 16 whose max is too small.
+ * the candidates (in long rows skipping blocks of 16 whose max is too small).
  * f is convex, decreasing, piecewise linear with slope -|{y > t}|, so Newton's method from
  * the lower bound t0 = -1 (Michelot's algorithm) on the candidates,
  *     S_k = {y > t_k},   t_{k+1} = (sum_{S_k} y - 1) / |S_k|,
@@ -26,8 +26,10 @@
  * Backward (vector-Jacobian product; the Jacobian is symmetric, M&A eq. 14):
  *     dz = s * (g - sum_S g / |S|),   s = 1[p > 0];   a row with empty support gets 0.
  *
- * Rows are split into contiguous chunks over at most `nthreads` threads (pthreads created
- * per call; nthreads = 1 creates none, so the kernels are safe after fork()).
+ * Rows are split into contiguous chunks over at most `nthreads` threads: an OpenMP parallel
+ * for when built with -fopenmp (libgomp.so.1, i.e. the copy torch has already loaded, so the
+ * kernel runs on torch's own thread pool), else pthreads created per call.  nthreads = 1
+ * runs on the calling thread only.
  */
 #ifndef T /* ------------------------------------------------------------ common part */
 #include <math.h>
@@ -45,7 +47,8 @@
 #else
 #define CLONES
 #endif
-#define BLOCK 16       /* elements tested at once for candidates */
+#define BLOCK 16       /* rows longer than SKIP_FROM skip blocks of 16 without candidates */
+#define SKIP_FROM 512  /* (shorter rows: the mispredicted branches cost more than they save) */
 #define SHORT_ROW 128  /* up to this length the output is one pass over the row */
 
 static int cmp_desc(const void *a, const void *b)
@@ -104,13 +107,13 @@ static double threshold(const double *c, int64_t k, double *scratch, int max_pas
 #define T float
 #define FN(name) name##_f32
 #define nextafter_f32 nextafterf
-#include __FILE__
+#include "_sparsemax.c"  /* this file again, with T set */
 #undef T
 #undef FN
 #define T double
 #define FN(name) name##_f64
 #define nextafter_f64 nextafter
-#include __FILE__
+#include "_sparsemax.c"  /* this file again, with T set */
 #undef T
 #undef FN
 
@@ -155,8 +158,6 @@ static int64_t dispatch(int fwd, int f64, const void *a, const void *b, void *ou
                         int64_t n, int max_passes, int nthreads)
 {
     job_t jobs[MAX_THREADS];
-    pthread_t tid[MAX_THREADS];
-    int started[MAX_THREADS];
     int64_t by_size = rows * n / MIN_ELEMS_PER_THREAD, total = 0;
     int t, nt = nthreads < 1 ? 1 : nthreads > MAX_THREADS ? MAX_THREADS : nthreads;
     if ((int64_t)nt > by_size) nt = by_size > 1 ? (int)by_size : 1;
@@ -164,14 +165,24 @@ static int64_t dispatch(int fwd, int f64, const void *a, const void *b, void *ou
     for (t = 0; t < nt; t++) {
         job_t jb = {fwd, f64, max_passes, a, b, out, n, rows * t / nt, rows * (t + 1) / nt, 0};
         jobs[t] = jb;
-        started[t] = 0;
     }
-    for (t = 1; t < nt; t++)  /* a thread that cannot be created leaves its chunk to us */
-        started[t] = pthread_create(&tid[t], NULL, run_job, &jobs[t]) == 0;
-    run_job(&jobs[0]);
-    for (t = 1; t < nt; t++) {
-        if (started[t]) pthread_join(tid[t], NULL);
-        else run_job(&jobs[t]);
+    if (nt == 1) {
+        run_job(&jobs[0]);
+    } else {
+#ifdef _OPENMP  /* torch's own libgomp (same soname, already loaded): its thread pool */
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+        for (t = 0; t < nt; t++) run_job(&jobs[t]);
+#else
+        pthread_t tid[MAX_THREADS];
+        int started[MAX_THREADS];
+        for (t = 1; t < nt; t++)  /* a thread that cannot be created leaves its chunk to us */
+            started[t] = pthread_create(&tid[t], NULL, run_job, &jobs[t]) == 0;
+        run_job(&jobs[0]);
+        for (t = 1; t < nt; t++) {
+            if (started[t]) pthread_join(tid[t], NULL);
+            else run_job(&jobs[t]);
+        }
+#endif
     }
     for (t = 0; t < nt; t++) {
         if (jobs[t].fell_back < 0) return -1;
@@ -213,7 +224,7 @@ static int64_t FN(collect)(const T *z, int64_t i0, int64_t i1, T lo, int64_t *id
 
 /* One row; scratch y, c (doubles) and idx, n entries each.  Returns 1 if the sort was used. */
 CLONES static int FN(fwd_row)(const T *z, T *p, int64_t n, double *y, double *c, int64_t *idx,
-                       int max_passes)
+                              int max_passes)
 {
     T m = -INFINITY, lo;
     int bad = 0, fell_back = 0;
@@ -235,11 +246,14 @@ CLONES static int FN(fwd_row)(const T *z, T *p, int64_t n, double *y, double *c,
      * so this also holds for |m| >= 2^53, where m - 1 rounds back to m */
     lo = (T)(dm - 1.0);
     while ((double)lo - dm > -1.0) lo = FN(nextafter)(lo, (T)-INFINITY);
-    for (i0 = 0; i0 + BLOCK <= n; i0 += BLOCK) {
-        T bmax = lo;
+    i0 = 0;
+    if (n > SKIP_FROM) {  /* long rows: skip the blocks that hold no candidate */
+        for (; i0 + BLOCK <= n; i0 += BLOCK) {
+            T bmax = lo;
 #pragma omp simd reduction(max:bmax)
-        for (i = i0; i < i0 + BLOCK; i++) bmax = z[i] > bmax ? z[i] : bmax;
-        if (bmax > lo) k = FN(collect)(z, i0, i0 + BLOCK, lo, idx, k);
+            for (i = i0; i < i0 + BLOCK; i++) bmax = z[i] > bmax ? z[i] : bmax;
+            if (bmax > lo) k = FN(collect)(z, i0, i0 + BLOCK, lo, idx, k);
+        }
     }
     k = FN(collect)(z, i0, n, lo, idx, k);
     for (j = 0; j < k; j++) y[j] = (double)z[idx[j]] - dm;
