@@ -103,7 +103,6 @@ import csv
 import datetime as _dt
 import io
 import json
-import logging
 import math
 import os
 import shutil

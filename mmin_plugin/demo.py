@@ -26,10 +26,11 @@ def mean_baseline(feature_path) -> dict:
 
 
 def format_table(rows, title) -> str:
-    keys = [k for k in METRIC_ORDER if any(k in r for r in rows)]
+    """Markdown table of [(name, metrics dict), ...] in MMSA's metric names."""
+    keys = [k for k in METRIC_ORDER if any(k in r for _, r in rows)]
     out = [f"| {title} | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for name, r in rows.items() if isinstance(rows, dict) else rows:
-        out.append(f"| {name} | " + " | ".join(f"{r[k]:.4f}" if k in r else "-" for k in keys) + " |")
+    for name, r in rows:
+        out.append(f"| {name} | " + " | ".join(f"{float(r[k]):.4f}" if k in r else "-" for k in keys) + " |")
     return "\n".join(out)
 
 

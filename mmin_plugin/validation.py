@@ -295,7 +295,7 @@ def validate_features(data, path, use_bert=True, need_data_aligned=False, *,
                      _describe(t))
         if use_bert:
             if t.shape[1] != 3:
-                ctx.fail(split, text_key, f"shape (N, 3, L): token ids, attention mask, "
+                ctx.fail(split, text_key, "shape (N, 3, L): token ids, attention mask, "
                                           "segment ids", _describe(t))
             L_text = int(t.shape[2])
             if L_text < 1:

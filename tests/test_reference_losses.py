@@ -38,16 +38,6 @@ FAST = settings(max_examples=120, deadline=None)
 SLOW = settings(max_examples=40, deadline=None)
 
 
-@pytest.fixture(autouse=True)
-def _single_torch_thread():
-    """Every tensor here is tiny: intra-op threads only add OpenMP synchronisation, which on
-    a busy 2-core machine costs 0.1-3 ms per op instead of ~4 us. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def cast(x, dtype):
     return np.asarray(x).astype(dtype).astype(np.float64)
 
