@@ -106,7 +106,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -116,6 +115,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from . import paper
+from .atomic import atomic_write_bytes, atomic_write_text
 from .errors import MMINConfigError, MMINDataError
 
 __all__ = ["run_comparison", "run_ablation", "ABLATION_VARIANTS", "CSV_BASE_COLUMNS", "split_overrides",
@@ -268,18 +268,6 @@ def _record_args(row: Dict):
 # ---------------------------------------------------------------------------------------------
 # atomic file writes
 # ---------------------------------------------------------------------------------------------
-def _write_atomic(path: Path, data, binary=False) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 # ---------------------------------------------------------------------------------------------
 # rows -> CSV / aggregate / markdown / figure
 # ---------------------------------------------------------------------------------------------
@@ -688,7 +676,7 @@ class _Session:
             if hist:
                 png = plot_training_curves(hist, f"{spec.label} on {self.dataset.upper()}, seed {seed}: "
                                                  "training curves (MMIN trainer history)")
-                _write_atomic(self.out / f"curves-{spec.name}-{self.dataset}-seed{seed}.png", png, binary=True)
+                atomic_write_bytes(self.out / f"curves-{spec.name}-{self.dataset}-seed{seed}.png", png)
         except Exception as exc:  # the figure is a convenience; never lose a result over it
             print(f"[{self.kind}] warning: training-curve figure for {spec.name} seed {seed} failed: "
                   f"{_error_text(exc)}", flush=True)
@@ -701,13 +689,13 @@ class _Session:
                 "updated": _dt.datetime.now().isoformat(timespec="seconds")}
 
     def write(self, figure=True) -> str:
-        _write_atomic(self.csv_path, _csv_text(self.rows))
+        atomic_write_text(self.csv_path, _csv_text(self.rows))
         md = render_markdown(self.rows, self.specs, self.kind, self.info())
-        _write_atomic(self.md_path, md)
+        atomic_write_text(self.md_path, md)
         if figure and self._figure_rows != len(self.rows):
             self._figure_rows, self._figure_time = len(self.rows), time.monotonic()
             try:
-                _write_atomic(self.png_path, render_figure(self.rows, self.specs, self.kind, self.dataset), binary=True)
+                atomic_write_bytes(self.png_path, render_figure(self.rows, self.specs, self.kind, self.dataset))
             except Exception as exc:
                 print(f"[{self.kind}] warning: figure failed: {_error_text(exc)}", flush=True)
         return md

@@ -415,80 +415,54 @@ def _sync_text_dim(args) -> None:
         dims[0] = size
 
 
-def _patch_dataset() -> None:
+def _wrap_init(cls, before=None, after=None) -> None:
+    """Wrap ``cls.__init__`` once: ``before(args)`` runs first, ``after(self, args)`` last."""
+    if _is_ours(cls.__init__):
+        return
+    original = cls.__init__
+
+    def __init__(self, args, *a, **kw):
+        if before is not None:
+            before(args)
+        original(self, args, *a, **kw)
+        if after is not None:
+            after(self, args)
+
+    cls.__init__ = _mark(__init__, original)
+
+
+def _misa_fix_projection(model, config) -> None:
+    if not config.get("use_bert"):
+        return
+    real = model.bertmodel.model.config.hidden_size  # the loaded encoder is the truth
+    old = model.project_t.project_t
+    if old.in_features != real:
+        # same position in the Sequential (state_dict keys unchanged), default init as MISA's
+        model.project_t.project_t = nn.Linear(
+            real, old.out_features, bias=old.bias is not None,
+            device=old.weight.device, dtype=old.weight.dtype)
+
+
+def _self_mm_text_out(args) -> None:
+    # Self-MM always encodes text with BERT and feeds the [CLS] vector straight into
+    # heads sized by args.text_out (768 in MMSA's configs): it must equal the encoder width.
+    _sync_text_dim(args)
+    size = _known_hidden_size(args.get("pretrained"))  # None: unreadable, leave text_out
+    if size is not None and args.get("text_out") != size:
+        logger.info("Self-MM text_out: %s -> %d (hidden size of %s)", args.get("text_out"),
+                    size, args.get("pretrained"))
+        args["text_out"] = size
+
+
+def _patch_text_dim() -> None:
     from MMSA import data_loader
 
-    cls = data_loader.MMDataset
-    if _is_ours(cls.__init__):
-        return
-    original = cls.__init__
-
-    def __init__(self, args, *a, **kw):
-        original(self, args, *a, **kw)
-        _sync_text_dim(args)
-
-    cls.__init__ = _mark(__init__, original)
-
-
-def _patch_misa() -> None:
-    misa_mod = importlib.import_module("MMSA.models.singleTask.MISA")
-
-    cls = misa_mod.MISA
-    if _is_ours(cls.__init__):
-        return
-    original = cls.__init__
-
-    def __init__(self, config, *a, **kw):
-        _sync_text_dim(config)
-        original(self, config, *a, **kw)
-        if not config.get("use_bert"):
-            return
-        real = self.bertmodel.model.config.hidden_size  # the loaded encoder is the truth
-        old = self.project_t.project_t
-        if old.in_features != real:
-            # same position in the Sequential (state_dict keys unchanged), default init as MISA's
-            self.project_t.project_t = nn.Linear(
-                real, old.out_features, bias=old.bias is not None,
-                device=old.weight.device, dtype=old.weight.dtype)
-
-    cls.__init__ = _mark(__init__, original)
-
-
-def _patch_self_mm() -> None:
-    self_mm_mod = importlib.import_module("MMSA.models.multiTask.SELF_MM")
-
-    cls = self_mm_mod.SELF_MM
-    if _is_ours(cls.__init__):
-        return
-    original = cls.__init__
-
-    def __init__(self, args, *a, **kw):
-        # Self-MM always encodes text with BERT and feeds the [CLS] vector straight into
-        # heads sized by args.text_out (768 in MMSA's configs): it must equal the encoder width.
-        _sync_text_dim(args)
-        size = _known_hidden_size(args.get("pretrained"))  # None: unreadable, leave text_out
-        if size is not None and args.get("text_out") != size:
-            logger.info("Self-MM text_out: %s -> %d (hidden size of %s)", args.get("text_out"),
-                        size, args.get("pretrained"))
-            args["text_out"] = size
-        original(self, args, *a, **kw)
-
-    cls.__init__ = _mark(__init__, original)
-
-
-def _patch_mmim() -> None:
-    mmim_mod = importlib.import_module("MMSA.models.singleTask.MMIM")
-
-    cls = mmim_mod.MMIM
-    if _is_ours(cls.__init__):
-        return
-    original = cls.__init__
-
-    def __init__(self, config, *a, **kw):
-        _sync_text_dim(config)  # MMIM sizes its text heads with d_tout = feature_dims[0]
-        original(self, config, *a, **kw)
-
-    cls.__init__ = _mark(__init__, original)
+    _wrap_init(data_loader.MMDataset, after=lambda self, args: _sync_text_dim(args))
+    _wrap_init(importlib.import_module("MMSA.models.singleTask.MISA").MISA,
+               before=_sync_text_dim, after=_misa_fix_projection)
+    _wrap_init(importlib.import_module("MMSA.models.multiTask.SELF_MM").SELF_MM, before=_self_mm_text_out)
+    # MMIM sizes its text heads with d_tout = feature_dims[0]
+    _wrap_init(importlib.import_module("MMSA.models.singleTask.MMIM").MMIM, before=_sync_text_dim)
 
 
 def _text_dim_patched() -> bool:
@@ -511,10 +485,7 @@ def apply() -> None:
         _patch_set_device(run_mod)
         _patch_schedulers()
         _patch_run(run_mod)
-        _patch_dataset()
-        _patch_misa()
-        _patch_self_mm()
-        _patch_mmim()
+        _patch_text_dim()
 
 
 def is_applied() -> bool:

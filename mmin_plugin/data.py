@@ -24,12 +24,12 @@ import os
 import pickle
 import shutil
 import string
-import uuid
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write, atomic_write_text, tmp_sibling
 from .errors import MMINConfigError
 
 __all__ = [
@@ -136,34 +136,6 @@ def _demo_tokenizer(vocab):
     return BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
 
 
-def _tmp_sibling(path: Path) -> Path:
-    """A unique temporary name next to `path` (same filesystem, so os.replace is atomic)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-
-
-def _write_atomic(path, writer, mode="wb"):
-    """Write via `writer(f)` into a temporary sibling, then rename over `path`.
-
-    The temporary file is opened normally (not mkstemp) so it gets the usual umask permissions.
-    """
-    path = Path(path)
-    tmp = _tmp_sibling(path)
-    try:
-        with open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            writer(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
-
-
-def _write_text_atomic(path, text: str):
-    _write_atomic(path, lambda f: f.write(text), mode="w")
-
-
 def make_tiny_bert(out_dir, language="en", seed=0) -> Path:
     """Write a tiny, randomly initialised BERT (model + tokenizer) to ``out_dir`` and return it.
 
@@ -179,7 +151,7 @@ def make_tiny_bert(out_dir, language="en", seed=0) -> Path:
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     fresh = not out_dir.exists()
-    work = _tmp_sibling(out_dir) if fresh else out_dir
+    work = tmp_sibling(out_dir) if fresh else out_dir
     if fresh:
         work.mkdir()  # plain mkdir (not mkdtemp): the usual umask permissions
     try:
@@ -188,11 +160,11 @@ def make_tiny_bert(out_dir, language="en", seed=0) -> Path:
             torch.manual_seed(seed)
             model = BertModel(config)
         model.save_pretrained(work)
-        _write_text_atomic(work / "vocab.txt", "\n".join(vocab) + "\n")
+        atomic_write_text(work / "vocab.txt", "\n".join(vocab) + "\n")
         tok = BertTokenizer.from_pretrained(str(work))
         tok.save_pretrained(str(work))  # tokenizer.json + tokenizer_config.json (not vocab.txt in 5.x)
         if not (work / "vocab.txt").exists():  # pragma: no cover - older transformers rewrite it
-            _write_text_atomic(work / "vocab.txt", "\n".join(vocab) + "\n")
+            atomic_write_text(work / "vocab.txt", "\n".join(vocab) + "\n")
         if fresh:
             try:
                 os.rename(work, out_dir)
@@ -504,7 +476,7 @@ def make_demo_features(path, dataset="mosi", n_train=128, n_valid=32, n_test=32,
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, lambda f: pickle.dump(data, f, protocol=4))
+    atomic_write(path, lambda f: pickle.dump(data, f, protocol=4))
     return path
 
 
@@ -538,5 +510,5 @@ def ensure_demo(out_dir, dataset="mosi", **kw) -> dict:
     current = meta_path.read_text(encoding="utf-8") if meta_path.is_file() else None
     if not feature_path.is_file() or current != meta_text:
         make_demo_features(feature_path, dataset=dataset, bert_dir=bert_dir, **kw)
-        _write_text_atomic(meta_path, meta_text)
+        atomic_write_text(meta_path, meta_text)
     return {"feature_path": str(feature_path), "bert_dir": str(bert_dir)}

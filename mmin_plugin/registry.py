@@ -89,9 +89,9 @@ def _wrap_config_reader(orig, section: str):
             config_all = json.load(f)
         if model_name not in config_all:
             config_all[model_name] = copy.deepcopy(entry.config[section][model_name])
-        model_cfg = config_all[model_name]
-        known = set(model_cfg.get("datasetParams", {})) | (set() if section == "regression" else set(
-            config_all.get("datasetCommonParams", {})) - {"dataset_root_dir"})
+        known = set(config_all.get("datasetCommonParams", {})) - {"dataset_root_dir"}
+        if section == "regression":  # MMSA's regression reader requires datasetParams[dataset]
+            known &= set(config_all[model_name].get("datasetParams", {}))
         if dataset_name not in known:
             raise MMINConfigError(
                 f"{config_file}: model '{model_name}' has no settings for dataset '{dataset_name}'; "

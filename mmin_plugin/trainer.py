@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn, optim
 from tqdm import tqdm
 
+from .atomic import atomic_write, atomic_write_text
 from .errors import NonFiniteLossError
 
 logger = logging.getLogger("MMSA")
@@ -33,17 +32,8 @@ LOSS_TERMS = ("L_senti", "L_sep", "L_ac", "L_ap")
 
 
 def atomic_save(obj, path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """torch.save through a temporary sibling file renamed over `path` (see atomic.py)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _batch_inputs(batch, device):
@@ -165,10 +155,7 @@ class MMINTrainer:
 
     def _write_history(self):
         try:
-            path = self._history_path()
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.history, indent=1))
-            os.replace(tmp, path)
+            atomic_write_text(self._history_path(), json.dumps(self.history, indent=1))
         except OSError as e:  # the history is a convenience; never lose a training run over it
             logger.warning(f"could not write training history: {e}")
 
