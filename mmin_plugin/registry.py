@@ -114,6 +114,7 @@ def _install_patches() -> None:
     global _PATCHED
     if _PATCHED:
         return
+    import MMSA
     import MMSA.config as mconfig
     import MMSA.data_loader as mloader
     import MMSA.run as mrun
@@ -153,8 +154,6 @@ def _install_patches() -> None:
         wrapped = _wrap_config_reader(getattr(mconfig, attr), section)
         setattr(mconfig, attr, wrapped)
         setattr(mrun, attr, wrapped)
-        import MMSA
-
         setattr(MMSA, attr, wrapped)
 
     mloader.pickle = SafePickle
