@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
@@ -20,9 +20,9 @@ setup(
     name="mmin-plugin",
     version="0.1.0",
     description="MMIN (Fang, Liu, Zhang, ICASSP 2024) as a model of the MMSA 2.2.1 toolkit",
-    packages=["mmin_plugin", "mmin_reference"],
+    packages=find_packages(include=["mmin_plugin", "mmin_plugin.*"]) + ["mmin_reference"],
     package_dir={"mmin_plugin": "mmin_plugin", "mmin_reference": "reference"},
-    package_data={"mmin_plugin": ["*.c"]},
+    package_data={"mmin_plugin.modeling": ["*.c"]},
     cmdclass={"build_py": build_py_with_registry},
     python_requires=">=3.10",
     install_requires=[

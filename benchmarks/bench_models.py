@@ -133,7 +133,7 @@ class Contender:
     # -- per model: optimizer, loss and clipping exactly as its trainer sets them up -------------
     def _setup_mmin(self):
         import torch
-        from mmin_plugin.trainer import MMINTrainer
+        from mmin_plugin.integration.trainer import MMINTrainer
 
         self.trainer = MMINTrainer(self.args)
         self.optimizer = self.trainer._optimizer(self.model)
@@ -258,7 +258,7 @@ def _sparsemax_backend():
 
         import torch
 
-        sm = importlib.import_module("mmin_plugin.sparsemax")  # the package re-exports the function
+        sm = importlib.import_module("mmin_plugin.modeling.sparsemax")  # the package re-exports the function
         return sm.backend_for(torch.zeros(2)) if hasattr(sm, "backend_for") else "sort (single path)"
     except Exception as e:  # noqa: BLE001
         return f"unknown ({type(e).__name__})"
@@ -395,7 +395,7 @@ def profile_step(name, cache_dir, rows=15, log=print):
     from torch.autograd.profiler import record_function
     from torch.profiler import ProfilerActivity, profile
 
-    import mmin_plugin.model as mm
+    import mmin_plugin.modeling.model as mm
 
     c = Contender(name, bert_dirs(cache_dir))
     c.step()

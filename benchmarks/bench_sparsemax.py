@@ -1,4 +1,4 @@
-"""Benchmark of mmin_plugin.sparsemax against torch.softmax and entmax.sparsemax (CPU).
+"""Benchmark of mmin_plugin.modeling.sparsemax against torch.softmax and entmax.sparsemax (CPU).
 
     python benchmarks/bench_sparsemax.py --out bench_sparsemax.json [--repeats 10 --warmup 2]
 
@@ -25,8 +25,8 @@ import time
 
 import torch
 
-S = importlib.import_module("mmin_plugin.sparsemax")
-N = importlib.import_module("mmin_plugin._sparsemax_native")
+S = importlib.import_module("mmin_plugin.modeling.sparsemax")
+N = importlib.import_module("mmin_plugin.modeling._sparsemax_native")
 
 SHAPES = [(128, 50, 500), (128, 50, 375), (128, 3, 500), (512, 50, 50)]
 SCALING = [(128, 50, L) for L in (125, 250, 500, 1000, 2000)]

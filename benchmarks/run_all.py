@@ -96,7 +96,7 @@ def machine_info() -> dict:
         info["mmsa"] = None
     try:
         import mmin_plugin
-        sm = importlib.import_module("mmin_plugin.sparsemax")  # the package re-exports the function
+        sm = importlib.import_module("mmin_plugin.modeling.sparsemax")  # the package re-exports the function
 
         info["mmin_plugin"] = mmin_plugin.__version__
         if hasattr(sm, "backend_for"):

@@ -3,10 +3,10 @@
 `import mmin_plugin` applies the compatibility layer (MMSA on CPU and current torch) and
 registers the model name 'mmin' into MMSA, so that `MMSA_run('mmin', 'mosi', ...)` works.
 """
-from . import losses
+from .modeling import losses
 from .errors import MMINConfigError, MMINDataError, MMINError, NonFiniteLossError
-from .registry import register, unregister
-from .sparsemax import Sparsemax, sparsemax
+from .integration.registry import register, unregister
+from .modeling.sparsemax import Sparsemax, sparsemax
 
 __all__ = [
     "sparsemax",

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seeds", type=int, nargs="+", default=[1111, 1112, 1113, 1114, 1115])
         p.add_argument("--feature-path", help="MMSA-Standard feature file (default: MMSA's configured path)")
         p.add_argument("--pretrained", help="BERT hub name or local directory, passed to every BERT-based model")
-        p.add_argument("--max-epochs", type=int, help="cap on training epochs, the same rule for every model (see mmin_plugin.compare)")
+        p.add_argument("--max-epochs", type=int, help="cap on training epochs, the same rule for every model (see mmin_plugin.experiments.compare)")
         p.add_argument("--out", default="mmin-results")
         p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides applied to every model")
         p.add_argument("-g", "--gpu-ids", type=int, nargs="*", default=[])
@@ -112,7 +112,7 @@ def cmd_run(a) -> int:
 
 
 def cmd_demo_data(a) -> int:
-    from .data import ensure_demo
+    from .experiments.data import ensure_demo
 
     paths = ensure_demo(a.out, dataset=a.dataset, n_train=a.n_train, n_valid=a.n_valid, n_test=a.n_test,
                         corrupt=a.corrupt, seed=a.seed)
@@ -121,7 +121,7 @@ def cmd_demo_data(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    from .demo import run_demo
+    from .experiments.demo import run_demo
 
     run_demo(a.out, dataset=a.dataset, max_epochs=a.max_epochs, seed=a.seed, corrupt=a.corrupt,
              overrides=_parse_set(a.set))
@@ -129,7 +129,7 @@ def cmd_demo(a) -> int:
 
 
 def cmd_compare(a, ablate=False) -> int:
-    from . import compare
+    from .experiments import compare
 
     kw = dict(dataset=a.dataset, seeds=a.seeds, feature_path=a.feature_path, pretrained=a.pretrained,
               max_epochs=a.max_epochs, out_dir=a.out, overrides=_parse_set(a.set), gpu_ids=list(a.gpu_ids),

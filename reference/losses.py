@@ -43,7 +43,7 @@ def linear(x, weight, bias):
 
 
 def discriminator_forward(h, w1, b1, w2, b2):
-    """D in eq. 3/4 (mmin_plugin.losses.ModalityDiscriminator, eval mode): logits of
+    """D in eq. 3/4 (mmin_plugin.modeling.losses.ModalityDiscriminator, eval mode): logits of
     fc2(relu(fc1(h))); D(h) in the paper is softmax of these logits."""
     return linear(np.maximum(linear(h, w1, b1), 0.0), w2, b2)
 

@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 
 import mmin_plugin
-import mmin_plugin.runner
-from mmin_plugin import compare, paper
+import mmin_plugin.experiments.runner
+from mmin_plugin.experiments import compare
+from mmin_plugin.experiments import paper
 from mmin_plugin.errors import MMINConfigError, MMINDataError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,7 +88,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, tiny_bert):
-    from mmin_plugin.data import ensure_demo
+    from mmin_plugin.experiments.data import ensure_demo
 
     files = ensure_demo(tmp_path_factory.mktemp("cmpdata"), dataset="mosi", n_train=32, n_valid=16, n_test=16,
                         seq_lens=(16, 40, 30), bert_dir=tiny_bert)
@@ -281,7 +282,7 @@ def fake_run(monkeypatch, tmp_path):
         Path(kw["model_save_dir"], f"{model}-{dataset}.pth").write_bytes(b"x")
         return [_metrics(seeds[0], action)]
 
-    monkeypatch.setattr(mmin_plugin.runner, "mmsa_run", fake)
+    monkeypatch.setattr(mmin_plugin.experiments.runner, "mmsa_run", fake)
     return {"calls": calls, "plan": plan, "out": tmp_path / "out"}
 
 

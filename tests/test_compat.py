@@ -1,8 +1,8 @@
-"""mmin_plugin.compat: MMSA 2.2.1's own models train and test on CPU with current torch.
+"""mmin_plugin.integration.compat: MMSA 2.2.1's own models train and test on CPU with current torch.
 
 The end-to-end tests run MMSA's unchanged MISA / MulT / Self-MM / MMIM through ``MMSA_run`` on a
 small MOSI-layout file (short sequences, few samples) and a tiny random 32-d BERT, both made
-locally by ``mmin_plugin.data``.
+locally by ``mmin_plugin.experiments.data``.
 """
 import logging
 import shutil
@@ -13,7 +13,7 @@ import torch
 
 import MMSA
 import MMSA.run as mrun
-from mmin_plugin import compat
+from mmin_plugin.integration import compat
 from mmin_plugin.errors import MMINDataError
 
 DEFAULT_MOSI = "/home/sharing/disk3/Datasets/MMSA-Standard/MOSI/Processed/unaligned_50.pkl"
@@ -44,7 +44,7 @@ def _close_mmsa_log_handlers():
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from mmin_plugin.data import make_demo_features, make_tiny_bert
+    from mmin_plugin.experiments.data import make_demo_features, make_tiny_bert
 
     root = tmp_path_factory.mktemp("compat")
     bert = make_tiny_bert(root / "bert-tiny-en", language="en")

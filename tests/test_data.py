@@ -1,4 +1,4 @@
-"""mmin_plugin.data: the offline tiny BERT and the MMSA-Standard-shaped demo feature files."""
+"""mmin_plugin.experiments.data: the offline tiny BERT and the MMSA-Standard-shaped demo feature files."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -10,10 +10,10 @@ import stat  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from mmin_plugin import data as demo  # noqa: E402
+from mmin_plugin.experiments import data as demo  # noqa: E402
 from mmin_plugin.errors import MMINConfigError  # noqa: E402
-from mmin_plugin.safeload import clear_cache, safe_load  # noqa: E402
-from mmin_plugin.validation import sanitize_features, validate_features  # noqa: E402
+from mmin_plugin.integration.safeload import clear_cache, safe_load  # noqa: E402
+from mmin_plugin.integration.validation import sanitize_features, validate_features  # noqa: E402
 
 SHORT = (12, 20, 15)
 SPLITS = ("train", "valid", "test")

@@ -11,7 +11,7 @@ import pytest
 
 import mmin_plugin
 from mmin_plugin.errors import MMINConfigError, MMINError
-from mmin_plugin.runner import mmsa_run
+from mmin_plugin.experiments.runner import mmsa_run
 
 FAST = {"d_model": 16, "nheads": 4, "fine_layers": 1, "fusion_ff_dim": 32, "disc_hidden": 8, "max_epochs": 1}
 
@@ -46,7 +46,7 @@ def test_mmsa_csv_row_lines_up_with_mmsa_models(small_mosi, tmp_path):
 
 
 def test_mosei_layout(tmp_path, tiny_bert):
-    from mmin_plugin.data import ensure_demo
+    from mmin_plugin.experiments.data import ensure_demo
 
     files = ensure_demo(tmp_path / "d", dataset="mosei", n_train=24, n_valid=8, n_test=8, seq_lens=(12, 20, 16),
                         bert_dir=tiny_bert)
@@ -59,7 +59,7 @@ def test_users_own_config_file_is_used(small_mosi, tmp_path):
 
     default = Path(MMSA.__file__).parent / "config" / "config_regression.json"
     cfg = json.loads(default.read_text())
-    cfg["mmin"] = copy.deepcopy(mmin_plugin.registry.load_registry()["regression"]["mmin"])
+    cfg["mmin"] = copy.deepcopy(mmin_plugin.integration.registry.load_registry()["regression"]["mmin"])
     cfg["mmin"]["commonParams"].update(FAST, d_model=8, nheads=2)
     cfg["mmin"]["datasetParams"]["mosi"]["pretrained"] = small_mosi["bert_dir"]
     own = tmp_path / "my_config.json"

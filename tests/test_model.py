@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mmin_plugin.errors import MMINConfigError
-from mmin_plugin.losses import grad_reverse
-from mmin_plugin.model import MMIN, CrossAttention, parse_ablation
+from mmin_plugin.modeling.losses import grad_reverse
+from mmin_plugin.modeling.model import MMIN, CrossAttention, parse_ablation
 
 from ._models import make_args, make_batch
 

@@ -1,4 +1,4 @@
-"""Property tests: the torch constraint module (`mmin_plugin.losses`: eq. 3, 4, 5, the
+"""Property tests: the torch constraint module (`mmin_plugin.modeling.losses`: eq. 3, 4, 5, the
 discriminator D and the gradient reversal layer) against the NumPy oracle `mmin_reference`.
 
 Tolerances, eps = machine epsilon of the dtype under test (float64 or float32); every bound
@@ -26,7 +26,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import mmin_reference as ref
-from mmin_plugin import losses as L
+from mmin_plugin.modeling import losses as L
 
 try:  # tests/ as a package
     from . import strategies as S

@@ -1,5 +1,5 @@
 """Property tests: the NumPy oracle `mmin_reference.sparsemax*` against definitions and a
-general-purpose solver, and the torch `mmin_plugin.sparsemax` / `Sparsemax` against the oracle.
+general-purpose solver, and the torch `mmin_plugin.modeling.sparsemax` / `Sparsemax` against the oracle.
 
 Tolerances (float64 and float32). Let n be the length of the normalised axis, M the largest
 finite |z| of the input and eps the machine epsilon of the dtype under test.
@@ -36,7 +36,7 @@ except ImportError:  # tests/ as a plain rootdir-relative folder
     import strategies as S
 
 DTYPES = [np.float64, np.float32]
-# mmin_plugin.sparsemax picks its backend per call from MMIN_SPARSEMAX_BACKEND (public API);
+# mmin_plugin.modeling.sparsemax picks its backend per call from MMIN_SPARSEMAX_BACKEND (public API);
 # tests that hold torch to the oracle draw it, so every backend meets the oracle
 BACKENDS = st.sampled_from(["auto", "torch", "sort"])
 FAST = settings(max_examples=120, deadline=None)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from mmin_plugin.errors import NonFiniteLossError
-from mmin_plugin.model import MMIN
-from mmin_plugin.runner import mmsa_run
-from mmin_plugin.trainer import MMINTrainer, atomic_save
+from mmin_plugin.modeling.model import MMIN
+from mmin_plugin.experiments.runner import mmsa_run
+from mmin_plugin.integration.trainer import MMINTrainer, atomic_save
 
 from ._models import make_args, make_batch
 
@@ -78,7 +78,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 
 def test_run_on_file_with_nan_inf_and_zero_lengths_is_finite(tmp_path, tiny_bert):
-    from mmin_plugin.data import ensure_demo
+    from mmin_plugin.experiments.data import ensure_demo
 
     files = ensure_demo(tmp_path / "d", dataset="mosi", n_train=32, n_valid=16, n_test=16, seq_lens=(12, 24, 20),
                         bert_dir=tiny_bert, corrupt=True)

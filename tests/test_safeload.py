@@ -1,4 +1,4 @@
-"""mmin_plugin.safeload: restricted unpickling of feature files, the SafePickle drop-in, the cache."""
+"""mmin_plugin.integration.safeload: restricted unpickling of feature files, the SafePickle drop-in, the cache."""
 import builtins
 import io
 import os
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mmin_plugin.errors import MMINDataError
-from mmin_plugin.safeload import (ALLOWED_GLOBALS, RestrictedUnpickler, SafePickle, cache_info,
+from mmin_plugin.integration.safeload import (ALLOWED_GLOBALS, RestrictedUnpickler, SafePickle, cache_info,
                                   clear_cache, safe_load, safe_loads, set_cache_enabled)
 
 
@@ -278,7 +278,7 @@ def test_cache_sees_a_rewritten_file(tmp_path):
 
 
 def test_cache_disabled_and_bounded(tmp_path, monkeypatch):
-    import mmin_plugin.safeload as sl
+    import mmin_plugin.integration.safeload as sl
 
     p = tmp_path / "f.pkl"
     p.write_bytes(pickle.dumps({"v": np.zeros(2)}))
@@ -356,7 +356,7 @@ def test_prerun_repair_is_seen_by_mmsa_through_the_cache(tmp_path, monkeypatch):
     import torch
     from easydict import EasyDict as edict
 
-    from mmin_plugin.validation import sanitize_features
+    from mmin_plugin.integration.validation import sanitize_features
 
     rng = np.random.default_rng(1)
     n, L, La, Lv = 3, 5, 6, 4

@@ -1,4 +1,4 @@
-"""Exactness, gradients and plumbing of mmin_plugin.sparsemax, for every backend.
+"""Exactness, gradients and plumbing of mmin_plugin.modeling.sparsemax, for every backend.
 
 Reference: `sparsemax_sort` on the float64 copy of the input (M&A Alg. 1 in float64 on
 y = z - max z), itself checked against the optimality conditions of the projection.
@@ -17,8 +17,8 @@ from hypothesis.extra import numpy as hnp
 
 from mmin_plugin.errors import MMINConfigError, MMINError
 
-S = importlib.import_module("mmin_plugin.sparsemax")  # the package attribute is the function
-N = importlib.import_module("mmin_plugin._sparsemax_native")
+S = importlib.import_module("mmin_plugin.modeling.sparsemax")  # the package attribute is the function
+N = importlib.import_module("mmin_plugin.modeling._sparsemax_native")
 
 BACKENDS = ["native", "torch", "sort"]
 ATOL = {torch.float32: 1e-6, torch.float64: 1e-12}

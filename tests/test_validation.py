@@ -1,4 +1,4 @@
-"""mmin_plugin.validation: feature-file checks, NaN/inf sanitising, configuration checks."""
+"""mmin_plugin.integration.validation: feature-file checks, NaN/inf sanitising, configuration checks."""
 import copy
 import json
 import logging
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from mmin_plugin.errors import MMINConfigError, MMINDataError
-from mmin_plugin.validation import (ABLATIONS, looks_like_hub_id, normalize_ablation,
+from mmin_plugin.integration.validation import (ABLATIONS, looks_like_hub_id, normalize_ablation,
                                     sanitize_features, validate_config, validate_features)
 
 PATH = "/data/MOSI/unaligned_50.pkl"

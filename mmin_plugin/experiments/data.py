@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write, atomic_write_text, tmp_sibling
-from .errors import MMINConfigError
+from ..atomic import atomic_write, atomic_write_text, tmp_sibling
+from ..errors import MMINConfigError
 
 __all__ = [
     "LAYOUTS",

@@ -16,7 +16,7 @@ METRIC_ORDER = ("MAE", "Corr", "Has0_acc_2", "Non0_acc_2", "Has0_F1_score", "Non
 
 def mean_baseline(feature_path) -> dict:
     """Test MAE/Acc of always predicting the training-set mean label."""
-    from .safeload import safe_load
+    from ..integration.safeload import safe_load
 
     data = safe_load(feature_path)
     y_train = np.asarray(data["train"]["regression_labels"], dtype=np.float64)

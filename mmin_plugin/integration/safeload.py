@@ -22,7 +22,7 @@ a rewritten file is parsed again.  Trade-off: the parsed file stays in memory un
 clearing, peak memory is the file plus MMSA's copies); call :func:`clear_cache` once the loaders
 are built, or set ``SafePickle.cache_enabled = False`` / :func:`set_cache_enabled` to turn it off.
 A cache hit returns the *same* object as the first load (no copy): mutating it in place (e.g.
-:func:`mmin_plugin.validation.sanitize_features`) is seen by later loads of the same file --
+:func:`mmin_plugin.integration.validation.sanitize_features`) is seen by later loads of the same file --
 which is what lets a pre-run check repair the data that MMSA then reads.
 Only loads that start at offset 0 of a regular file use the cache; after a hit the file
 position is moved to where the pickle ended, as ``pickle.load`` would leave it.
@@ -36,7 +36,7 @@ import pickle
 import threading
 from collections import OrderedDict
 
-from .errors import MMINDataError
+from ..errors import MMINDataError
 
 __all__ = [
     "ALLOWED_GLOBALS",
@@ -258,7 +258,7 @@ class _SafePickleModule:
     Unpickler = RestrictedUnpickler
     dump = staticmethod(pickle.dump)
     dumps = staticmethod(pickle.dumps)
-    __name__ = "mmin_plugin.safeload.SafePickle"
+    __name__ = "mmin_plugin.integration.safeload.SafePickle"
 
     @staticmethod
     def load(file, **_ignored):

@@ -77,7 +77,7 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler as _lr_scheduler
 
-from .errors import MMINDataError
+from ..errors import MMINDataError
 
 __all__ = [
     "apply", "is_applied", "PRE_RUN_HOOKS", "resolve_feature_path", "check_feature_path",
@@ -151,7 +151,7 @@ class _CudaProxy(types.ModuleType):
     """``torch.cuda`` as MMSA.run sees it: everything forwarded except ``set_device``."""
 
     def __init__(self) -> None:
-        super().__init__("torch.cuda", "torch.cuda for MMSA.run (mmin_plugin.compat)")
+        super().__init__("torch.cuda", "torch.cuda for MMSA.run (mmin_plugin.integration.compat)")
         self.set_device = _set_device
 
     def __getattr__(self, name: str) -> Any:
@@ -162,7 +162,7 @@ class _TorchProxy(types.ModuleType):
     """``torch`` as MMSA.run sees it: everything forwarded except ``cuda`` (see _CudaProxy)."""
 
     def __init__(self) -> None:
-        super().__init__("torch", "torch for MMSA.run (mmin_plugin.compat)")
+        super().__init__("torch", "torch for MMSA.run (mmin_plugin.integration.compat)")
         self.cuda = _CudaProxy()
         setattr(self, _MARK, True)
 

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from . import _sparsemax_native as _native
-from .errors import MMINConfigError, MMINError
+from ..errors import MMINConfigError, MMINError
 
 __all__ = ["sparsemax", "Sparsemax", "sparsemax_sort", "backend_for"]
 

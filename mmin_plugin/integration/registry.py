@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict
 
-from .errors import MMINConfigError, MMINError
+from ..errors import MMINConfigError, MMINError
 
 logger = logging.getLogger("MMSA")
 
@@ -52,11 +52,11 @@ _PATCHED = False
 
 def registry_path() -> Path:
     """registry.json: shipped inside the package; the repository root copy in a source checkout."""
-    here = Path(__file__).resolve().parent
-    for p in (here / "registry.json", here.parent / "registry.json"):
+    package = Path(__file__).resolve().parent.parent
+    for p in (package / "registry.json", package.parent / "registry.json"):
         if p.is_file():
             return p
-    raise MMINError(f"registry.json not found (looked in {here} and {here.parent})")
+    raise MMINError(f"registry.json not found (looked in {package} and {package.parent})")
 
 
 def load_registry() -> Dict[str, Any]:
@@ -192,7 +192,7 @@ def _validate_registered_run(args) -> None:
 # --- public API -------------------------------------------------------------------------------
 def register(name: str = "mmin", model=None, trainer=None, config=None) -> None:
     """Register a model into MMSA (default: MMIN). Idempotent; a clash is an error."""
-    from .model import MMIN
+    from ..modeling.model import MMIN
     from .trainer import MMINTrainer
 
     name = name.lower()

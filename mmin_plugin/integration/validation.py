@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .errors import MMINConfigError, MMINDataError
+from ..errors import MMINConfigError, MMINDataError
 
 __all__ = [
     "SPLITS",

@@ -115,8 +115,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from . import paper
-from .atomic import atomic_write_bytes, atomic_write_text
-from .errors import MMINConfigError, MMINDataError
+from ..atomic import atomic_write_bytes, atomic_write_text
+from ..errors import MMINConfigError, MMINDataError
 
 __all__ = ["run_comparison", "run_ablation", "ABLATION_VARIANTS", "CSV_BASE_COLUMNS", "split_overrides",
            "epoch_cap", "render_markdown", "render_figure", "plot_training_curves", "read_rows"]
@@ -251,7 +251,7 @@ def epoch_cap(max_epochs: Optional[int]):
 def _record_args(row: Dict):
     """Record into `row` what MMSA's `_run` really got (after $MMSA_DATASET_ROOT re-rooting):
     the feature file, the text encoder of a BERT-based model, the patience."""
-    from . import compat
+    from ..integration import compat
 
     def hook(args):
         row["feature_path"] = str(args.get("custom_feature") or args.get("featurePath") or "")
@@ -444,7 +444,7 @@ def render_markdown(rows: List[Dict], specs: Sequence[RunSpec], kind: str, info:
               f"- feature file: {info['feature_path'] or 'each model’s MMSA-configured featurePath'}",
               f"- seeds: {', '.join(str(s) for s in info['seeds'])}",
               f"- epoch cap: {info['max_epochs'] or 'none (early stopping only)'} (every model; MMSA's trainers "
-              "capped by the same rule, see `mmin_plugin.compare`), patience: each model's MMSA `early_stop`",
+              "capped by the same rule, see `mmin_plugin.experiments.compare`), patience: each model's MMSA `early_stop`",
               f"- pretrained text encoder: {info['pretrained'] or 'each model’s default'} (BERT-based models only)",
               f"- overrides: {json.dumps(info['overrides'], sort_keys=True, default=str) if info['overrides'] else 'none'}",
               "", "Mean ± std (numpy.std, ddof=0, as MMSA's results CSV) over the seeds that finished; "

@@ -21,8 +21,8 @@ import torch
 from torch import nn, optim
 from tqdm import tqdm
 
-from .atomic import atomic_write, atomic_write_text
-from .errors import NonFiniteLossError
+from ..atomic import atomic_write, atomic_write_text
+from ..errors import NonFiniteLossError
 
 logger = logging.getLogger("MMSA")
 

@@ -67,10 +67,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .errors import MMINConfigError
+from ..errors import MMINConfigError
 from .losses import ModalityDiscriminator, grad_reverse, modality_cross_entropy, separation_loss
 from .sparsemax import sparsemax
-from .validation import ABLATIONS, normalize_ablation
+from ..integration.validation import ABLATIONS, normalize_ablation
 
 __all__ = [
     "MODALITIES",
