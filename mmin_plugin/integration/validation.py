@@ -21,7 +21,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..constants import ABLATIONS, DATASETS, SPLITS
 from ..errors import MMINConfigError, MMINDataError
+from ..modeling.config import normalize_ablation
 
 __all__ = [
     "SPLITS",
@@ -34,9 +36,6 @@ __all__ = [
     "looks_like_hub_id",
 ]
 
-SPLITS = ("train", "valid", "test")
-DATASETS = ("mosi", "mosei", "sims")
-ABLATIONS = ("cin", "fin", "text", "video", "audio", "sep", "ac", "ap")
 _MODALITY_ABLATIONS = ("text", "video", "audio")
 _LABEL_MAX = {"mosi": 3.0, "mosei": 3.0, "sims": 1.0}
 _F32_MAX = float(np.finfo(np.float32).max)
@@ -432,34 +431,6 @@ def _is_int(v):
 def _is_real(v):
     return isinstance(v, (numbers.Real, np.number)) and not isinstance(v, (bool, np.bool_)) \
         and not isinstance(v, (complex, np.complexfloating))
-
-
-def normalize_ablation(value, key="ablation"):
-    """``None``/``''``/``[]`` -> ``[]``; ``'cin'``, ``'cin,text'``, ``['cin', 'text']`` -> a list of
-    valid lower-case names (order kept, duplicates dropped).  Unknown names:
-    :class:`MMINConfigError`."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        items = value.split(",")
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        items = []
-        for v in value:
-            if not isinstance(v, str):
-                _cfail(key, f"ablation names (strings) from {list(ABLATIONS)}", v)
-            items.extend(v.split(","))
-    else:
-        _cfail(key, f"a list, a string or a comma-separated string of {list(ABLATIONS)}", value)
-    out = []
-    for it in items:
-        name = it.strip().lower()
-        if not name:
-            continue
-        if name not in ABLATIONS:
-            _cfail(key, f"ablation names from {list(ABLATIONS)}", it.strip())
-        if name not in out:
-            out.append(name)
-    return out
 
 
 _HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,95})"

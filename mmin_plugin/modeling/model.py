@@ -69,8 +69,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..errors import MMINConfigError
 from .losses import ModalityDiscriminator, grad_reverse, modality_cross_entropy, separation_loss
+from ..constants import ABLATIONS, MODALITIES
+from .config import normalize_ablation
 from .sparsemax import sparsemax
-from ..integration.validation import ABLATIONS, normalize_ablation
 
 __all__ = [
     "MODALITIES",
@@ -84,9 +85,6 @@ __all__ = [
     "FusionLayer",
     "MMIN",
 ]
-
-MODALITIES = ("text", "video", "audio")
-
 
 def parse_ablation(value) -> List[str]:
     """Normalise the `ablation` config value (list, single name, or comma string)."""

@@ -1,0 +1,28 @@
+"""The project's constants, each defined once (datasets, splits, modalities, ablations, metrics).
+
+Layer-free: imported by the model, the MMSA integration, the experiments and the CLI alike.
+"""
+from __future__ import annotations
+
+#: MMSA 2.2.1's regression datasets
+DATASETS = ("mosi", "mosei", "sims")
+#: the splits of an MMSA-Standard feature file
+SPLITS = ("train", "valid", "test")
+#: MMIN's modality order, (L, V, A) as the paper's discriminator labels y_L, y_V, y_A
+MODALITIES = ("text", "video", "audio")
+#: paper Table 2 switches for the config key `ablation`
+ABLATIONS = ("cin", "fin", "text", "video", "audio", "sep", "ac", "ap")
+#: MMSA's default seeds (its CLI and `MMSA_run` use 1111..1115)
+DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
+#: display order of MMSA's MetricsTop keys (MOSI/MOSEI then SIMS); anything else goes after, sorted
+METRIC_ORDER = ("MAE", "Corr", "Has0_acc_2", "Non0_acc_2", "Has0_F1_score", "Non0_F1_score", "Mult_acc_2",
+                "Mult_acc_3", "Mult_acc_5", "Mult_acc_7", "F1_score", "Acc_2", "Loss")
+#: metrics where smaller is better (MMSA's KeyEval 'Loss' included)
+LOWER_IS_BETTER = frozenset({"MAE", "Loss"})
+#: the values `KeyEval` may take per dataset family (MMSA's MetricsTop keys plus 'Loss')
+KEY_EVALS = {
+    "mosi": ("Loss", "MAE", "Corr", "Has0_acc_2", "Non0_acc_2", "Has0_F1_score", "Non0_F1_score",
+             "Mult_acc_5", "Mult_acc_7"),
+    "sims": ("Loss", "MAE", "Corr", "Mult_acc_2", "Mult_acc_3", "Mult_acc_5", "F1_score"),
+}
+KEY_EVALS["mosei"] = KEY_EVALS["mosi"]
