@@ -99,11 +99,11 @@ class Contender:
     """A built model with `step()` (one training step, returns phase times) and `infer()`."""
 
     def __init__(self, name, dirs, audio_len=AUDIO_LEN, video_len=VIDEO_LEN, seed=SEED):
+        import MMSA
         import torch
+        from MMSA.models import AMIO
 
         import mmin_plugin  # noqa: F401  (registers 'mmin', MMSA on CPU)
-        import MMSA
-        from MMSA.models import AMIO
 
         spec = CONTENDERS[name]
         self.name, self.kind = name, spec["model"]
@@ -133,6 +133,7 @@ class Contender:
     # -- per model: optimizer, loss and clipping exactly as its trainer sets them up -------------
     def _setup_mmin(self):
         import torch
+
         from mmin_plugin.integration.trainer import MMINTrainer
 
         self.trainer = MMINTrainer(self.args)
@@ -332,13 +333,13 @@ def _reset_hwm() -> bool:
 def memory_child(name, cache_dir, audio_len=AUDIO_LEN, video_len=VIDEO_LEN, steps=1):
     import resource
 
+    import MMSA  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
-
-    import mmin_plugin  # noqa: F401
-    import MMSA  # noqa: F401
     from MMSA.models import AMIO  # noqa: F401
     from MMSA.trains import ATIO  # noqa: F401
+
+    import mmin_plugin  # noqa: F401
 
     mb = 1 / 1024
     out = {"name": name, "rss_libs_mb": _status_kb("VmRSS") * mb}

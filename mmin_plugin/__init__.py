@@ -3,9 +3,9 @@
 `import mmin_plugin` applies the compatibility layer (MMSA on CPU and current torch) and
 registers the model name 'mmin' into MMSA, so that `MMSA_run('mmin', 'mosi', ...)` works.
 """
-from .modeling import losses
 from .errors import MMINConfigError, MMINDataError, MMINError, NonFiniteLossError
 from .integration.registry import register, unregister
+from .modeling import losses
 from .modeling.sparsemax import Sparsemax, sparsemax
 
 __all__ = [

@@ -93,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(a) -> int:
-    import mmin_plugin  # noqa: F401  (registers MMIN, applies the compatibility layer)
     from MMSA import MMSA_run
+
+    import mmin_plugin  # noqa: F401  (registers MMIN, applies the compatibility layer)
 
     config = _parse_set(a.set)
     if a.feature_path:

@@ -24,9 +24,8 @@ import pytest
 
 import mmin_plugin
 import mmin_plugin.experiments.runner
-from mmin_plugin.experiments import compare
-from mmin_plugin.experiments import paper
 from mmin_plugin.errors import MMINConfigError, MMINDataError
+from mmin_plugin.experiments import compare, paper
 
 REPO = Path(__file__).resolve().parent.parent
 FAST_MMIN = {"mmin.d_model": 16, "mmin.nheads": 4, "mmin.fine_layers": 1, "mmin.fusion_ff_dim": 32,

@@ -7,14 +7,14 @@ locally by ``mmin_plugin.experiments.data``.
 import logging
 import shutil
 
+import MMSA
+import MMSA.run as mrun
 import pandas as pd
 import pytest
 import torch
 
-import MMSA
-import MMSA.run as mrun
-from mmin_plugin.integration import compat
 from mmin_plugin.errors import MMINDataError
+from mmin_plugin.integration import compat
 
 DEFAULT_MOSI = "/home/sharing/disk3/Datasets/MMSA-Standard/MOSI/Processed/unaligned_50.pkl"
 

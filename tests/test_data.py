@@ -10,8 +10,8 @@ import stat  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from mmin_plugin.experiments import data as demo  # noqa: E402
 from mmin_plugin.errors import MMINConfigError  # noqa: E402
+from mmin_plugin.experiments import data as demo  # noqa: E402
 from mmin_plugin.integration.safeload import clear_cache, safe_load  # noqa: E402
 from mmin_plugin.integration.validation import sanitize_features, validate_features  # noqa: E402
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from mmin_plugin.errors import NonFiniteLossError
-from mmin_plugin.modeling.model import MMIN
 from mmin_plugin.experiments.runner import mmsa_run
 from mmin_plugin.integration.trainer import MMINTrainer, atomic_save
+from mmin_plugin.modeling.model import MMIN
 
 from ._models import make_args, make_batch
 

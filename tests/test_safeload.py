@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 
 from mmin_plugin.errors import MMINDataError
-from mmin_plugin.integration.safeload import (ALLOWED_GLOBALS, RestrictedUnpickler, SafePickle, cache_info,
-                                  clear_cache, safe_load, safe_loads, set_cache_enabled)
+from mmin_plugin.integration.safeload import (
+    ALLOWED_GLOBALS,
+    RestrictedUnpickler,
+    SafePickle,
+    cache_info,
+    clear_cache,
+    safe_load,
+    safe_loads,
+    set_cache_enabled,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -14,8 +14,14 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from mmin_plugin.errors import MMINConfigError, MMINDataError
-from mmin_plugin.integration.validation import (ABLATIONS, looks_like_hub_id, normalize_ablation,
-                                    sanitize_features, validate_config, validate_features)
+from mmin_plugin.integration.validation import (
+    ABLATIONS,
+    looks_like_hub_id,
+    normalize_ablation,
+    sanitize_features,
+    validate_config,
+    validate_features,
+)
 
 PATH = "/data/MOSI/unaligned_50.pkl"
 SPLITS = ("train", "valid", "test")
@@ -388,8 +394,8 @@ def _accepted_invariants(data, opts):
 
 def _mmsa_consumes(data, opts):
     """What MMSA's MMDataset does with an accepted file must work and give finite tensors."""
-    import torch
     import MMSA.data_loader as dl
+    import torch
     from easydict import EasyDict as edict
     from torch.utils.data import default_collate
 

@@ -114,9 +114,9 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from . import paper
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import MMINConfigError, MMINDataError
+from . import paper
 
 __all__ = ["run_comparison", "run_ablation", "ABLATION_VARIANTS", "CSV_BASE_COLUMNS", "split_overrides",
            "epoch_cap", "render_markdown", "render_figure", "plot_training_curves", "read_rows"]

@@ -46,8 +46,9 @@ def capture_results():
 
 def mmsa_run(model: str, dataset: str, **kwargs) -> List[Dict]:
     """`MMSA_run(model, dataset, **kwargs)`, returning one result dict per seed."""
-    import mmin_plugin  # noqa: F401  (registration and compatibility layer)
     from MMSA import MMSA_run
+
+    import mmin_plugin  # noqa: F401  (registration and compatibility layer)
 
     with own_mmsa_handlers(), capture_results() as results:
         MMSA_run(model, dataset, **kwargs)

@@ -234,7 +234,7 @@ def _default_roots() -> tuple:
 
         cfg_dir = Path(MMSA.__file__).parent / "config"
         for name in ("config_regression.json", "config_tune.json"):
-            with open(cfg_dir / name, "r") as f:
+            with open(cfg_dir / name) as f:
                 root = json.load(f)["datasetCommonParams"]["dataset_root_dir"]
             roots.append(root)
     except Exception as exc:  # pragma: no cover - MMSA install without its config files

@@ -138,7 +138,7 @@ def _unpickle(file, source):
 
 
 # --- cache -------------------------------------------------------------------------------------
-_cache: "OrderedDict[tuple, tuple]" = OrderedDict()
+_cache: OrderedDict[tuple, tuple] = OrderedDict()
 _cache_lock = threading.RLock()
 _cache_state = {"enabled": True, "hits": 0, "misses": 0}
 

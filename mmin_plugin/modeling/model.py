@@ -67,10 +67,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ..errors import MMINConfigError
-from .losses import ModalityDiscriminator, grad_reverse, modality_cross_entropy, separation_loss
 from ..constants import ABLATIONS, MODALITIES
+from ..errors import MMINConfigError
 from .config import normalize_ablation
+from .losses import ModalityDiscriminator, grad_reverse, modality_cross_entropy, separation_loss
 from .sparsemax import sparsemax
 
 __all__ = [

@@ -43,8 +43,8 @@ import os
 import torch
 from torch import nn
 
-from . import _sparsemax_native as _native
 from ..errors import MMINConfigError, MMINError
+from . import _sparsemax_native as _native
 
 __all__ = ["sparsemax", "Sparsemax", "sparsemax_sort", "backend_for"]
 
