@@ -1,12 +1,38 @@
-"""Shared fixtures: a tiny random BERT and small MMSA-layout demo files, made once per session.
+"""Shared fixtures: one torch thread, MMSA's per-run log handlers removed after each test, a tiny
+random BERT and small MMSA-layout demo files (made once per session).
 
-Nothing is downloaded: the BERT is randomly initialised and written with save_pretrained."""
+Nothing is downloaded: the BERT is randomly initialised and written with save_pretrained.
+Tests that run MMSA_run, Ray or a subprocess are marked `e2e` (`pytest -m "not e2e"` is the fast loop).
+"""
+import contextlib
+import logging
 import os
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pytest_configure(config):
+    # The test models are tiny: one thread is as fast as two, and it keeps timings stable when
+    # other processes share the two cores (two threads then oversubscribe and run 3-7x slower).
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _drop_mmsa_log_handlers():
+    """Each MMSA_run adds a file and a console handler to the 'MMSA' logger: close the new ones."""
+    log = logging.getLogger("MMSA")
+    before = list(log.handlers)
+    yield
+    for h in list(log.handlers):
+        if h not in before:
+            log.removeHandler(h)
+            with contextlib.suppress(Exception):
+                h.close()
 
 
 @pytest.fixture(scope="session")
@@ -25,9 +51,21 @@ def small_mosi(tmp_path_factory, tiny_bert):
                        seq_lens=(16, 40, 30), bert_dir=tiny_bert)
 
 
-def pytest_configure(config):
-    # The test models are tiny: one thread is as fast as two, and it keeps timings stable when
-    # other processes share the two cores (two threads then oversubscribe and run 3-7x slower).
-    import torch
+@pytest.fixture(scope="session")
+def fast_config(small_mosi):
+    """MMSA config overrides for a tiny MMIN on `small_mosi` (one epoch unless overridden)."""
+    from pathlib import Path
 
-    torch.set_num_threads(1)
+    def make(**over):
+        return {"featurePath": str(Path(small_mosi["feature_path"]).resolve()), "pretrained": small_mosi["bert_dir"],
+                "d_model": 16, "nheads": 4, "fine_layers": 1, "fusion_ff_dim": 32, "disc_hidden": 8,
+                "max_epochs": 1, **over}
+
+    return make
+
+
+@pytest.fixture
+def run_dirs(tmp_path):
+    """MMSA_run's output folders and CPU settings, inside the test's tmp_path."""
+    return dict(model_save_dir=tmp_path / "models", res_save_dir=tmp_path / "results", log_dir=tmp_path / "logs",
+                gpu_ids=[], num_workers=0, verbose_level=0)

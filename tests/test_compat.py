@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mmin_plugin.errors import MMINDataError
-from mmin_plugin.integration import compat
+from mmin_plugin.integration import compat, hooks, patching
 
 DEFAULT_MOSI = "/home/sharing/disk3/Datasets/MMSA-Standard/MOSI/Processed/unaligned_50.pkl"
 
@@ -22,24 +22,6 @@ DEFAULT_MOSI = "/home/sharing/disk3/Datasets/MMSA-Standard/MOSI/Processed/unalig
 @pytest.fixture(scope="module", autouse=True)
 def _applied():
     compat.apply()
-    # Tiny models: one intra-op thread is as fast idle and ~10x faster when the 2 cores are
-    # shared with other processes (OpenMP threads spin-wait for each other).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _close_mmsa_log_handlers():
-    """MMSA_run adds a file + stream handler to the 'MMSA' logger on every call; drop ours."""
-    log = logging.getLogger("MMSA")
-    before = list(log.handlers)
-    yield
-    for h in list(log.handlers):
-        if h not in before:
-            log.removeHandler(h)
-            h.close()
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +51,11 @@ def test_apply_is_idempotent():
     compat.apply()
     assert compat.is_applied()
     assert mrun._run is run_before and mrun.torch is proxy_before
-    # exactly one compat wrapper in the _run chain
+    hooks.install()
+    # exactly one pre-run wrapper in the _run chain: the one the patch record holds
     n, fn = 0, mrun._run
     while fn is not None:
-        n += bool(getattr(fn, "__mmin_compat__", False))
+        n += any(p.replacement is fn for p in patching.patches())
         fn = getattr(fn, "__wrapped__", None)
     assert n == 1
 
@@ -127,24 +110,25 @@ def test_scheduler_accepts_verbose(mod_name, caplog):
 def test_resolve_feature_path(monkeypatch, tmp_path):
     args = MMSA.get_config_regression("misa", "mosi")
     assert args["featurePath"] == DEFAULT_MOSI
-    monkeypatch.delenv(compat.ENV_DATASET_ROOT, raising=False)
-    assert compat.resolve_feature_path(dict(args))["featurePath"] == DEFAULT_MOSI
+    monkeypatch.delenv(hooks.ENV_DATASET_ROOT, raising=False)
+    assert hooks.resolve_feature_path(dict(args))["featurePath"] == DEFAULT_MOSI
 
-    monkeypatch.setenv(compat.ENV_DATASET_ROOT, str(tmp_path / "data"))  # read at call time
-    out = compat.resolve_feature_path(args)
+    monkeypatch.setenv(hooks.ENV_DATASET_ROOT, str(tmp_path / "data"))  # read at call time
+    out = hooks.resolve_feature_path(args)
     assert out is args
     expected = str(tmp_path / "data" / "MOSI" / "Processed" / "unaligned_50.pkl")
     assert args["featurePath"] == expected
-    assert compat.resolve_feature_path(args)["featurePath"] == expected  # idempotent
+    assert hooks.resolve_feature_path(args)["featurePath"] == expected  # idempotent
     other = {"featurePath": "/somewhere/else/x.pkl"}
-    assert compat.resolve_feature_path(other)["featurePath"] == "/somewhere/else/x.pkl"
+    assert hooks.resolve_feature_path(other)["featurePath"] == "/somewhere/else/x.pkl"
 
 
+@pytest.mark.e2e
 def test_dataset_root_env_reroots_mmsa_run(monkeypatch, tmp_path, demo):
     root = tmp_path / "datasets"
     (root / "MOSI" / "Processed").mkdir(parents=True)
     shutil.copy(demo["features"], root / "MOSI" / "Processed" / "unaligned_50.pkl")
-    monkeypatch.setenv(compat.ENV_DATASET_ROOT, str(root))
+    monkeypatch.setenv(hooks.ENV_DATASET_ROOT, str(root))
     seen = []
 
     class Stop(Exception):
@@ -154,20 +138,21 @@ def test_dataset_root_env_reroots_mmsa_run(monkeypatch, tmp_path, demo):
         seen.append(args["featurePath"])
         raise Stop
 
-    monkeypatch.setattr(compat, "PRE_RUN_HOOKS", compat.PRE_RUN_HOOKS + [spy])
+    monkeypatch.setattr(hooks, "PRE_RUN_HOOKS", hooks.PRE_RUN_HOOKS + [spy])
     with pytest.raises(Stop):
         _run("misa", tmp_path, {"pretrained": demo["bert"]})
     assert seen == [str(root / "MOSI" / "Processed" / "unaligned_50.pkl")]
 
 
+@pytest.mark.e2e
 def test_missing_feature_file_error(monkeypatch, tmp_path, demo):
-    monkeypatch.delenv(compat.ENV_DATASET_ROOT, raising=False)
+    monkeypatch.delenv(hooks.ENV_DATASET_ROOT, raising=False)
     with pytest.raises(MMINDataError) as err:
         _run("misa", tmp_path, {"pretrained": demo["bert"]})
     msg = str(err.value)
-    assert DEFAULT_MOSI in msg and compat.ENV_DATASET_ROOT in msg and "featurePath" in msg
+    assert DEFAULT_MOSI in msg and hooks.ENV_DATASET_ROOT in msg and "featurePath" in msg
 
-    monkeypatch.setenv(compat.ENV_DATASET_ROOT, str(tmp_path / "empty"))
+    monkeypatch.setenv(hooks.ENV_DATASET_ROOT, str(tmp_path / "empty"))
     with pytest.raises(MMINDataError) as err:
         _run("mult", tmp_path, {})
     assert str(tmp_path / "empty" / "MOSI" / "Processed" / "unaligned_50.pkl") in str(err.value)
@@ -204,6 +189,7 @@ _FROZEN = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("model", ["misa", "mult", "self_mm", "mmim"])
 def test_mmsa_model_trains_and_tests_on_cpu(model, tmp_path, demo):
     config = {"featurePath": demo["features"], "pretrained": demo["bert"], "early_stop": 1,

@@ -2,9 +2,12 @@
 MOSI-layout demo data, printing MMSA's metrics, and MMIN beating the training-mean predictor."""
 import re
 
+import pytest
+
 from mmin_plugin.cli import main
 
 
+@pytest.mark.e2e
 def test_demo_prints_mmsa_metrics_and_beats_the_mean(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--max-epochs", "3"]) == 0
     out = capsys.readouterr().out

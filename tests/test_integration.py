@@ -25,6 +25,7 @@ def _config(files, **over):
     return {"featurePath": str(Path(files["feature_path"]).resolve()), "pretrained": files["bert_dir"], **FAST, **over}
 
 
+@pytest.mark.e2e
 def test_mmsa_run_default_config_writes_csv_row(small_mosi, tmp_path):
     from MMSA import MMSA_run
 
@@ -38,6 +39,7 @@ def test_mmsa_run_default_config_writes_csv_row(small_mosi, tmp_path):
     assert len(history) == 1 and {"train_L_senti", "train_L_sep", "train_L_ac", "train_L_ap", "valid_Loss"} <= set(history[0])
 
 
+@pytest.mark.e2e
 def test_mmsa_csv_row_lines_up_with_mmsa_models(small_mosi, tmp_path):
     """MMIN's results dict has exactly MMSA's regression keys, so rows share one CSV."""
     res = mmsa_run("mmin", "mosi", config=_config(small_mosi), seeds=[1111], **_dirs(tmp_path))
@@ -45,6 +47,7 @@ def test_mmsa_csv_row_lines_up_with_mmsa_models(small_mosi, tmp_path):
                            "Mult_acc_7", "MAE", "Corr", "Loss"}
 
 
+@pytest.mark.e2e
 def test_mosei_layout(tmp_path, tiny_bert):
     from mmin_plugin.experiments.data import ensure_demo
 
@@ -54,6 +57,7 @@ def test_mosei_layout(tmp_path, tiny_bert):
     assert np.isfinite(res[0]["MAE"])
 
 
+@pytest.mark.e2e
 def test_users_own_config_file_is_used(small_mosi, tmp_path):
     import MMSA
 
@@ -87,6 +91,7 @@ def test_default_config_has_paper_schema():
         get_config_regression("mmin", "iemocap")
 
 
+@pytest.mark.e2e
 def test_tuning_mode_runs(small_mosi, tmp_path):
     from MMSA import MMSA_run
 
@@ -96,6 +101,7 @@ def test_tuning_mode_runs(small_mosi, tmp_path):
     assert len(df) == 1 and np.isfinite(df.loc[0, "MAE"])
 
 
+@pytest.mark.e2e
 def test_mmsa_test_single_sample(small_mosi, tmp_path):
     from MMSA import MMSA_test, get_config_regression
 
@@ -111,6 +117,7 @@ def test_mmsa_test_single_sample(small_mosi, tmp_path):
     assert np.isfinite(pred)
 
 
+@pytest.mark.e2e
 def test_same_seed_same_metrics(small_mosi, tmp_path):
     a = mmsa_run("mmin", "mosi", config=_config(small_mosi, max_epochs=2), seeds=[1111], **_dirs(tmp_path / "a"))
     b = mmsa_run("mmin", "mosi", config=_config(small_mosi, max_epochs=2), seeds=[1111], **_dirs(tmp_path / "b"))

@@ -77,6 +77,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]  # no temporary file left behind
 
 
+@pytest.mark.e2e
 def test_run_on_file_with_nan_inf_and_zero_lengths_is_finite(tmp_path, tiny_bert):
     from mmin_plugin.experiments.data import ensure_demo
 

@@ -1,25 +1,14 @@
-"""Registration of MMIN into MMSA 2.2.1: every patch that MMSA needs to know the name 'mmin'.
+"""Register any model into MMSA 2.2.1: a model class, a trainer class and a config in MMSA's schema.
 
-Why patching: MMSA has no extension point. Its model and trainer maps are dict literals built
-inside `AMIO.__init__` and `ATIO.__init__`, and its config readers only look in its own JSON.
-So, once and idempotently, this module wraps:
-
-* `AMIO.__init__`     -- builds a registered model as `self.Model` (same state-dict layout as
-                         MMSA's own models), and defers to MMSA for every other name;
-* `ATIO.getTrain`     -- returns a registered trainer, else MMSA's;
-* `get_config_regression` / `get_config_tune` (in `MMSA.config` and the copies `MMSA.run`
-  imported) -- when the config file has no entry for a registered model (MMSA's default files
-  never do), its entry from `registry.json` is added to a temporary copy and MMSA's own reader
-  runs on that, so defaults, `datasetCommonParams`, `featurePath` joining and tune sampling are
-  exactly MMSA's. A user's own config file that has an entry for the model is used as is;
-* `SUPPORTED_MODELS` -- the name is listed;
-* MMSA's feature-file loading -- `pickle` in `MMSA.data_loader` and `MMSA.run` is replaced by
-  `safeload.SafePickle` (a restricted unpickler: NumPy arrays and builtin containers only), for
-  every model, since a feature file is untrusted input whoever reads it;
-* a pre-run hook (see `compat.PRE_RUN_HOOKS`) validating an MMIN run's configuration and feature
-  file before any training starts, and replacing non-finite audio/vision values by 0.
-
-`unregister()` removes the name; the wrappers stay installed and pass everything through.
+MMSA has no extension point (its model and trainer maps are dict literals inside `AMIO.__init__`
+and `ATIO.__init__`; its config readers read only its own JSON), so the first `register()`
+installs, through `patching`, wrappers that consult this registry first and defer to MMSA for
+every other name: `AMIO.__init__`, `ATIO.getTrain`, `get_config_regression` / `get_config_tune`
+(MMSA's own reader runs on a temporary copy of the config file with the registered entry added,
+so defaults, `datasetCommonParams`, `featurePath` joining and tune sampling stay MMSA's), the
+feature-file `pickle` of MMSA's loader (the project's safe loader, for every model) and the
+pre-run checks. `import mmin_plugin` registers MMIN this way. How-to: README, "Register your own
+model"; design notes: docs/design/mmsa.md.
 """
 from __future__ import annotations
 
@@ -30,24 +19,27 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 from ..errors import MMINConfigError, MMINError
+from . import patching
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger("MMSA." + __name__)
 
 __all__ = ["register", "unregister", "registered", "load_registry", "registry_path"]
+
+SECTIONS = ("regression", "tune")
 
 
 @dataclass(frozen=True)
 class _Entry:
     model: type
     trainer: type
-    config: Dict[str, Any]  # {'regression': {...}, 'tune': {...}} in MMSA's schema
+    config: Dict[str, Any]  # {'regression': {...}, 'tune': {...}}: the model's entry in MMSA's schema
+    pre_run: Optional[Callable[[Any], None]] = None  # checks before training, given MMSA's merged args
 
 
 _REGISTERED: Dict[str, _Entry] = {}
-_PATCHED = False
 
 
 def registry_path() -> Path:
@@ -60,11 +52,13 @@ def registry_path() -> Path:
 
 
 def load_registry() -> Dict[str, Any]:
+    """MMIN's config in MMSA's schema: `{'regression': {'mmin': ...}, 'tune': {'mmin': ...}}`."""
     with open(registry_path()) as f:
         return json.load(f)
 
 
 def registered() -> Dict[str, _Entry]:
+    """The registered names and their entries."""
     return dict(_REGISTERED)
 
 
@@ -75,63 +69,49 @@ def _mmsa_builtin_names():
     return {m.lower() for m in run.SUPPORTED_MODELS} - set(_REGISTERED)
 
 
-def _wrap_config_reader(orig, section: str):
-    def get_config(model_name, dataset_name, config_file="", *rest, **kw):
-        entry = _REGISTERED.get(model_name)
-        if entry is None:
-            return orig(model_name, dataset_name, config_file, *rest, **kw)
-        if not config_file:
-            import MMSA.config as mc
+def _wrap_config_reader(section: str):
+    def make(orig):
+        def get_config(model_name, dataset_name, config_file="", *rest, **kw):
+            entry = _REGISTERED.get(model_name)
+            if entry is None:
+                return orig(model_name, dataset_name, config_file, *rest, **kw)
+            if not config_file:
+                import MMSA.config as mc
 
-            name = "config_regression.json" if section == "regression" else "config_tune.json"
-            config_file = Path(mc.__file__).parent / "config" / name
-        with open(config_file) as f:
-            config_all = json.load(f)
-        if model_name not in config_all:
-            config_all[model_name] = copy.deepcopy(entry.config[section][model_name])
-        known = set(config_all.get("datasetCommonParams", {})) - {"dataset_root_dir"}
-        if section == "regression":  # MMSA's regression reader requires datasetParams[dataset]
-            known &= set(config_all[model_name].get("datasetParams", {}))
-        if dataset_name not in known:
-            raise MMINConfigError(
-                f"{config_file}: model '{model_name}' has no settings for dataset '{dataset_name}'; "
-                f"expected one of {sorted(known)}"
-            )
-        fd, tmp = tempfile.mkstemp(prefix=f"{model_name}-{section}-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(config_all, f)
-            return orig(model_name, dataset_name, tmp, *rest, **kw)
-        finally:
-            os.unlink(tmp)
+                name = "config_regression.json" if section == "regression" else "config_tune.json"
+                config_file = Path(mc.__file__).parent / "config" / name
+            with open(config_file) as f:
+                config_all = json.load(f)
+            if model_name not in config_all:
+                if section not in entry.config:
+                    raise MMINConfigError(f"model '{model_name}' was registered without a '{section}' config")
+                config_all[model_name] = copy.deepcopy(entry.config[section])
+            known = set(config_all.get("datasetCommonParams", {})) - {"dataset_root_dir"}
+            if section == "regression":  # MMSA's regression reader requires datasetParams[dataset]
+                known &= set(config_all[model_name].get("datasetParams", {}))
+            if dataset_name not in known:
+                raise MMINConfigError(
+                    f"{config_file}: model '{model_name}' has no settings for dataset '{dataset_name}'; "
+                    f"expected one of {sorted(known)}"
+                )
+            fd, tmp = tempfile.mkstemp(prefix=f"{model_name}-{section}-", suffix=".json")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(config_all, f)
+                return orig(model_name, dataset_name, tmp, *rest, **kw)
+            finally:
+                os.unlink(tmp)
 
-    get_config.__wrapped__ = orig
-    get_config.__doc__ = orig.__doc__
-    return get_config
+        return get_config
+
+    return make
 
 
-def _install_patches() -> None:
-    global _PATCHED
-    if _PATCHED:
-        return
-    import MMSA
-    import MMSA.config as mconfig
-    import MMSA.data_loader as mloader
-    import MMSA.run as mrun
-    from MMSA.models import AMIO
-    from MMSA.trains import ATIO
-
-    from . import compat
-    from .safeload import SafePickle, clear_cache
-
-    compat.apply()
-
-    orig_amio_init, orig_get_train = AMIO.__init__, ATIO.getTrain
-
-    def amio_init(self, args):
+def _amio_init(orig):
+    def __init__(self, args):
         entry = _REGISTERED.get(args["model_name"])
         if entry is None:
-            return orig_amio_init(self, args)
+            return orig(self, args)
         import torch.nn as nn
 
         nn.Module.__init__(self)
@@ -142,33 +122,64 @@ def _install_patches() -> None:
             self.alignNet = AlignSubNet(args, "avg_pool")
             if "seq_lens" in args.keys():
                 args["seq_lens"] = self.alignNet.get_seq_len()
-        self.Model = entry.model(args)
+        self.Model = entry.model(args)  # same state-dict layout ('Model.' prefix) as MMSA's models
 
-    def get_train(self, args):
+    return __init__
+
+
+def _get_train(orig):
+    def getTrain(self, args):
         entry = _REGISTERED.get(args["model_name"])
-        return entry.trainer(args) if entry is not None else orig_get_train(self, args)
+        return entry.trainer(args) if entry is not None else orig(self, args)
 
-    AMIO.__init__, ATIO.getTrain = amio_init, get_train
+    return getTrain
 
-    for section, attr in (("regression", "get_config_regression"), ("tune", "get_config_tune")):
-        wrapped = _wrap_config_reader(getattr(mconfig, attr), section)
-        setattr(mconfig, attr, wrapped)
-        setattr(mrun, attr, wrapped)
-        setattr(MMSA, attr, wrapped)
 
-    mloader.pickle = SafePickle
-    mrun.pickle = SafePickle
-    orig_loader = mrun.MMDataLoader
+def _data_loader(orig):
+    from .safeload import clear_cache
 
-    def mm_data_loader(args, num_workers):
+    def MMDataLoader(args, num_workers):
         try:
-            return orig_loader(args, num_workers)
+            return orig(args, num_workers)
         finally:
             clear_cache()  # MMSA keeps its own float32 copies; drop the parsed file
 
-    mrun.MMDataLoader = mm_data_loader
-    compat.PRE_RUN_HOOKS.append(_validate_registered_run)
-    _PATCHED = True
+    return MMDataLoader
+
+
+def _run_registered_checks(args) -> None:
+    entry = _REGISTERED.get(args.get("model_name"))
+    if entry is not None and entry.pre_run is not None:
+        entry.pre_run(args)
+
+
+def _install_patches() -> None:
+    import MMSA
+    import MMSA.config as mconfig
+    import MMSA.data_loader as mloader
+    import MMSA.run as mrun
+    from MMSA.models import AMIO
+    from MMSA.trains import ATIO
+
+    from . import compat, hooks
+    from .safeload import SafePickle
+
+    compat.apply()
+    hooks.install()
+    patching.wrap(AMIO, "__init__", _amio_init, "builds a registered model; MMSA's own models as before")
+    patching.wrap(ATIO, "getTrain", _get_train, "returns a registered model's trainer; MMSA's as before")
+    for section in SECTIONS:
+        attr = f"get_config_{section}"
+        reason = f"adds a registered model's entry to the {section} config file MMSA reads"
+        record = patching.wrap(mconfig, attr, _wrap_config_reader(section), reason)
+        for owner in (mrun, MMSA):  # the copies `from .config import ...` made
+            patching.patch(owner, attr, record.replacement, reason)
+    reason = "feature files are untrusted input: the project's safe loader replaces pickle (every model)"
+    patching.patch(mloader, "pickle", SafePickle, reason)
+    patching.patch(mrun, "pickle", SafePickle, reason)
+    patching.wrap(mrun, "MMDataLoader", _data_loader, "drops the safe loader's parse cache once MMSA has its copy")
+    if _run_registered_checks not in hooks.PRE_RUN_HOOKS:
+        hooks.PRE_RUN_HOOKS.append(_run_registered_checks)
 
 
 def _validate_registered_run(args) -> None:
@@ -190,17 +201,67 @@ def _validate_registered_run(args) -> None:
 
 
 # --- public API -------------------------------------------------------------------------------
-def register(name: str = "mmin", model=None, trainer=None, config=None) -> None:
-    """Register a model into MMSA (default: MMIN). Idempotent; a clash is an error."""
-    from ..modeling.model import MMIN
-    from .trainer import MMINTrainer
+def _config_sections(name: str, config: Union[Mapping, str, os.PathLike]) -> Dict[str, Any]:
+    """Accept a config file path, `{'regression': {name: entry}, 'tune': {...}}` (MMSA's own files'
+    layout), `{'regression': entry, 'tune': entry}`, or a bare regression entry
+    (`{'commonParams': ..., 'datasetParams': ...}`). Returns `{section: entry}`."""
+    if isinstance(config, (str, os.PathLike)):
+        with open(config) as f:
+            config = json.load(f)
+    if not isinstance(config, Mapping):
+        raise MMINConfigError(f"register('{name}'): config must be a dict or a JSON file; "
+                              f"found {type(config).__name__}")
+    if "commonParams" in config:
+        config = {"regression": config}
+    out = {}
+    for section in SECTIONS:
+        entry = config.get(section)
+        if isinstance(entry, Mapping) and name in entry and "commonParams" not in entry:
+            entry = entry[name]
+        if entry is not None:
+            if not isinstance(entry, Mapping) or "commonParams" not in entry:
+                raise MMINConfigError(f"register('{name}'): config['{section}'] must hold 'commonParams' "
+                                      f"(and 'datasetParams'), MMSA's schema; found {sorted(entry or {})}")
+            out[section] = copy.deepcopy(dict(entry))
+    if "regression" not in out:
+        raise MMINConfigError(f"register('{name}'): expected a 'regression' config (MMSA's schema)")
+    return out
 
+
+def register(name: str = "mmin", model: Optional[type] = None, trainer: Optional[type] = None,
+             config: Union[Mapping, str, os.PathLike, None] = None,
+             pre_run: Optional[Callable[[Any], None]] = None) -> None:
+    """Make `MMSA_run(name, dataset, ...)` train and test `model` with `trainer`.
+
+    Args:
+        name: the MMSA model name (case-insensitive); must not be one of MMSA's own.
+        model: an `nn.Module` class built as `model(args)` from MMSA's merged args (an EasyDict)
+            and called as `model(text, audio, vision, *args, **kwargs)` (MMSA's AMIO protocol);
+            returns a dict with at least `'M'`, the prediction `(B, 1)`.
+        trainer: a class built as `trainer(args)` with MMSA's trainer protocol:
+            `do_train(model, dataloader, return_epoch_results=False)` and
+            `do_test(model, dataloader, mode, return_sample_results=False) -> dict of metrics`.
+            Any of MMSA's own trainers fits (e.g. `MMSA.trains.singleTask.EF_LSTM`).
+        config: the model's config in MMSA's schema: `{'commonParams': {...}, 'datasetParams':
+            {'mosi': {...}, ...}}`, or `{'regression': that, 'tune': {... 'debugParams': {...}}}`,
+            or a JSON file holding either. MMSA adds `datasetCommonParams` (paths, lengths, KeyEval).
+        pre_run: optional checks `pre_run(args)` run before the data is loaded; raise to abort.
+
+    Without arguments, registers MMIN (registry.json, MMINTrainer, MMIN's config and file checks).
+    Idempotent for the same classes; another model under a registered name, or one of MMSA's own
+    names, is an `MMINError`.
+    """
     name = name.lower()
-    model = model or MMIN
-    trainer = trainer or MMINTrainer
-    if config is None:
+    if model is None and trainer is None and config is None:
+        from ..modeling.model import MMIN
+        from .trainer import MMINTrainer
+
         reg = load_registry()
-        config = {s: {name: reg[s]["mmin"]} for s in ("regression", "tune")}
+        model, trainer, pre_run = MMIN, MMINTrainer, _validate_registered_run
+        config = {s: reg[s]["mmin"] for s in SECTIONS}
+    if model is None or trainer is None or config is None:
+        raise MMINError(f"register('{name}'): give model, trainer and config (or none of them for MMIN)")
+    sections = _config_sections(name, config)
     _install_patches()
     if name in _REGISTERED:
         old = _REGISTERED[name]
@@ -209,12 +270,12 @@ def register(name: str = "mmin", model=None, trainer=None, config=None) -> None:
         raise MMINError(f"model name '{name}' is already registered to {old.model.__module__}.{old.model.__name__}")
     if name in _mmsa_builtin_names():
         raise MMINError(f"model name '{name}' is one of MMSA's own models; choose another name")
-    _REGISTERED[name] = _Entry(model, trainer, config)
+    _REGISTERED[name] = _Entry(model, trainer, sections, pre_run)
     from MMSA import run
 
     if name.upper() not in run.SUPPORTED_MODELS:
         run.SUPPORTED_MODELS.append(name.upper())
-    logger.debug(f"registered model '{name}' into MMSA")
+    logger.debug("registered model '%s' into MMSA", name)
 
 
 def unregister(name: str = "mmin") -> None:

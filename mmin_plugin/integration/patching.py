@@ -1,0 +1,118 @@
+"""The one way this project changes MMSA: every lasting patch goes through `patch` / `wrap`.
+
+MMSA 2.2.1 has no extension points (its model and trainer maps are dict literals inside
+`__init__` methods), so registration and the compatibility fixes must replace names inside MMSA's
+modules and classes. Each replacement is recorded here with what it replaced and why, so that
+`describe()` prints the full list (also `python -m mmin_plugin patches`) and `undo()` restores
+MMSA exactly. Temporary changes (for the length of one run) use `temporarily`, a thin
+`unittest.mock.patch.object`, and are not recorded.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import unittest.mock
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+logger = logging.getLogger("MMSA." + __name__)
+
+__all__ = ["Patch", "patch", "wrap", "is_patched", "patches", "describe", "undo", "temporarily"]
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One lasting replacement: `owner.name` was `original`, is now `replacement`, because `reason`."""
+
+    owner: Any
+    name: str
+    original: Any
+    replacement: Any
+    reason: str
+
+    @property
+    def target(self) -> str:
+        owner = getattr(self.owner, "__qualname__", None) or getattr(self.owner, "__name__", repr(self.owner))
+        module = getattr(self.owner, "__module__", None)
+        prefix = f"{module}." if module and isinstance(self.owner, type) else ""
+        return f"{prefix}{owner}.{self.name}"
+
+
+_LOCK = threading.RLock()
+_PATCHES: Dict[Tuple[int, str], Patch] = {}  # insertion order = order applied
+
+
+def _key(owner: Any, name: str) -> Tuple[int, str]:
+    return id(owner), name
+
+
+def patch(owner: Any, name: str, replacement: Any, reason: str) -> Patch:
+    """Set `owner.name = replacement` once and record it.
+
+    Idempotent per `(owner, name)`: a second call returns the first record and changes nothing, so
+    `import mmin_plugin` may run any number of times. `owner` is a module or a class.
+    """
+    with _LOCK:
+        existing = _PATCHES.get(_key(owner, name))
+        if existing is not None:
+            return existing
+        # the raw attribute (a function in a class's __dict__, not a bound method)
+        original = owner.__dict__[name] if isinstance(owner, type) and name in owner.__dict__ \
+            else getattr(owner, name)
+        setattr(owner, name, replacement)
+        record = Patch(owner, name, original, replacement, reason)
+        _PATCHES[_key(owner, name)] = record
+        logger.debug("patched %s: %s", record.target, reason)
+        return record
+
+
+def wrap(owner: Any, name: str, make_wrapper: Callable[[Callable], Callable], reason: str) -> Patch:
+    """`patch(owner, name, make_wrapper(original), reason)`, the wrapper made to look like the original
+    (`functools.update_wrapper`, so `__wrapped__` is the original)."""
+    with _LOCK:
+        existing = _PATCHES.get(_key(owner, name))
+        if existing is not None:
+            return existing
+        original = owner.__dict__[name] if isinstance(owner, type) and name in owner.__dict__ \
+            else getattr(owner, name)
+        return patch(owner, name, functools.update_wrapper(make_wrapper(original), original), reason)
+
+
+def is_patched(owner: Any, name: str) -> bool:
+    """True when `owner.name` is in place as this module patched it."""
+    record = _PATCHES.get(_key(owner, name))
+    if record is None:
+        return False
+    current = owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name, None)
+    return current is record.replacement
+
+
+def patches() -> List[Patch]:
+    """Every lasting patch in force, in the order applied."""
+    with _LOCK:
+        return list(_PATCHES.values())
+
+
+def describe() -> str:
+    """The patches as a markdown table (target, reason)."""
+    rows = ["| # | MMSA name replaced | why |", "|---:|---|---|"]
+    rows += [f"| {i} | `{p.target}` | {p.reason} |" for i, p in enumerate(patches(), start=1)]
+    return "\n".join(rows)
+
+
+def undo(owner: Optional[Any] = None, name: Optional[str] = None) -> int:
+    """Restore originals, newest first: all patches, those of `owner`, or the one `owner.name`.
+    Returns how many were undone."""
+    with _LOCK:
+        chosen = [k for k, p in _PATCHES.items()
+                  if (owner is None or p.owner is owner) and (name is None or p.name == name)]
+        for k in reversed(chosen):
+            p = _PATCHES.pop(k)
+            setattr(p.owner, p.name, p.original)
+        return len(chosen)
+
+
+def temporarily(owner: Any, name: str, replacement: Any):
+    """Context manager: `owner.name = replacement` inside the block only (`mock.patch.object`)."""
+    return unittest.mock.patch.object(owner, name, replacement)
