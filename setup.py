@@ -18,7 +18,7 @@ class build_py_with_registry(build_py):
 
 setup(
     name="mmin-plugin",
-    version="0.1.0",
+    version="0.2.0",
     description="MMIN (Fang, Liu, Zhang, ICASSP 2024) as a model of the MMSA 2.2.1 toolkit",
     packages=find_packages(include=["mmin_plugin", "mmin_plugin.*"]) + ["mmin_reference"],
     package_dir={"mmin_plugin": "mmin_plugin", "mmin_reference": "reference"},

@@ -1,14 +1,20 @@
 """mmin-plugin: MMIN (Fang, Liu, Zhang, ICASSP 2024) as a model of the MMSA 2.2.1 toolkit.
 
-`import mmin_plugin` applies the compatibility layer (MMSA on CPU and current torch) and
+`import mmin_plugin` applies the fixes that make MMSA 2.2.1 run on CPU and current torch, and
 registers the model name 'mmin' into MMSA, so that `MMSA_run('mmin', 'mosi', ...)` works.
+
+Layers: `mmin_plugin.modeling` (the network, its losses, sparsemax, its config; no MMSA),
+`mmin_plugin.integration` (everything that touches MMSA), `mmin_plugin.experiments` (compare,
+ablate, tune, reports, the demo), `mmin_plugin.cli`. Design notes: docs/design/.
 """
 from .errors import MMINConfigError, MMINDataError, MMINError, NonFiniteLossError
 from .integration.registry import register, unregister
 from .modeling import losses
+from .modeling.model import MMIN
 from .modeling.sparsemax import Sparsemax, sparsemax
 
 __all__ = [
+    "MMIN",
     "sparsemax",
     "Sparsemax",
     "losses",
@@ -19,6 +25,6 @@ __all__ = [
     "MMINConfigError",
     "NonFiniteLossError",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 register()

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..constants import METRIC_ORDER
+
 # Small enough to train in a few minutes on 2 CPU cores with full-length MOSI sequences.
 DEMO_CONFIG = {"d_model": 64, "nheads": 8, "fine_layers": 1, "fusion_ff_dim": 128, "batch_size": 16,
                "learning_rate": 2e-3, "learning_rate_bert": 1e-3, "early_stop": 3}
 
-METRIC_ORDER = ("MAE", "Corr", "Has0_acc_2", "Non0_acc_2", "Has0_F1_score", "Non0_F1_score", "Mult_acc_7",
-                "Mult_acc_5", "Acc_2", "F1_score", "Mult_acc_3")
 
 
 def mean_baseline(feature_path) -> dict:
@@ -27,7 +27,7 @@ def mean_baseline(feature_path) -> dict:
 
 def format_table(rows, title) -> str:
     """Markdown table of [(name, metrics dict), ...] in MMSA's metric names."""
-    keys = [k for k in METRIC_ORDER if any(k in r for _, r in rows)]
+    keys = [k for k in METRIC_ORDER if k != "Loss" and any(k in r for _, r in rows)]
     out = [f"| {title} | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, r in rows:
         out.append(f"| {name} | " + " | ".join(f"{float(r[k]):.4f}" if k in r else "-" for k in keys) + " |")
