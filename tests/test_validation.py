@@ -528,7 +528,7 @@ def test_d_model_divisible_by_nheads():
 
 
 @pytest.mark.parametrize("value, expected", [
-    (None, []), ("", []), ([], []), ("cin", ["cin"]), ("cin,fin", ["cin", "fin"]),
+    (None, []), ("", []), ([], []), ("cin", ["cin"]), ("cin,sep", ["cin", "sep"]),
     (" CIN , text ,", ["cin", "text"]), (["ac", "ap", "ac"], ["ac", "ap"]),
     (("sep",), ["sep"]), (["text", "video"], ["text", "video"]),
 ])

@@ -251,7 +251,7 @@ def epoch_cap(max_epochs: Optional[int]):
 def _record_args(row: Dict):
     """Record into `row` what MMSA's `_run` really got (after $MMSA_DATASET_ROOT re-rooting):
     the feature file, the text encoder of a BERT-based model, the patience."""
-    from ..integration import compat
+    from ..integration import hooks as compat
 
     def hook(args):
         row["feature_path"] = str(args.get("custom_feature") or args.get("featurePath") or "")

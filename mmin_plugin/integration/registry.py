@@ -259,15 +259,15 @@ def register(name: str = "mmin", model: Optional[type] = None, trainer: Optional
         reg = load_registry()
         model, trainer, pre_run = MMIN, MMINTrainer, _validate_registered_run
         config = {s: reg[s]["mmin"] for s in SECTIONS}
-    if model is None or trainer is None or config is None:
-        raise MMINError(f"register('{name}'): give model, trainer and config (or none of them for MMIN)")
-    sections = _config_sections(name, config)
-    _install_patches()
     if name in _REGISTERED:
         old = _REGISTERED[name]
         if old.model is model and old.trainer is trainer:
             return
         raise MMINError(f"model name '{name}' is already registered to {old.model.__module__}.{old.model.__name__}")
+    if model is None or trainer is None or config is None:
+        raise MMINError(f"register('{name}'): give model, trainer and config (or none of them for MMIN)")
+    sections = _config_sections(name, config)
+    _install_patches()
     if name in _mmsa_builtin_names():
         raise MMINError(f"model name '{name}' is one of MMSA's own models; choose another name")
     _REGISTERED[name] = _Entry(model, trainer, sections, pre_run)
