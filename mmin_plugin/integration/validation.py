@@ -260,7 +260,8 @@ def validate_features(data, path, use_bert=True, need_data_aligned=False, *,
     see ``compat.encoder_limits``; missing keys are not checked) bounds, with ``use_bert``, the
     token ids (< vocab_size), the text length L (<= max_position_embeddings) and the segment ids
     (< type_vocab_size): out-of-range values otherwise crash inside the embedding (a device-side
-    assert on CUDA).  ``sources`` maps a key to the file it was read from (for error messages).  NaN/inf in audio/vision are left to
+    assert on CUDA).  ``sources`` maps a key to the file it was read from (for error messages).
+    NaN/inf in audio/vision are left to
     :func:`sanitize_features`; values beyond float32's range are refused.
 
     Zero lengths are accepted (they occur in real files); the model must handle them.
