@@ -155,9 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-save-dir", default=None, type=_out_dir)
     p.add_argument("--res-save-dir", default=None, type=_out_dir)
     p.add_argument("--log-dir", default=None, type=_out_dir)
-    p.add_argument("-Ft", "--feature-T", default="", type=_existing_file)
-    p.add_argument("-Fa", "--feature-A", default="", type=_existing_file)
-    p.add_argument("-Fv", "--feature-V", default="", type=_existing_file)
+    p.add_argument("-Ft", "--feature-T", default=None, type=_existing_file)
+    p.add_argument("-Fa", "--feature-A", default=None, type=_existing_file)
+    p.add_argument("-Fv", "--feature-V", default=None, type=_existing_file)
     _common_run_options(p)
 
     p = sub.add_parser("demo-data", help="write an MMSA-Standard-layout demo feature file and a tiny BERT")
@@ -221,8 +221,8 @@ def cmd_run(a) -> int:
     kw = {k: getattr(a, k) for k in ("model_save_dir", "res_save_dir", "log_dir") if getattr(a, k)}
     with epoch_cap(a.max_epochs) if a.max_epochs else contextlib.nullcontext():
         MMSA_run(a.model, a.dataset, config_file=a.config, config=config or None, seeds=a.seeds,
-                 is_tune=a.tune, tune_times=a.tune_times, feature_T=a.feature_T, feature_A=a.feature_A,
-                 feature_V=a.feature_V, gpu_ids=list(a.gpu_ids), num_workers=a.num_workers,
+                 is_tune=a.tune, tune_times=a.tune_times, feature_T=a.feature_T or "",
+                 feature_A=a.feature_A or "", feature_V=a.feature_V or "", gpu_ids=list(a.gpu_ids), num_workers=a.num_workers,
                  verbose_level=a.verbose, **kw)
     return 0
 

@@ -130,3 +130,13 @@ def test_run_max_epochs_caps_mmsa_models(small_mosi, tmp_path, monkeypatch):
                      "--res-save-dir", str(tmp_path / "r"), "--log-dir", str(tmp_path / "l"), "-v", "0"])
     assert code == 0
     assert len(seen) == 1 and seen[0]["epochs"] == 1 and seen[0]["stopped_by"] == "max_epochs", seen
+
+
+def test_defaults_and_good_values_parse(tmp_path, feature_file):
+    p = cli.build_parser()
+    for argv in (["run"], ["demo"], ["demo-data"], ["compare"], ["ablate"]):
+        p.parse_args(argv)
+    a = p.parse_args(["run", "-m", "TFN", "-d", "MOSI", "-s", "0", "1111", "-n", "2", "--max-epochs", "1",
+                      "--feature-path", feature_file, "-Fa", feature_file, "--model-save-dir", str(tmp_path / "new")])
+    assert (a.model, a.dataset, a.seeds, a.num_workers, a.max_epochs) == ("tfn", "mosi", [0, 1111], 2, 1)
+    assert a.feature_T is None and a.feature_A == feature_file

@@ -297,3 +297,56 @@ def test_feature_dict_builder_is_well_formed():
     # the wrapper itself loads: only the hostile value inside is refused
     blob = feature_dict(b"K\x07")
     assert safe_loads(blob) == {s: {"id": 7} for s in ("train", "valid", "test")}
+
+
+# --- atomic writes: stale temporary files, folder fsync ---------------------------------------
+
+def _dead_pid():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_stale_temporary_files_are_removed_live_ones_kept(tmp_path):
+    from mmin_plugin import atomic
+
+    target = tmp_path / "best.pth"
+    host = atomic._HOST
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        files = {
+            "dead": tmp_path / f".best.pth.{host}-{_dead_pid()}.{'a' * 12}.tmp",
+            "old_pattern_dead": tmp_path / f".best.pth.{_dead_pid()}.{'b' * 12}.tmp",
+            "live_other_run": tmp_path / f".best.pth.{host}-{live.pid}.{'c' * 12}.tmp",
+            "ours": tmp_path / f".best.pth.{host}-{os.getpid()}.{'d' * 12}.tmp",
+            "pid_reused": tmp_path / f".best.pth.{host}-{live.pid}.{'e' * 12}.tmp",
+            "foreign_recent": tmp_path / f".best.pth.0badc0de-{live.pid}.{'f' * 12}.tmp",
+            "foreign_old": tmp_path / f".best.pth.0badc0de-{live.pid}.{'0' * 12}.tmp",
+            "other_target": tmp_path / f".other.pth.{host}-{_dead_pid()}.{'1' * 12}.tmp",
+            "not_a_temp": tmp_path / ".best.pth.notes",
+        }
+        for p in files.values():
+            p.write_bytes(b"x" * 10)
+        long_ago = time.time() - 3 * 24 * 3600
+        os.utime(files["pid_reused"], (long_ago, long_ago))  # written before the live process started
+        os.utime(files["foreign_old"], (long_ago, long_ago))
+        atomic.atomic_write_bytes(target, b"new")
+        gone = {k for k, p in files.items() if not p.exists()}
+        assert gone == {"dead", "old_pattern_dead", "pid_reused", "foreign_old"}, gone
+        assert target.read_bytes() == b"new"
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".best.pth.") and "-" + str(os.getpid()) in p.name
+                    and p != files["ours"]]
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_folder_is_fsynced_after_the_rename(tmp_path, monkeypatch):
+    from mmin_plugin import atomic
+
+    events = []
+    real_replace, real_fsync_dir = os.replace, atomic.fsync_dir
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    monkeypatch.setattr(atomic, "fsync_dir", lambda d: (events.append(("fsync", str(d))), real_fsync_dir(d))[1])
+    atomic.atomic_write_text(tmp_path / "sub" / "t.json", "{}")
+    assert events == ["replace", ("fsync", str(tmp_path / "sub"))]
