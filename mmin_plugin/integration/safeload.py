@@ -159,6 +159,20 @@ class _PendingDtype:
         self.spec, self.value = spec, None
 
 
+class _LazyBytes:
+    """A large bytes value of a seekable file, not read yet: array data is read straight into the
+    array the loader makes (one copy, no intermediate bytes object); any other use reads it."""
+
+    __slots__ = ("offset", "n", "value")
+
+    def __init__(self, offset, n):
+        self.offset, self.n, self.value = offset, n, None
+
+
+#: bytes values at least this long are read lazily from seekable files (see _LazyBytes)
+_LAZY_MIN = 1 << 20
+
+
 class _PendingArray:
     """_reconstruct(ndarray, shape, b'b') before its BUILD; becomes an ndarray made here."""
 
@@ -247,7 +261,9 @@ class SafeUnpickler:
     """
 
     def __init__(self, file, *, source="<stream>", max_bytes=None, size=None, max_depth=MAX_DEPTH):
+        self._file = file
         self._read, self._readline = file.read, file.readline
+        self._base = file.tell() if size is not None else 0
         self.source = source
         self.size = size
         self.max_bytes = default_max_bytes(size) if max_bytes is None else int(max_bytes)
@@ -256,6 +272,7 @@ class SafeUnpickler:
         self.used = 0
         self.stack, self.marks, self.memo = [], [], {}
         self.info = {}  # id(container) -> [obj, expanded size, depth, sealed]
+        self.lazy_tuples = {}  # id(tuple) -> [tuple, its materialised copy or None]: tuples holding _LazyBytes
 
     # --- bookkeeping -------------------------------------------------------------------------
     def _charge(self, n, what):
@@ -328,9 +345,55 @@ class SafeUnpickler:
         self._check_size(rec[1], rec[2])
         self._charge(_OBJ_COST * len(items), f"{len(items)} more items")
 
+    # --- large bytes read lazily ----------------------------------------------------------------
+    def _lazy_bytes(self, n):
+        """`n` bytes of the file: a _LazyBytes (skipped now) when large and seekable, else bytes."""
+        if n < _LAZY_MIN or self.size is None:
+            return self.read(n)
+        if self.pos + n > self.size:
+            _refuse(f"a length of {n} bytes past the end of the file ({self.size} bytes)")
+        lazy = _LazyBytes(self._base + self.pos, n)
+        self._file.seek(n, io.SEEK_CUR)
+        self.pos += n
+        return lazy
+
+    def _read_at(self, lazy, into=None):
+        """Read a _LazyBytes' data: into the writable buffer `into`, else as (cached) bytes."""
+        here = self._file.tell()
+        try:
+            self._file.seek(lazy.offset)
+            if into is not None:
+                got = self._file.readinto(into)
+                if got != lazy.n:
+                    _refuse(f"a truncated file (wanted {lazy.n} bytes, got {got})")
+                return None
+            if lazy.value is None:
+                self._charge(lazy.n + 33, "bytes")
+                lazy.value = self._file.read(lazy.n)
+                if len(lazy.value) != lazy.n:
+                    _refuse("a truncated file")
+            return lazy.value
+        finally:
+            self._file.seek(here)
+
+    def _materialise(self, x):
+        """`x` with every _LazyBytes (also inside tuples) read as bytes."""
+        if isinstance(x, _LazyBytes):
+            return self._read_at(x)
+        rec = self.lazy_tuples.get(id(x))
+        if rec is None or rec[0] is not x:
+            return x
+        if rec[1] is None:
+            items = [self._materialise(i) for i in x]
+            rec[1] = self._new(tuple(items), items)
+        return rec[1]
+
     def _resolve(self, x, in_tuple=False):
         """The value an object on the stack stands for, sealed (unchangeable from now on).  An
-        allowed global may only sit in a tuple (the argument tuple of ``_reconstruct``)."""
+        allowed global may only sit in a tuple (the argument tuple of ``_reconstruct``), and so
+        may a not-yet-read large bytes value (array data); elsewhere it is read."""
+        if not in_tuple:
+            x = self._materialise(x)
         if isinstance(x, (_PendingArray, _PendingDtype)):
             if x.value is None:
                 if isinstance(x, _PendingDtype):
@@ -530,7 +593,7 @@ def _op_binunicode8(self):
 
 
 def _op_binbytes(self):
-    _push(self, self.read(struct.unpack("<I", self.read(4))[0]))
+    _push(self, self._lazy_bytes(struct.unpack("<I", self.read(4))[0]))
 
 
 def _op_short_binbytes(self):
@@ -538,7 +601,7 @@ def _op_short_binbytes(self):
 
 
 def _op_binbytes8(self):
-    _push(self, self.read(struct.unpack("<Q", self.read(8))[0]))
+    _push(self, self._lazy_bytes(struct.unpack("<Q", self.read(8))[0]))
 
 
 def _op_bytearray8(self):
@@ -567,9 +630,16 @@ def _resolved(self, items, in_tuple=False):
     return [self._resolve(x, in_tuple) for x in items]
 
 
+def _make_tuple(self, items):
+    t = self._new(tuple(items), items)
+    if any(isinstance(i, _LazyBytes) or id(i) in self.lazy_tuples for i in items):
+        self.lazy_tuples[id(t)] = [t, None]
+    return t
+
+
 def _op_tuple(self):
     items = _resolved(self, self._pop_mark(), True)
-    _push(self, self._new(tuple(items), items))
+    _push(self, _make_tuple(self, items))
 
 
 def _op_tupleN(n):
@@ -578,7 +648,7 @@ def _op_tupleN(n):
             _refuse(f"TUPLE{n} with fewer than {n} items on the stack")
         items = _resolved(self, self.stack[-n:], True)
         del self.stack[-n:]
-        _push(self, self._new(tuple(items), items))
+        _push(self, _make_tuple(self, items))
     return op
 
 
@@ -725,8 +795,13 @@ def _op_stack_global(self):
 
 
 def _op_reduce(self):
-    args = self._resolve(self._pop())
+    args = self._resolve(self._pop(), in_tuple=True)  # may hold lazy array data (_frombuffer)
     fn = self._pop()
+    if not (isinstance(fn, _Global) and fn.kind == "frombuffer"):
+        args = self._materialise(args)
+    if isinstance(args, tuple) and any(isinstance(a, _Global) for a in args) and not (
+            isinstance(fn, _Global) and fn.kind == "reconstruct"):
+        _refuse("a global passed as an argument (only _reconstruct takes numpy.ndarray)")
     _push(self, self._reduce(fn, args))
 
 
@@ -739,12 +814,12 @@ def _op_newobj(self):
 
 
 def _op_build(self):
-    state = self._resolve(self._pop())
+    state = self._resolve(self._pop(), in_tuple=True)  # may hold lazy array data
     if not self.stack:
         _refuse("BUILD on an empty stack")
     inst = self.stack[-1]
     if isinstance(inst, _PendingDtype) and inst.value is None:
-        inst.value = _dtype_from_state(inst.spec, state)
+        inst.value = _dtype_from_state(inst.spec, self._materialise(state))
     elif isinstance(inst, _PendingArray) and inst.value is None:
         inst.value = _array_from_state(self, state)
     else:
@@ -820,15 +895,18 @@ def _array_from_bytes(self, data, dtype, shape, fortran):
     if isinstance(data, str):
         self._charge(len(data), "array data")
         data = data.encode("latin1")
-    if not isinstance(data, (bytes, bytearray)):
+    if not isinstance(data, (bytes, bytearray, _LazyBytes)):
         _refuse(f"array data {_short(data)} (expected bytes)")
     want = n * dtype.itemsize
-    if len(data) != want:
-        _refuse(f"array data of {len(data)} bytes for shape {shape} and dtype {dtype} "
+    have = data.n if isinstance(data, _LazyBytes) else len(data)
+    if have != want:
+        _refuse(f"array data of {have} bytes for shape {shape} and dtype {dtype} "
                 f"(expected exactly {want})")
     self._charge(want + 112, f"an array of shape {shape}")
     out = np.empty(n, dtype=dtype)  # (n,) fresh, C-contiguous, writeable
-    if want:
+    if isinstance(data, _LazyBytes):
+        self._read_at(data, into=memoryview(out.view(np.uint8)))
+    elif want:
         out.view(np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
     return out.reshape(shape, order="F" if fortran else "C")
 
