@@ -106,7 +106,8 @@ def test_arrays_are_rebuilt_fresh_and_writeable():
 def test_large_values_read_lazily_from_files_load_exactly(protocol, tmp_path):
     big = np.arange(300_000, dtype=np.float64).reshape(1000, 300)  # 2.4 MB: read straight into the array
     raw = bytes(range(256)) * 8192  # 2 MiB bytes value, used as a value (not array data)
-    obj = {"a": big, "f": np.asfortranarray(big), "raw": raw, "t": (raw, 1), "again": raw}
+    obj = {"a": big, "f": np.asfortranarray(big), "raw": raw, "t": (raw, 1), "again": raw,
+           "ba": bytearray(raw)}
     p = tmp_path / "big.pkl"
     with open(p, "wb") as f:
         pickle.dump(obj, f, protocol=protocol)
@@ -117,6 +118,7 @@ def test_large_values_read_lazily_from_files_load_exactly(protocol, tmp_path):
     assert np.array_equal(out["a"], big) and out["a"].flags.writeable and out["f"].flags.f_contiguous
     assert np.array_equal(out["f"], big)
     assert out["raw"] == raw and type(out["raw"]) is bytes and out["t"] == (raw, 1) and out["again"] == raw
+    assert type(out["ba"]) is bytearray and out["ba"] == raw
 
 
 def test_project_demo_files_load(small_mosi):

@@ -163,10 +163,10 @@ class _LazyBytes:
     """A large bytes value of a seekable file, not read yet: array data is read straight into the
     array the loader makes (one copy, no intermediate bytes object); any other use reads it."""
 
-    __slots__ = ("offset", "n", "value")
+    __slots__ = ("offset", "n", "kind", "value")
 
-    def __init__(self, offset, n):
-        self.offset, self.n, self.value = offset, n, None
+    def __init__(self, offset, n, kind=bytes):
+        self.offset, self.n, self.kind, self.value = offset, n, kind, None
 
 
 #: bytes values at least this long are read lazily from seekable files (see _LazyBytes)
@@ -346,13 +346,17 @@ class SafeUnpickler:
         self._charge(_OBJ_COST * len(items), f"{len(items)} more items")
 
     # --- large bytes read lazily ----------------------------------------------------------------
-    def _lazy_bytes(self, n):
-        """`n` bytes of the file: a _LazyBytes (skipped now) when large and seekable, else bytes."""
+    def _lazy_bytes(self, n, kind=bytes):
+        """`n` bytes of the file as `kind` (bytes or bytearray): a _LazyBytes (skipped now) when
+        large and the file seekable."""
         if n < _LAZY_MIN or self.size is None:
+            if kind is bytearray:
+                self._charge(n, "a bytearray")
+                return bytearray(self.read(n))
             return self.read(n)
         if self.pos + n > self.size:
             _refuse(f"a length of {n} bytes past the end of the file ({self.size} bytes)")
-        lazy = _LazyBytes(self._base + self.pos, n)
+        lazy = _LazyBytes(self._base + self.pos, n, kind)
         self._file.seek(n, io.SEEK_CUR)
         self.pos += n
         return lazy
@@ -369,9 +373,10 @@ class SafeUnpickler:
                 return None
             if lazy.value is None:
                 self._charge(lazy.n + 33, "bytes")
-                lazy.value = self._file.read(lazy.n)
-                if len(lazy.value) != lazy.n:
+                value = self._file.read(lazy.n)
+                if len(value) != lazy.n:
                     _refuse("a truncated file")
+                lazy.value = value if lazy.kind is bytes else bytearray(value)
             return lazy.value
         finally:
             self._file.seek(here)
@@ -605,9 +610,7 @@ def _op_binbytes8(self):
 
 
 def _op_bytearray8(self):
-    n = struct.unpack("<Q", self.read(8))[0]
-    self._charge(n, "a bytearray")
-    _push(self, bytearray(self.read(n)))
+    _push(self, self._lazy_bytes(struct.unpack("<Q", self.read(8))[0], bytearray))
 
 
 def _op_empty_list(self):
