@@ -222,7 +222,8 @@ def cmd_run(a) -> int:
     with epoch_cap(a.max_epochs) if a.max_epochs else contextlib.nullcontext():
         MMSA_run(a.model, a.dataset, config_file=a.config, config=config or None, seeds=a.seeds,
                  is_tune=a.tune, tune_times=a.tune_times, feature_T=a.feature_T or "",
-                 feature_A=a.feature_A or "", feature_V=a.feature_V or "", gpu_ids=list(a.gpu_ids), num_workers=a.num_workers,
+                 feature_A=a.feature_A or "", feature_V=a.feature_V or "", gpu_ids=list(a.gpu_ids),
+                 num_workers=a.num_workers,
                  verbose_level=a.verbose, **kw)
     return 0
 

@@ -353,8 +353,9 @@ def test_stale_temporary_files_are_removed_live_ones_kept(tmp_path):
         gone = {k for k, p in files.items() if not p.exists()}
         assert gone == {"dead", "old_pattern_dead", "pid_reused", "foreign_old"}, gone
         assert target.read_bytes() == b"new"
-        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".best.pth.") and "-" + str(os.getpid()) in p.name
-                    and p != files["ours"]]
+        # our own write left no temporary file behind
+        mine = f"-{os.getpid()}."
+        assert [p for p in tmp_path.iterdir() if p.name.startswith(".best.pth.") and mine in p.name] == [files["ours"]]
     finally:
         live.kill()
         live.wait()
@@ -369,3 +370,25 @@ def test_folder_is_fsynced_after_the_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic, "fsync_dir", lambda d: (events.append(("fsync", str(d))), real_fsync_dir(d))[1])
     atomic.atomic_write_text(tmp_path / "sub" / "t.json", "{}")
     assert events == ["replace", ("fsync", str(tmp_path / "sub"))]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("model", ["mmin", "tfn"])
+def test_converted_file_trains_through_featurepath(model, small_mosi, tmp_path):
+    """The safe format is accepted wherever MMSA reads a pickle: one capped epoch per model."""
+    from MMSA import MMSA_run
+
+    import mmin_plugin  # noqa: F401
+    from mmin_plugin.experiments.compare import epoch_cap
+
+    safe = tmp_path / "features.npz"
+    convert.convert_file(small_mosi["feature_path"], safe)
+    clear_cache()
+    with epoch_cap(1) as stats:
+        MMSA_run(model, "mosi", config={"featurePath": str(safe), "pretrained": small_mosi["bert_dir"],
+                                              "batch_size": 16, "max_epochs": 1},
+                       seeds=[1111], gpu_ids=[], num_workers=0, verbose_level=0,
+                       model_save_dir=str(tmp_path / "m"), res_save_dir=str(tmp_path / "r"),
+                       log_dir=str(tmp_path / "l"))
+    assert stats["epochs"] == 1
+    assert (tmp_path / "r" / "normal" / "mosi.csv").is_file()  # MMSA wrote its test results
