@@ -1,17 +1,115 @@
-"""Command line: `python -m mmin_plugin {run,demo,demo-data,compare,ablate} ...`.
+"""Command line: `python -m mmin_plugin {run,demo,demo-data,compare,ablate,convert} ...`.
 
 `run` mirrors MMSA's own CLI (`python -m MMSA -m misa -d mosi -s 1111 ...`) with MMIN registered
 and a few conveniences (`--feature-path`, `--pretrained`, `--max-epochs`, `--set key=value`).
+`convert IN.pkl OUT` rewrites a feature file in the safe format (no pickle) that every model's
+`featurePath` accepts.
+
+Every user error ends as `error: ...` on stderr with exit status 2 and no traceback: argument
+values are checked by the parser's types (paths, seeds, worker counts, epoch caps, model and
+dataset names), errors found later are :class:`~mmin_plugin.errors.MMINError` (or an OSError
+about a path) caught in :func:`main`.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
+from .constants import DATASETS
+
 DEMO_DEFAULTS = dict(n_train=96, n_valid=32, n_test=48)
+
+
+# --- argument types: each raises argparse.ArgumentTypeError -> "error: ..." and exit 2 ----------
+def _int_at_least(lo, what):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} (an integer >= {lo}); found {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"expected {what} (an integer >= {lo}); found {v}")
+        return v
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+_positive = _int_at_least(1, "a positive integer")
+_epochs = _int_at_least(1, "an epoch cap")
+_seed = _int_at_least(0, "a seed")
+_workers = _int_at_least(0, "a worker count")
+_gpu = _int_at_least(0, "a GPU id")
+
+
+def _existing_file(text):
+    p = Path(text).expanduser()
+    if not p.is_file():
+        raise argparse.ArgumentTypeError(f"expected an existing file; found {text!r} "
+                                         f"({'a folder' if p.is_dir() else 'no such file'})")
+    if not os.access(p, os.R_OK):
+        raise argparse.ArgumentTypeError(f"expected a readable file; found {text!r} (permission denied)")
+    return str(p)
+
+
+def _out_dir(text):
+    """A folder to write into: an existing writable folder, or one that can be created (its first
+    existing ancestor is a writable folder)."""
+    p = Path(text).expanduser()
+    if p.exists() and not p.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a folder to write into; found {text!r}, which is a file")
+    q = p
+    while not q.exists():
+        q = q.parent
+    if not q.is_dir() or not os.access(q, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"expected a writable folder; {str(q)!r} is not writable")
+    return str(p)
+
+
+def _out_file(text):
+    p = Path(text).expanduser()
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"expected an output file; found {text!r}, which is a folder")
+    _out_dir(str(p.parent) if str(p.parent) else ".")
+    return str(p)
+
+
+def _dataset(text):
+    name = text.lower()
+    if name not in DATASETS:
+        raise argparse.ArgumentTypeError(f"expected a dataset in {list(DATASETS)}; found {text!r}")
+    return name
+
+
+def known_models():
+    """MMSA's SUPPORTED_MODELS plus registered ones (lower case); imports MMSA and registers MMIN."""
+    from MMSA import run
+
+    import mmin_plugin  # noqa: F401  (registers MMIN)
+
+    return sorted({m.lower() for m in run.SUPPORTED_MODELS})
+
+
+def _model(text):
+    name = text.lower()
+    known = known_models()
+    if name not in known:
+        import difflib
+
+        near = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise argparse.ArgumentTypeError(f"expected a model in {known}; found {text!r}{hint}")
+    return name
+
+
+def _key_value(text):
+    if "=" not in text or not text.split("=", 1)[0]:
+        raise argparse.ArgumentTypeError(f"expected key=value; found {text!r}")
+    return text
 
 
 def _parse_set(items):
@@ -31,12 +129,14 @@ def _parse_set(items):
 
 
 def _common_run_options(p):
-    p.add_argument("--feature-path", help="absolute path of an MMSA-Standard feature file (overrides featurePath)")
+    p.add_argument("--feature-path", type=_existing_file,
+                   help="path of an MMSA-Standard feature file, pickle or safe format (overrides featurePath)")
     p.add_argument("--pretrained", help="BERT hub name or local directory for BERT-based models")
-    p.add_argument("--max-epochs", type=int, help="cap on training epochs (MMSA itself has none)")
-    p.add_argument("-s", "--seeds", type=int, nargs="+", action="extend", default=[], help="random seeds")
-    p.add_argument("-g", "--gpu-ids", type=int, nargs="*", default=[], help="GPU ids; none = CPU or the freest GPU")
-    p.add_argument("-n", "--num-workers", type=int, default=0, help="data loader workers")
+    p.add_argument("--max-epochs", type=_epochs,
+                   help="cap on training epochs for every model, MMSA's included (the rule compare uses)")
+    p.add_argument("-s", "--seeds", type=_seed, nargs="+", action="extend", default=[], help="random seeds")
+    p.add_argument("-g", "--gpu-ids", type=_gpu, nargs="*", default=[], help="GPU ids; none = CPU or the freest GPU")
+    p.add_argument("-n", "--num-workers", type=_workers, default=0, help="data loader workers")
     p.add_argument("-v", "--verbose", type=int, default=1, help="0 errors, 1 info, 2 debug")
 
 
@@ -45,57 +145,71 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="MMSA_run for any model (MMIN registered)")
-    p.add_argument("-m", "--model", default="mmin")
-    p.add_argument("-d", "--dataset", default="mosi", choices=["mosi", "mosei", "sims"])
-    p.add_argument("-c", "--config", default=None, help="your own MMSA config JSON file")
+    p.add_argument("-m", "--model", default="mmin", type=_model, help="an MMSA model name or 'mmin'")
+    p.add_argument("-d", "--dataset", default="mosi", type=_dataset, help=f"one of {list(DATASETS)}")
+    p.add_argument("-c", "--config", default=None, type=_existing_file, help="your own MMSA config JSON file")
     p.add_argument("-t", "--tune", action="store_true")
-    p.add_argument("-tt", "--tune-times", type=int, default=50)
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. --set d_model=64 ablation=text")
-    p.add_argument("--model-save-dir", default=None)
-    p.add_argument("--res-save-dir", default=None)
-    p.add_argument("--log-dir", default=None)
-    p.add_argument("-Ft", "--feature-T", default="")
-    p.add_argument("-Fa", "--feature-A", default="")
-    p.add_argument("-Fv", "--feature-V", default="")
+    p.add_argument("-tt", "--tune-times", type=_positive, default=50)
+    p.add_argument("--set", nargs="*", type=_key_value, metavar="KEY=VALUE",
+                   help="config overrides, e.g. --set d_model=64 ablation=text")
+    p.add_argument("--model-save-dir", default=None, type=_out_dir)
+    p.add_argument("--res-save-dir", default=None, type=_out_dir)
+    p.add_argument("--log-dir", default=None, type=_out_dir)
+    p.add_argument("-Ft", "--feature-T", default=None, type=_existing_file)
+    p.add_argument("-Fa", "--feature-A", default=None, type=_existing_file)
+    p.add_argument("-Fv", "--feature-V", default=None, type=_existing_file)
     _common_run_options(p)
 
     p = sub.add_parser("demo-data", help="write an MMSA-Standard-layout demo feature file and a tiny BERT")
-    p.add_argument("--out", default="mmin-demo", help="output folder")
-    p.add_argument("--dataset", default="mosi", choices=["mosi", "mosei", "sims"])
-    p.add_argument("--n-train", type=int, default=DEMO_DEFAULTS["n_train"])
-    p.add_argument("--n-valid", type=int, default=DEMO_DEFAULTS["n_valid"])
-    p.add_argument("--n-test", type=int, default=DEMO_DEFAULTS["n_test"])
+    p.add_argument("--out", default="mmin-demo", type=_out_dir, help="output folder")
+    p.add_argument("--dataset", default="mosi", type=_dataset)
+    p.add_argument("--n-train", type=_positive, default=DEMO_DEFAULTS["n_train"])
+    p.add_argument("--n-valid", type=_positive, default=DEMO_DEFAULTS["n_valid"])
+    p.add_argument("--n-test", type=_positive, default=DEMO_DEFAULTS["n_test"])
     p.add_argument("--corrupt", action="store_true", help="insert NaN/inf values and zero-length sequences")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
 
     p = sub.add_parser("demo", help="make the demo data if missing and train/test MMIN on it with MMSA_run")
-    p.add_argument("--out", default="mmin-demo", help="folder for data, weights, logs and results")
-    p.add_argument("--dataset", default="mosi", choices=["mosi", "mosei", "sims"])
-    p.add_argument("--max-epochs", type=int, default=6)
-    p.add_argument("--seed", type=int, default=1111)
+    p.add_argument("--out", default="mmin-demo", type=_out_dir, help="folder for data, weights, logs and results")
+    p.add_argument("--dataset", default="mosi", type=_dataset)
+    p.add_argument("--max-epochs", type=_epochs, default=6)
+    p.add_argument("--seed", type=_seed, default=1111)
     p.add_argument("--corrupt", action="store_true", help="use a demo file with NaN/inf and zero-length sequences")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--set", nargs="*", type=_key_value, metavar="KEY=VALUE", help="config overrides")
+
+    p = sub.add_parser("convert", help="rewrite a feature file without pickle (safe format; see "
+                                       "mmin_plugin.integration.convert)")
+    p.add_argument("input", type=_existing_file, help="a feature file (pickle, read with the safe loader)")
+    p.add_argument("output", type=_out_file, help="the file to write (e.g. features.npz)")
+    p.add_argument("--max-bytes", type=_positive, default=None,
+                   help="memory budget for reading INPUT (default: 4x its size + 64 MiB)")
 
     for name in ("compare", "ablate"):
         p = sub.add_parser(name, help="head-to-head comparison" if name == "compare" else "Table 2 ablations")
-        p.add_argument("--dataset", default="mosi", choices=["mosi", "mosei", "sims"])
+        p.add_argument("--dataset", default="mosi", type=_dataset)
         if name == "compare":
-            p.add_argument("--models", nargs="+", default=["mmin", "misa", "mult"])
-        p.add_argument("--seeds", type=int, nargs="+", default=[1111, 1112, 1113, 1114, 1115])
-        p.add_argument("--feature-path", help="MMSA-Standard feature file (default: MMSA's configured path)")
+            p.add_argument("--models", nargs="+", type=_model, default=["mmin", "misa", "mult"])
+        p.add_argument("--seeds", type=_seed, nargs="+", default=[1111, 1112, 1113, 1114, 1115])
+        p.add_argument("--feature-path", type=_existing_file,
+                       help="MMSA-Standard feature file (default: MMSA's configured path)")
         p.add_argument("--pretrained", help="BERT hub name or local directory, passed to every BERT-based model")
-        p.add_argument("--max-epochs", type=int, help="cap on training epochs, the same rule for every model (see mmin_plugin.experiments.compare)")
-        p.add_argument("--out", default="mmin-results")
-        p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides applied to every model")
-        p.add_argument("-g", "--gpu-ids", type=int, nargs="*", default=[])
-        p.add_argument("-n", "--num-workers", type=int, default=0)
+        p.add_argument("--max-epochs", type=_epochs,
+                       help="cap on training epochs, the same rule for every model (see experiments.compare)")
+        p.add_argument("--out", default="mmin-results", type=_out_dir)
+        p.add_argument("--set", nargs="*", type=_key_value, metavar="KEY=VALUE",
+                       help="overrides applied to every model")
+        p.add_argument("-g", "--gpu-ids", type=_gpu, nargs="*", default=[])
+        p.add_argument("-n", "--num-workers", type=_workers, default=0)
     return parser
 
 
 def cmd_run(a) -> int:
+    """MMSA_run with MMIN registered; `--max-epochs` caps every model by compare's rule."""
     from MMSA import MMSA_run
 
     import mmin_plugin  # noqa: F401  (registers MMIN, applies the compatibility layer)
+
+    from .experiments.compare import epoch_cap  # the lead moves it to experiments.runner at merge
 
     config = _parse_set(a.set)
     if a.feature_path:
@@ -103,12 +217,27 @@ def cmd_run(a) -> int:
     if a.pretrained:
         config["pretrained"] = a.pretrained
     if a.max_epochs:
-        config["max_epochs"] = a.max_epochs
+        config["max_epochs"] = a.max_epochs  # MMIN's own trainer reads it; epoch_cap covers the rest
     kw = {k: getattr(a, k) for k in ("model_save_dir", "res_save_dir", "log_dir") if getattr(a, k)}
-    MMSA_run(a.model, a.dataset, config_file=a.config, config=config or None, seeds=a.seeds,
-             is_tune=a.tune, tune_times=a.tune_times, feature_T=a.feature_T, feature_A=a.feature_A,
-             feature_V=a.feature_V, gpu_ids=list(a.gpu_ids), num_workers=a.num_workers,
-             verbose_level=a.verbose, **kw)
+    with epoch_cap(a.max_epochs) if a.max_epochs else contextlib.nullcontext():
+        MMSA_run(a.model, a.dataset, config_file=a.config, config=config or None, seeds=a.seeds,
+                 is_tune=a.tune, tune_times=a.tune_times, feature_T=a.feature_T or "",
+                 feature_A=a.feature_A or "", feature_V=a.feature_V or "", gpu_ids=list(a.gpu_ids),
+                 num_workers=a.num_workers,
+                 verbose_level=a.verbose, **kw)
+    return 0
+
+
+def cmd_convert(a) -> int:
+    """Rewrite a feature file in the safe format (see mmin_plugin.integration.convert)."""
+    from .integration.convert import convert_file
+
+    if Path(a.input).resolve() == Path(a.output).resolve():
+        from .errors import MMINDataError
+
+        raise MMINDataError(f"{a.output}: expected an output path different from the input")
+    info = convert_file(a.input, a.output, max_bytes=a.max_bytes)
+    print(f"wrote {a.output}: {info['arrays']} arrays, {info['bytes']} bytes (safe format, no pickle)")
     return 0
 
 
@@ -143,12 +272,15 @@ def cmd_compare(a, ablate=False) -> int:
 
 
 def main(argv=None) -> int:
+    """Parse and run; a user error prints `error: ...` and returns 2 (argparse exits 2 itself)."""
     from .errors import MMINError
 
     a = build_parser().parse_args(argv)
     try:
         if a.command == "run":
             return cmd_run(a)
+        if a.command == "convert":
+            return cmd_convert(a)
         if a.command == "demo-data":
             return cmd_demo_data(a)
         if a.command == "demo":
@@ -156,6 +288,9 @@ def main(argv=None) -> int:
         return cmd_compare(a, ablate=a.command == "ablate")
     except MMINError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the parser could not foresee (disk full, permissions changed ...)
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
 
 

@@ -12,8 +12,8 @@ import pytest
 from mmin_plugin.errors import MMINDataError
 from mmin_plugin.integration.safeload import (
     ALLOWED_GLOBALS,
-    RestrictedUnpickler,
     SafePickle,
+    SafeUnpickler,
     cache_info,
     clear_cache,
     safe_load,
@@ -93,17 +93,17 @@ def test_numpy_1x_module_names_are_accepted():
     assert b"numpy._core" not in old
     _assert_same(obj, safe_loads(old))
     # protocol 5's frombuffer path, under both spellings
-    u = RestrictedUnpickler(io.BytesIO(b""), source="x")
-    for mod in ("numpy.core.numeric", "numpy._core.numeric"):
-        assert u.find_class(mod, "_frombuffer").__name__ == "_frombuffer"
+    blob5 = pickle.dumps(obj, protocol=5)
+    assert b"\x8c\x13numpy._core.numeric" in blob5  # SHORT_BINUNICODE, length 19
+    _assert_same(obj, safe_loads(blob5.replace(b"\x8c\x13numpy._core.numeric", b"\x8c\x12numpy.core.numeric")))
 
 
 def test_allowlist_has_nothing_dangerous():
     dangerous_modules = {"os", "posix", "nt", "subprocess", "sys", "shutil", "importlib",
                          "runpy", "pickle", "_pickle", "io", "socket", "ctypes", "torch"}
-    for (mod, name), (tmod, tname) in ALLOWED_GLOBALS.items():
+    for (mod, name), handler in ALLOWED_GLOBALS.items():
         assert mod.split(".")[0] not in dangerous_modules
-        assert tmod.split(".")[0] not in dangerous_modules
+        assert isinstance(handler, str)  # a name the loader handles itself: nothing is imported
         assert name not in {"eval", "exec", "getattr", "setattr", "__import__", "open",
                             "compile", "globals", "vars", "system", "apply"}
 
@@ -212,7 +212,7 @@ def test_persistent_ids_are_refused():
 
     buf = io.BytesIO()
     P(buf, protocol=2).dump({"a": "tensor"})
-    with pytest.raises(MMINDataError, match="refusing to unpickle a persistent id"):
+    with pytest.raises(MMINDataError, match="refusing to load.*BINPERSID"):
         safe_loads(buf.getvalue())
 
 
@@ -245,7 +245,8 @@ def test_safepickle_is_a_module_like_drop_in(tmp_path):
         SafePickle.dump(obj, f, protocol=4)
     with open(p, "rb") as f:
         _assert_same(obj, SafePickle.load(f))
-    assert issubclass(SafePickle.Unpickler, pickle.Unpickler)
+    assert SafePickle.Unpickler is SafeUnpickler
+    _assert_same(obj, SafePickle.Unpickler(io.BytesIO(blob)).load())
 
 
 # --- cache ------------------------------------------------------------------------------------------

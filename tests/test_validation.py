@@ -21,6 +21,7 @@ from mmin_plugin.integration.validation import (
     sanitize_features,
     validate_config,
     validate_features,
+    validate_run_features,
 )
 
 PATH = "/data/MOSI/unaligned_50.pkl"
@@ -217,6 +218,105 @@ def test_aligned_data():
     _fails(data, "key 'audio_lengths'", need_data_aligned=False)
     data = make_data(L=6, La=8, Lv=6)
     _fails(data, "key 'audio'", "aligned", need_data_aligned=True)
+
+
+# --- issue 11: modality files, encoder limits, non-zero labels, bounded messages -------------------
+
+def _modality_file(data, keys):
+    return {split: {k: copy.deepcopy(data[split][k]) for k in keys} for split in SPLITS}
+
+
+def _run_fails(main, extra, path, *parts, **kw):
+    with pytest.raises(MMINDataError) as ei:
+        validate_run_features(main, PATH, extra, **kw)
+    msg = str(ei.value)
+    assert msg.startswith(path), msg
+    for p in parts:
+        assert p in msg, (p, msg)
+    return msg
+
+
+def test_modality_files_are_validated_and_cross_checked():
+    main = make_data()
+    A = _modality_file(make_data(La=9, seed=1), ("audio", "audio_lengths"))
+    V = _modality_file(make_data(seed=2), ("vision", "vision_lengths"))
+    T = _modality_file(make_data(L=5, seed=3), ("text_bert",))
+    ok = validate_run_features(main, PATH, {"feature_A": (A, "/a.pkl"), "feature_V": (V, "/v.pkl"),
+                                            "feature_T": (T, "/t.pkl")})
+    assert ok["train"]["seq_lens"] == (5, 9, 7)  # the overrides' own L, as MMSA reads them
+    # lengths beyond the override's L, or negative (the model used to clamp -4 to 0)
+    for bad, part in ((999, "999"), (-4, "-4")):
+        A2 = copy.deepcopy(A)
+        A2["valid"]["audio_lengths"][1] = bad
+        _run_fails(main, {"feature_A": (A2, "/a.pkl")}, "/a.pkl", "split 'valid'", "audio_lengths",
+                   "within [0, 9]", part)
+    # a wrong sample count (a raw IndexError in MMSA's loader before)
+    V2 = _modality_file(make_data(n=(4, 3, 5), seed=2), ("vision", "vision_lengths"))
+    _run_fails(main, {"feature_V": (V2, "/v.pkl")}, "/v.pkl", "split 'test'", "vision", "3 samples")
+    # a missing split / key, a file that is not a dict
+    A3 = copy.deepcopy(A)
+    del A3["test"]["audio_lengths"]
+    _run_fails(main, {"feature_A": (A3, "/a.pkl")}, "/a.pkl", "audio_lengths", "feature_A file")
+    _run_fails(main, {"feature_T": ([1, 2], "/t.pkl")}, "/t.pkl", "list of length 2")
+    # aligned data: the override must have the text's L; lengths are then not read
+    _run_fails(main, {"feature_A": (A, "/a.pkl")}, "/a.pkl", "aligned data", need_data_aligned=True)
+    # errors in the main file still name the main file
+    main2 = make_data()
+    main2["train"]["regression_labels"][0] = np.nan
+    _run_fails(main2, {"feature_A": (A, "/a.pkl")}, PATH, "regression_labels")
+
+
+def test_text_is_checked_against_the_encoder():
+    data = make_data()
+    enc = {"vocab_size": 100, "max_position_embeddings": 6, "type_vocab_size": 2}
+    validate_features(data, PATH, encoder=enc)
+    bad = copy.deepcopy(data)
+    bad["test"]["text_bert"][2, 0, 1] = 100
+    _fails(bad, "split 'test'", "vocab_size 100", "100 at sample 2, step 1", encoder=enc)
+    _fails(data, "max_position_embeddings", "L = 6", encoder=dict(enc, max_position_embeddings=5))
+    seg = copy.deepcopy(data)
+    seg["train"]["text_bert"][0, 2, 0] = 1
+    _fails(seg, "type_vocab_size 1", encoder=dict(enc, type_vocab_size=1))
+    validate_features(bad, PATH, encoder={})  # unknown limits: not checked
+
+
+def test_encoder_limits_read_from_pretrained_config(tmp_path):
+    from mmin_plugin.integration.compat import encoder_limits
+
+    d = tmp_path / "enc"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 123, "hidden_size": 16,
+                                               "max_position_embeddings": 40, "type_vocab_size": 2,
+                                               "num_attention_heads": 2, "num_hidden_layers": 1,
+                                               "intermediate_size": 32}))
+    assert encoder_limits(str(d)) == {"vocab_size": 123, "max_position_embeddings": 40, "type_vocab_size": 2}
+    assert encoder_limits(None) == {}
+
+
+@pytest.mark.parametrize("dataset", ["mosi", "mosei"])
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_valid_and_test_need_a_non_zero_label(dataset, split):
+    data = make_data()
+    data[split]["regression_labels"][:] = 0
+    _fails(data, f"split '{split}'", "non-zero label", "all 3 labels are 0", dataset_name=dataset)
+    data["train"]["regression_labels"][:] = 0  # train may be all zero; SIMS has no Non0 metrics
+    data[split]["regression_labels"][0] = 0.2
+    validate_features(data, PATH, dataset_name=dataset)
+    sims = make_data(sims=True)
+    sims[split]["regression_labels"][:] = 0
+    validate_features(sims, PATH, dataset_name="sims")
+
+
+def test_error_messages_are_bounded_for_deep_or_huge_values():
+    deep = frozenset()
+    for _ in range(20000):  # repr() of this raises RecursionError
+        deep = frozenset([deep])
+    data = make_data()
+    data["train"]["id"] = deep
+    msg = _fails(data, "split 'train'", "'id'")
+    assert len(msg) < 400
+    data["train"]["id"] = {"x": list(range(10 ** 6))}
+    assert len(_fails(data, "'id'")) < 400
 
 
 # --- sanitize_features ------------------------------------------------------------------------------

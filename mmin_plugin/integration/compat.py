@@ -24,7 +24,7 @@ from torch.optim import lr_scheduler as _lr_scheduler
 
 from . import patching
 
-__all__ = ["apply", "is_applied", "encoder_hidden_size", "ReduceLROnPlateau"]
+__all__ = ["apply", "is_applied", "encoder_hidden_size", "encoder_limits", "ReduceLROnPlateau"]
 
 # Child of MMSA's logger, so messages also land in MMSA's per-run log file.
 logger = logging.getLogger("MMSA." + __name__)
@@ -141,25 +141,46 @@ def _config_stamp(pretrained: str):
 
 
 @functools.lru_cache(maxsize=64)
-def _hidden_size_cached(pretrained: str, stamp) -> int | None:
+def _encoder_config_cached(pretrained: str, stamp):
+    """``(AutoConfig or None, [errors])`` for *pretrained*: local files first, then the normal lookup."""
     from transformers import AutoConfig
 
     errors = []
     for local_only in (True, False):
         try:
-            cfg = AutoConfig.from_pretrained(os.path.expanduser(pretrained),
-                                             local_files_only=local_only)
+            return AutoConfig.from_pretrained(os.path.expanduser(pretrained), local_files_only=local_only), errors
         except Exception as exc:  # OSError, ValueError, network errors...
             errors.append(f"{type(exc).__name__}: {exc}")
-            continue
+    return None, errors
+
+
+@functools.lru_cache(maxsize=64)
+def _hidden_size_cached(pretrained: str, stamp) -> int | None:
+    cfg, errors = _encoder_config_cached(pretrained, stamp)
+    if cfg is not None:
         size = getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", None)
         if isinstance(size, int) and size > 0:
             return size
-        errors.append(f"{type(cfg).__name__} has no hidden_size")
-        break
+        errors = errors + [f"{type(cfg).__name__} has no hidden_size"]
     logger.warning("could not read the text encoder's hidden size from %r (%s); keeping "
                    "MMSA's %d", pretrained, "; ".join(errors)[:500], DEFAULT_TEXT_HIDDEN)
     return None
+
+
+def encoder_limits(pretrained: Any) -> dict:
+    """``{'vocab_size', 'max_position_embeddings', 'type_vocab_size'}`` of the text encoder at
+    *pretrained* (the same cached ``AutoConfig`` read as :func:`encoder_hidden_size`); keys whose
+    value is unknown (unreadable config) are left out."""
+    if not pretrained:
+        return {}
+    pretrained = str(pretrained)
+    cfg, _ = _encoder_config_cached(pretrained, _config_stamp(pretrained))
+    out = {}
+    for key in ("vocab_size", "max_position_embeddings", "type_vocab_size"):
+        v = getattr(cfg, key, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            out[key] = v
+    return out
 
 
 def encoder_hidden_size(pretrained: Any, default: int = DEFAULT_TEXT_HIDDEN) -> int:

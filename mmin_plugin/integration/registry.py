@@ -183,21 +183,32 @@ def _install_patches() -> None:
 
 
 def _validate_registered_run(args) -> None:
-    """Before any training: config and feature file checks for runs of a registered model."""
+    """Before any training: config and feature file checks for runs of a registered model.
+
+    The main file and MMSA's optional feature_T / feature_A / feature_V files are loaded with
+    the safe loader, validated together as MMSA will merge them (token ids and text length
+    against the ``pretrained`` encoder's config), then non-finite audio/vision values are set to 0.
+    """
     if args.get("model_name") not in _REGISTERED:
         return
+    from . import compat
     from .safeload import safe_load
-    from .validation import sanitize_features, validate_config, validate_features
+    from .validation import sanitize_features, validate_config, validate_run_features
 
     validate_config(args)
     main = args.get("custom_feature") or args["featurePath"]
     data = safe_load(main)
-    validate_features(data, main, use_bert=bool(args.get("use_bert")),
-                      need_data_aligned=bool(args.get("need_data_aligned")), dataset_name=args.get("dataset_name"))
+    extra = {key: (safe_load(args[key]), args[key]) for key in ("feature_T", "feature_A", "feature_V")
+             if args.get(key)}
+    use_bert = bool(args.get("use_bert"))
+    validate_run_features(data, main, extra, use_bert=use_bert,
+                          need_data_aligned=bool(args.get("need_data_aligned")),
+                          dataset_name=args.get("dataset_name"),
+                          encoder=compat.encoder_limits(args.get("pretrained")) if use_bert else None)
     sanitize_features(data, main)
     for key in ("feature_A", "feature_V"):
-        if args.get(key):
-            sanitize_features(safe_load(args[key]), args[key])
+        if key in extra:
+            sanitize_features(*extra[key])
 
 
 # --- public API -------------------------------------------------------------------------------

@@ -5,6 +5,10 @@
   :class:`~mmin_plugin.errors.MMINDataError` naming the file, the split, the key, what was
   expected and what was found.  It does not look at NaN/inf in audio/vision:
   :func:`sanitize_features` repairs those (real MOSI audio carries -inf in its padding).
+* :func:`validate_run_features` -- the main file plus MMSA's optional ``feature_T`` /
+  ``feature_A`` / ``feature_V`` files, merged as MMSA's loader merges them, so each override is
+  checked like the main file and against it (sample counts, sequence lengths, lengths in
+  [0, L]); errors name the file the offending key comes from.
 * :func:`sanitize_features` -- NaN/+inf/-inf in audio/vision -> 0, in place, with one warning.
 * :func:`validate_config` -- MMIN's configuration (:class:`~mmin_plugin.modeling.config.MMINConfig`)
   plus the file-system check of ``pretrained``; :class:`MMINConfigError` on the first bad value.
@@ -15,6 +19,7 @@ import logging
 import numbers
 import os
 import re
+import reprlib
 import warnings
 from collections.abc import Mapping
 
@@ -29,6 +34,7 @@ __all__ = [
     "DATASETS",
     "ABLATIONS",
     "validate_features",
+    "validate_run_features",
     "sanitize_features",
     "validate_config",
     "normalize_ablation",
@@ -39,6 +45,9 @@ _MODALITY_ABLATIONS = ("text", "video", "audio")
 _LABEL_MAX = {"mosi": 3.0, "mosei": 3.0, "sims": 1.0}
 _F32_MAX = float(np.finfo(np.float32).max)
 _CHUNK = 1 << 22  # elements per chunk for the value scans (bounded temporary memory)
+_NONZERO_SPLITS = {"mosi": ("valid", "test"), "mosei": ("valid", "test")}
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 40, 40
 
 logger = logging.getLogger("MMSA")
 
@@ -59,7 +68,10 @@ def _describe(v):
         return f"{type(v).__name__} of length {len(v)}"
     mod = type(v).__module__
     name = type(v).__name__
-    r = repr(v)
+    try:  # bounded: a hostile value may be deeply nested or huge
+        r = _REPR.repr(v)
+    except Exception as e:  # a broken __repr__
+        r = f"<unprintable: {type(e).__name__}>"
     if len(r) > 60:
         r = r[:57] + "..."
     return f"{name if mod == 'builtins' else mod + '.' + name} {r}"
@@ -68,11 +80,16 @@ def _describe(v):
 class _Ctx:
     """Builds the one error message format: file, split, key, expected, found."""
 
-    def __init__(self, path):
-        self.path = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path)
+    def __init__(self, path, sources=None):
+        self.path = self._name(path)
+        self.sources = {k: self._name(p) for k, p in (sources or {}).items()}
+
+    @staticmethod
+    def _name(path):
+        return os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path)
 
     def fail(self, split, key, expected, found):
-        where = self.path
+        where = self.sources.get(key, self.path)
         if split is not None:
             where += f": split '{split}'"
         if key is not None:
@@ -223,7 +240,7 @@ def _check_labels(ctx, split, key, v, n, label_max, need_ndarray):
 
 
 def validate_features(data, path, use_bert=True, need_data_aligned=False, *,
-                      dataset_name=None):
+                      dataset_name=None, encoder=None, sources=None):
     """Check a loaded feature file (the dict MMSA unpickles) before any training.
 
     Per split ('train', 'valid', 'test'): keys ``'text_bert'`` (``use_bert``) or ``'text'``,
@@ -236,7 +253,14 @@ def validate_features(data, path, use_bert=True, need_data_aligned=False, *,
     (as is the text feature dim); ``id``/``raw_text`` one str per sample; aligned data: one L
     for text, audio and vision; lengths integral (int, or integral floats) within [0, L];
     labels finite, float32-representable and, with ``dataset_name``, in [-3, 3] (MOSI/MOSEI) or
-    [-1, 1] (SIMS).  NaN/inf in audio/vision are left to
+    [-1, 1] (SIMS); for MOSI/MOSEI the valid and test splits hold at least one non-zero label
+    (MMSA's ``Non0_acc_2`` / ``Non0_F1_score`` divide by their count and fail after training
+    otherwise).  ``encoder`` (``{'vocab_size', 'max_position_embeddings', 'type_vocab_size'}``,
+    see ``compat.encoder_limits``; missing keys are not checked) bounds, with ``use_bert``, the
+    token ids (< vocab_size), the text length L (<= max_position_embeddings) and the segment ids
+    (< type_vocab_size): out-of-range values otherwise crash inside the embedding (a device-side
+    assert on CUDA).  ``sources`` maps a key to the file it was read from (for error messages).
+    NaN/inf in audio/vision are left to
     :func:`sanitize_features`; values beyond float32's range are refused.
 
     Zero lengths are accepted (they occur in real files); the model must handle them.
@@ -245,7 +269,8 @@ def validate_features(data, path, use_bert=True, need_data_aligned=False, *,
     'zero_audio_lengths', 'zero_vision_lengths'}}``.  Raises one :class:`MMINDataError` on the
     first problem.
     """
-    ctx = _Ctx(path)
+    ctx = _Ctx(path, sources)
+    encoder = dict(encoder or {})
     if not isinstance(data, Mapping):
         ctx.fail(None, None, "a dict with the splits 'train', 'valid', 'test' (an MMSA feature file)",
                  _describe(data))
@@ -279,6 +304,10 @@ def validate_features(data, path, use_bert=True, need_data_aligned=False, *,
         n = int(labels.shape[0])
         if n < 1:
             ctx.fail(split, "regression_labels", "at least one sample", "0 samples")
+        if split in _NONZERO_SPLITS.get(dataset_name, ()) and not np.any(labels != 0):
+            ctx.fail(split, "regression_labels", "at least one non-zero label (MMSA's Non0_acc_2 and "
+                                                 "Non0_F1_score are computed over the non-zero labels)",
+                     f"all {n} labels are 0")
         if dataset_name == "sims":
             for m in "TAV":
                 _check_labels(ctx, split, "regression_labels_" + m, s["regression_labels_" + m],
@@ -312,6 +341,7 @@ def validate_features(data, path, use_bert=True, need_data_aligned=False, *,
                     i = np.argwhere(bad)[0]
                     ctx.fail(split, text_key, f"{name} (row {row}) of 0/1 values",
                              f"{arr[tuple(i)].item()!r} at sample {int(i[0])}, step {int(i[1])}")
+            _check_against_encoder(ctx, split, text_key, ids, seg, L_text, encoder)
             d_text = 768
         else:
             L_text, d_text = int(t.shape[1]), int(t.shape[2])
@@ -362,6 +392,80 @@ def validate_features(data, path, use_bert=True, need_data_aligned=False, *,
             "zero_vision_lengths": zeros["vision"],
         }
     return summary
+
+
+def _check_against_encoder(ctx, split, key, ids, seg, L_text, encoder):
+    """Token ids < vocab_size, L <= max_position_embeddings, segment ids < type_vocab_size."""
+    src = " (from the 'pretrained' encoder's config)"
+    mp = encoder.get("max_position_embeddings")
+    if mp is not None and L_text > mp:
+        ctx.fail(split, key, f"a text length L <= {mp}, the encoder's max_position_embeddings{src}",
+                 f"L = {L_text}")
+    vs = encoder.get("vocab_size")
+    if vs is not None and ids.size and float(ids.max()) >= vs:
+        i = np.argwhere(ids >= vs)[0]
+        ctx.fail(split, key, f"token ids in row 0 below the encoder's vocab_size {vs}{src}",
+                 f"{ids[tuple(i)].item():g} at sample {int(i[0])}, step {int(i[1])}")
+    tv = encoder.get("type_vocab_size")
+    if tv is not None and seg.size and float(seg.max()) >= tv:
+        i = np.argwhere(seg >= tv)[0]
+        ctx.fail(split, key, f"segment ids (row 2) below the encoder's type_vocab_size {tv}{src}",
+                 f"{seg[tuple(i)].item():g} at sample {int(i[0])}, step {int(i[1])}")
+
+
+#: What MMSA's loader reads from each optional per-modality file (``need_data_aligned`` drops the
+#: lengths): see ``MMSA.data_loader.MMDataset.__init_mosi``.
+_MODALITY_FILE_KEYS = {"feature_T": ("text",), "feature_A": ("audio", "audio_lengths"),
+                       "feature_V": ("vision", "vision_lengths")}
+
+
+def _modality_keys(name, use_bert, need_data_aligned):
+    if name == "feature_T":
+        return ["text_bert" if use_bert else "text"]
+    keys = list(_MODALITY_FILE_KEYS[name])
+    return keys[:1] if need_data_aligned else keys
+
+
+def validate_run_features(main, main_path, extra=None, *, use_bert=True, need_data_aligned=False,
+                          dataset_name=None, encoder=None):
+    """Validate the data MMSA will train on: the main file with MMSA's per-modality overrides.
+
+    ``extra`` maps ``'feature_T'`` / ``'feature_A'`` / ``'feature_V'`` to ``(data, path)``.  Each
+    such file must be a dict of the three splits holding what MMSA reads from it (``text_bert``
+    or ``text``; ``audio`` [+ ``audio_lengths``]; ``vision`` [+ ``vision_lengths``]); those keys
+    then replace the main file's, exactly as MMSA's loader does, and the merged splits go through
+    :func:`validate_features` -- so an override is checked like the main file and against it:
+    the same sample count per split, feature dims equal across splits, lengths within [0, L] of
+    the override's own L (negative lengths are an error, not clamped), aligned data of one L.
+    Errors name the file the offending key was read from.  Returns the summary of
+    :func:`validate_features`.
+    """
+    ctx = _Ctx(main_path)
+    if not isinstance(main, Mapping):
+        ctx.fail(None, None, "a dict with the splits 'train', 'valid', 'test' (an MMSA feature file)",
+                 _describe(main))
+    merged = {split: (dict(main[split]) if isinstance(main.get(split), Mapping) else main.get(split))
+              for split in main}
+    sources = {}
+    for name, (data, path) in sorted((extra or {}).items()):
+        fctx = _Ctx(path)
+        keys = _modality_keys(name, use_bert, need_data_aligned)
+        if not isinstance(data, Mapping):
+            fctx.fail(None, None, f"a dict with the splits {list(SPLITS)} ({name} file)", _describe(data))
+        for split in SPLITS:
+            s = data.get(split)
+            if not isinstance(s, Mapping):
+                fctx.fail(split, None, f"a dict holding {keys} ({name} file)",
+                          "no such split" if split not in data else _describe(s))
+            for key in keys:
+                if key not in s:
+                    fctx.fail(split, key, f"the key to be present ({name} file)",
+                              f"it missing (keys: {sorted(map(str, s.keys()))[:10]})")
+                if isinstance(merged.get(split), dict):
+                    merged[split][key] = s[key]
+        sources.update({key: path for key in keys})
+    return validate_features(merged, main_path, use_bert=use_bert, need_data_aligned=need_data_aligned,
+                             dataset_name=dataset_name, encoder=encoder, sources=sources)
 
 
 def sanitize_features(data, path):

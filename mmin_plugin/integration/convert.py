@@ -1,0 +1,271 @@
+"""A feature-file format without pickle: ``python -m mmin_plugin convert IN.pkl OUT``.
+
+Layout (one file; a zip archive, every member *stored*, i.e. uncompressed):
+
+* the first member is ``mmin-safe-features.json``: ``{"format": "mmin-safe-features",
+  "version": 1, "root": NODE}``, where NODE mirrors the pickled object:
+  ``{"dict": [[key, NODE], ...]}`` (str keys, order kept), ``{"list": [NODE, ...]}``,
+  ``{"tuple": [...]}``, ``{"array": "arrays/00007.npy"}`` (a numeric/bool/complex or fixed-size
+  unicode/bytes array), ``{"str_array": [str, ...], "shape": [...]}`` (an object array of str,
+  such as MMSA's ``id`` / ``raw_text``, flattened in C order), ``{"str": s}``, ``{"int": i}``,
+  ``{"float": float.hex(x)}`` (so NaN/inf survive strict JSON), ``{"bool": b}``,
+  ``{"none": null}``, ``{"scalar": dtype.str, "hex": raw bytes}`` (a NumPy scalar);
+* ``arrays/NNNNN.npy``: standard ``.npy`` files (``numpy.save`` format, no pickle).
+
+The file opens with the zip signature ``PK\\x03\\x04`` followed, at byte 30, by the name of
+that first member: :func:`is_safe_format` checks exactly these bytes, so the ``SafePickle``
+installed as MMSA's ``pickle`` reads such a file wherever MMSA expects a pickle (``featurePath``,
+``feature_T``/``_A``/``_V``, ``custom_feature``) for every model.
+
+Reading (:func:`load_safe`) uses the same limits as the pickle loader: each ``.npy`` header is
+parsed by NumPy's safe header reader, its dtype must be in the same allow-list, the member
+must hold exactly ``prod(shape) * itemsize`` data bytes, the total is bounded by the byte budget
+and the nesting by the same depth; every failure is an :class:`MMINDataError`.  ``np.load`` with
+``allow_pickle=False`` reads each member too (the tests check it).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_write
+from ..errors import MMINDataError
+
+__all__ = ["MEMBER_NAME", "FORMAT", "is_safe_format", "load_safe", "convert_file", "dump_safe"]
+
+MEMBER_NAME = "mmin-safe-features.json"
+FORMAT = "mmin-safe-features"
+_SIGNATURE = b"PK\x03\x04"
+_HEAD = 30 + len(MEMBER_NAME)
+_ARRAY_KINDS = "biufcUS"
+
+
+def is_safe_format(f) -> bool:
+    """Whether the (seekable, binary) file object `f` starts with this format's first bytes; the
+    position is left unchanged.  Non-seekable streams are never this format."""
+    try:
+        here = f.tell()
+        head = f.read(_HEAD)
+        f.seek(here)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False
+    if not isinstance(head, bytes) or len(head) < _HEAD or head[:4] != _SIGNATURE:
+        return False
+    name_len = struct.unpack("<H", head[26:28])[0]
+    return name_len == len(MEMBER_NAME) and head[30:_HEAD] == MEMBER_NAME.encode()
+
+
+# --- writing -----------------------------------------------------------------------------------
+class _Tree:
+    """Turns a loaded feature object into the JSON tree, collecting the arrays to store."""
+
+    def __init__(self):
+        self.arrays = []  # (member name, ndarray)
+
+    def node(self, x, where):
+        if isinstance(x, dict):
+            bad = [k for k in x if not isinstance(k, str)]
+            if bad:
+                raise MMINDataError(f"{where}: expected str keys; found {type(bad[0]).__name__} {bad[0]!r:.60}")
+            return {"dict": [[k, self.node(v, f"{where}/{k}")] for k, v in x.items()]}
+        if isinstance(x, (list, tuple)):
+            return {type(x).__name__: [self.node(v, f"{where}[{i}]") for i, v in enumerate(x)]}
+        if isinstance(x, np.ndarray):
+            return self.array(x, where)
+        if isinstance(x, np.generic):
+            if x.dtype.kind not in _ARRAY_KINDS:
+                raise MMINDataError(f"{where}: expected a numeric/str NumPy scalar; found dtype {x.dtype}")
+            return {"scalar": x.dtype.str, "hex": x.tobytes().hex()}
+        if x is None or isinstance(x, bool):
+            return {"none": None} if x is None else {"bool": x}
+        if isinstance(x, int):
+            return {"int": x}
+        if isinstance(x, float):
+            return {"float": x.hex()}
+        if isinstance(x, str):
+            return {"str": x}
+        raise MMINDataError(f"{where}: cannot store a {type(x).__name__} in the safe format "
+                            "(dicts, lists, tuples, arrays, str and numbers only)")
+
+    def array(self, a, where):
+        if a.dtype.kind == "O":
+            flat = a.reshape(-1).tolist()
+            bad = next((v for v in flat if not isinstance(v, str)), None)
+            if bad is not None:
+                raise MMINDataError(f"{where}: an object array may only hold str; found {type(bad).__name__}")
+            return {"str_array": flat, "shape": list(a.shape)}
+        if a.dtype.kind not in _ARRAY_KINDS or a.dtype.fields is not None:
+            raise MMINDataError(f"{where}: cannot store an array of dtype {a.dtype} in the safe format")
+        name = f"arrays/{len(self.arrays):05d}.npy"
+        self.arrays.append((name, a))
+        return {"array": name}
+
+
+def dump_safe(obj, f, source="<object>") -> int:
+    """Write `obj` (an MMSA feature dict, or any tree of dicts/lists/tuples/arrays/str/numbers)
+    to the binary file object `f` in the safe format; returns the number of arrays stored."""
+    tree = _Tree()
+    root = tree.node(obj, source)
+    meta = json.dumps({"format": FORMAT, "version": 1, "root": root}, allow_nan=False).encode()
+    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        zf.writestr(MEMBER_NAME, meta)  # first: its name is the format's magic
+        for name, a in tree.arrays:
+            with zf.open(name, "w", force_zip64=True) as m:
+                np.lib.format.write_array(m, a, allow_pickle=False)
+    return len(tree.arrays)
+
+
+def convert_file(src, dst, *, max_bytes=None) -> dict:
+    """Read the pickle (or safe file) `src` with the safe loader and write it to `dst` in the safe
+    format, atomically.  Returns ``{'arrays': k, 'bytes': size of dst}``."""
+    from .safeload import safe_load
+
+    obj = safe_load(src, max_bytes=max_bytes)
+    out = {}
+    atomic_write(dst, lambda f: out.setdefault("arrays", dump_safe(obj, f, os.fspath(src))))
+    out["bytes"] = Path(dst).stat().st_size
+    return out
+
+
+# --- reading -----------------------------------------------------------------------------------
+class _Reader:
+    def __init__(self, zf, source, max_bytes, max_depth):
+        self.zf, self.source, self.max_bytes, self.max_depth = zf, source, max_bytes, max_depth
+        self.used = 0
+
+    def fail(self, msg):
+        raise MMINDataError(f"{self.source}: refusing to load this safe-format feature file: {msg}")
+
+    def charge(self, n, what):
+        self.used += int(n)
+        if self.used > self.max_bytes:
+            self.fail(f"{what} would take the memory materialised past {self.max_bytes} bytes "
+                      "(raise the limit with $MMIN_SAFELOAD_MAX_BYTES or max_bytes= for a trusted file)")
+
+    def member(self, name):
+        try:
+            info = self.zf.getinfo(name)
+        except KeyError:
+            self.fail(f"the member {name!r:.80} is missing")
+        if info.compress_type != zipfile.ZIP_STORED:
+            self.fail(f"the member {name!r:.80} is compressed (only stored members are accepted)")
+        return info
+
+    def meta(self):
+        info = self.member(MEMBER_NAME)
+        self.charge(info.file_size * 8, "the JSON index")
+        with self.zf.open(info) as m:
+            raw = m.read(info.file_size + 1)
+        if len(raw) != info.file_size:
+            self.fail("the JSON index has the wrong size")
+        meta = json.loads(raw.decode("utf-8"))
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != 1:
+            self.fail(f"expected a {FORMAT!r} version 1 index")
+        return meta.get("root")
+
+    def array(self, name):
+        if not isinstance(name, str):
+            self.fail("an array reference that is not a member name")
+        info = self.member(name)
+        with self.zf.open(info) as m:
+            version = np.lib.format.read_magic(m)
+            if version not in ((1, 0), (2, 0), (3, 0)):
+                self.fail(f"{name}: .npy version {version}")
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+                version, np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(m)
+            if dtype.kind not in _ARRAY_KINDS or dtype.fields is not None or dtype.subdtype is not None \
+                    or dtype.itemsize == 0:
+                self.fail(f"{name}: array dtype {dtype} (only bool, int, uint, float, complex and "
+                          "fixed-size unicode/bytes)")
+            n = math.prod(shape)
+            want = n * dtype.itemsize
+            if want != info.file_size - m.tell():
+                self.fail(f"{name}: shape {shape} of {dtype} needs {want} data bytes; the member "
+                          f"holds {info.file_size - m.tell()}")
+            self.charge(want + 112, f"{name}: an array of shape {shape}")
+            out = np.empty(n, dtype=dtype)
+            if want and m.readinto(memoryview(out.view(np.uint8))) != want:
+                self.fail(f"{name}: truncated array data")
+        return out.reshape(shape, order="F" if fortran else "C")
+
+    def node(self, x, depth):
+        if depth > self.max_depth:
+            self.fail(f"containers nested more than {self.max_depth} deep")
+        if not isinstance(x, dict) or len(x) not in (1, 2):
+            self.fail(f"a malformed node ({type(x).__name__})")
+        (tag, v), *rest = x.items()
+        self.charge(64, "a value")
+        if tag == "dict" and isinstance(v, list):
+            out = {}
+            for kv in v:
+                if not (isinstance(kv, list) and len(kv) == 2 and isinstance(kv[0], str)):
+                    self.fail("a malformed dict entry")
+                out[kv[0]] = self.node(kv[1], depth + 1)
+            return out
+        if tag in ("list", "tuple") and isinstance(v, list):
+            items = [self.node(e, depth + 1) for e in v]
+            return items if tag == "list" else tuple(items)
+        if tag == "array":
+            return self.array(v)
+        if tag == "str_array" and isinstance(v, list) and rest and rest[0][0] == "shape":
+            shape = rest[0][1]
+            if not (isinstance(shape, list) and all(type(s) is int and s >= 0 for s in shape)
+                    and math.prod(shape) == len(v) and all(type(s) is str for s in v)):
+                self.fail("a malformed str_array (shape and values disagree, or non-str values)")
+            self.charge(8 * len(v), "an object array of str")
+            a = np.empty(len(v), dtype=object)
+            a[:] = v
+            return a.reshape(shape)
+        if tag == "scalar" and rest and rest[0][0] == "hex":
+            dt = np.dtype(v) if isinstance(v, str) and len(v) < 16 else None
+            if dt is None or dt.kind not in _ARRAY_KINDS or dt.fields is not None:
+                self.fail(f"a scalar of dtype {v!r:.40}")
+            raw = bytes.fromhex(rest[0][1])
+            if len(raw) != dt.itemsize:
+                self.fail("a scalar of the wrong size")
+            return np.frombuffer(raw, dtype=dt)[0]
+        if rest:
+            self.fail(f"a malformed node {tag!r:.40}")
+        if tag == "str" and isinstance(v, str):
+            return v
+        if tag == "int" and type(v) is int:
+            return v
+        if tag == "float" and isinstance(v, str):
+            return float.fromhex(v)
+        if tag == "bool" and isinstance(v, bool):
+            return v
+        if tag == "none" and v is None:
+            return None
+        self.fail(f"a malformed node {tag!r:.40}")
+
+
+def load_safe(f, *, source="<stream>", max_bytes=None):
+    """Read the safe format from the seekable binary file object `f` (see the module docstring);
+    the position is left at the end of the file.  Every failure is an :class:`MMINDataError`."""
+    from .safeload import MAX_DEPTH, default_max_bytes
+
+    try:
+        start = f.tell()
+        size = f.seek(0, io.SEEK_END) - start
+        f.seek(start)
+        budget = default_max_bytes(size) if max_bytes is None else int(max_bytes)
+        with zipfile.ZipFile(f) as zf:
+            r = _Reader(zf, source, budget, MAX_DEPTH)
+            if len(zf.infolist()) > size // 30 + 1:
+                r.fail("more members than the file can hold")
+            value = r.node(r.meta(), 0)
+        f.seek(0, io.SEEK_END)
+        return value
+    except MMINDataError:
+        raise
+    except Exception as e:  # zipfile.BadZipFile, ValueError, MemoryError, RecursionError, ...
+        raise MMINDataError(f"{source}: expected a safe-format feature file; found an unreadable one "
+                            f"({type(e).__name__}: {str(e)[:200]})") from None

@@ -1,0 +1,394 @@
+"""Hostile feature files (issue 11): each ends in MMINDataError within seconds, with bounded memory.
+
+The files are built opcode by opcode in tests/hostile_files.py from the globals the loader allows.
+"""
+import io
+import json
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mmin_plugin.errors import MMINDataError
+from mmin_plugin.integration import convert
+from mmin_plugin.integration.safeload import SafePickle, clear_cache, safe_load, safe_loads
+
+from .hostile_files import HOSTILE, feature_dict
+
+REFUSALS = {
+    "forged_object_dtype": "object-array data bytes",
+    "forged_structured_dtype": "'V16'",
+    "zero_stride_array": "numpy.ndarray(...)",
+    "reduce_giant_array": "numpy.ndarray(...)",
+    "reconstruct_short_data": "shape (16, 10000000, 5)",
+    "memo_reference_bomb": "expand to",
+    "deep_frozensets": "nested more than",
+    "codecs_lookup": "_codecs.encode",
+    "build_on_function": "BUILD",
+    "mutate_after_insert": "after it was put inside",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_file_is_refused_quickly(name, tmp_path):
+    blob = HOSTILE[name]()
+    p = tmp_path / f"{name}.pkl"
+    p.write_bytes(blob)
+    t0 = time.perf_counter()
+    with pytest.raises(MMINDataError) as ei:
+        safe_load(p)
+    assert time.perf_counter() - t0 < 5
+    msg = str(ei.value)
+    assert str(p) in msg and REFUSALS[name] in msg, msg
+    with open(p, "rb") as f, pytest.raises(MMINDataError, match="refusing"):
+        SafePickle.load(f)  # what MMSA's loader calls, for every model
+
+
+def test_build_on_function_leaves_it_untouched():
+    import _codecs
+
+    before = getattr(_codecs.encode, "__defaults__", None)
+    with pytest.raises(MMINDataError):
+        safe_loads(HOSTILE["build_on_function"]())
+    assert getattr(_codecs.encode, "__defaults__", None) == before
+
+
+def test_object_arrays_only_hold_str():
+    # an object array whose list holds a nested array or an int is refused; str items load
+    good = pickle.dumps({"id": np.array(["a", "b"], dtype=object)}, protocol=2)
+    out = safe_loads(good)["id"]
+    assert out.dtype == object and list(out) == ["a", "b"] and all(type(x) is str for x in out)
+    for bad in (np.array([np.zeros(2), "a"], dtype=object), np.array([1, "a"], dtype=object)):
+        with pytest.raises(MMINDataError, match="object arrays may only hold str"):
+            safe_loads(pickle.dumps({"id": bad}, protocol=4))
+
+
+def test_byte_budget_is_enforced_and_overridable(tmp_path, monkeypatch):
+    blob = pickle.dumps({"a": np.zeros(1000, np.float64)}, protocol=4)  # ~8 KB
+    assert safe_loads(blob)["a"].shape == (1000,)
+    with pytest.raises(MMINDataError, match="past 4000 bytes"):
+        safe_loads(blob, max_bytes=4000)
+    monkeypatch.setenv("MMIN_SAFELOAD_MAX_BYTES", "4000")
+    with pytest.raises(MMINDataError, match="MMIN_SAFELOAD_MAX_BYTES"):
+        safe_loads(blob)
+    monkeypatch.setenv("MMIN_SAFELOAD_MAX_BYTES", "nope")
+    with pytest.raises(MMINDataError, match="expected an integer"):
+        safe_loads(blob)
+
+
+def test_length_past_end_of_file_is_refused_unread():
+    # BINBYTES8 claiming 2**60 bytes in a 20-byte file
+    blob = b"\x80\x04\x8e" + struct.pack("<Q", 1 << 60) + b"x" * 8 + b"."
+    with pytest.raises(MMINDataError, match="past the end of the file"):
+        safe_loads(blob)
+
+
+def test_arrays_are_rebuilt_fresh_and_writeable():
+    a = np.arange(12, dtype=">i4").reshape(3, 4)
+    for proto in (2, 4, 5):
+        out = safe_loads(pickle.dumps({"a": a, "f": np.asfortranarray(a)}, protocol=proto))
+        assert out["a"].dtype == a.dtype and np.array_equal(out["a"], a) and out["a"].flags.writeable
+        assert out["a"].flags.owndata or out["a"].base.flags.owndata
+        assert out["f"].flags.f_contiguous and np.array_equal(out["f"], a)
+        assert all(s > 0 for s in out["a"].strides)
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+def test_large_values_read_lazily_from_files_load_exactly(protocol, tmp_path):
+    big = np.arange(300_000, dtype=np.float64).reshape(1000, 300)  # 2.4 MB: read straight into the array
+    raw = bytes(range(256)) * 8192  # 2 MiB bytes value, used as a value (not array data)
+    obj = {"a": big, "f": np.asfortranarray(big), "raw": raw, "t": (raw, 1), "again": raw,
+           "ba": bytearray(raw)}
+    p = tmp_path / "big.pkl"
+    with open(p, "wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
+        pickle.dump({"second": 2}, f, protocol=protocol)
+    with open(p, "rb") as f:
+        out = SafePickle.load(f)
+        assert SafePickle.load(f) == {"second": 2}  # the position after the first pickle is right
+    assert np.array_equal(out["a"], big) and out["a"].flags.writeable and out["f"].flags.f_contiguous
+    assert np.array_equal(out["f"], big)
+    assert out["raw"] == raw and type(out["raw"]) is bytes and out["t"] == (raw, 1) and out["again"] == raw
+    assert type(out["ba"]) is bytearray and out["ba"] == raw
+
+
+def test_project_demo_files_load(small_mosi):
+    data = safe_load(small_mosi["feature_path"])
+    assert set(data) == {"train", "valid", "test"}
+    assert data["train"]["audio"].dtype.kind == "f" and data["train"]["id"].shape[0] > 0
+
+
+# --- the safe on-disk format -------------------------------------------------------------------
+
+def _sample():
+    rng = np.random.default_rng(0)
+    return {s: {"text_bert": rng.integers(0, 5, (3, 3, 4)).astype(np.float32),
+                "audio": rng.standard_normal((3, 5, 2)).astype(np.float32),
+                "audio_lengths": [5, 2, 0], "id": np.array(["v1$_$0", "v2$_$1", "v3"], dtype=object),
+                "raw_text": np.array(["a", "b c", "d"]), "regression_labels": np.array([0.5, -1.0, np.nan]),
+                "s": np.float32(2.5), "t": (1, "x", None, True, float("inf"))}
+            for s in ("train", "valid", "test")}
+
+
+def _same(a, b):
+    assert type(a) is type(b), (type(a), type(b))
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        for k in a:
+            _same(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _same(x, y)
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+    else:
+        assert a == b or (a != a and b != b)
+
+
+def test_convert_roundtrip_and_magic(tmp_path):
+    src, dst = tmp_path / "in.pkl", tmp_path / "out.npz"
+    obj = _sample()
+    src.write_bytes(pickle.dumps(obj, protocol=4))
+    info = convert.convert_file(src, dst)
+    assert info["arrays"] > 0
+    with open(dst, "rb") as f:
+        assert convert.is_safe_format(f) and f.tell() == 0
+        _same(obj, SafePickle.load(f))  # what MMSA's loader calls
+    _same(obj, safe_load(dst))
+    with np.load(dst, allow_pickle=False) as z:  # plain NumPy reads every array member
+        assert len([n for n in z.files if n.startswith("arrays/")]) == info["arrays"]
+        z[[n for n in z.files if n.startswith("arrays/")][0]]
+    with open(src, "rb") as f:
+        assert not convert.is_safe_format(f)
+
+
+def test_safe_format_hostile_members_are_refused(tmp_path):
+    def write(meta, members=()):
+        p = tmp_path / f"x{len(list(tmp_path.iterdir()))}.npz"
+        with zipfile.ZipFile(p, "w") as zf:
+            zf.writestr(convert.MEMBER_NAME, json.dumps(meta))
+            for name, data in members:
+                zf.writestr(name, data)
+        return p
+
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.zeros(4, np.float32))
+    header_only = buf.getvalue()[:-16]
+    root = {"format": convert.FORMAT, "version": 1, "root": {"array": "a.npy"}}
+    bad_header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(bad_header, {"descr": "<f8", "fortran_order": False,
+                                                      "shape": (10 ** 6, 10 ** 6)})
+    cases = {
+        "holds 0": write(root, [("a.npy", header_only)]),
+        "needs 8000000000000 data bytes": write(root, [("a.npy", bad_header.getvalue())]),
+        "missing": write(root),
+        "nested more than": write({"format": convert.FORMAT, "version": 1,
+                                   "root": json.loads('{"list": [' * 100 + "]}" * 100)}),
+        "version 1 index": write({"format": "other"}),
+    }
+    for why, p in cases.items():
+        with pytest.raises(MMINDataError, match=why):
+            safe_load(p)
+    p = tmp_path / "obj.npz"
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr(convert.MEMBER_NAME, json.dumps(root))
+        b = io.BytesIO()
+        np.save(b, np.array([None, 1], dtype=object), allow_pickle=True)
+        zf.writestr("a.npy", b.getvalue())
+    with pytest.raises(MMINDataError, match="dtype object"):
+        safe_load(p)
+
+
+# --- fuzzing ------------------------------------------------------------------------------------
+
+_SEEDS = [pickle.dumps(_sample()["train"], protocol=p) for p in (0, 2, 4, 5)] + \
+    [HOSTILE[k]() for k in sorted(HOSTILE) if k != "deep_frozensets"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_SEEDS), st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)), max_size=6),
+       st.integers(0, 10 ** 6))
+def test_opcode_level_fuzzing(seed, flips, cut):
+    """Flip bytes / truncate valid and hostile pickles: a value or MMINDataError, nothing else."""
+    blob = bytearray(seed)
+    for pos, val in flips:
+        blob[pos % len(blob)] = val
+    blob = bytes(blob[: max(1, len(blob) - cut % 8)])
+    try:
+        safe_loads(blob)
+    except MMINDataError:
+        pass
+
+
+_OPS = [b"(", b".", b"0", b"1", b"2", b"N", b"\x88", b"\x89", b"]", b"}", b")", b"\x8f", b"t", b"l", b"d",
+        b"a", b"e", b"s", b"u", b"\x90", b"\x91", b"\x85", b"\x86", b"\x87", b"R", b"b", b"\x94", b"h\x00",
+        b"h\x01", b"q\x00", b"K\x03", b"K\x00", b"C\x01a", b"\x8c\x01a", b"\x8c\x02f8", b"\x8c\x01<",
+        b"cnumpy\ndtype\n", b"cnumpy\nndarray\n", b"cnumpy.core.multiarray\n_reconstruct\n",
+        b"cnumpy.core.multiarray\nscalar\n", b"cbuiltins\nset\n", b"c_codecs\nencode\n",
+        b"ccollections\nOrderedDict\n", b"\x8c\x06latin1", b"C\x08AAAAAAAA", b"C\x01b"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(_OPS), max_size=40))
+def test_random_opcode_sequences(ops):
+    try:
+        safe_loads(b"\x80\x04" + b"".join(ops) + b".")
+    except MMINDataError:
+        pass
+
+
+# --- isolation: memory limit + timeout in a subprocess -----------------------------------------
+
+_CHILD = textwrap.dedent("""
+    import resource, sys, time
+    from mmin_plugin.errors import MMINDataError
+    from mmin_plugin.integration.safeload import safe_load
+    vm = int([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmSize')][0]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (vm + (512 << 20), resource.RLIM_INFINITY))
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = []
+    for path in sys.argv[1:]:
+        t = time.perf_counter()
+        try:
+            safe_load(path)
+            out.append('LOADED ' + path)
+        except MMINDataError as e:
+            out.append('REFUSED %.2fs %s' % (time.perf_counter() - t, 'MemoryError' in str(e)))
+    grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) // 1024
+    print('\\n'.join(out)); print('GREW_MB', grew)
+""")
+
+
+@pytest.mark.e2e
+def test_hostile_files_in_a_memory_limited_subprocess(tmp_path):
+    paths = []
+    for name, build in sorted(HOSTILE.items()):
+        p = tmp_path / f"{name}.pkl"
+        p.write_bytes(build())
+        paths.append(str(p))
+    r = subprocess.run([sys.executable, "-c", _CHILD, *paths], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.split("\n")
+    refused = [ln for ln in lines if ln.startswith("REFUSED")]
+    assert len(refused) == len(paths), r.stdout
+    for ln in refused:
+        _, secs, mem_error = ln.split()
+        assert float(secs[:-1]) < 5 and mem_error == "False", ln
+    grew = int(next(ln for ln in lines if ln.startswith("GREW_MB")).split()[1])
+    assert grew < 100, f"peak RSS grew by {grew} MB for files of a few KB"
+
+
+# --- MMSA_run: refused at load, before training ------------------------------------------------
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("model", ["mmin", "tfn"])
+@pytest.mark.parametrize("name", ["forged_object_dtype", "memo_reference_bomb"])
+def test_mmsa_run_refuses_hostile_file_before_training(model, name, tmp_path, tiny_bert):
+    from MMSA import MMSA_run
+
+    import mmin_plugin  # noqa: F401
+
+    p = tmp_path / "hostile.pkl"
+    p.write_bytes(HOSTILE[name]())
+    clear_cache()
+    t0 = time.perf_counter()
+    with pytest.raises(MMINDataError, match="refusing"):
+        MMSA_run(model, "mosi", config={"featurePath": str(p), "pretrained": tiny_bert}, seeds=[1],
+                 gpu_ids=[], num_workers=0, verbose_level=0, model_save_dir=str(tmp_path / "m"),
+                 res_save_dir=str(tmp_path / "r"), log_dir=str(tmp_path / "l"))
+    assert time.perf_counter() - t0 < 60
+    assert not any((tmp_path / "m").glob("*.pth")) if (tmp_path / "m").exists() else True
+
+
+def test_feature_dict_builder_is_well_formed():
+    # the wrapper itself loads: only the hostile value inside is refused
+    blob = feature_dict(b"K\x07")
+    assert safe_loads(blob) == {s: {"id": 7} for s in ("train", "valid", "test")}
+
+
+# --- atomic writes: stale temporary files, folder fsync ---------------------------------------
+
+def _dead_pid():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_stale_temporary_files_are_removed_live_ones_kept(tmp_path):
+    from mmin_plugin import atomic
+
+    target = tmp_path / "best.pth"
+    host = atomic._HOST
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        files = {
+            "dead": tmp_path / f".best.pth.{host}-{_dead_pid()}.{'a' * 12}.tmp",
+            "old_pattern_dead": tmp_path / f".best.pth.{_dead_pid()}.{'b' * 12}.tmp",
+            "live_other_run": tmp_path / f".best.pth.{host}-{live.pid}.{'c' * 12}.tmp",
+            "ours": tmp_path / f".best.pth.{host}-{os.getpid()}.{'d' * 12}.tmp",
+            "pid_reused": tmp_path / f".best.pth.{host}-{live.pid}.{'e' * 12}.tmp",
+            "foreign_recent": tmp_path / f".best.pth.0badc0de-{live.pid}.{'f' * 12}.tmp",
+            "foreign_old": tmp_path / f".best.pth.0badc0de-{live.pid}.{'0' * 12}.tmp",
+            "other_target": tmp_path / f".other.pth.{host}-{_dead_pid()}.{'1' * 12}.tmp",
+            "not_a_temp": tmp_path / ".best.pth.notes",
+        }
+        for p in files.values():
+            p.write_bytes(b"x" * 10)
+        long_ago = time.time() - 3 * 24 * 3600
+        os.utime(files["pid_reused"], (long_ago, long_ago))  # written before the live process started
+        os.utime(files["foreign_old"], (long_ago, long_ago))
+        atomic.atomic_write_bytes(target, b"new")
+        gone = {k for k, p in files.items() if not p.exists()}
+        assert gone == {"dead", "old_pattern_dead", "pid_reused", "foreign_old"}, gone
+        assert target.read_bytes() == b"new"
+        # our own write left no temporary file behind
+        mine = f"-{os.getpid()}."
+        assert [p for p in tmp_path.iterdir() if p.name.startswith(".best.pth.") and mine in p.name] == [files["ours"]]
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_folder_is_fsynced_after_the_rename(tmp_path, monkeypatch):
+    from mmin_plugin import atomic
+
+    events = []
+    real_replace, real_fsync_dir = os.replace, atomic.fsync_dir
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    monkeypatch.setattr(atomic, "fsync_dir", lambda d: (events.append(("fsync", str(d))), real_fsync_dir(d))[1])
+    atomic.atomic_write_text(tmp_path / "sub" / "t.json", "{}")
+    assert events == ["replace", ("fsync", str(tmp_path / "sub"))]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("model", ["mmin", "tfn"])
+def test_converted_file_trains_through_featurepath(model, small_mosi, tmp_path):
+    """The safe format is accepted wherever MMSA reads a pickle: one capped epoch per model."""
+    from MMSA import MMSA_run
+
+    import mmin_plugin  # noqa: F401
+    from mmin_plugin.experiments.compare import epoch_cap
+
+    safe = tmp_path / "features.npz"
+    convert.convert_file(small_mosi["feature_path"], safe)
+    clear_cache()
+    with epoch_cap(1) as stats:
+        MMSA_run(model, "mosi", config={"featurePath": str(safe), "pretrained": small_mosi["bert_dir"],
+                                              "batch_size": 16, "max_epochs": 1},
+                       seeds=[1111], gpu_ids=[], num_workers=0, verbose_level=0,
+                       model_save_dir=str(tmp_path / "m"), res_save_dir=str(tmp_path / "r"),
+                       log_dir=str(tmp_path / "l"))
+    assert stats["epochs"] == 1
+    assert (tmp_path / "r" / "normal" / "mosi.csv").is_file()  # MMSA wrote its test results
