@@ -40,6 +40,28 @@ def _common_run_options(p):
     p.add_argument("-v", "--verbose", type=int, default=1, help="0 errors, 1 info, 2 debug")
 
 
+def _experiment_options(p, name):
+    """Options of `compare` / `ablate` (choices from mmin_plugin.constants and experiments.variants)."""
+    from .constants import DATASETS, DEFAULT_SEEDS
+    from .experiments.variants import DESIGN_VARIANTS, PAPER_VARIANTS
+
+    p.add_argument("--dataset", default="mosi", choices=DATASETS)
+    if name == "compare":
+        p.add_argument("--models", nargs="+", default=["mmin", "misa", "mult"])
+    else:
+        p.add_argument("--variants", nargs="+", choices=[v.name for v in PAPER_VARIANTS + DESIGN_VARIANTS],
+                       help="default: paper Table 2's nine; design variants ("
+                       + ", ".join(v.name for v in DESIGN_VARIANTS) + ") only when named")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
+    p.add_argument("--feature-path", help="MMSA-Standard feature file (default: MMSA's configured path)")
+    p.add_argument("--pretrained", help="BERT hub name or local directory, passed to every BERT-based model")
+    p.add_argument("--max-epochs", type=int, help="cap on training epochs, the same rule for every model")
+    p.add_argument("--out", default="mmin-results")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides; model.key applies to one model")
+    p.add_argument("-g", "--gpu-ids", type=int, nargs="*", default=[])
+    p.add_argument("-n", "--num-workers", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mmin_plugin", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,17 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in ("compare", "ablate"):
         p = sub.add_parser(name, help="head-to-head comparison" if name == "compare" else "Table 2 ablations")
-        p.add_argument("--dataset", default="mosi", choices=["mosi", "mosei", "sims"])
-        if name == "compare":
-            p.add_argument("--models", nargs="+", default=["mmin", "misa", "mult"])
-        p.add_argument("--seeds", type=int, nargs="+", default=[1111, 1112, 1113, 1114, 1115])
-        p.add_argument("--feature-path", help="MMSA-Standard feature file (default: MMSA's configured path)")
-        p.add_argument("--pretrained", help="BERT hub name or local directory, passed to every BERT-based model")
-        p.add_argument("--max-epochs", type=int, help="cap on training epochs, the same rule for every model (see mmin_plugin.experiments.compare)")
-        p.add_argument("--out", default="mmin-results")
-        p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides applied to every model")
-        p.add_argument("-g", "--gpu-ids", type=int, nargs="*", default=[])
-        p.add_argument("-n", "--num-workers", type=int, default=0)
+        _experiment_options(p, name)
     return parser
 
 
@@ -136,7 +148,7 @@ def cmd_compare(a, ablate=False) -> int:
               max_epochs=a.max_epochs, out_dir=a.out, overrides=_parse_set(a.set), gpu_ids=list(a.gpu_ids),
               num_workers=a.num_workers)
     if ablate:
-        compare.run_ablation(**kw)
+        compare.run_ablation(variants=a.variants, **kw)
     else:
         compare.run_comparison(models=a.models, **kw)
     return 0

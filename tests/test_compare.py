@@ -25,7 +25,7 @@ import pytest
 import mmin_plugin
 import mmin_plugin.experiments.runner
 from mmin_plugin.errors import MMINConfigError, MMINDataError
-from mmin_plugin.experiments import compare, paper
+from mmin_plugin.experiments import compare, paper, runner
 
 REPO = Path(__file__).resolve().parent.parent
 FAST_MMIN = {"mmin.d_model": 16, "mmin.nheads": 4, "mmin.fine_layers": 1, "mmin.fusion_ff_dim": 32,
@@ -47,7 +47,7 @@ def read_csv(path):
 def md_table(md_text, first_header):
     """Rows (lists of cells) of the markdown table whose first header cell is `first_header`."""
     lines = md_text.splitlines()
-    start = next(i for i, l in enumerate(lines) if l.startswith(f"| {first_header} |"))
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
     header = [c.strip() for c in lines[start].strip().strip("|").split("|")]
     rows = []
     for line in lines[start + 2:]:
@@ -109,6 +109,7 @@ def comparison(demo, tmp_path_factory):
     return {"out": out, "rows": rows, "stdout": buf.getvalue(), "n_handlers": n_handlers}
 
 
+@pytest.mark.e2e
 def test_compare_csv_one_row_per_model_and_seed(comparison, demo):
     fields, rows = read_csv(comparison["out"] / "compare-mosi.csv")
     assert fields[:len(compare.CSV_BASE_COLUMNS)] == compare.CSV_BASE_COLUMNS
@@ -136,6 +137,7 @@ def test_compare_csv_one_row_per_model_and_seed(comparison, demo):
     assert (comparison["out"] / "runs" / "no_such_model" / "error-seed1111.txt").read_text().startswith("Traceback")
 
 
+@pytest.mark.e2e
 def test_compare_markdown_table(comparison):
     md = (comparison["out"] / "compare-mosi.md").read_text()
     header, rows = md_table(md, "Model")
@@ -168,6 +170,7 @@ def test_compare_markdown_table(comparison):
     assert "negative/non-negative" in md and "status: complete (4/4" in md
 
 
+@pytest.mark.e2e
 def test_compare_figures_history_and_terminal(comparison):
     out = comparison["out"]
     assert_png(out / "compare-mosi.png")
@@ -197,6 +200,7 @@ def _fast_set():
     return [f"{k}={v}" for k, v in FAST_MMIN.items()]
 
 
+@pytest.mark.e2e
 def test_cli_ablate_all_table2_variants(demo, tmp_path, capsys):
     from mmin_plugin import cli
 
@@ -233,6 +237,7 @@ def test_cli_ablate_all_table2_variants(demo, tmp_path, capsys):
     assert "| MMIN (full) |" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_python_m_compare_subprocess_default_feature_path(demo, tmp_path):
     """`python -m mmin_plugin compare` without --feature-path: MMSA's configured featurePath
     (MOSI/Processed/unaligned_50.pkl), re-rooted by $MMSA_DATASET_ROOT."""
@@ -310,7 +315,8 @@ def test_failure_of_one_model_keeps_the_others(fake_run, tmp_path):
     accs = [100 * (0.6 + 0.01 + 0.05), 100 * (0.6 + 0.02 + 0.05)]
     assert by["mmin"][3].split(" / ")[0] == f"**{np.mean(accs):.2f} ± {np.std(accs):.2f}**"
     assert not any(c.startswith("**") for c in by["mult"][1:6])  # mmin is better everywhere
-    assert by["misa"][6] == "0/2" and by["misa"][-1].startswith("failed") and "MISA exploded \\| badly" in by["misa"][-1]
+    assert by["misa"][6] == "0/2" and by["misa"][-1].startswith("failed")
+    assert "MISA exploded \\| badly" in by["misa"][-1]
     assert by["mult"][-1] == "ok"
     assert_png(fake_run["out"] / "compare-mosi.png")
 
@@ -355,7 +361,8 @@ def test_sims_metric_names_do_not_crash(fake_run):
 def test_each_model_gets_the_same_data_and_its_own_config(fake_run, demo):
     _quiet(compare.run_comparison, models=["MMIN", "misa", "mult", "self_mm", "mmin"], dataset="mosi",
            seeds=[1111, 1112], feature_path=os.path.relpath(demo["feature_path"]), pretrained="/some/bert",
-           max_epochs=4, out_dir=fake_run["out"], overrides={"batch_size": 8, "mmin.d_model": 16, "misa.hidden_size": 32},
+           max_epochs=4, out_dir=fake_run["out"],
+           overrides={"batch_size": 8, "mmin.d_model": 16, "misa.hidden_size": 32},
            gpu_ids=[], num_workers=0)
     calls = fake_run["calls"]
     assert [(c["model"], c["seeds"]) for c in calls] == [
@@ -440,21 +447,21 @@ class _MMSALikeTrainer:
 ])
 def test_epoch_cap_instrumentation(max_epochs, losses, expect_epochs, expect_saved, stopped_by):
     trainer = _MMSALikeTrainer({"early_stop": 2}, losses)
-    stats = {"epochs": 0, "stopped_by": None}
-    compare._instrument_trainer(trainer, max_epochs, stats)
+    probe = runner.TrialProbe(max_epochs)
+    probe.instrument(trainer)
     trainer.do_train(None, {"valid": None})
-    assert stats == {"epochs": expect_epochs, "stopped_by": stopped_by}
+    assert (probe.epochs, probe.stopped_by) == (expect_epochs, stopped_by)
     assert trainer.saved_at == expect_saved
     assert trainer.args.early_stop == 2 and trainer.args["early_stop"] == 2  # restored
     trainer.do_test(None, None, mode="VAL")  # outside do_train: not counted
-    assert stats["epochs"] == expect_epochs
+    assert probe.epochs == expect_epochs
 
 
 def test_epoch_cap_restores_mmsa_get_train():
     from MMSA.trains import ATIO
 
     before = ATIO.getTrain
-    with compare.epoch_cap(2):
+    with runner.epoch_cap(2):
         assert ATIO.getTrain is not before
     assert ATIO.getTrain is before
 
