@@ -1,4 +1,4 @@
-"""Command line: `python -m mmin_plugin {run,demo,demo-data,compare,ablate} ...`.
+"""Command line: `python -m mmin_plugin {run,demo,demo-data,compare,ablate,tune} ...`.
 
 `run` mirrors MMSA's own CLI (`python -m MMSA -m misa -d mosi -s 1111 ...`) with MMIN registered
 and a few conveniences (`--feature-path`, `--pretrained`, `--max-epochs`, `--set key=value`).
@@ -41,25 +41,55 @@ def _common_run_options(p):
 
 
 def _experiment_options(p, name):
-    """Options of `compare` / `ablate` (choices from mmin_plugin.constants and experiments.variants)."""
+    """Options of `compare` / `ablate` / `tune` (choices from mmin_plugin.constants and experiments.variants)."""
     from .constants import DATASETS, DEFAULT_SEEDS
+    from .experiments.backends import BACKENDS
     from .experiments.variants import DESIGN_VARIANTS, PAPER_VARIANTS
 
-    p.add_argument("--dataset", default="mosi", choices=DATASETS)
+    if name == "tune":
+        p.add_argument("-m", "--model", required=True, help="MMSA model name (mmin, misa, mult, ...)")
+        p.add_argument("-d", "--dataset", default="mosi", choices=DATASETS)
+        p.add_argument("--trials", type=int, default=20, help="number of search trials")
+        p.add_argument("--search", default="random", choices=("random", "optuna"),
+                       help="optuna: pip install -e .[tune]")
+        p.add_argument("--seed", type=int, default=DEFAULT_SEEDS[0], help="sampler seed and search-trial training seed")
+        p.add_argument("--final-seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
+    else:
+        p.add_argument("--dataset", "--datasets", dest="datasets", nargs="+", default=["mosi"], choices=DATASETS)
+        p.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
     if name == "compare":
         p.add_argument("--models", nargs="+", default=["mmin", "misa", "mult"])
-    else:
+    if name == "ablate":
         p.add_argument("--variants", nargs="+", choices=[v.name for v in PAPER_VARIANTS + DESIGN_VARIANTS],
                        help="default: paper Table 2's nine; design variants ("
                        + ", ".join(v.name for v in DESIGN_VARIANTS) + ") only when named")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
+    if name != "tune":
+        p.add_argument("--config-file", nargs="+", default=[], metavar="JSON",
+                       help="MMSA config files (e.g. tune's output), each used for the models it configures")
     p.add_argument("--feature-path", help="MMSA-Standard feature file (default: MMSA's configured path)")
     p.add_argument("--pretrained", help="BERT hub name or local directory, passed to every BERT-based model")
     p.add_argument("--max-epochs", type=int, help="cap on training epochs, the same rule for every model")
     p.add_argument("--out", default="mmin-results")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides; model.key applies to one model")
-    p.add_argument("-g", "--gpu-ids", type=int, nargs="*", default=[])
+    p.add_argument("-g", "--gpu-ids", type=int, nargs="*", default=[], help="serial backend: MMSA's gpu_ids")
     p.add_argument("-n", "--num-workers", type=int, default=0)
+    g = p.add_argument_group("where trials run")
+    g.add_argument("--backend", default="serial", choices=BACKENDS)
+    g.add_argument("--address", help="ray: 'auto' or 'ray://host:10001' joins a running cluster; default: local")
+    g.add_argument("--cpus-per-trial", type=float, default=1.0)
+    g.add_argument("--gpus-per-trial", type=float, default=0.0, help="ray: fractions share a GPU (0.5 = 2 per GPU)")
+    g.add_argument("--max-concurrent", type=int, help="ray: at most this many trials at once")
+    g.add_argument("--retries", type=int, default=0, help="re-run a failed trial up to N times")
+    g.add_argument("--resume", action="store_true", help="skip trials whose row.json says finished")
+    g.add_argument("--overwrite", action="store_true", help="replace the results in a non-empty --out")
+
+
+def _sweep_options(a):
+    from .experiments.sweep import SweepOptions
+
+    return SweepOptions(backend=a.backend, address=a.address, cpus_per_trial=a.cpus_per_trial,
+                        gpus_per_trial=a.gpus_per_trial, max_concurrent=a.max_concurrent, retries=a.retries,
+                        resume=a.resume, overwrite=a.overwrite)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,9 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corrupt", action="store_true", help="use a demo file with NaN/inf and zero-length sequences")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
-    for name in ("compare", "ablate"):
-        p = sub.add_parser(name, help="head-to-head comparison" if name == "compare" else "Table 2 ablations")
-        _experiment_options(p, name)
+    for name, text in (("compare", "head-to-head comparison"), ("ablate", "Table 2 ablations"),
+                       ("tune", "seeded search on VALID, then the chosen config retrained and tested once")):
+        _experiment_options(sub.add_parser(name, help=text), name)
     return parser
 
 
@@ -144,13 +174,23 @@ def cmd_demo(a) -> int:
 def cmd_compare(a, ablate=False) -> int:
     from .experiments import compare
 
-    kw = dict(dataset=a.dataset, seeds=a.seeds, feature_path=a.feature_path, pretrained=a.pretrained,
+    kw = dict(dataset=a.datasets, seeds=a.seeds, feature_path=a.feature_path, pretrained=a.pretrained,
               max_epochs=a.max_epochs, out_dir=a.out, overrides=_parse_set(a.set), gpu_ids=list(a.gpu_ids),
-              num_workers=a.num_workers)
+              num_workers=a.num_workers, config_files=a.config_file, sweep=_sweep_options(a))
     if ablate:
         compare.run_ablation(variants=a.variants, **kw)
     else:
         compare.run_comparison(models=a.models, **kw)
+    return 0
+
+
+def cmd_tune(a) -> int:
+    from .experiments.tune import run_tune
+
+    run_tune(a.model, a.dataset, trials=a.trials, search=a.search, seed=a.seed, final_seeds=a.final_seeds,
+             feature_path=a.feature_path, pretrained=a.pretrained, max_epochs=a.max_epochs, out_dir=a.out,
+             overrides=_parse_set(a.set), gpu_ids=list(a.gpu_ids), num_workers=a.num_workers,
+             sweep=_sweep_options(a))
     return 0
 
 
@@ -165,6 +205,8 @@ def main(argv=None) -> int:
             return cmd_demo_data(a)
         if a.command == "demo":
             return cmd_demo(a)
+        if a.command == "tune":
+            return cmd_tune(a)
         return cmd_compare(a, ablate=a.command == "ablate")
     except MMINError as e:
         print(f"error: {e}", file=sys.stderr)

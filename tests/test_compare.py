@@ -127,14 +127,16 @@ def test_compare_csv_one_row_per_model_and_seed(comparison, demo):
         assert r["epochs"] == "1" and r["stopped_by"] == "max_epochs" and r["max_epochs"] == "1"
         assert r["early_stop"] == "8"  # each model's own MMSA patience, untouched
         assert r["feature_path"] == demo["feature_path"]
-        assert Path(r["checkpoint"]).is_file() and r["checkpoint"].endswith(f"runs/{name}/models/{name}-mosi.pth")
+        assert Path(r["checkpoint"]).is_file()
+        assert r["checkpoint"].endswith(f"runs/{name}/mosi/seed1111/models/{name}-mosi.pth")
     # pretrained goes to BERT-based models only (MulT reads the file's precomputed text features)
     assert by["mmin"]["pretrained"] == by["misa"]["pretrained"] == demo["bert_dir"]
     assert by["mult"]["pretrained"] == ""
     bad = by["no_such_model"]
     assert bad["status"] == "failed" and "KeyError" in bad["error"] and "no_such_model" in bad["error"]
     assert all(bad[k] == "" for k in MOSI_METRICS)
-    assert (comparison["out"] / "runs" / "no_such_model" / "error-seed1111.txt").read_text().startswith("Traceback")
+    assert (comparison["out"] / "runs" / "no_such_model" / "mosi" / "seed1111" / "error.txt").read_text().startswith(
+        "Traceback")
 
 
 @pytest.mark.e2e
@@ -174,19 +176,27 @@ def test_compare_markdown_table(comparison):
 def test_compare_figures_history_and_terminal(comparison):
     out = comparison["out"]
     assert_png(out / "compare-mosi.png")
-    assert_png(out / "curves-mmin-mosi-seed1111.png")
-    assert not list(out.glob("curves-misa*")) and not list(out.glob("curves-mult*"))
+    trial = out / "runs" / "mmin" / "mosi" / "seed1111"
+    assert_png(trial / "curves.png")
+    assert not (out / "runs" / "misa" / "mosi" / "seed1111" / "curves.png").exists()
     import json
 
-    hist = json.loads((out / "runs" / "mmin" / "history-mosi-seed1111.json").read_text())
+    hist = json.loads((trial / "models" / "mmin-mosi.history.json").read_text())
     assert len(hist) == 1 and {"train_L_senti", "train_L_sep", "train_L_ac", "train_L_ap"} <= set(hist[0])
-    # every model has its own MMSA folders; MMSA's results CSV one row per call
+    # every trial has its own MMSA folders; MMSA's results CSV one row per call
     for name in ("mmin", "misa", "mult"):
-        assert (out / "runs" / name / "results" / "normal" / "mosi.csv").is_file()
-        assert (out / "runs" / name / "logs" / f"{name}-mosi.log").is_file()
+        d = out / "runs" / name / "mosi" / "seed1111"
+        assert (d / "results" / "normal" / "mosi.csv").is_file()
+        assert (d / "logs" / f"{name}-mosi.log").is_file()
+        row = json.loads((d / "row.json").read_text())
+        assert row["status"] == "ok" and row["environment"]["torch"] and row["config"]["model_name"] == name
+        assert row["do_test_calls"] == {"VAL": 1, "TEST": 1}
+        events = list((d / "tb").glob("events.out.tfevents.*"))  # per-epoch validation curves
+        assert events and events[0].stat().st_size > 0
+    assert (out / "compare-mosi.tex").read_text().count(r"\textbf{") >= 2
     stdout = comparison["stdout"]
-    assert "[compare mosi] 1/4 mmin seed 1111: running" in stdout
-    assert "4/4 no_such_model seed 1111: FAILED" in stdout
+    assert "[compare mosi] 1/4 mmin mosi seed 1111: running" in stdout
+    assert "no_such_model mosi seed 1111: FAILED" in stdout
     assert "| mmin |" in stdout and "Published reference" in stdout
     # MMSA_run's per-call logging handlers do not pile up
     assert len(logging.getLogger("MMSA").handlers) == comparison["n_handlers"]
@@ -216,12 +226,12 @@ def test_cli_ablate_all_table2_variants(demo, tmp_path, capsys):
     assert all(r["model"] == "mmin" and r["status"] == "ok" and r["epochs"] == "1" for r in rows), rows
     for r in rows:
         assert all(math.isfinite(float(r[k])) for k in MOSI_METRICS)
-        run_dir = out / "runs" / r["run"]
+        run_dir = out / "runs" / r["run"] / "mosi" / "seed1111"
         assert Path(r["checkpoint"]) == run_dir / "models" / "mmin-mosi.pth" and Path(r["checkpoint"]).is_file()
         import pandas as pd
 
         assert len(pd.read_csv(run_dir / "results" / "normal" / "mosi.csv")) == 1  # per-variant MMSA CSV
-        assert_png(out / f"curves-{r['run']}-mosi-seed1111.png")
+        assert_png(run_dir / "curves.png")
     # variants really differ: 'w/o text' trains a different network than the full model
     assert rows[0]["MAE"] != rows[3]["MAE"] or rows[0]["Corr"] != rows[3]["Corr"]
     md = (out / "ablation-mosi.md").read_text()
@@ -336,11 +346,19 @@ def test_interrupted_run_keeps_finished_seeds(fake_run):
     _, md_rows = md_table(md, "Model")
     assert md_rows[2][0] == "misa" and md_rows[2][-1] == "not run yet"
     assert_png(fake_run["out"] / "compare-mosi.png")
-    # a second run into the same folder keeps the previous CSV as .prev.csv
+    # a second run into the same folder is refused and changes nothing; --resume runs only the rest
     fake_run["plan"].clear()
-    _quiet(compare.run_comparison, models=["mmin"], dataset="mosi", seeds=[1111], out_dir=fake_run["out"])
-    assert len(read_csv(fake_run["out"] / "compare-mosi.prev.csv")[1]) == 2
-    assert len(read_csv(fake_run["out"] / "compare-mosi.csv")[1]) == 1
+    before = {p: p.read_bytes() for p in fake_run["out"].rglob("*") if p.is_file()}
+    with pytest.raises(MMINConfigError, match="--resume"):
+        compare.run_comparison(models=["mmin", "mult", "misa"], dataset="mosi", seeds=[1111],
+                               out_dir=fake_run["out"])
+    assert {p: p.read_bytes() for p in fake_run["out"].rglob("*") if p.is_file()} == before
+    n_calls = len(fake_run["calls"])
+    out = _quiet(compare.run_comparison, models=["mmin", "mult", "misa"], dataset="mosi", seeds=[1111],
+                 out_dir=fake_run["out"], sweep=compare.SweepOptions(resume=True))
+    assert [c["model"] for c in fake_run["calls"][n_calls:]] == ["misa"]
+    assert [r["status"] for r in out] == ["ok", "ok", "ok"]
+    assert len(read_csv(fake_run["out"] / "compare-mosi.csv")[1]) == 3
 
 
 def test_sims_metric_names_do_not_crash(fake_run):
@@ -372,8 +390,9 @@ def test_each_model_gets_the_same_data_and_its_own_config(fake_run, demo):
         assert cfg["featurePath"] == demo["feature_path"] and cfg["max_epochs"] == 4 and cfg["batch_size"] == 8
         assert ("pretrained" in cfg) == (c["model"] != "mult") and cfg.get("pretrained", "/some/bert") == "/some/bert"
         assert ("d_model" in cfg) == (c["model"] == "mmin") and ("hidden_size" in cfg) == (c["model"] == "misa")
-        assert Path(c["model_save_dir"]) == fake_run["out"].resolve() / "runs" / c["model"] / "models"
-        assert Path(c["res_save_dir"]).parent.name == c["model"] and c["gpu_ids"] == [] and c["num_workers"] == 0
+        trial = fake_run["out"].resolve() / "runs" / c["model"] / "mosi" / f"seed{c['seeds'][0]}"
+        assert Path(c["model_save_dir"]) == trial / "models"
+        assert Path(c["res_save_dir"]).parent == trial and c["gpu_ids"] == [] and c["num_workers"] == 0
 
 
 def test_ablation_variants_configs_and_folders(fake_run):

@@ -69,6 +69,8 @@ def test_cli_choices_come_from_constants():
     a = p.parse_args(["ablate", "--variants", "wo-cin", "sep-sum"])
     assert a.variants == ["wo-cin", "sep-sum"] and a.seeds == list(DEFAULT_SEEDS)
     for ds in DATASETS:
-        assert p.parse_args(["compare", "--dataset", ds]).dataset == ds
+        assert p.parse_args(["compare", "--dataset", ds]).datasets == [ds]
+        assert p.parse_args(["tune", "-m", "mmin", "-d", ds]).dataset == ds
+    assert p.parse_args(["compare", "--datasets", "mosi", "mosei"]).datasets == ["mosi", "mosei"]
     with pytest.raises(SystemExit):
         p.parse_args(["ablate", "--variants", "wo-nothing"])

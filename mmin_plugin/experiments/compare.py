@@ -1,20 +1,17 @@
-"""`compare` (paper Table 1: MMIN vs MMSA's models) and `ablate` (paper Table 2 and design variants)
-through `MMSA_run`, on the same data and seeds. Outputs under `out_dir`: `<kind>-<dataset>.{csv,md,tex,png}`,
-MMIN's `curves-<run>-<dataset>-seed<seed>.png` and `runs/<run>/`. What each file holds, the epoch
-cap and the fairness notes: docs/design/experiments.md.
+"""`compare` (paper Table 1: MMIN vs MMSA's models) and `ablate` (paper Table 2 and design variants):
+one trial per (run, dataset, seed) on a backend (serial or Ray), tables rebuilt from the trials'
+`row.json`: `<kind>-<dataset>.{csv,md,tex,png}` under `out_dir`, trials under `runs/`.
+What each file holds, the epoch cap and the fairness notes: docs/design/experiments.md.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import logging
 import os
-import shutil
 import time
-import traceback
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..constants import DATASETS, DEFAULT_SEEDS
@@ -22,14 +19,17 @@ from ..errors import MMINConfigError, MMINDataError
 from . import aggregate, report
 from .aggregate import CSV_BASE_COLUMNS, read_rows
 from .report import plot_training_curves, render_figure, render_markdown
+from .sweep import SweepOptions, prepare_out, run_trials
+from .trial import Trial, read_row, trial_dir
 from .variants import ABLATION_VARIANTS, VARIANTS, RunSpec
 
 logger = logging.getLogger("MMSA." + __name__)
 
 __all__ = ["run_comparison", "run_ablation", "ABLATION_VARIANTS", "CSV_BASE_COLUMNS", "split_overrides",
-           "render_markdown", "render_figure", "plot_training_curves", "read_rows", "RunSpec"]
+           "render_markdown", "render_figure", "plot_training_curves", "read_rows", "RunSpec", "SweepOptions",
+           "config_file_models"]
 
-#: the comparison figure is re-rendered after a seed only if this many seconds passed since the
+#: the comparison figure is re-rendered after a trial only if this many seconds passed since the
 #: last rendering (and always at the end, also when interrupted)
 FIGURE_EVERY_S = 60.0
 
@@ -50,25 +50,26 @@ def split_overrides(overrides: Optional[Dict]) -> tuple:
     return common, scoped
 
 
-def _uses_bert(model: str, dataset: str, config: Dict) -> bool:
-    """Whether `model`'s MMSA config (with `config` merged over it) encodes text with a BERT."""
+def _uses_bert(model: str, dataset: str, config: Dict, config_file: Optional[str] = None) -> bool:
+    """Whether `model`'s MMSA config (with `config` merged over it) encodes text with a BERT; an
+    unknown model is not (MMSA_run then reports it in the trial)."""
     from MMSA.config import get_config_regression  # patched by mmin_plugin for registered names
 
-    merged = dict(get_config_regression(model, dataset))
+    try:
+        merged = dict(get_config_regression(model, dataset, config_file or ""))
+    except Exception:
+        return bool(config.get("use_bert"))
     merged.update(config)
     return bool(merged.get("use_bert"))
 
 
-def _error_text(exc: BaseException) -> str:
-    msg = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {msg}"[:500] if msg else type(exc).__name__
-
-
-def check_dataset(dataset) -> str:
-    dataset = str(dataset).lower()
-    if dataset not in DATASETS:
-        raise MMINConfigError(f"dataset: expected one of {list(DATASETS)}; found {dataset!r}")
-    return dataset
+def check_datasets(datasets) -> List[str]:
+    names = [datasets] if isinstance(datasets, str) else list(datasets or [])
+    names = list(dict.fromkeys(str(d).lower() for d in names))
+    bad = [d for d in names if d not in DATASETS]
+    if not names or bad:
+        raise MMINConfigError(f"dataset: expected one or more of {list(DATASETS)}; found {bad or names!r}")
+    return names
 
 
 def check_seeds(seeds) -> List[int]:
@@ -86,43 +87,64 @@ def check_max_epochs(max_epochs) -> Optional[int]:
     return int(max_epochs) if max_epochs else None
 
 
-def check_feature_path(feature_path) -> Optional[str]:
-    if feature_path is None:
+def check_file(path, what: str, error=MMINDataError) -> Optional[str]:
+    if path is None:
         return None
-    fp = Path(os.path.expanduser(str(feature_path))).resolve()
+    fp = Path(os.path.expanduser(str(path))).resolve()
     if not fp.is_file():
-        raise MMINDataError(f"feature file not found: {fp}")
+        raise error(f"{what} not found: {fp}")
     return str(fp)
 
 
+def config_file_models(config_files: Sequence) -> Dict[str, str]:
+    """{model: config file} for MMSA config JSON files (`tune`'s output or MMSA's own schema): each
+    top-level key other than `datasetCommonParams` names a model the file configures."""
+    out = {}
+    for f in config_files or []:
+        path = check_file(f, "config file", MMINConfigError)
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise MMINConfigError(f"config file {path}: expected MMSA config JSON; found invalid JSON ({exc})") from exc
+        models = [k for k in data if k != "datasetCommonParams" and isinstance(data[k], dict)]
+        if "datasetCommonParams" not in data or not models:
+            raise MMINConfigError(f"config file {path}: expected MMSA's schema ({{model: {{commonParams, "
+                                  f"datasetParams}}, datasetCommonParams}}); found keys {sorted(data)}")
+        for m in models:
+            out[m.lower()] = path
+    return out
+
+
 # --- the driver -------------------------------------------------------------------------------
-class _Session:
-    def __init__(self, kind, specs, dataset, seeds, feature_path, pretrained, max_epochs, out_dir, overrides,
-                 gpu_ids, num_workers, verbose_level):
+class Session:
+    """One `compare` / `ablate` sweep: trials of `specs` x `datasets` x `seeds` under `out_dir`."""
+
+    def __init__(self, kind, specs, datasets, seeds, feature_path=None, pretrained=None, max_epochs=None,
+                 out_dir="mmin-results", overrides=None, gpu_ids=(), num_workers=0, verbose_level=0,
+                 config_files=(), sweep: Optional[SweepOptions] = None):
         import mmin_plugin  # noqa: F401  (MMIN registered, compatibility layer applied)
 
         self.kind, self.specs = kind, list(specs)
-        self.dataset, self.seeds = check_dataset(dataset), check_seeds(seeds)
+        self.datasets, self.seeds = check_datasets(datasets), check_seeds(seeds)
         self.max_epochs = check_max_epochs(max_epochs)
-        self.feature_path, self.pretrained = check_feature_path(feature_path), (str(pretrained) if pretrained else None)
+        self.feature_path = check_file(feature_path, "feature file")
+        self.pretrained = str(pretrained) if pretrained else None
         self.overrides = dict(overrides or {})
         self.common, self.scoped = split_overrides(self.overrides)
+        self.config_files = config_file_models(config_files)
+        self.sweep = sweep or SweepOptions()
         models = {s.model for s in self.specs}
         for m in sorted(set(self.scoped) - models):
             logger.warning("[%s] overrides for '%s' ignored: no such model in this run (%s)", kind, m, sorted(models))
+        for m in sorted(set(self.config_files) - models):
+            logger.warning("[%s] config file %s for '%s' ignored: no such model in this run", kind,
+                           self.config_files[m], m)
         self.gpu_ids, self.num_workers, self.verbose_level = list(gpu_ids or []), int(num_workers or 0), verbose_level
         self.out = Path(out_dir).resolve()
-        self.out.mkdir(parents=True, exist_ok=True)
-        stem = f"{kind}-{self.dataset}"
-        self.csv_path, self.md_path, self.tex_path, self.png_path = (
-            self.out / f"{stem}.{e}" for e in ("csv", "md", "tex", "png"))
-        if self.csv_path.exists():  # a previous run's numbers are kept, not silently overwritten
-            shutil.copyfile(self.csv_path, self.out / f"{stem}.prev.csv")
-        self.rows: List[Dict] = []
-        self._figure_rows = -1  # number of rows the PNG on disk shows
-        self._figure_time = time.monotonic()
+        self._figure_time: Dict[str, float] = {}
+        self._warned = set()
 
-    def _config_for(self, spec: RunSpec) -> Dict:
+    def config_for(self, spec: RunSpec, dataset: str) -> Dict:
         """featurePath/pretrained/max_epochs < common overrides < model-scoped overrides < the run's own."""
         cfg = {}
         if self.feature_path:
@@ -132,133 +154,93 @@ class _Session:
         user = {**self.common, **self.scoped.get(spec.model, {})}
         cfg.update(user)
         for key in sorted(set(spec.config) & set(user)):
-            logger.warning("[%s] override '%s' replaced by run %s's own value", self.kind, key, spec.name)
+            if (spec.name, key) not in self._warned:
+                self._warned.add((spec.name, key))
+                logger.warning("[%s] override '%s' replaced by run %s's own value", self.kind, key, spec.name)
         cfg.update(spec.config)
-        if self.pretrained and "pretrained" not in user and _uses_bert(spec.model, self.dataset, cfg):
+        if (self.pretrained and "pretrained" not in user
+                and _uses_bert(spec.model, dataset, cfg, self.config_files.get(spec.model))):
             cfg["pretrained"] = self.pretrained
         return cfg
 
-    def run_one(self, spec: RunSpec, seed: int) -> Dict:
-        from . import runner
+    def trials(self) -> List[Trial]:
+        return [Trial(run=spec.name, model=spec.model, dataset=ds, seed=seed,
+                      directory=str(trial_dir(self.out, spec.name, ds, seed)), config=self.config_for(spec, ds),
+                      label=spec.label, ablation=spec.ablation, config_file=self.config_files.get(spec.model),
+                      gpu_ids=self.gpu_ids, num_workers=self.num_workers, verbose_level=self.verbose_level)
+                for ds in self.datasets for spec in self.specs for seed in self.seeds]
 
-        run_dir = self.out / "runs" / spec.name
-        dirs = {"model_save_dir": run_dir / "models", "res_save_dir": run_dir / "results", "log_dir": run_dir / "logs"}
-        ckpt = dirs["model_save_dir"] / f"{spec.model.lower()}-{self.dataset}.pth"
-        history = ckpt.with_name(ckpt.stem + ".history.json")
-        row = {"run": spec.name, "model": spec.model, "ablation": ",".join(spec.ablation or []),
-               "dataset": self.dataset, "seed": seed, "status": "failed", "error": "", "wall_time_s": 0.0,
-               "epochs": None, "stopped_by": None, "max_epochs": self.max_epochs, "early_stop": None,
-               "feature_path": self.feature_path or "", "pretrained": "", "checkpoint": "", "metrics": {}}
-        t0 = time.perf_counter()
-        for d in dirs.values():
-            d.mkdir(parents=True, exist_ok=True)
-        probe = runner.TrialProbe()
-        try:
-            cfg = self._config_for(spec)
-            row["pretrained"], row["max_epochs"] = cfg.get("pretrained", ""), cfg.get("max_epochs")
-            probe.max_epochs = cfg.get("max_epochs")
-            history.unlink(missing_ok=True)  # never attribute a previous seed's curves to this one
-            with runner.own_mmsa_handlers(), runner.instrument_trainers(probe):
-                results = runner.mmsa_run(spec.model, self.dataset, config=cfg, seeds=[seed],
-                                          gpu_ids=list(self.gpu_ids), num_workers=self.num_workers,
-                                          verbose_level=self.verbose_level, **{k: str(v) for k, v in dirs.items()})
-            if not results:
-                raise RuntimeError("MMSA_run returned no test results")
-            row.update(status="ok", metrics={k: float(v) for k, v in results[-1].items()},
-                       epochs=probe.epochs, stopped_by=probe.stopped_by,
-                       checkpoint=str(ckpt) if ckpt.is_file() else "")
-        except Exception as exc:  # one model's failure must not lose the others' results
-            row["error"] = _error_text(exc)
-            with contextlib.suppress(OSError):
-                (run_dir / f"error-seed{seed}.txt").write_text(traceback.format_exc(), encoding="utf-8")
-        if probe.args is not None:  # what MMSA's _run really used (after $MMSA_DATASET_ROOT re-rooting)
-            a = probe.args
-            row["feature_path"] = str(a.get("custom_feature") or a.get("featurePath") or "")
-            row["pretrained"] = str(a.get("pretrained") or "") if a.get("use_bert") else ""
-            row["early_stop"] = a.get("early_stop")
-        row["wall_time_s"] = round(time.perf_counter() - t0, 3)
-        if history.is_file():
-            self._curves(spec, seed, history)
-        return row
+    # -- tables, rebuilt from the row.json files ---------------------------------------------------
+    def rows(self, dataset: str) -> List[Dict]:
+        out = []
+        for spec in self.specs:
+            for seed in self.seeds:
+                row = read_row(trial_dir(self.out, spec.name, dataset, seed))
+                if row is not None and row.get("status") in ("ok", "failed"):
+                    out.append(row)
+        return out
 
-    def _curves(self, spec: RunSpec, seed: int, history_path: Path) -> None:
-        try:
-            kept = self.out / "runs" / spec.name / f"history-{self.dataset}-seed{seed}.json"
-            shutil.copyfile(history_path, kept)
-            hist = json.loads(kept.read_text())
-            if hist:
-                png = plot_training_curves(hist, f"{spec.label} on {self.dataset.upper()}, seed {seed}: "
-                                                 "training curves (MMIN trainer history)")
-                atomic_write_bytes(self.out / f"curves-{spec.name}-{self.dataset}-seed{seed}.png", png)
-        except Exception as exc:  # the figure is a convenience; never lose a result over it
-            logger.warning("[%s] training-curve figure for %s seed %s failed: %s", self.kind, spec.name, seed,
-                           _error_text(exc))
-
-    def info(self) -> Dict:
-        return {"dataset": self.dataset, "seeds": self.seeds, "feature_path": self.feature_path,
+    def info(self, dataset: str) -> Dict:
+        return {"dataset": dataset, "seeds": self.seeds, "feature_path": self.feature_path,
                 "max_epochs": self.max_epochs, "pretrained": self.pretrained, "overrides": self.overrides,
-                "n_planned": len(self.specs) * len(self.seeds),
+                "n_planned": len(self.specs) * len(self.seeds), "backend": self.sweep.backend,
                 "updated": _dt.datetime.now().isoformat(timespec="seconds")}
 
-    def write(self, figure=True) -> str:
-        aggregate.write_csv(self.rows, self.csv_path)
-        md = render_markdown(self.rows, self.specs, self.kind, self.info())
-        atomic_write_text(self.md_path, md)
-        atomic_write_text(self.tex_path, report.render_latex(self.rows, self.specs, self.kind, self.dataset))
-        if figure and self._figure_rows != len(self.rows):
-            self._figure_rows, self._figure_time = len(self.rows), time.monotonic()
+    def paths(self, dataset: str) -> Dict[str, Path]:
+        return {e: self.out / f"{self.kind}-{dataset}.{e}" for e in ("csv", "md", "tex", "png")}
+
+    def write(self, dataset: str, figure: bool = True) -> str:
+        rows, p = self.rows(dataset), self.paths(dataset)
+        aggregate.write_csv(rows, p["csv"])
+        md = render_markdown(rows, self.specs, self.kind, self.info(dataset))
+        atomic_write_text(p["md"], md)
+        atomic_write_text(p["tex"], report.render_latex(rows, self.specs, self.kind, dataset))
+        if figure:
+            self._figure_time[dataset] = time.monotonic()
             try:
-                atomic_write_bytes(self.png_path, render_figure(self.rows, self.specs, self.kind, self.dataset))
-            except Exception as exc:
-                logger.warning("[%s] figure failed: %s", self.kind, _error_text(exc))
+                atomic_write_bytes(p["png"], render_figure(rows, self.specs, self.kind, dataset))
+            except Exception as exc:  # the figure is a convenience; never lose a result over it
+                logger.warning("[%s] figure for %s failed: %s: %s", self.kind, dataset, type(exc).__name__, exc)
         return md
 
-    def _progress(self, i, total, spec, seed, row=None) -> None:
-        head = f"[{self.kind} {self.dataset}] {i}/{total} {spec.label} seed {seed}:"
-        if row is None:
-            print(f"{head} running", flush=True)
-        elif row["status"] == "ok":
-            m = row["metrics"]
-            brief = " ".join(f"{k} {m[k]:.4f}" for k in ("MAE", "Corr") if k in m)
-            print(f"{head} ok in {row['wall_time_s']:.1f} s, {row['epochs']} epoch(s) (stopped by "
-                  f"{row['stopped_by']}), {brief}", flush=True)
-        else:
-            print(f"{head} FAILED after {row['wall_time_s']:.1f} s: {row['error']}", flush=True)
+    def _after_trial(self, trial: Trial, row: Dict) -> None:
+        last = self._figure_time.get(trial.dataset, 0.0)
+        self.write(trial.dataset, figure=time.monotonic() - last >= FIGURE_EVERY_S)
 
     def run(self) -> List[Dict]:
-        total = len(self.specs) * len(self.seeds)
-        self.write(figure=False)
-        i = 0
+        trials = self.trials()
+        prepare_out(self.out, self.sweep.resume, self.sweep.overwrite)
+        for ds in self.datasets:
+            self.write(ds, figure=False)
+            self._figure_time[ds] = time.monotonic()
         try:
-            for spec in self.specs:
-                for seed in self.seeds:
-                    i += 1
-                    self._progress(i, total, spec, seed)
-                    row = self.run_one(spec, seed)
-                    self.rows.append(row)
-                    self._progress(i, total, spec, seed, row)
-                    self.write(figure=time.monotonic() - self._figure_time >= FIGURE_EVERY_S)
-        finally:  # also on KeyboardInterrupt: the files show every finished seed
-            md = self.write()
-        print()
-        print(md)
-        print(f"written: {self.md_path}\n         {self.csv_path}\n         {self.tex_path}\n         {self.png_path}",
-              flush=True)
-        return self.rows
+            rows = run_trials(trials, self.sweep, desc=f"{self.kind} {' '.join(self.datasets)}",
+                              on_row=self._after_trial)
+        finally:  # also on KeyboardInterrupt: the files show every finished trial
+            mds = [self.write(ds) for ds in self.datasets]
+        for ds, md in zip(self.datasets, mds):
+            p = self.paths(ds)
+            print()
+            print(md)
+            print("written: " + "\n         ".join(str(p[e]) for e in ("md", "csv", "tex", "png")), flush=True)
+        return rows
 
 
 def run_comparison(models=("mmin", "misa", "mult"), dataset="mosi", seeds=DEFAULT_SEEDS, feature_path=None,
                    pretrained=None, max_epochs=None, out_dir="mmin-results", overrides=None, gpu_ids=(),
-                   num_workers=0, verbose_level=0) -> List[Dict]:
-    """Train and test every model of `models` (MMIN or any MMSA model name) with `MMSA_run`, one call
-    per seed, on the same feature file and seeds; `overrides` keys `model.key` apply to one model.
-    Writes `compare-<dataset>.{csv,md,tex,png}` under `out_dir`; returns the per-seed rows."""
+                   num_workers=0, verbose_level=0, config_files=(), sweep: Optional[SweepOptions] = None,
+                   ) -> List[Dict]:
+    """Train and test every model of `models` (MMIN or any MMSA model name) with `MMSA_run`, one trial
+    per (model, dataset, seed) on the same feature file and seeds. `dataset`: a name or a list;
+    `overrides` keys `model.key` apply to one model; `config_files`: MMSA config JSONs (e.g. `tune`'s),
+    each used for the models it configures; `sweep`: backend, resume/overwrite, retries.
+    Writes `compare-<dataset>.{csv,md,tex,png}` under `out_dir`; returns the per-trial rows."""
     names = list(dict.fromkeys(str(m).lower() for m in models or []))
     if not names:
         raise MMINConfigError("models: expected at least one model name")
     specs = [RunSpec(name=m, model=m, label=m) for m in names]
-    return _Session("compare", specs, dataset, seeds, feature_path, pretrained, max_epochs, out_dir, overrides,
-                    gpu_ids, num_workers, verbose_level).run()
+    return Session("compare", specs, dataset, seeds, feature_path, pretrained, max_epochs, out_dir, overrides,
+                   gpu_ids, num_workers, verbose_level, config_files, sweep).run()
 
 
 def ablation_specs(variants=None) -> List[RunSpec]:
@@ -273,9 +255,8 @@ def ablation_specs(variants=None) -> List[RunSpec]:
 
 def run_ablation(dataset="mosi", seeds=DEFAULT_SEEDS, feature_path=None, pretrained=None, max_epochs=None,
                  out_dir="mmin-results", overrides=None, gpu_ids=(), num_workers=0, verbose_level=0,
-                 variants=None) -> List[Dict]:
+                 variants=None, config_files=(), sweep: Optional[SweepOptions] = None) -> List[Dict]:
     """Full MMIN and the Table 2 variants (or the named `variants`, design variants included), as
     `run_comparison`; writes `ablation-<dataset>.{csv,md,tex,png}` under `out_dir`."""
-    specs = ablation_specs(variants)
-    return _Session("ablation", specs, dataset, seeds, feature_path, pretrained, max_epochs, out_dir, overrides,
-                    gpu_ids, num_workers, verbose_level).run()
+    return Session("ablation", ablation_specs(variants), dataset, seeds, feature_path, pretrained, max_epochs,
+                   out_dir, overrides, gpu_ids, num_workers, verbose_level, config_files, sweep).run()
