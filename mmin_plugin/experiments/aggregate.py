@@ -76,10 +76,10 @@ def summarize(rows: Sequence[Dict], runs: Sequence[str]) -> pd.DataFrame:
     for col in ("epochs", "errors"):
         out[col] = out[col].apply(lambda v: v if isinstance(v, list) else [])
     if metrics and len(ok):
-        stats = ok.groupby("run")[metrics].agg(["mean", lambda x: np.std(x.dropna(), ddof=0), "count"])
-        stats.columns = [f"{k}|{s}" for k, s in zip(stats.columns.get_level_values(0),
-                                                    ("mean", "std", "n") * len(metrics))]
-        out = out.join(stats)
+        g = ok.groupby("run")[metrics]
+        # ddof=0: numpy.std's default, what MMSA's results CSV reports
+        parts = {"mean": g.mean(), "std": g.std(ddof=0), "n": g.count()}
+        out = out.join(pd.concat([parts[s].add_suffix(f"|{s}") for s in parts], axis=1))
         for k in metrics:  # a metric no seed of a run returned is absent for that run, not 0
             out.loc[out[f"{k}|n"].fillna(0) == 0, [f"{k}|mean", f"{k}|std"]] = np.nan
     return out

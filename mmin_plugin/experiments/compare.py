@@ -192,13 +192,14 @@ class Session:
     def write(self, dataset: str, figure: bool = True) -> str:
         rows, p = self.rows(dataset), self.paths(dataset)
         aggregate.write_csv(rows, p["csv"])
-        md = render_markdown(rows, self.specs, self.kind, self.info(dataset))
+        summary = aggregate.summarize(rows, [s.name for s in self.specs])
+        md = render_markdown(rows, self.specs, self.kind, self.info(dataset), summary)
         atomic_write_text(p["md"], md)
-        atomic_write_text(p["tex"], report.render_latex(rows, self.specs, self.kind, dataset))
+        atomic_write_text(p["tex"], report.render_latex(rows, self.specs, self.kind, dataset, summary))
         if figure:
             self._figure_time[dataset] = time.monotonic()
             try:
-                atomic_write_bytes(p["png"], render_figure(rows, self.specs, self.kind, dataset))
+                atomic_write_bytes(p["png"], render_figure(rows, self.specs, self.kind, dataset, summary))
             except Exception as exc:  # the figure is a convenience; never lose a result over it
                 logger.warning("[%s] figure for %s failed: %s: %s", self.kind, dataset, type(exc).__name__, exc)
         return md

@@ -143,9 +143,14 @@ def measured_table(summary: pd.DataFrame, specs: Sequence, kind: str) -> List[st
     return lines
 
 
-def render_markdown(rows: List[Dict], specs: Sequence, kind: str, info: Dict) -> str:
-    """The `<kind>-<dataset>.md` text: run facts, the measured table, the paper's block."""
-    summary = summarize(rows, [s.name for s in specs])
+def _summary(rows, specs, summary):
+    return summary if summary is not None else summarize(rows, [s.name for s in specs])
+
+
+def render_markdown(rows: List[Dict], specs: Sequence, kind: str, info: Dict, summary=None) -> str:
+    """The `<kind>-<dataset>.md` text: run facts, the measured table, the paper's block (`summary`:
+    `aggregate.summarize(rows, runs)` if already computed)."""
+    summary = _summary(rows, specs, summary)
     dataset = info["dataset"]
     title = "MMIN vs MMSA baselines" if kind == "compare" else "MMIN ablations (paper Table 2 variants)"
     done = len(rows)
@@ -178,9 +183,9 @@ def _tex_escape(text: str) -> str:
     return text.replace("\0", r"\textbackslash{}")
 
 
-def render_latex(rows: List[Dict], specs: Sequence, kind: str, dataset: str) -> str:
+def render_latex(rows: List[Dict], specs: Sequence, kind: str, dataset: str, summary=None) -> str:
     """A booktabs table (mean $\\pm$ std, best in bold) of the measured runs, via pandas' Styler."""
-    summary = summarize(rows, [s.name for s in specs])
+    summary = _summary(rows, specs, summary)
     cols = _display_columns(summary)
     bests = {k: _best(summary, k) for _, keys in cols for k in keys}
     data = {}
@@ -211,13 +216,13 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def render_figure(rows: List[Dict], specs: Sequence, kind: str, dataset: str) -> bytes:
+def render_figure(rows: List[Dict], specs: Sequence, kind: str, dataset: str, summary=None) -> bytes:
     """PNG bytes: one panel per metric; per run the mean over seeds with a ± std error bar
     (best mean in orange), the paper's published value (where it has one) as a black bar."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    summary = summarize(rows, [s.name for s in specs])
+    summary = _summary(rows, specs, summary)
     keys = [k for _, ks in _display_columns(summary) for k in ks]
     n = max(len(keys), 1)
     ncols = min(4 if len(specs) <= 5 else 3, n)
