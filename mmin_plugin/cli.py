@@ -80,6 +80,8 @@ def _experiment_options(p, name):
     g.add_argument("--gpus-per-trial", type=float, default=0.0, help="ray: fractions share a GPU (0.5 = 2 per GPU)")
     g.add_argument("--max-concurrent", type=int, help="ray: at most this many trials at once")
     g.add_argument("--retries", type=int, default=0, help="re-run a failed trial up to N times")
+    g.add_argument("--reuse-workers", action="store_true",
+                   help="ray: a worker process runs several trials (saves its start-up; default: one process a trial)")
     g.add_argument("--resume", action="store_true", help="skip trials whose row.json says finished")
     g.add_argument("--overwrite", action="store_true", help="replace the results in a non-empty --out")
 
@@ -89,7 +91,7 @@ def _sweep_options(a):
 
     return SweepOptions(backend=a.backend, address=a.address, cpus_per_trial=a.cpus_per_trial,
                         gpus_per_trial=a.gpus_per_trial, max_concurrent=a.max_concurrent, retries=a.retries,
-                        resume=a.resume, overwrite=a.overwrite)
+                        resume=a.resume, overwrite=a.overwrite, reuse_workers=a.reuse_workers)
 
 
 def build_parser() -> argparse.ArgumentParser:

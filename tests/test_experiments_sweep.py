@@ -73,6 +73,18 @@ def test_overwrite_replaces_results_only(fake, tmp_path, capsys):
                                sweep=sweep.SweepOptions(overwrite=True, resume=True))
 
 
+def test_resume_skips_finished_trials_and_reruns_a_changed_config(fake, tmp_path, capsys):
+    calls, _ = fake
+    kw = dict(models=["mmin", "misa"], seeds=[1111], out_dir=tmp_path / "r")
+    compare.run_comparison(**kw)
+    n = len(calls)
+    compare.run_comparison(sweep=sweep.SweepOptions(resume=True), **kw)
+    assert len(calls) == n and "resume: 2 of 2 trial(s) already finished, skipped; running 0" in capsys.readouterr().out
+    compare.run_comparison(sweep=sweep.SweepOptions(resume=True), overrides={"misa.hidden_size": 8}, **kw)
+    assert [c["model"] for c in calls[n:]] == ["misa"]
+    assert "resume: 1 of 2 trial(s) already finished" in capsys.readouterr().out
+
+
 def test_several_datasets_one_call(fake, tmp_path, capsys):
     calls, _ = fake
     rows = _quiet_compare(capsys, models=["mmin"], dataset=["mosi", "mosei"], seeds=[1111], out_dir=tmp_path)

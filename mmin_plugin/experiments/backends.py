@@ -67,7 +67,7 @@ def _ray_entry(trial_data: Dict, trial_fn, use_gpu: bool, threads: int) -> Dict:
 
 
 class RayBackend:
-    """Each trial a Ray task (`max_calls=1`: a fresh worker process per trial) with `cpus_per_trial`
+    """Each trial a Ray task (a fresh worker process per trial unless `reuse_workers`) with `cpus_per_trial`
     CPUs and `gpus_per_trial` GPUs (fractions allowed); at most `max_concurrent` at once (default:
     what the cluster's resources allow). Without `address` a local Ray instance is started (and shut
     down at the end); `address='auto'` or `'ray://host:10001'` joins a running cluster."""
@@ -76,7 +76,7 @@ class RayBackend:
 
     def __init__(self, address: Optional[str] = None, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
                  max_concurrent: Optional[int] = None, num_cpus: Optional[int] = None,
-                 trial_fn: Optional[Callable[[Trial], Dict]] = None):
+                 trial_fn: Optional[Callable[[Trial], Dict]] = None, reuse_workers: bool = False):
         try:
             import ray
         except ImportError as exc:
@@ -99,8 +99,10 @@ class RayBackend:
                                       f"found {res.get('GPU', 0)}")
         self.slots = max(1, min(int(max_concurrent), fits) if max_concurrent else fits)
         self.cpus_per_trial, self.gpus_per_trial = cpus_per_trial, gpus_per_trial
-        self._remote = ray.remote(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_calls=1,
-                                  max_retries=0)(_ray_entry)
+        # max_calls=1: a fresh worker process per trial (GPU memory and module state released);
+        # reuse_workers: a worker runs trial after trial (imports paid once; the serial backend's isolation)
+        self._remote = ray.remote(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial,
+                                  max_calls=0 if reuse_workers else 1, max_retries=0)(_ray_entry)
         self._pending: Dict = {}
         logger.info("ray backend: %s CPU, %s GPU in the cluster; %d trial(s) at once", res.get("CPU"),
                     res.get("GPU", 0), self.slots)
@@ -127,9 +129,9 @@ class RayBackend:
 
 
 def make_backend(name: str = "serial", address=None, cpus_per_trial=1.0, gpus_per_trial=0.0, max_concurrent=None,
-                 num_cpus=None, trial_fn=None):
+                 num_cpus=None, trial_fn=None, reuse_workers=False):
     if name == "serial":
         return SerialBackend(trial_fn)
     if name == "ray":
-        return RayBackend(address, cpus_per_trial, gpus_per_trial, max_concurrent, num_cpus, trial_fn)
+        return RayBackend(address, cpus_per_trial, gpus_per_trial, max_concurrent, num_cpus, trial_fn, reuse_workers)
     raise MMINConfigError(f"backend: expected one of {list(BACKENDS)}; found {name!r}")

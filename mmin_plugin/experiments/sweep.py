@@ -28,7 +28,8 @@ OUTPUT_GLOBS = ("compare-*", "ablation-*", "tune-*", "curves-*")
 @dataclasses.dataclass
 class SweepOptions:
     """How trials run: `backend` ('serial' | 'ray'), Ray's `address`, resources per trial,
-    `max_concurrent`, `retries` (extra attempts of a failed trial), `resume` / `overwrite`, and (for
+    `max_concurrent`, `retries` (extra attempts of a failed trial), `resume` / `overwrite`,
+    `reuse_workers` (Ray: a worker process runs several trials), and (for
     tests) `num_cpus` of a local Ray instance and `trial_fn` (default trial.run_trial)."""
 
     backend: str = "serial"
@@ -41,6 +42,7 @@ class SweepOptions:
     overwrite: bool = False
     num_cpus: Optional[int] = None
     trial_fn: Optional[Callable] = None
+    reuse_workers: bool = False
 
 
 def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
@@ -66,7 +68,8 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 class _Progress:
-    """One bar for the sweep: trials done / running / failed and an ETA from finished wall times."""
+    """One bar for the sweep: trials done / running / failed and an ETA from the finished trials'
+    wall times (submission to result) x trials left / trials at once."""
 
     def __init__(self, total: int, skipped: int, slots: int, desc: str):
         from tqdm.auto import tqdm
@@ -84,16 +87,19 @@ class _Progress:
             eta = time.strftime("%H:%M:%S", time.gmtime(secs)) if left else "0"
         self.bar.set_postfix_str(f"done {self.done}, running {self.running}, failed {self.failed}, ETA {eta}")
 
+    def failed_one(self) -> None:
+        self.failed += 1
+
     def started(self) -> None:
         self.running += 1
         self._refresh()
 
-    def finished(self, row: Dict, final: bool) -> None:
+    def finished(self, elapsed: float, final: bool) -> None:
+        """`elapsed`: seconds from the trial's submission to its row (process start and queueing included)."""
         self.running -= 1
-        self.walls.append(float(row.get("wall_time_s") or 0.0))
+        self.walls.append(float(elapsed))
         if final:
             self.done += 1
-            self.failed += row.get("status") != "ok"
             self.bar.update(1)
         self._refresh()
 
@@ -115,6 +121,15 @@ def _line(row: Dict) -> str:
     return f"FAILED after {float(row.get('wall_time_s') or 0):.1f} s: {row.get('error')}"
 
 
+def _same_config(row: Dict, trial: Trial) -> bool:
+    """Whether a finished row was made with the config `trial` would run (else resume reruns it)."""
+    same = row.get("overrides") == json.loads(json.dumps(trial.config, default=str))
+    same = same and (row.get("config_file") or None) == (trial.config_file or None)
+    if not same:
+        logger.warning("resume: %s was finished with another config; it runs again", trial.directory)
+    return same
+
+
 def _keep_row(trial: Trial, row: Dict) -> None:
     """The driver's copy of a row: on a multi-node Ray cluster without a shared file system the
     worker's row.json is on another machine, and the tables are rebuilt from row.json files here."""
@@ -132,7 +147,7 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
     todo = []
     for t in trials:
         old = read_row(t.directory) if opts.resume else None
-        if old is not None and old.get("status") == "ok":
+        if old is not None and old.get("status") == "ok" and _same_config(old, t):
             rows[t.key] = old
         else:
             todo.append(t)
@@ -142,9 +157,10 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
     if not todo:
         return [rows[t.key] for t in trials]
     backend = make_backend(opts.backend, opts.address, opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent,
-                           opts.num_cpus, opts.trial_fn)
+                           opts.num_cpus, opts.trial_fn, opts.reuse_workers)
     progress = _Progress(len(trials), len(rows), backend.slots, desc)
     attempts: Dict[tuple, int] = {}
+    submitted: Dict[tuple, float] = {}
     queue, in_flight, n = list(todo), 0, 0
     try:
         while queue or in_flight:
@@ -156,12 +172,15 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
                 progress.write(f"[{desc}] {n}/{len(todo)} {t.label or t.run} {t.dataset} seed {t.seed}: "
                                f"running{retry}")
                 backend.submit(t)
+                submitted[t.key] = time.monotonic()
                 in_flight += 1
                 progress.started()
             t, row = backend.wait()
             in_flight -= 1
             again = row.get("status") != "ok" and attempts[t.key] <= opts.retries
-            progress.finished(row, final=not again)
+            if row.get("status") != "ok" and not again:
+                progress.failed_one()
+            progress.finished(time.monotonic() - submitted[t.key], final=not again)
             progress.write(f"[{desc}] {t.label or t.run} {t.dataset} seed {t.seed}: {_line(row)}"
                            + ("; retrying" if again else ""))
             if again:
