@@ -154,6 +154,23 @@ def test_random_search_is_seeded_and_covers_the_space():
         tune.search_space("no_such")
 
 
+def test_optuna_search_is_seeded_and_stays_in_the_space():
+    pytest.importorskip("optuna")
+    space = {"a": [1, 2, 3], "b": [0.1, 0.2], "c": "fixed"}
+
+    def run(seed):
+        opt = tune._Optuna(space, seed, lower_is_better=True)
+        out = []
+        for i in range(4):
+            t, cfg = opt.ask()
+            opt.tell(t, float(cfg["a"]) + i)
+            out.append(cfg)
+        return out
+
+    a = run(5)
+    assert a == run(5) and all(c["a"] in (1, 2, 3) and c["b"] in (0.1, 0.2) and c["c"] == "fixed" for c in a)
+
+
 # ------------------------------------------------------------------------------------------------
 # end to end on the tiny demo data
 # ------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ the trial's row; the tables never depend on the backend. Design notes: docs/desi
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -17,7 +18,7 @@ from .trial import ROW_FILE, Trial, _error_text, _row_skeleton, run_trial
 
 logger = logging.getLogger("MMSA." + __name__)
 
-__all__ = ["SerialBackend", "RayBackend", "make_backend", "BACKENDS"]
+__all__ = ["SerialBackend", "RayBackend", "make_backend", "ray_session", "BACKENDS"]
 
 BACKENDS = ("serial", "ray")
 
@@ -66,6 +67,36 @@ def _ray_entry(trial_data: Dict, trial_fn, use_gpu: bool, threads: int) -> Dict:
     return (trial_fn or run_trial)(trial)
 
 
+def _import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise MMINConfigError("backend 'ray': expected the Ray package; found it is not installed "
+                              "(pip install -e \".[ray]\" or pip install 'ray[default]')") from exc
+    return ray
+
+
+def _ray_init(address: Optional[str], num_cpus: Optional[int]) -> bool:
+    """Start a local Ray instance, or join `address`, unless Ray is already up; True if started here."""
+    ray = _import_ray()
+    if ray.is_initialized():
+        return False
+    kw = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+    ray.init(log_to_driver=False, configure_logging=False, **kw)
+    return True
+
+
+@contextlib.contextmanager
+def ray_session(backend: str, address: Optional[str] = None, num_cpus: Optional[int] = None):
+    """Keep one Ray instance up over several sweeps (e.g. `tune`'s search rounds and final retrain)."""
+    owns = backend == "ray" and _ray_init(address, num_cpus)
+    try:
+        yield
+    finally:
+        if owns:
+            _import_ray().shutdown()
+
+
 class RayBackend:
     """Each trial a Ray task (a fresh worker process per trial unless `reuse_workers`) with `cpus_per_trial`
     CPUs and `gpus_per_trial` GPUs (fractions allowed); at most `max_concurrent` at once (default:
@@ -77,19 +108,12 @@ class RayBackend:
     def __init__(self, address: Optional[str] = None, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
                  max_concurrent: Optional[int] = None, num_cpus: Optional[int] = None,
                  trial_fn: Optional[Callable[[Trial], Dict]] = None, reuse_workers: bool = False):
-        try:
-            import ray
-        except ImportError as exc:
-            raise MMINConfigError("backend 'ray': expected the Ray package; found it is not installed "
-                                  "(pip install -e \".[ray]\" or pip install 'ray[default]')") from exc
+        ray = _import_ray()
         if cpus_per_trial <= 0 or gpus_per_trial < 0:
             raise MMINConfigError(f"cpus_per_trial/gpus_per_trial: expected > 0 / >= 0; found "
                                   f"{cpus_per_trial}/{gpus_per_trial}")
         self.ray, self.trial_fn = ray, trial_fn
-        self._owns = not ray.is_initialized()
-        if self._owns:
-            kw = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
-            ray.init(log_to_driver=False, configure_logging=False, **kw)
+        self._owns = _ray_init(address, num_cpus)
         res = ray.cluster_resources()
         fits = math.floor(res.get("CPU", 1) / cpus_per_trial + 1e-9)
         if gpus_per_trial > 0:

@@ -21,6 +21,7 @@ from ..constants import DEFAULT_SEEDS, LOWER_IS_BETTER
 from ..errors import MMINConfigError
 from . import report
 from .aggregate import summarize
+from .backends import ray_session
 from .compare import check_datasets, check_file, check_max_epochs, check_seeds, split_overrides
 from .sweep import SweepOptions, prepare_out, run_trials
 from .trial import Trial, trial_dir
@@ -167,7 +168,7 @@ def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = 
     (dataset,) = check_datasets([dataset])
     if search not in SEARCHES:
         raise MMINConfigError(f"search: expected one of {list(SEARCHES)}; found {search!r}")
-    if int(trials) < 1:
+    if trials < 1:
         raise MMINConfigError(f"trials: expected a positive integer; found {trials!r}")
     final_seeds, max_epochs = check_seeds(final_seeds), check_max_epochs(max_epochs)
     feature_path = check_file(feature_path, "feature file")
@@ -193,17 +194,24 @@ def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = 
                      config={**cfg, **base}, label=label, skip_test=skip_test, gpu_ids=list(gpu_ids or []),
                      num_workers=int(num_workers or 0), verbose_level=verbose_level)
 
+    with ray_session(sweep.backend, sweep.address, sweep.num_cpus):
+        return _search_and_retrain(model, dataset, search, int(trials), seed, final_seeds, space, lower, key_eval,
+                                   fixed, sweep, stem, trial)
+
+
+def _search_and_retrain(model, dataset, search, trials, seed, final_seeds, space, lower, key_eval, fixed, sweep,
+                        stem, trial) -> Dict:
     # --- the search: validation only -----------------------------------------------------------
     search_rows, configs = [], []
     if search == "random":
-        configs = sample_random(space, int(trials), seed)
+        configs = sample_random(space, trials, seed)
         ts = [trial(f"{model}-trial-{i:03d}", seed, c, True, f"trial {i}") for i, c in enumerate(configs)]
         search_rows = run_trials(ts, sweep, desc=f"tune {model} {dataset} search")
     else:
         opt = _Optuna(space, seed, lower)
         batch = max(1, sweep.max_concurrent or 1)
-        while len(configs) < int(trials):
-            asked = [opt.ask() for _ in range(min(batch, int(trials) - len(configs)))]
+        while len(configs) < trials:
+            asked = [opt.ask() for _ in range(min(batch, trials - len(configs)))]
             ts = [trial(f"{model}-trial-{len(configs) + j:03d}", seed, c, True, f"trial {len(configs) + j}")
                   for j, (_, c) in enumerate(asked)]
             rows = run_trials(ts, sweep, desc=f"tune {model} {dataset} search")
