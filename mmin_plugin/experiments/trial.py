@@ -150,7 +150,7 @@ def _history_scalars(scalars: _Scalars, history_path: Path) -> Optional[List[Dic
         return None
     history = json.loads(history_path.read_text(encoding="utf-8"))
     for i, rec in enumerate(history):
-        scalars.add("mmin", int(rec.get("epoch", i + 1)), rec)
+        scalars.add("mmin", int(rec.get("epoch", i + 1)), {k: v for k, v in rec.items() if k != "epoch"})
     return history
 
 
