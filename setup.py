@@ -35,10 +35,13 @@ setup(
         "tqdm",
         "pandas",
         "matplotlib",
+        "tensorboard",
     ],
     extras_require={
         "test": ["pytest", "hypothesis"],
         "bench": ["entmax", "psutil"],
+        "ray": ["ray[default]>=2.9"],
+        "tune": ["optuna>=3"],
     },
     entry_points={"console_scripts": ["mmin-plugin=mmin_plugin.cli:main"]},
 )

@@ -1,4 +1,4 @@
-"""Command line: `python -m mmin_plugin {run,demo,demo-data,compare,ablate,convert} ...`.
+"""Command line: `python -m mmin_plugin {run,demo,demo-data,convert,compare,ablate,tune,patches} ...`.
 
 `run` mirrors MMSA's own CLI (`python -m MMSA -m misa -d mosi -s 1111 ...`) with MMIN registered
 and a few conveniences (`--feature-path`, `--pretrained`, `--max-epochs`, `--set key=value`).
@@ -78,6 +78,23 @@ def _out_file(text):
     return str(p)
 
 
+def _real_at_least(lo, strict, what):
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            v = float("nan")
+        if not (v > lo if strict else v >= lo) or v != v or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {what}; found {text!r}")
+        return v
+    parse.__name__ = what
+    return parse
+
+
+_positive_real = _real_at_least(0.0, True, "a positive number")
+_nonnegative_real = _real_at_least(0.0, False, "a number >= 0")
+
+
 def _dataset(text):
     name = text.lower()
     if name not in DATASETS:
@@ -140,6 +157,64 @@ def _common_run_options(p):
     p.add_argument("-v", "--verbose", type=int, default=1, help="0 errors, 1 info, 2 debug")
 
 
+def _experiment_options(p, name):
+    """Options of `compare` / `ablate` / `tune` (choices from mmin_plugin.constants and experiments.variants)."""
+    from .constants import DEFAULT_SEEDS
+    from .experiments.backends import BACKENDS
+    from .experiments.variants import DESIGN_VARIANTS, PAPER_VARIANTS
+
+    if name == "tune":
+        p.add_argument("-m", "--model", required=True, type=_model, help="MMSA model name (mmin, misa, mult, ...)")
+        p.add_argument("-d", "--dataset", default="mosi", type=_dataset)
+        p.add_argument("--trials", type=_positive, default=20, help="number of search trials")
+        p.add_argument("--search", default="random", choices=("random", "optuna"),
+                       help="optuna: pip install -e .[tune]")
+        p.add_argument("--seed", type=_seed, default=DEFAULT_SEEDS[0],
+                       help="sampler seed and search-trial training seed")
+        p.add_argument("--final-seeds", type=_seed, nargs="+", default=list(DEFAULT_SEEDS))
+    else:
+        p.add_argument("--dataset", "--datasets", dest="datasets", nargs="+", default=["mosi"], type=_dataset)
+        p.add_argument("--seeds", type=_seed, nargs="+", default=list(DEFAULT_SEEDS))
+    if name == "compare":
+        p.add_argument("--models", nargs="+", type=_model, default=["mmin", "misa", "mult"])
+    if name == "ablate":
+        p.add_argument("--variants", nargs="+", choices=[v.name for v in PAPER_VARIANTS + DESIGN_VARIANTS],
+                       help="default: paper Table 2's nine; design variants ("
+                       + ", ".join(v.name for v in DESIGN_VARIANTS) + ") only when named")
+    if name != "tune":
+        p.add_argument("--config-file", nargs="+", type=_existing_file, default=[], metavar="JSON",
+                       help="MMSA config files (e.g. tune's output), each used for the models it configures")
+    p.add_argument("--feature-path", type=_existing_file,
+                   help="MMSA-Standard feature file (default: MMSA's configured path)")
+    p.add_argument("--pretrained", help="BERT hub name or local directory, passed to every BERT-based model")
+    p.add_argument("--max-epochs", type=_epochs, help="cap on training epochs, the same rule for every model")
+    p.add_argument("--out", default="mmin-results", type=_out_dir)
+    p.add_argument("--set", nargs="*", type=_key_value, metavar="KEY=VALUE",
+                   help="overrides; model.key applies to one model")
+    p.add_argument("-g", "--gpu-ids", type=_gpu, nargs="*", default=[], help="serial backend: MMSA's gpu_ids")
+    p.add_argument("-n", "--num-workers", type=_workers, default=0)
+    g = p.add_argument_group("where trials run")
+    g.add_argument("--backend", default="serial", choices=BACKENDS)
+    g.add_argument("--address", help="ray: 'auto' or 'ray://host:10001' joins a running cluster; default: local")
+    g.add_argument("--cpus-per-trial", type=_positive_real, default=1.0)
+    g.add_argument("--gpus-per-trial", type=_nonnegative_real, default=0.0,
+                   help="ray: fractions share a GPU (0.5 = 2 per GPU)")
+    g.add_argument("--max-concurrent", type=_positive, help="ray: at most this many trials at once")
+    g.add_argument("--retries", type=_workers, default=0, help="re-run a failed trial up to N times")
+    g.add_argument("--reuse-workers", action="store_true",
+                   help="ray: a worker process runs several trials (saves its start-up; default: one process a trial)")
+    g.add_argument("--resume", action="store_true", help="skip trials whose row.json says finished")
+    g.add_argument("--overwrite", action="store_true", help="replace the results in a non-empty --out")
+
+
+def _sweep_options(a):
+    from .experiments.sweep import SweepOptions
+
+    return SweepOptions(backend=a.backend, address=a.address, cpus_per_trial=a.cpus_per_trial,
+                        gpus_per_trial=a.gpus_per_trial, max_concurrent=a.max_concurrent, retries=a.retries,
+                        resume=a.resume, overwrite=a.overwrite, reuse_workers=a.reuse_workers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mmin_plugin", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -177,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corrupt", action="store_true", help="use a demo file with NaN/inf and zero-length sequences")
     p.add_argument("--set", nargs="*", type=_key_value, metavar="KEY=VALUE", help="config overrides")
 
+    sub.add_parser("patches", help="list every change mmin_plugin makes to MMSA, and why")
+
     p = sub.add_parser("convert", help="rewrite a feature file without pickle (safe format; see "
                                        "mmin_plugin.integration.convert)")
     p.add_argument("input", type=_existing_file, help="a feature file (pickle, read with the safe loader)")
@@ -184,22 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bytes", type=_positive, default=None,
                    help="memory budget for reading INPUT (default: 4x its size + 64 MiB)")
 
-    for name in ("compare", "ablate"):
-        p = sub.add_parser(name, help="head-to-head comparison" if name == "compare" else "Table 2 ablations")
-        p.add_argument("--dataset", default="mosi", type=_dataset)
-        if name == "compare":
-            p.add_argument("--models", nargs="+", type=_model, default=["mmin", "misa", "mult"])
-        p.add_argument("--seeds", type=_seed, nargs="+", default=[1111, 1112, 1113, 1114, 1115])
-        p.add_argument("--feature-path", type=_existing_file,
-                       help="MMSA-Standard feature file (default: MMSA's configured path)")
-        p.add_argument("--pretrained", help="BERT hub name or local directory, passed to every BERT-based model")
-        p.add_argument("--max-epochs", type=_epochs,
-                       help="cap on training epochs, the same rule for every model (see experiments.compare)")
-        p.add_argument("--out", default="mmin-results", type=_out_dir)
-        p.add_argument("--set", nargs="*", type=_key_value, metavar="KEY=VALUE",
-                       help="overrides applied to every model")
-        p.add_argument("-g", "--gpu-ids", type=_gpu, nargs="*", default=[])
-        p.add_argument("-n", "--num-workers", type=_workers, default=0)
+    for name, text in (("compare", "head-to-head comparison"), ("ablate", "Table 2 ablations"),
+                       ("tune", "seeded search on VALID, then the chosen config retrained and tested once")):
+        _experiment_options(sub.add_parser(name, help=text), name)
     return parser
 
 
@@ -209,7 +273,7 @@ def cmd_run(a) -> int:
 
     import mmin_plugin  # noqa: F401  (registers MMIN, applies the compatibility layer)
 
-    from .experiments.compare import epoch_cap  # the lead moves it to experiments.runner at merge
+    from .experiments.runner import epoch_cap
 
     config = _parse_set(a.set)
     if a.feature_path:
@@ -261,13 +325,32 @@ def cmd_demo(a) -> int:
 def cmd_compare(a, ablate=False) -> int:
     from .experiments import compare
 
-    kw = dict(dataset=a.dataset, seeds=a.seeds, feature_path=a.feature_path, pretrained=a.pretrained,
+    kw = dict(dataset=a.datasets, seeds=a.seeds, feature_path=a.feature_path, pretrained=a.pretrained,
               max_epochs=a.max_epochs, out_dir=a.out, overrides=_parse_set(a.set), gpu_ids=list(a.gpu_ids),
-              num_workers=a.num_workers)
+              num_workers=a.num_workers, config_files=a.config_file, sweep=_sweep_options(a))
     if ablate:
-        compare.run_ablation(**kw)
+        compare.run_ablation(variants=a.variants, **kw)
     else:
         compare.run_comparison(models=a.models, **kw)
+    return 0
+
+
+def cmd_tune(a) -> int:
+    from .experiments.tune import run_tune
+
+    run_tune(a.model, a.dataset, trials=a.trials, search=a.search, seed=a.seed, final_seeds=a.final_seeds,
+             feature_path=a.feature_path, pretrained=a.pretrained, max_epochs=a.max_epochs, out_dir=a.out,
+             overrides=_parse_set(a.set), gpu_ids=list(a.gpu_ids), num_workers=a.num_workers,
+             sweep=_sweep_options(a))
+    return 0
+
+
+def cmd_patches(a) -> int:
+    import mmin_plugin  # noqa: F401  (registration installs every patch)
+
+    from .integration.patching import describe
+
+    print(describe())
     return 0
 
 
@@ -285,6 +368,10 @@ def main(argv=None) -> int:
             return cmd_demo_data(a)
         if a.command == "demo":
             return cmd_demo(a)
+        if a.command == "tune":
+            return cmd_tune(a)
+        if a.command == "patches":
+            return cmd_patches(a)
         return cmd_compare(a, ablate=a.command == "ablate")
     except MMINError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -25,7 +25,7 @@ import pytest
 import mmin_plugin
 import mmin_plugin.experiments.runner
 from mmin_plugin.errors import MMINConfigError, MMINDataError
-from mmin_plugin.experiments import compare, paper
+from mmin_plugin.experiments import compare, paper, runner
 
 REPO = Path(__file__).resolve().parent.parent
 FAST_MMIN = {"mmin.d_model": 16, "mmin.nheads": 4, "mmin.fine_layers": 1, "mmin.fusion_ff_dim": 32,
@@ -47,7 +47,7 @@ def read_csv(path):
 def md_table(md_text, first_header):
     """Rows (lists of cells) of the markdown table whose first header cell is `first_header`."""
     lines = md_text.splitlines()
-    start = next(i for i, l in enumerate(lines) if l.startswith(f"| {first_header} |"))
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
     header = [c.strip() for c in lines[start].strip().strip("|").split("|")]
     rows = []
     for line in lines[start + 2:]:
@@ -109,6 +109,7 @@ def comparison(demo, tmp_path_factory):
     return {"out": out, "rows": rows, "stdout": buf.getvalue(), "n_handlers": n_handlers}
 
 
+@pytest.mark.e2e
 def test_compare_csv_one_row_per_model_and_seed(comparison, demo):
     fields, rows = read_csv(comparison["out"] / "compare-mosi.csv")
     assert fields[:len(compare.CSV_BASE_COLUMNS)] == compare.CSV_BASE_COLUMNS
@@ -126,16 +127,19 @@ def test_compare_csv_one_row_per_model_and_seed(comparison, demo):
         assert r["epochs"] == "1" and r["stopped_by"] == "max_epochs" and r["max_epochs"] == "1"
         assert r["early_stop"] == "8"  # each model's own MMSA patience, untouched
         assert r["feature_path"] == demo["feature_path"]
-        assert Path(r["checkpoint"]).is_file() and r["checkpoint"].endswith(f"runs/{name}/models/{name}-mosi.pth")
+        assert Path(r["checkpoint"]).is_file()
+        assert r["checkpoint"].endswith(f"runs/{name}/mosi/seed1111/models/{name}-mosi.pth")
     # pretrained goes to BERT-based models only (MulT reads the file's precomputed text features)
     assert by["mmin"]["pretrained"] == by["misa"]["pretrained"] == demo["bert_dir"]
     assert by["mult"]["pretrained"] == ""
     bad = by["no_such_model"]
     assert bad["status"] == "failed" and "KeyError" in bad["error"] and "no_such_model" in bad["error"]
     assert all(bad[k] == "" for k in MOSI_METRICS)
-    assert (comparison["out"] / "runs" / "no_such_model" / "error-seed1111.txt").read_text().startswith("Traceback")
+    assert (comparison["out"] / "runs" / "no_such_model" / "mosi" / "seed1111" / "error.txt").read_text().startswith(
+        "Traceback")
 
 
+@pytest.mark.e2e
 def test_compare_markdown_table(comparison):
     md = (comparison["out"] / "compare-mosi.md").read_text()
     header, rows = md_table(md, "Model")
@@ -168,22 +172,31 @@ def test_compare_markdown_table(comparison):
     assert "negative/non-negative" in md and "status: complete (4/4" in md
 
 
+@pytest.mark.e2e
 def test_compare_figures_history_and_terminal(comparison):
     out = comparison["out"]
     assert_png(out / "compare-mosi.png")
-    assert_png(out / "curves-mmin-mosi-seed1111.png")
-    assert not list(out.glob("curves-misa*")) and not list(out.glob("curves-mult*"))
+    trial = out / "runs" / "mmin" / "mosi" / "seed1111"
+    assert_png(trial / "curves.png")
+    assert not (out / "runs" / "misa" / "mosi" / "seed1111" / "curves.png").exists()
     import json
 
-    hist = json.loads((out / "runs" / "mmin" / "history-mosi-seed1111.json").read_text())
+    hist = json.loads((trial / "models" / "mmin-mosi.history.json").read_text())
     assert len(hist) == 1 and {"train_L_senti", "train_L_sep", "train_L_ac", "train_L_ap"} <= set(hist[0])
-    # every model has its own MMSA folders; MMSA's results CSV one row per call
+    # every trial has its own MMSA folders; MMSA's results CSV one row per call
     for name in ("mmin", "misa", "mult"):
-        assert (out / "runs" / name / "results" / "normal" / "mosi.csv").is_file()
-        assert (out / "runs" / name / "logs" / f"{name}-mosi.log").is_file()
+        d = out / "runs" / name / "mosi" / "seed1111"
+        assert (d / "results" / "normal" / "mosi.csv").is_file()
+        assert (d / "logs" / f"{name}-mosi.log").is_file()
+        row = json.loads((d / "row.json").read_text())
+        assert row["status"] == "ok" and row["environment"]["torch"] and row["config"]["model_name"] == name
+        assert row["do_test_calls"] == {"VAL": 1, "TEST": 1}
+        events = list((d / "tb").glob("events.out.tfevents.*"))  # per-epoch validation curves
+        assert events and events[0].stat().st_size > 0
+    assert (out / "compare-mosi.tex").read_text().count(r"\textbf{") >= 2
     stdout = comparison["stdout"]
-    assert "[compare mosi] 1/4 mmin seed 1111: running" in stdout
-    assert "4/4 no_such_model seed 1111: FAILED" in stdout
+    assert "[compare mosi] 1/4 mmin mosi seed 1111: running" in stdout
+    assert "no_such_model mosi seed 1111: FAILED" in stdout
     assert "| mmin |" in stdout and "Published reference" in stdout
     # MMSA_run's per-call logging handlers do not pile up
     assert len(logging.getLogger("MMSA").handlers) == comparison["n_handlers"]
@@ -197,6 +210,7 @@ def _fast_set():
     return [f"{k}={v}" for k, v in FAST_MMIN.items()]
 
 
+@pytest.mark.e2e
 def test_cli_ablate_all_table2_variants(demo, tmp_path, capsys):
     from mmin_plugin import cli
 
@@ -212,12 +226,12 @@ def test_cli_ablate_all_table2_variants(demo, tmp_path, capsys):
     assert all(r["model"] == "mmin" and r["status"] == "ok" and r["epochs"] == "1" for r in rows), rows
     for r in rows:
         assert all(math.isfinite(float(r[k])) for k in MOSI_METRICS)
-        run_dir = out / "runs" / r["run"]
+        run_dir = out / "runs" / r["run"] / "mosi" / "seed1111"
         assert Path(r["checkpoint"]) == run_dir / "models" / "mmin-mosi.pth" and Path(r["checkpoint"]).is_file()
         import pandas as pd
 
         assert len(pd.read_csv(run_dir / "results" / "normal" / "mosi.csv")) == 1  # per-variant MMSA CSV
-        assert_png(out / f"curves-{r['run']}-mosi-seed1111.png")
+        assert_png(run_dir / "curves.png")
     # variants really differ: 'w/o text' trains a different network than the full model
     assert rows[0]["MAE"] != rows[3]["MAE"] or rows[0]["Corr"] != rows[3]["Corr"]
     md = (out / "ablation-mosi.md").read_text()
@@ -233,6 +247,7 @@ def test_cli_ablate_all_table2_variants(demo, tmp_path, capsys):
     assert "| MMIN (full) |" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_python_m_compare_subprocess_default_feature_path(demo, tmp_path):
     """`python -m mmin_plugin compare` without --feature-path: MMSA's configured featurePath
     (MOSI/Processed/unaligned_50.pkl), re-rooted by $MMSA_DATASET_ROOT."""
@@ -243,16 +258,20 @@ def test_python_m_compare_subprocess_default_feature_path(demo, tmp_path):
     out = tmp_path / "cli"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(REPO),
                MMSA_DATASET_ROOT=str(root), OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "mmin_plugin", "compare", "--dataset", "mosi", "--models", "mmin", "bogus",
-         "--seeds", "1111", "--max-epochs", "1", "--pretrained", demo["bert_dir"], "--out", str(out),
-         "--set", *_fast_set()],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    args = [sys.executable, "-m", "mmin_plugin", "compare", "--dataset", "mosi", "--models", "mmin", "bogus",
+            "--seeds", "1111", "--max-epochs", "1", "--pretrained", demo["bert_dir"], "--out", str(out),
+            "--set", *_fast_set()]
+    # an unknown model name is refused before anything trains (issue 11)
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "error:" in proc.stderr and "bogus" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+    args.remove("bogus")
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, rows = read_csv(out / "compare-mosi.csv")
-    assert [(r["run"], r["status"]) for r in rows] == [("mmin", "ok"), ("bogus", "failed")]
+    assert [(r["run"], r["status"]) for r in rows] == [("mmin", "ok")]
     assert rows[0]["feature_path"] == str(expected)
-    assert "| mmin |" in proc.stdout and "FAILED" in proc.stdout
+    assert "| mmin |" in proc.stdout
     assert_png(out / "compare-mosi.png")
 
 
@@ -310,7 +329,8 @@ def test_failure_of_one_model_keeps_the_others(fake_run, tmp_path):
     accs = [100 * (0.6 + 0.01 + 0.05), 100 * (0.6 + 0.02 + 0.05)]
     assert by["mmin"][3].split(" / ")[0] == f"**{np.mean(accs):.2f} ± {np.std(accs):.2f}**"
     assert not any(c.startswith("**") for c in by["mult"][1:6])  # mmin is better everywhere
-    assert by["misa"][6] == "0/2" and by["misa"][-1].startswith("failed") and "MISA exploded \\| badly" in by["misa"][-1]
+    assert by["misa"][6] == "0/2" and by["misa"][-1].startswith("failed")
+    assert "MISA exploded \\| badly" in by["misa"][-1]
     assert by["mult"][-1] == "ok"
     assert_png(fake_run["out"] / "compare-mosi.png")
 
@@ -330,11 +350,19 @@ def test_interrupted_run_keeps_finished_seeds(fake_run):
     _, md_rows = md_table(md, "Model")
     assert md_rows[2][0] == "misa" and md_rows[2][-1] == "not run yet"
     assert_png(fake_run["out"] / "compare-mosi.png")
-    # a second run into the same folder keeps the previous CSV as .prev.csv
+    # a second run into the same folder is refused and changes nothing; --resume runs only the rest
     fake_run["plan"].clear()
-    _quiet(compare.run_comparison, models=["mmin"], dataset="mosi", seeds=[1111], out_dir=fake_run["out"])
-    assert len(read_csv(fake_run["out"] / "compare-mosi.prev.csv")[1]) == 2
-    assert len(read_csv(fake_run["out"] / "compare-mosi.csv")[1]) == 1
+    before = {p: p.read_bytes() for p in fake_run["out"].rglob("*") if p.is_file()}
+    with pytest.raises(MMINConfigError, match="--resume"):
+        compare.run_comparison(models=["mmin", "mult", "misa"], dataset="mosi", seeds=[1111],
+                               out_dir=fake_run["out"])
+    assert {p: p.read_bytes() for p in fake_run["out"].rglob("*") if p.is_file()} == before
+    n_calls = len(fake_run["calls"])
+    out = _quiet(compare.run_comparison, models=["mmin", "mult", "misa"], dataset="mosi", seeds=[1111],
+                 out_dir=fake_run["out"], sweep=compare.SweepOptions(resume=True))
+    assert [c["model"] for c in fake_run["calls"][n_calls:]] == ["misa"]
+    assert [r["status"] for r in out] == ["ok", "ok", "ok"]
+    assert len(read_csv(fake_run["out"] / "compare-mosi.csv")[1]) == 3
 
 
 def test_sims_metric_names_do_not_crash(fake_run):
@@ -355,7 +383,8 @@ def test_sims_metric_names_do_not_crash(fake_run):
 def test_each_model_gets_the_same_data_and_its_own_config(fake_run, demo):
     _quiet(compare.run_comparison, models=["MMIN", "misa", "mult", "self_mm", "mmin"], dataset="mosi",
            seeds=[1111, 1112], feature_path=os.path.relpath(demo["feature_path"]), pretrained="/some/bert",
-           max_epochs=4, out_dir=fake_run["out"], overrides={"batch_size": 8, "mmin.d_model": 16, "misa.hidden_size": 32},
+           max_epochs=4, out_dir=fake_run["out"],
+           overrides={"batch_size": 8, "mmin.d_model": 16, "misa.hidden_size": 32},
            gpu_ids=[], num_workers=0)
     calls = fake_run["calls"]
     assert [(c["model"], c["seeds"]) for c in calls] == [
@@ -365,8 +394,9 @@ def test_each_model_gets_the_same_data_and_its_own_config(fake_run, demo):
         assert cfg["featurePath"] == demo["feature_path"] and cfg["max_epochs"] == 4 and cfg["batch_size"] == 8
         assert ("pretrained" in cfg) == (c["model"] != "mult") and cfg.get("pretrained", "/some/bert") == "/some/bert"
         assert ("d_model" in cfg) == (c["model"] == "mmin") and ("hidden_size" in cfg) == (c["model"] == "misa")
-        assert Path(c["model_save_dir"]) == fake_run["out"].resolve() / "runs" / c["model"] / "models"
-        assert Path(c["res_save_dir"]).parent.name == c["model"] and c["gpu_ids"] == [] and c["num_workers"] == 0
+        trial = fake_run["out"].resolve() / "runs" / c["model"] / "mosi" / f"seed{c['seeds'][0]}"
+        assert Path(c["model_save_dir"]) == trial / "models"
+        assert Path(c["res_save_dir"]).parent == trial and c["gpu_ids"] == [] and c["num_workers"] == 0
 
 
 def test_ablation_variants_configs_and_folders(fake_run):
@@ -440,21 +470,21 @@ class _MMSALikeTrainer:
 ])
 def test_epoch_cap_instrumentation(max_epochs, losses, expect_epochs, expect_saved, stopped_by):
     trainer = _MMSALikeTrainer({"early_stop": 2}, losses)
-    stats = {"epochs": 0, "stopped_by": None}
-    compare._instrument_trainer(trainer, max_epochs, stats)
+    probe = runner.TrialProbe(max_epochs)
+    probe.instrument(trainer)
     trainer.do_train(None, {"valid": None})
-    assert stats == {"epochs": expect_epochs, "stopped_by": stopped_by}
+    assert (probe.epochs, probe.stopped_by) == (expect_epochs, stopped_by)
     assert trainer.saved_at == expect_saved
     assert trainer.args.early_stop == 2 and trainer.args["early_stop"] == 2  # restored
     trainer.do_test(None, None, mode="VAL")  # outside do_train: not counted
-    assert stats["epochs"] == expect_epochs
+    assert probe.epochs == expect_epochs
 
 
 def test_epoch_cap_restores_mmsa_get_train():
     from MMSA.trains import ATIO
 
     before = ATIO.getTrain
-    with compare.epoch_cap(2):
+    with runner.epoch_cap(2):
         assert ATIO.getTrain is not before
     assert ATIO.getTrain is before
 

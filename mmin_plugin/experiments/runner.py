@@ -1,10 +1,20 @@
-"""Run `MMSA_run` and get the per-seed test results back (MMSA itself only writes them to a CSV
-as rounded mean*100 / std*100 tuples)."""
+"""Running one `MMSA_run` and getting its numbers back: per-seed results, the trainer's epochs and
+validation scores, MMSA's log handlers cleaned up. Every temporary patch of MMSA is a context
+manager on `unittest.mock.patch.object`. Design notes: docs/design/experiments.md.
+"""
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Dict, List
+from collections import Counter
+from typing import Callable, Dict, List, Optional
+from unittest import mock
+
+from ..constants import LOWER_IS_BETTER
+
+logger = logging.getLogger("MMSA." + __name__)
+
+__all__ = ["own_mmsa_handlers", "capture_results", "TrialProbe", "instrument_trainers", "epoch_cap", "mmsa_run"]
 
 
 @contextlib.contextmanager
@@ -25,7 +35,7 @@ def own_mmsa_handlers():
 
 @contextlib.contextmanager
 def capture_results():
-    """Collect the test-result dict of every `MMSA.run._run` call made inside the block."""
+    """Collect the result dict of every `MMSA.run._run` call made inside the block."""
     import MMSA.run as mrun
 
     captured: List[Dict] = []
@@ -37,11 +47,116 @@ def capture_results():
             captured.append({k: v for k, v in result.items() if isinstance(v, (int, float))})
         return result
 
-    mrun._run = _run
-    try:
+    with mock.patch.object(mrun, "_run", _run):
         yield captured
-    finally:
-        mrun._run = inner
+
+
+def _numbers(result) -> Dict[str, float]:
+    return {k: float(v) for k, v in (result or {}).items() if isinstance(v, (int, float))}
+
+
+class TrialProbe:
+    """Instruments the trainer MMSA builds for one run (every MMSA 2.2.1 trainer runs: train an
+    epoch, `do_test(valid, "VAL")`, keep the best checkpoint, `if epochs - best_epoch >= early_stop:
+    return`; `_run` then calls `do_test(test, "TEST")` once).
+
+    * epoch cap: after the `max_epochs`-th validation pass inside `do_train`, `args.early_stop` is set
+      to 0 (restored when `do_train` returns), so that epoch's checkpoint decision is made first and
+      the trainer's own patience test then ends training;
+    * records `epochs`, `stopped_by` ('early_stop' / 'max_epochs'), the validation results of every
+      epoch (`valid`), the `do_test` calls that ran, by mode (`modes`), and the args the trainer got;
+    * `skip_test=True` (tuning): `do_test(..., mode="TEST")` is NOT run; it returns the best
+      validation result instead (the epoch whose checkpoint the trainer kept), so the test split is
+      never read and MMSA's `_run` hands back the validation score;
+    * `on_valid(epoch, result)` is called after each validation pass (TensorBoard).
+    """
+
+    def __init__(self, max_epochs: Optional[int] = None, skip_test: bool = False,
+                 on_valid: Optional[Callable[[int, Dict], None]] = None):
+        self.max_epochs, self.skip_test, self.on_valid = max_epochs, skip_test, on_valid
+        self.epochs, self.stopped_by = 0, None
+        self.valid: List[Dict[str, float]] = []
+        self.modes: Counter = Counter()
+        self.args = None
+
+    @property
+    def key_eval(self) -> str:
+        return str((self.args or {}).get("KeyEval") or "Loss")
+
+    def best_valid(self) -> Optional[Dict[str, float]]:
+        """The validation result of the epoch the trainer kept (MMSA: 'Loss' is minimised, every other
+        KeyEval maximised, and a later epoch must beat the best by 1e-6)."""
+        key, best, best_val = self.key_eval, None, None
+        lower = key in LOWER_IS_BETTER
+        for res in self.valid:
+            v = res.get(key)
+            if v is None:
+                continue
+            if best is None or (v <= best_val - 1e-6 if lower else v >= best_val + 1e-6):
+                best, best_val = res, v
+        return best
+
+    def instrument(self, trainer) -> None:
+        orig_train, orig_test = trainer.do_train, trainer.do_test
+        state = {"training": False}
+        self.args = trainer.args
+
+        def do_test(model, dataloader, mode="VAL", *a, **kw):
+            tag = str(mode).upper()
+            if tag.startswith("TEST") and self.skip_test:
+                best = self.best_valid()
+                if best is None:
+                    raise RuntimeError("tuning: no validation result to report instead of TEST")
+                self.modes["TEST (skipped)"] += 1
+                return dict(best)
+            result = orig_test(model, dataloader, mode, *a, **kw)
+            self.modes[tag] += 1
+            if state["training"] and tag.startswith("VAL"):
+                self.epochs += 1
+                self.valid.append(_numbers(result))
+                if self.on_valid is not None:
+                    self.on_valid(self.epochs, self.valid[-1])
+                if self.max_epochs and self.epochs >= self.max_epochs:
+                    self.stopped_by = "max_epochs"
+                    trainer.args["early_stop"] = 0  # read by the trainer right after the checkpoint decision
+            return result
+
+        def do_train(model, dataloader, *a, **kw):
+            state["training"] = True
+            had, saved = "early_stop" in trainer.args, trainer.args.get("early_stop")
+            self.epochs, self.stopped_by, self.valid = 0, "early_stop", []
+            try:
+                return orig_train(model, dataloader, *a, **kw)
+            finally:
+                state["training"] = False
+                if had:
+                    trainer.args["early_stop"] = saved
+
+        trainer.do_train, trainer.do_test = do_train, do_test
+
+
+@contextlib.contextmanager
+def instrument_trainers(probe: TrialProbe):
+    """Within the block, every trainer `ATIO.getTrain` builds is instrumented by `probe`."""
+    from MMSA.trains import ATIO
+
+    orig = ATIO.getTrain
+
+    def getTrain(self, args):
+        trainer = orig(self, args)
+        probe.instrument(trainer)
+        return trainer
+
+    with mock.patch.object(ATIO, "getTrain", getTrain):
+        yield probe
+
+
+@contextlib.contextmanager
+def epoch_cap(max_epochs: Optional[int]):
+    """Within the block, trainers MMSA builds stop after at most `max_epochs` epochs (None: no cap);
+    yields the `TrialProbe` (`epochs`, `stopped_by`)."""
+    with instrument_trainers(TrialProbe(max_epochs)) as probe:
+        yield probe
 
 
 def mmsa_run(model: str, dataset: str, **kwargs) -> List[Dict]:

@@ -1,0 +1,197 @@
+"""Running a list of trials on a backend: the output-folder rule (refuse / `resume` / `overwrite`),
+retries, one overall progress bar, and the per-trial callback that rebuilds the tables.
+Design notes: docs/design/experiments.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+from ..atomic import atomic_write_text
+from ..errors import MMINConfigError
+from .backends import make_backend
+from .trial import ROW_FILE, Trial, read_row
+
+logger = logging.getLogger("MMSA." + __name__)
+
+__all__ = ["SweepOptions", "prepare_out", "run_trials", "OUTPUT_GLOBS"]
+
+#: what this package writes at the top of an output folder (removed by `overwrite`, with `runs/`)
+OUTPUT_GLOBS = ("compare-*", "ablation-*", "tune-*", "curves-*")
+
+
+@dataclasses.dataclass
+class SweepOptions:
+    """How trials run: `backend` ('serial' | 'ray'), Ray's `address`, resources per trial,
+    `max_concurrent`, `retries` (extra attempts of a failed trial), `resume` / `overwrite`,
+    `reuse_workers` (Ray: a worker process runs several trials), and (for
+    tests) `num_cpus` of a local Ray instance and `trial_fn` (default trial.run_trial)."""
+
+    backend: str = "serial"
+    address: Optional[str] = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: Optional[int] = None
+    retries: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    num_cpus: Optional[int] = None
+    trial_fn: Optional[Callable] = None
+    reuse_workers: bool = False
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """A non-empty `out` is refused unless `resume` (keep it, finished trials are skipped) or
+    `overwrite` (its `runs/` and this package's tables are removed first; other files stay)."""
+    if resume and overwrite:
+        raise MMINConfigError("resume and overwrite: expected at most one of them; found both")
+    if out.exists() and not out.is_dir():
+        raise MMINConfigError(f"output folder {out}: expected a folder; found a file")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries and not (resume or overwrite):
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise MMINConfigError(f"output folder {out}: expected an empty or new folder; found {len(entries)} "
+                              f"entries ({shown}). Pass --resume to continue it (finished trials are skipped) "
+                              "or --overwrite to replace its results; nothing was changed")
+    if entries and overwrite:
+        shutil.rmtree(out / "runs", ignore_errors=True)
+        for pattern in OUTPUT_GLOBS:
+            for p in out.glob(pattern):
+                if p.is_file():
+                    p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+class _Progress:
+    """One bar for the sweep: trials done / running / failed and an ETA from the finished trials'
+    wall times (submission to result) x trials left / trials at once."""
+
+    def __init__(self, total: int, skipped: int, slots: int, desc: str):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=skipped, desc=desc, unit="trial", dynamic_ncols=True)
+        self.total, self.done, self.failed, self.running, self.slots = total, skipped, 0, 0, max(1, slots)
+        self.walls: List[float] = []
+        self._refresh()
+
+    def _refresh(self) -> None:
+        eta = "?"
+        if self.walls:
+            left = self.total - self.done
+            secs = sum(self.walls) / len(self.walls) * left / min(self.slots, max(1, left))
+            eta = time.strftime("%H:%M:%S", time.gmtime(secs)) if left else "0"
+        self.bar.set_postfix_str(f"done {self.done}, running {self.running}, failed {self.failed}, ETA {eta}")
+
+    def failed_one(self) -> None:
+        self.failed += 1
+
+    def started(self) -> None:
+        self.running += 1
+        self._refresh()
+
+    def finished(self, elapsed: float, final: bool) -> None:
+        """`elapsed`: seconds from the trial's submission to its row (process start and queueing included)."""
+        self.running -= 1
+        self.walls.append(float(elapsed))
+        if final:
+            self.done += 1
+            self.bar.update(1)
+        self._refresh()
+
+    def write(self, text: str) -> None:
+        self.bar.write(text)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _line(row: Dict) -> str:
+    if row.get("status") == "ok":
+        m = row.get("metrics") or {}
+        brief = " ".join(f"{k} {m[k]:.4f}" for k in ("MAE", "Corr") if k in m)
+        if row.get("valid_score") is not None and not m:
+            brief = f"valid {row.get('key_eval')} {row['valid_score']:.4f}"
+        return (f"ok in {row['wall_time_s']:.1f} s, {row['epochs']} epoch(s) (stopped by {row['stopped_by']}), "
+                f"{brief}")
+    return f"FAILED after {float(row.get('wall_time_s') or 0):.1f} s: {row.get('error')}"
+
+
+def _same_config(row: Dict, trial: Trial) -> bool:
+    """Whether a finished row was made with the config `trial` would run (else resume reruns it)."""
+    same = row.get("overrides") == json.loads(json.dumps(trial.config, default=str))
+    same = same and (row.get("config_file") or None) == (trial.config_file or None)
+    if not same:
+        logger.warning("resume: %s was finished with another config; it runs again", trial.directory)
+    return same
+
+
+def _keep_row(trial: Trial, row: Dict) -> None:
+    """The driver's copy of a row: on a multi-node Ray cluster without a shared file system the
+    worker's row.json is on another machine, and the tables are rebuilt from row.json files here."""
+    if read_row(trial.directory) != row:
+        trial.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(trial.path / ROW_FILE, json.dumps(row, indent=1, default=str))
+
+
+def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials",
+               on_row: Optional[Callable[[Trial, Dict], None]] = None) -> List[Dict]:
+    """Run every trial not yet finished (with `opts.resume`, a trial whose row.json says 'ok' is
+    skipped), at most `backend.slots` at once, a failed one up to `opts.retries` more times;
+    `on_row(trial, row)` after each finished attempt. Returns the rows in `trials` order."""
+    rows: Dict[tuple, Dict] = {}
+    todo = []
+    for t in trials:
+        old = read_row(t.directory) if opts.resume else None
+        if old is not None and old.get("status") == "ok" and _same_config(old, t):
+            rows[t.key] = old
+        else:
+            todo.append(t)
+    if opts.resume:
+        print(f"[{desc}] resume: {len(rows)} of {len(trials)} trial(s) already finished, skipped; "
+              f"running {len(todo)}", flush=True)
+    if not todo:
+        return [rows[t.key] for t in trials]
+    backend = make_backend(opts.backend, opts.address, opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent,
+                           opts.num_cpus, opts.trial_fn, opts.reuse_workers)
+    progress = _Progress(len(trials), len(rows), backend.slots, desc)
+    attempts: Dict[tuple, int] = {}
+    submitted: Dict[tuple, float] = {}
+    queue, in_flight, n = list(todo), 0, 0
+    try:
+        while queue or in_flight:
+            while queue and in_flight < backend.slots:
+                t = queue.pop(0)
+                attempts[t.key] = attempts.get(t.key, 0) + 1
+                n += attempts[t.key] == 1
+                retry = f" (attempt {attempts[t.key]})" if attempts[t.key] > 1 else ""
+                progress.write(f"[{desc}] {n}/{len(todo)} {t.label or t.run} {t.dataset} seed {t.seed}: "
+                               f"running{retry}")
+                backend.submit(t)
+                submitted[t.key] = time.monotonic()
+                in_flight += 1
+                progress.started()
+            t, row = backend.wait()
+            in_flight -= 1
+            again = row.get("status") != "ok" and attempts[t.key] <= opts.retries
+            if row.get("status") != "ok" and not again:
+                progress.failed_one()
+            progress.finished(time.monotonic() - submitted[t.key], final=not again)
+            progress.write(f"[{desc}] {t.label or t.run} {t.dataset} seed {t.seed}: {_line(row)}"
+                           + ("; retrying" if again else ""))
+            if again:
+                logger.warning("trial %s/%s/seed%s failed (attempt %d of %d), retrying: %s", t.run, t.dataset,
+                               t.seed, attempts[t.key], opts.retries + 1, row.get("error"))
+                queue.insert(0, t)
+            rows[t.key] = row
+            _keep_row(t, row)
+            if on_row is not None:
+                on_row(t, row)
+    finally:
+        progress.close()
+        backend.close()
+    return [rows[t.key] for t in trials if t.key in rows]

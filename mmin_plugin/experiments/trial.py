@@ -1,0 +1,257 @@
+"""One trial = one (run, dataset, seed) in its own directory `<out>/runs/<run>/<dataset>/seed<seed>/`:
+MMSA's `models/`, `results/`, `logs/`, MMIN's history, TensorBoard events in `tb/`, and `row.json`
+(metrics, wall time, the resolved config, the environment). No two trials share a file.
+Design notes: docs/design/experiments.md.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import platform
+import socket
+import subprocess
+import time
+import traceback
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from ..atomic import atomic_write_text
+
+logger = logging.getLogger("MMSA." + __name__)
+
+__all__ = ["Trial", "run_trial", "read_row", "environment", "trial_dir"]
+
+ROW_FILE = "row.json"
+
+
+def trial_dir(out, run: str, dataset: str, seed: int) -> Path:
+    return Path(out) / "runs" / run / dataset / f"seed{int(seed)}"
+
+
+@dataclasses.dataclass
+class Trial:
+    """Everything a worker needs to run one trial (plain JSON-able data, so it travels to Ray
+    workers and subprocesses). `skip_test`: a tuning trial, scored on its best VALID KeyEval; the
+    trainer's TEST evaluation is not run (see runner.TrialProbe)."""
+
+    run: str
+    model: str
+    dataset: str
+    seed: int
+    directory: str
+    config: Dict = dataclasses.field(default_factory=dict)
+    label: str = ""
+    ablation: Optional[List[str]] = None
+    config_file: Optional[str] = None
+    skip_test: bool = False
+    gpu_ids: List[int] = dataclasses.field(default_factory=list)
+    num_workers: int = 0
+    verbose_level: int = 0
+
+    @property
+    def key(self) -> tuple:
+        return self.run, self.dataset, int(self.seed)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.directory)
+
+
+def read_row(directory) -> Optional[Dict]:
+    """The trial's `row.json`, or None if absent or unreadable."""
+    try:
+        return json.loads((Path(directory) / ROW_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _version(dist: str) -> Optional[str]:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> Optional[str]:
+    here = Path(__file__).resolve().parent
+    with contextlib.suppress(Exception):
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            return out.stdout.strip() + ("-dirty" if dirty else "")
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> str:
+    return json.dumps(_environment_now())
+
+
+def environment() -> Dict:
+    """Versions and hardware a number came from (computed once per process)."""
+    return json.loads(_environment())
+
+
+def _environment_now() -> Dict:
+    import numpy
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {"python": platform.python_version(), "platform": platform.platform(), "host": socket.gethostname(),
+            "torch": torch.__version__, "mmsa": _version("mmsa"), "transformers": _version("transformers"),
+            "numpy": numpy.__version__, "pandas": _version("pandas"), "ray": _version("ray"),
+            "cuda": torch.version.cuda, "cuda_available": cuda,
+            "gpu": torch.cuda.get_device_name(0) if cuda else None,
+            "mmin_plugin": _version("mmin-plugin"), "git_commit": _git_commit()}
+
+
+def _error_text(exc: BaseException) -> str:
+    msg = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {msg}"[:500] if msg else type(exc).__name__
+
+
+def _jsonable(args) -> Dict:
+    return json.loads(json.dumps(dict(args or {}), default=str))
+
+
+class _Scalars:
+    """TensorBoard writer for the trial's `tb/` folder (None-safe: a trial never fails over it)."""
+
+    def __init__(self, folder: Path):
+        self.writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(folder))
+        except Exception as exc:  # tensorboard missing or broken: the numbers are in row.json anyway
+            logger.warning("TensorBoard events not written for %s: %s", folder, _error_text(exc))
+
+    def add(self, prefix: str, step: int, values: Dict) -> None:
+        if self.writer is None:
+            return
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.writer.add_scalar(f"{prefix}/{k}", float(v), int(step))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _history_scalars(scalars: _Scalars, history_path: Path) -> Optional[List[Dict]]:
+    """MMIN's per-epoch history (each loss term, train and valid) -> TensorBoard `mmin/<key>`."""
+    if not history_path.is_file():
+        return None
+    history = json.loads(history_path.read_text(encoding="utf-8"))
+    for i, rec in enumerate(history):
+        scalars.add("mmin", int(rec.get("epoch", i + 1)), {k: v for k, v in rec.items() if k != "epoch"})
+    return history
+
+
+def _row_skeleton(trial: Trial) -> Dict:
+    return {"run": trial.run, "model": trial.model, "ablation": ",".join(trial.ablation or []),
+            "dataset": trial.dataset, "seed": int(trial.seed), "status": "running", "error": "",
+            "wall_time_s": 0.0, "epochs": None, "stopped_by": None, "max_epochs": trial.config.get("max_epochs"),
+            "early_stop": None, "feature_path": str(trial.config.get("featurePath") or ""),
+            "pretrained": str(trial.config.get("pretrained") or ""), "checkpoint": "", "metrics": {},
+            "label": trial.label or trial.run, "kind": "search" if trial.skip_test else "train",
+            "directory": str(trial.path), "config_file": trial.config_file, "overrides": _jsonable(trial.config),
+            "gpu_ids": list(trial.gpu_ids)}
+
+
+def _curves(trial: Trial, history: List[Dict]) -> None:
+    """MMIN's training curves as `curves.png` in the trial's folder."""
+    from ..atomic import atomic_write_bytes
+    from .report import plot_training_curves
+
+    title = (f"{trial.label or trial.run} on {trial.dataset.upper()}, seed {trial.seed}: training curves "
+             "(MMIN trainer history)")
+    atomic_write_bytes(trial.path / "curves.png", plot_training_curves(history, title))
+
+
+def run_trial(trial: Trial) -> Dict:
+    """Run `trial` in this process (MMSA_run for one seed, instrumented); write and return its row.
+    A failure is recorded in the row (status 'failed', the traceback in `error.txt`), not raised;
+    KeyboardInterrupt is raised."""
+    from . import runner
+
+    d = trial.path
+    dirs = {"model_save_dir": d / "models", "res_save_dir": d / "results", "log_dir": d / "logs"}
+    for p in dirs.values():
+        p.mkdir(parents=True, exist_ok=True)
+    ckpt = dirs["model_save_dir"] / f"{trial.model.lower()}-{trial.dataset}.pth"
+    history = ckpt.with_name(ckpt.stem + ".history.json")
+    (d / "error.txt").unlink(missing_ok=True)
+    history.unlink(missing_ok=True)
+    row = _row_skeleton(trial)
+    row["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    row["t_start"] = time.time()
+    row["environment"] = environment()
+    atomic_write_text(d / ROW_FILE, json.dumps(row, indent=1, default=str))
+    scalars = _Scalars(d / "tb")
+    probe = runner.TrialProbe(max_epochs=trial.config.get("max_epochs"), skip_test=trial.skip_test,
+                              on_valid=lambda epoch, res: scalars.add("valid", epoch, res))
+    t0 = time.perf_counter()
+    try:
+        with runner.own_mmsa_handlers(), runner.instrument_trainers(probe):
+            results = runner.mmsa_run(trial.model, trial.dataset, config=dict(trial.config),
+                                      config_file=trial.config_file or None, seeds=[int(trial.seed)],
+                                      gpu_ids=list(trial.gpu_ids), num_workers=trial.num_workers,
+                                      verbose_level=trial.verbose_level, **{k: str(v) for k, v in dirs.items()})
+        if not results:
+            raise RuntimeError("MMSA_run returned no results")
+        final = {k: float(v) for k, v in results[-1].items()}
+        row.update(status="ok", epochs=probe.epochs, stopped_by=probe.stopped_by,
+                   checkpoint=str(ckpt) if ckpt.is_file() else "")
+        if trial.skip_test:  # what _run handed back is the best validation result, not a test score
+            row["metrics"] = {}
+        else:
+            row["metrics"] = final
+    except Exception as exc:  # recorded; the sweep goes on
+        row.update(status="failed", error=_error_text(exc))
+        with contextlib.suppress(OSError):
+            (d / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+    finally:
+        row["wall_time_s"], row["t_end"] = round(time.perf_counter() - t0, 3), time.time()
+        best = probe.best_valid()
+        row.update(key_eval=probe.key_eval, valid_metrics=best or {},
+                   valid_score=(best or {}).get(probe.key_eval), valid_per_epoch=probe.valid,
+                   do_test_calls=dict(probe.modes))
+        if probe.args is not None:  # what MMSA's _run really used (after $MMSA_DATASET_ROOT re-rooting)
+            a = probe.args
+            row["feature_path"] = str(a.get("custom_feature") or a.get("featurePath") or "")
+            row["pretrained"] = str(a.get("pretrained") or "") if a.get("use_bert") else ""
+            row["early_stop"] = a.get("early_stop")
+            row["config"] = _jsonable(a)
+        try:
+            hist = _history_scalars(scalars, history)
+            row["has_history"] = bool(hist)
+            if hist:
+                _curves(trial, hist)
+        except Exception as exc:  # curves are a convenience; never lose a result over them
+            logger.warning("training curves of %s not written: %s", d, _error_text(exc))
+        scalars.close()
+        if row["status"] == "running":  # interrupted (KeyboardInterrupt): not finished
+            row.update(status="interrupted", error="interrupted")
+        atomic_write_text(d / ROW_FILE, json.dumps(row, indent=1, default=str))
+    return row
+
+
+def main(argv=None) -> int:
+    """`python -m mmin_plugin.experiments.trial TRIAL.json`: run one trial in a fresh process."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    row = run_trial(Trial(**spec))
+    return 0 if row["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,288 @@
+"""`tune`: an honest hyper-parameter search. Seeded sampling over the model's MMSA tune space
+(`debugParams.d_paras`); every search trial trains on TRAIN and is scored on its best VALID KeyEval,
+TEST is never evaluated during the search; the chosen config is retrained with the final seeds
+and tested once. Writes `tune-<model>-<dataset>.{csv,md,json}`. Design notes:
+docs/design/experiments.md.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import pandas as pd
+
+from ..atomic import atomic_write_text
+from ..constants import DEFAULT_SEEDS, LOWER_IS_BETTER
+from ..errors import MMINConfigError
+from . import report
+from .aggregate import summarize
+from .backends import ray_session
+from .compare import check_datasets, check_file, check_max_epochs, check_seeds, split_overrides
+from .sweep import SweepOptions, prepare_out, run_trials
+from .trial import Trial, trial_dir
+from .variants import RunSpec
+
+logger = logging.getLogger("MMSA." + __name__)
+
+__all__ = ["search_space", "sample_random", "mmsa_config_file", "run_tune", "SEARCHES"]
+
+SEARCHES = ("random", "optuna")
+#: config keys that are data/run options of the CLI, not hyper-parameters (kept out of the config file)
+RUN_OPTIONS = ("featurePath", "pretrained", "max_epochs")
+
+
+def _mmsa_config(name: str) -> Dict:
+    import MMSA
+
+    return json.loads((Path(MMSA.__file__).parent / "config" / name).read_text(encoding="utf-8"))
+
+
+def _model_config(model: str, section: str) -> Dict:
+    """The model's entry of MMSA's config_regression.json / config_tune.json (registry.json's for a
+    model registered by mmin_plugin)."""
+    from ..integration.registry import registered
+
+    entry = registered().get(model)
+    if entry is not None:
+        return copy.deepcopy(entry.config[section][model])
+    data = _mmsa_config(f"config_{section}.json")
+    if model not in data:
+        known = sorted(k for k in data if k != "datasetCommonParams")
+        raise MMINConfigError(f"model {model!r}: expected a model with an MMSA {section} config; found none "
+                              f"(known: {known + sorted(registered())})")
+    return data[model]
+
+
+def search_space(model: str) -> Dict[str, object]:
+    """{key: list of values | {sub-key: list} | fixed value} from the tune config's
+    `debugParams.d_paras`, as MMSA's own `get_config_tune` samples it."""
+    debug = _model_config(model, "tune").get("debugParams") or {}
+    if not debug.get("d_paras"):
+        raise MMINConfigError(f"model {model!r}: expected debugParams.d_paras in its tune config; found none")
+    return {key: debug[key] for key in debug["d_paras"] if key in debug}
+
+
+def _choices(space: Dict) -> Dict[str, list]:
+    """Flattened searchable dimensions: 'key' or 'key.sub' -> list of values (fixed values excluded)."""
+    out = {}
+    for key, v in space.items():
+        if isinstance(v, list):
+            out[key] = v
+        elif isinstance(v, dict):
+            out.update({f"{key}.{k}": sub for k, sub in v.items() if isinstance(sub, list)})
+    return out
+
+
+def _assemble(space: Dict, picked: Dict[str, object]) -> Dict:
+    """The config of one trial: picked values, fixed values of the space as they are."""
+    cfg = {}
+    for key, v in space.items():
+        if isinstance(v, list):
+            cfg[key] = picked[key]
+        elif isinstance(v, dict):
+            cfg[key] = {k: picked.get(f"{key}.{k}", sub) for k, sub in v.items()}
+        else:
+            cfg[key] = v
+    return cfg
+
+
+def sample_random(space: Dict, n: int, seed: int) -> List[Dict]:
+    """`n` distinct configs drawn with `random.Random(seed)` (fewer if the space has fewer)."""
+    rng, dims = random.Random(seed), _choices(space)
+    out, seen = [], set()
+    for _ in range(n * 100):
+        if len(out) == n:
+            break
+        cfg = _assemble(space, {k: rng.choice(vals) for k, vals in dims.items()})
+        key = json.dumps(cfg, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(cfg)
+    if len(out) < n:
+        logger.warning("tune: the search space has only %d distinct configurations; %d requested", len(out), n)
+    return out
+
+
+class _Optuna:
+    """Optuna's TPE sampler (seeded) through ask/tell over the same categorical dimensions."""
+
+    def __init__(self, space: Dict, seed: int, lower_is_better: bool):
+        try:
+            import optuna
+        except ImportError as exc:
+            raise MMINConfigError("search 'optuna': expected the optuna package; found it is not installed "
+                                  "(pip install -e \".[tune]\")") from exc
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.optuna, self.space, self.dims = optuna, space, _choices(space)
+        self.study = optuna.create_study(direction="minimize" if lower_is_better else "maximize",
+                                         sampler=optuna.samplers.TPESampler(seed=seed))
+        self.dists = {k: optuna.distributions.CategoricalDistribution(list(range(len(v))))
+                      for k, v in self.dims.items()}
+
+    def ask(self):
+        t = self.study.ask(self.dists)
+        return t, _assemble(self.space, {k: self.dims[k][t.params[k]] for k in self.dims})
+
+    def tell(self, t, score: Optional[float]) -> None:
+        if score is None:
+            self.study.tell(t, state=self.optuna.trial.TrialState.FAIL)
+        else:
+            self.study.tell(t, score)
+
+
+def mmsa_config_file(model: str, dataset: str, params: Dict) -> Dict:
+    """An MMSA config (config_regression.json's schema) for `model` with `params` in
+    `datasetParams[dataset]` (which MMSA merges last), for `MMSA_run(config_file=...)` and
+    `compare --config-file`."""
+    entry = _model_config(model, "regression")
+    entry.setdefault("datasetParams", {}).setdefault(dataset, {}).update(copy.deepcopy(params))
+    return {model: entry, "datasetCommonParams": _mmsa_config("config_regression.json")["datasetCommonParams"]}
+
+
+def _flat(cfg: Dict) -> Dict:
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{s}": sv for s, sv in v.items()})
+        else:
+            out[k] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = "random", seed: int = 1111,
+             final_seeds: Sequence[int] = DEFAULT_SEEDS, feature_path=None, pretrained=None, max_epochs=None,
+             out_dir="mmin-results", overrides=None, gpu_ids=(), num_workers=0, verbose_level=0,
+             sweep: Optional[SweepOptions] = None) -> Dict:
+    """Search `trials` configs of `model`'s tune space on `dataset` (training seed `seed`, sampler
+    seed `seed`), each scored on its best validation KeyEval (TEST not evaluated), then retrain the
+    best with `final_seeds` and test once. Keys fixed by `overrides` are not searched.
+    Returns {'chosen': config, 'search': rows, 'final': rows, 'paths': {...}}."""
+    import mmin_plugin  # noqa: F401  (MMIN registered, compatibility layer applied)
+
+    model = str(model).lower()
+    (dataset,) = check_datasets([dataset])
+    if search not in SEARCHES:
+        raise MMINConfigError(f"search: expected one of {list(SEARCHES)}; found {search!r}")
+    if trials < 1:
+        raise MMINConfigError(f"trials: expected a positive integer; found {trials!r}")
+    final_seeds, max_epochs = check_seeds(final_seeds), check_max_epochs(max_epochs)
+    feature_path = check_file(feature_path, "feature file")
+    sweep = sweep or SweepOptions()
+    common, scoped = split_overrides(overrides)
+    fixed = {**common, **scoped.get(model, {})}
+    space = {k: v for k, v in search_space(model).items() if k not in fixed}
+    key_eval = str(_key_eval(model, dataset, fixed))
+    lower = key_eval in LOWER_IS_BETTER
+    base = dict(fixed)
+    if feature_path:
+        base["featurePath"] = feature_path
+    if max_epochs:
+        base["max_epochs"] = max_epochs
+    if pretrained and "pretrained" not in fixed and _model_config(model, "regression")["commonParams"].get("use_bert"):
+        base["pretrained"] = str(pretrained)
+    out = Path(out_dir).resolve()
+    prepare_out(out, sweep.resume, sweep.overwrite)
+    stem = out / f"tune-{model}-{dataset}"
+
+    def trial(run, s, cfg, skip_test, label):
+        return Trial(run=run, model=model, dataset=dataset, seed=s, directory=str(trial_dir(out, run, dataset, s)),
+                     config={**cfg, **base}, label=label, skip_test=skip_test, gpu_ids=list(gpu_ids or []),
+                     num_workers=int(num_workers or 0), verbose_level=verbose_level)
+
+    with ray_session(sweep.backend, sweep.address, sweep.num_cpus):
+        return _search_and_retrain(model, dataset, search, int(trials), seed, final_seeds, space, lower, key_eval,
+                                   fixed, sweep, stem, trial)
+
+
+def _search_and_retrain(model, dataset, search, trials, seed, final_seeds, space, lower, key_eval, fixed, sweep,
+                        stem, trial) -> Dict:
+    # --- the search: validation only -----------------------------------------------------------
+    search_rows, configs = [], []
+    if search == "random":
+        configs = sample_random(space, trials, seed)
+        ts = [trial(f"{model}-trial-{i:03d}", seed, c, True, f"trial {i}") for i, c in enumerate(configs)]
+        search_rows = run_trials(ts, sweep, desc=f"tune {model} {dataset} search")
+    else:
+        opt = _Optuna(space, seed, lower)
+        batch = max(1, sweep.max_concurrent or 1)
+        while len(configs) < trials:
+            asked = [opt.ask() for _ in range(min(batch, trials - len(configs)))]
+            ts = [trial(f"{model}-trial-{len(configs) + j:03d}", seed, c, True, f"trial {len(configs) + j}")
+                  for j, (_, c) in enumerate(asked)]
+            rows = run_trials(ts, sweep, desc=f"tune {model} {dataset} search")
+            for (t, _), row in zip(asked, rows):
+                opt.tell(t, row.get("valid_score") if row.get("status") == "ok" else None)
+            configs += [c for _, c in asked]
+            search_rows += rows
+    scored = [(i, r["valid_score"]) for i, r in enumerate(search_rows)
+              if r.get("status") == "ok" and r.get("valid_score") is not None]
+    if not scored:
+        raise MMINConfigError(f"tune: expected at least one search trial to finish; all {len(search_rows)} failed "
+                              f"(first error: {search_rows[0].get('error') if search_rows else 'none'})")
+    best_i = min(scored, key=lambda t: (t[1] if lower else -t[1], t[0]))[0]  # ties: the earlier trial
+    chosen = configs[best_i]
+    test_runs = sum(int((r.get("do_test_calls") or {}).get("TEST", 0)) for r in search_rows)
+    if test_runs:
+        raise RuntimeError(f"tune: the test split was evaluated {test_runs} time(s) during the search")
+
+    # --- the chosen config, as an MMSA config file; the final retrain, tested once ---------------
+    file_params = {k: v for k, v in {**chosen, **fixed}.items() if k not in RUN_OPTIONS}
+    paths = {e: Path(f"{stem}.{e}") for e in ("csv", "md", "json")}
+    atomic_write_text(paths["json"], json.dumps(mmsa_config_file(model, dataset, file_params), indent=2,
+                                                default=str) + "\n")
+    _write_search_csv(paths["csv"], search_rows, configs, best_i)
+    final = [trial(f"{model}-final", s, chosen, False, f"{model} (tuned)") for s in final_seeds]
+    final_rows = run_trials(final, sweep, desc=f"tune {model} {dataset} final")
+    md = _markdown(model, dataset, search, seed, key_eval, search_rows, configs, best_i, chosen, final_rows,
+                   final_seeds, paths, test_runs, sweep.backend)
+    atomic_write_text(paths["md"], md)
+    print()
+    print(md)
+    print("written: " + "\n         ".join(str(paths[e]) for e in ("md", "csv", "json")), flush=True)
+    return {"chosen": chosen, "search": search_rows, "final": final_rows, "paths": paths, "best_trial": best_i}
+
+
+def _key_eval(model: str, dataset: str, fixed: Dict) -> str:
+    if "KeyEval" in fixed:
+        return fixed["KeyEval"]
+    from MMSA.config import get_config_regression
+
+    return get_config_regression(model, dataset).get("KeyEval", "Loss")
+
+
+def _write_search_csv(path, rows, configs, best_i) -> None:
+    recs = []
+    for i, (row, cfg) in enumerate(zip(rows, configs)):
+        recs.append({"trial": i, "run": row.get("run"), "seed": row.get("seed"), "status": row.get("status"),
+                     "error": row.get("error", ""), **_flat(cfg), "key_eval": row.get("key_eval"),
+                     "valid_score": row.get("valid_score"), "epochs": row.get("epochs"),
+                     "wall_time_s": row.get("wall_time_s"), "chosen": i == best_i})
+    atomic_write_text(path, pd.DataFrame(recs).to_csv(index=False, na_rep="", lineterminator="\n"))
+
+
+def _markdown(model, dataset, search, seed, key_eval, search_rows, configs, best_i, chosen, final_rows,
+              final_seeds, paths, test_runs, backend) -> str:
+    spec = RunSpec(name=f"{model}-final", model=model, label=f"{model} (tuned)")
+    summary = summarize(final_rows, [spec.name])
+    n_ok = sum(r.get("status") == "ok" for r in search_rows)
+    best = search_rows[best_i]
+    lines = [f"# Tuning {model} on {dataset.upper()}", "",
+             f"- search: {search}, {len(search_rows)} trial(s) ({n_ok} finished), sampler and training seed {seed}, "
+             f"backend {backend}; updated {_dt.datetime.now().isoformat(timespec='seconds')}",
+             f"- score: best validation `{key_eval}` of each trial "
+             f"({'lower' if key_eval in LOWER_IS_BETTER else 'higher'} is better); the test split was evaluated "
+             f"{test_runs} time(s) during the search",
+             f"- chosen: trial {best_i} (validation {key_eval} {best['valid_score']:.4f})",
+             f"- final: retrained with seeds {', '.join(map(str, final_seeds))}, tested once; "
+             f"config file `{paths['json'].name}` (`compare --config-file {paths['json'].name}`)", "",
+             "## Chosen configuration", "", "| key | value |", "|---|---|"]
+    lines += [f"| `{k}` | `{json.dumps(v, default=str)}` |" for k, v in _flat(chosen).items()]
+    lines += ["", "## Final result (TEST, mean ± std over the final seeds)", ""]
+    lines += report.measured_table(summary, [spec], "compare")
+    lines += ["", f"Search trials (config and validation score only): `{paths['csv'].name}`.", ""]
+    return "\n".join(lines) + "\n"
