@@ -273,7 +273,7 @@ def cmd_run(a) -> int:
 
     import mmin_plugin  # noqa: F401  (registers MMIN, applies the compatibility layer)
 
-    from .experiments.runner import epoch_cap
+    from .integration.runner import epoch_cap
 
     config = _parse_set(a.set)
     if a.feature_path:

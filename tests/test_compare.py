@@ -23,9 +23,10 @@ import numpy as np
 import pytest
 
 import mmin_plugin
-import mmin_plugin.experiments.runner
+import mmin_plugin.integration.runner
 from mmin_plugin.errors import MMINConfigError, MMINDataError
-from mmin_plugin.experiments import compare, paper, runner
+from mmin_plugin.experiments import compare, paper
+from mmin_plugin.integration import runner
 
 REPO = Path(__file__).resolve().parent.parent
 FAST_MMIN = {"mmin.d_model": 16, "mmin.nheads": 4, "mmin.fine_layers": 1, "mmin.fusion_ff_dim": 32,
@@ -300,7 +301,7 @@ def fake_run(monkeypatch, tmp_path):
         Path(kw["model_save_dir"], f"{model}-{dataset}.pth").write_bytes(b"x")
         return [_metrics(seeds[0], action)]
 
-    monkeypatch.setattr(mmin_plugin.experiments.runner, "mmsa_run", fake)
+    monkeypatch.setattr(mmin_plugin.integration.runner, "mmsa_run", fake)
     return {"calls": calls, "plan": plan, "out": tmp_path / "out"}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import mmin_plugin.experiments.runner as runner
+import mmin_plugin.integration.runner as runner
 from mmin_plugin.errors import MMINConfigError
 from mmin_plugin.experiments import compare, sweep, tune
 from mmin_plugin.experiments.trial import read_row, run_trial

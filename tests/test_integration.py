@@ -11,7 +11,7 @@ import pytest
 
 import mmin_plugin
 from mmin_plugin.errors import MMINConfigError, MMINError
-from mmin_plugin.experiments.runner import mmsa_run
+from mmin_plugin.integration.runner import mmsa_run
 
 FAST = {"d_model": 16, "nheads": 4, "fine_layers": 1, "fusion_ff_dim": 32, "disc_hidden": 8, "max_epochs": 1}
 

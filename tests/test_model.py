@@ -509,7 +509,7 @@ def test_mmsa_run_with_the_mean_default_trains_exactly_as_the_sum(small_mosi, tm
     import json
     from pathlib import Path
 
-    from mmin_plugin.experiments.runner import mmsa_run
+    from mmin_plugin.integration.runner import mmsa_run
 
     config = {"featurePath": str(Path(small_mosi["feature_path"]).resolve()), "pretrained": small_mosi["bert_dir"],
               "d_model": 16, "nheads": 4, "fine_layers": 1, "fusion_ff_dim": 32, "disc_hidden": 8,

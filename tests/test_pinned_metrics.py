@@ -7,7 +7,7 @@ and the new numbers recorded here with the reason.
 """
 import pytest
 
-from mmin_plugin.experiments.runner import mmsa_run
+from mmin_plugin.integration.runner import mmsa_run
 
 PINNED = {"Has0_acc_2": 0.75, "Has0_F1_score": 0.7417, "Non0_acc_2": 0.75, "Non0_F1_score": 0.7448,
           "Mult_acc_5": 0.375, "Mult_acc_7": 0.375, "MAE": 0.6883, "Corr": 0.8211, "Loss": 0.7332}

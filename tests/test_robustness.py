@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmin_plugin.errors import NonFiniteLossError
-from mmin_plugin.experiments.runner import mmsa_run
+from mmin_plugin.integration.runner import mmsa_run
 from mmin_plugin.integration.trainer import MMINTrainer, atomic_save
 from mmin_plugin.modeling.model import MMIN
 

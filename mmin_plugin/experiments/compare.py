@@ -53,10 +53,10 @@ def split_overrides(overrides: Optional[Dict]) -> tuple:
 def _uses_bert(model: str, dataset: str, config: Dict, config_file: Optional[str] = None) -> bool:
     """Whether `model`'s MMSA config (with `config` merged over it) encodes text with a BERT; an
     unknown model is not (MMSA_run then reports it in the trial)."""
-    from MMSA.config import get_config_regression  # patched by mmin_plugin for registered names
+    from ..integration.runner import mmsa_config
 
     try:
-        merged = dict(get_config_regression(model, dataset, config_file or ""))
+        merged = mmsa_config(model, dataset, config_file or "")
     except Exception:
         return bool(config.get("use_bert"))
     merged.update(config)

@@ -35,8 +35,8 @@ def format_table(rows, title) -> str:
 
 
 def run_demo(out_dir="mmin-demo", dataset="mosi", max_epochs=6, seed=1111, corrupt=False, overrides=None):
+    from ..integration.runner import mmsa_run
     from .data import ensure_demo
-    from .runner import mmsa_run
 
     out = Path(out_dir).resolve()
     paths = ensure_demo(out / ("data-corrupt" if corrupt else "data"), dataset=dataset, corrupt=corrupt)

@@ -179,7 +179,7 @@ def run_trial(trial: Trial) -> Dict:
     """Run `trial` in this process (MMSA_run for one seed, instrumented); write and return its row.
     A failure is recorded in the row (status 'failed', the traceback in `error.txt`), not raised;
     KeyboardInterrupt is raised."""
-    from . import runner
+    from ..integration import runner
 
     d = trial.path
     dirs = {"model_save_dir": d / "models", "res_save_dir": d / "results", "log_dir": d / "logs"}

@@ -37,9 +37,9 @@ RUN_OPTIONS = ("featurePath", "pretrained", "max_epochs")
 
 
 def _mmsa_config(name: str) -> Dict:
-    import MMSA
+    from ..integration.runner import mmsa_config_file
 
-    return json.loads((Path(MMSA.__file__).parent / "config" / name).read_text(encoding="utf-8"))
+    return mmsa_config_file(name)
 
 
 def _model_config(model: str, section: str) -> Dict:
@@ -250,9 +250,9 @@ def _search_and_retrain(model, dataset, search, trials, seed, final_seeds, space
 def _key_eval(model: str, dataset: str, fixed: Dict) -> str:
     if "KeyEval" in fixed:
         return fixed["KeyEval"]
-    from MMSA.config import get_config_regression
+    from ..integration.runner import mmsa_config
 
-    return get_config_regression(model, dataset).get("KeyEval", "Loss")
+    return mmsa_config(model, dataset).get("KeyEval", "Loss")
 
 
 def _write_search_csv(path, rows, configs, best_i) -> None:

@@ -168,3 +168,21 @@ def mmsa_run(model: str, dataset: str, **kwargs) -> List[Dict]:
     with own_mmsa_handlers(), capture_results() as results:
         MMSA_run(model, dataset, **kwargs)
     return results
+
+
+def mmsa_config(model: str, dataset: str, config_file: str = "") -> Dict:
+    """MMSA's merged regression config of `model` on `dataset` (registered models included), as
+    `MMSA_run` would build it from `config_file` (default: MMSA's own file)."""
+    from MMSA.config import get_config_regression  # patched by mmin_plugin for registered names
+
+    return dict(get_config_regression(model, dataset, config_file or ""))
+
+
+def mmsa_config_file(name: str) -> Dict:
+    """One of MMSA's bundled config files (`config_regression.json`, `config_tune.json`), parsed."""
+    import json
+    from pathlib import Path
+
+    import MMSA
+
+    return json.loads((Path(MMSA.__file__).parent / "config" / name).read_text(encoding="utf-8"))

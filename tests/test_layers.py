@@ -1,0 +1,60 @@
+"""The layers stay apart: read every module's imports (static, so nothing is imported to check).
+
+modeling/     imports nothing of MMSA, the integration, the experiments or the CLI;
+integration/  is the only layer that imports MMSA, and imports nothing of the experiments or the CLI;
+experiments/  reaches MMSA only through the integration; imports nothing of the CLI;
+reference/    (mmin_reference) shares no code with mmin_plugin.
+"""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "mmin_plugin"
+
+
+def imported_modules(path: Path):
+    """Absolute names of every module `path` imports (relative imports resolved)."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module
+            out.add(mod)
+            out.update(f"{mod}.{alias.name}" for alias in node.names)  # `from . import x`
+    return out
+
+
+def _modules(folder):
+    return sorted((PKG / folder).rglob("*.py")) if folder else sorted((ROOT / "reference").rglob("*.py"))
+
+
+def _ids(paths):
+    return [str(p.relative_to(ROOT)) for p in paths]
+
+
+FORBIDDEN = {
+    "modeling": ("MMSA", "mmin_plugin.integration", "mmin_plugin.experiments", "mmin_plugin.cli"),
+    "integration": ("mmin_plugin.experiments", "mmin_plugin.cli"),
+    "experiments": ("MMSA", "mmin_plugin.cli"),
+    "": ("mmin_plugin",),  # reference/
+}
+CASES = [(layer, p) for layer in FORBIDDEN for p in _modules(layer)]
+
+
+@pytest.mark.parametrize("layer, path", CASES, ids=_ids([p for _, p in CASES]))
+def test_layer_imports(layer, path):
+    bad = sorted(m for m in imported_modules(path) for f in FORBIDDEN[layer] if m == f or m.startswith(f + "."))
+    assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_the_checker_sees_relative_imports(tmp_path):
+    assert "mmin_plugin.integration.trainer" in imported_modules(PKG / "integration" / "registry.py")
+    assert "MMSA.run" in imported_modules(PKG / "integration" / "registry.py")
