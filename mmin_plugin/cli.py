@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-valid", type=int, default=DEMO_DEFAULTS["n_valid"])
     p.add_argument("--n-test", type=int, default=DEMO_DEFAULTS["n_test"])
     p.add_argument("--corrupt", action="store_true", help="insert NaN/inf values and zero-length sequences")
+    p.add_argument("--left-pad", action="store_true",
+                   help="audio/vision padded at the front (MulT authors' layout), lengths as MMSA's getLengths gives")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("demo", help="make the demo data if missing and train/test MMIN on it with MMSA_run")
@@ -116,7 +118,7 @@ def cmd_demo_data(a) -> int:
     from .experiments.data import ensure_demo
 
     paths = ensure_demo(a.out, dataset=a.dataset, n_train=a.n_train, n_valid=a.n_valid, n_test=a.n_test,
-                        corrupt=a.corrupt, seed=a.seed)
+                        corrupt=a.corrupt, seed=a.seed, **({"left_pad": True} if a.left_pad else {}))
     print(f"feature file: {paths['feature_path']}\ntiny BERT:    {paths['bert_dir']}")
     return 0
 

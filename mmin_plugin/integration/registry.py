@@ -187,6 +187,8 @@ def _validate_registered_run(args) -> None:
     for key in ("feature_A", "feature_V"):
         if args.get(key):
             sanitize_features(safe_load(args[key]), args[key])
+    from .lengths import check_run_lengths
+    check_run_lengths(args, data, main, safe_load)
 
 
 # --- public API -------------------------------------------------------------------------------
