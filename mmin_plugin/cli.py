@@ -1,4 +1,4 @@
-"""Command line: `python -m mmin_plugin {run,demo,demo-data,compare,ablate} ...`.
+"""Command line: `python -m mmin_plugin {run,demo,demo-data,explain,compare,ablate} ...`.
 
 `run` mirrors MMSA's own CLI (`python -m MMSA -m misa -d mosi -s 1111 ...`) with MMIN registered
 and a few conveniences (`--feature-path`, `--pretrained`, `--max-epochs`, `--set key=value`).
@@ -78,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corrupt", action="store_true", help="use a demo file with NaN/inf and zero-length sequences")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
+    p = sub.add_parser("explain", help="draw one sample's sparsemax attention maps and print support sizes")
+    p.add_argument("--checkpoint", required=True, help="an MMIN checkpoint (MMSA's <model>-<dataset>.pth)")
+    p.add_argument("--feature-path", required=True, help="the MMSA feature file holding the sample")
+    p.add_argument("--sample", required=True, help="the sample's id in the file, or split:index (e.g. test:0)")
+    p.add_argument("--out", default=None, help="folder for the PNGs and support.csv (default explain-<sample>)")
+    p.add_argument("--config-file", default=None,
+                   help="JSON of the run's parameters (default: <checkpoint stem>.config.json written by the trainer)")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. --set pretrained=/models/bert")
+
     for name in ("compare", "ablate"):
         p = sub.add_parser(name, help="head-to-head comparison" if name == "compare" else "Table 2 ablations")
         p.add_argument("--dataset", default="mosi", choices=["mosi", "mosei", "sims"])
@@ -131,6 +140,14 @@ def cmd_demo(a) -> int:
     return 0
 
 
+def cmd_explain(a) -> int:
+    from .experiments.explain import explain
+
+    explain(a.checkpoint, a.feature_path, a.sample, out_dir=a.out, config_file=a.config_file,
+            overrides=_parse_set(a.set))
+    return 0
+
+
 def cmd_compare(a, ablate=False) -> int:
     from .experiments import compare
 
@@ -155,6 +172,8 @@ def main(argv=None) -> int:
             return cmd_demo_data(a)
         if a.command == "demo":
             return cmd_demo(a)
+        if a.command == "explain":
+            return cmd_explain(a)
         return cmd_compare(a, ablate=a.command == "ablate")
     except MMINError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -82,6 +82,29 @@ def nonfinite_gradients(optimizer, names, limit=5):
             for gi, ns in sorted(bad.items())]
 
 
+class SupportMeter:
+    """Pooled mean sparsemax support per CA module over one evaluation pass.
+
+    Each batch's mean (``modeling.support_sizes``: keys with non-zero weight per real query) is
+    weighted by its number of real queries, so the result is the mean over every real query of the
+    pass, whatever the batch sizes."""
+
+    def __init__(self):
+        self.total, self.count = {}, {}
+
+    def add(self, attention, query_mask) -> None:
+        from ..modeling import support_sizes
+
+        stats = support_sizes(attention, query_mask)
+        for name, st in stats.items():
+            n = float(query_mask[name].sum())
+            self.total[name] = self.total.get(name, 0.0) + float(st["mean"]) * n
+            self.count[name] = self.count.get(name, 0.0) + n
+
+    def means(self) -> dict:
+        return {name: self.total[name] / self.count[name] for name in self.total if self.count[name] > 0}
+
+
 def _batch_inputs(batch, device):
     text = batch["text"].to(device)
     audio = batch["audio"].to(device)
@@ -104,6 +127,7 @@ class MMINTrainer:
         self.criterion = nn.MSELoss()
         self.history = []
         self.last_eval_terms = {}
+        self.last_support = {}
 
     # ---- helpers -----------------------------------------------------------------------------
     def _mmin(self, model):
@@ -189,7 +213,7 @@ class MMINTrainer:
             logger.info("TRAIN-(%s) [%d/%d/%s] >> %s", a["model_name"], epochs - best_epoch, epochs,
                         a.get("cur_seed", 1),
                         " ".join(f"{k}: {v:.4f}" for k, v in {**means, **train_results}.items()))
-            val_results = self.do_test(model, dataloader["valid"], mode="VAL")
+            val_results = self.do_test(model, dataloader["valid"], mode="VAL", support=True)
             cur_valid = val_results[a["KeyEval"]]
             improved = self._is_better(cur_valid, best_valid)
             if improved:
@@ -198,6 +222,7 @@ class MMINTrainer:
             record = {"epoch": epochs, **{f"train_{k}": v for k, v in means.items()},
                       **{f"valid_{k}": float(v) for k, v in val_results.items()},
                       **{f"valid_{k}": v for k, v in self.last_eval_terms.items() if k != "L_senti"},
+                      **{f"valid_support/{k}": v for k, v in self.last_support.items()},
                       "KeyEval": a["KeyEval"], "best": improved}
             self.history.append(record)
             self._write_history()
@@ -222,8 +247,12 @@ class MMINTrainer:
         except OSError as e:  # the history is a convenience; never lose a training run over it
             logger.warning("could not write training history: %s", e)
 
-    def do_test(self, model, dataloader, mode="VAL", return_sample_results=False):
+    def do_test(self, model, dataloader, mode="VAL", return_sample_results=False, support=False):
+        """MMSA's evaluation protocol; ``support=True`` (the trainer's validation pass) also runs the
+        model with ``return_attention=True`` and keeps the mean support size per CA module in
+        ``self.last_support`` (the attention maps of one batch at a time are held, then dropped)."""
         device = self.args["device"]
+        meter = SupportMeter() if support else None
         net = self._mmin(model)
         model.eval()
         y_pred, y_true = [], []
@@ -232,7 +261,11 @@ class MMINTrainer:
         with torch.no_grad():
             for batch in tqdm(dataloader, desc=f"MMIN {mode.lower()}", leave=False):
                 inputs, kwargs, labels = _batch_inputs(batch, device)
-                outputs = model(*inputs, **kwargs)
+                if meter is not None:
+                    outputs = model(*inputs, **kwargs, return_attention=True)
+                    meter.add(outputs.pop("attention"), outputs.pop("attention_query_mask"))
+                else:
+                    outputs = model(*inputs, **kwargs)
                 _, terms = net.total_loss(outputs, labels)
                 for k in LOSS_TERMS:
                     sums[k] += float(terms[k].detach())
@@ -252,6 +285,8 @@ class MMINTrainer:
         # The regulariser terms are logged but not returned: MMSA's results CSV takes its columns
         # from the returned keys, and rows of MMIN must line up with those of MMSA's models.
         self.last_eval_terms = {k: v / n for k, v in sums.items()}
+        if meter is not None:
+            self.last_support = meter.means()
         logger.info("%s-(%s) >> %s", mode, self.args["model_name"],
                     " ".join(f"{k}: {v:.4f}" for k, v in {**results, **self.last_eval_terms}.items()))
         if return_sample_results:
