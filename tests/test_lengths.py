@@ -150,3 +150,23 @@ def test_left_padded_file_with_nonzero_lengths_trains_exactly_like_the_right_pad
     with pytest.warns(RuntimeWarning, match=r"lengths do not match.*train/audio \d+/16 .*moved to the front"):
         got = run(left, "nonzero", "left")
     assert got == expected  # the model saw the same frames and lengths, so the same numbers
+
+
+def test_single_sample_cropped_to_its_lengths_predicts_as_in_the_batch(tiny_bert):
+    """The MMSA_test note (docs/design/realdata.md): MMSA_test passes no lengths, so MMIN reads the
+    whole padded array; cropping audio/vision to the sample's lengths gives the batch prediction."""
+    import torch
+
+    from mmin_plugin.modeling.model import MMIN
+
+    from ._models import make_args, make_batch
+
+    torch.manual_seed(0)
+    net = MMIN(make_args(tiny_bert)).eval()
+    text, audio, video, al, vl, _ = make_batch(seed=1)
+    assert (al < audio.shape[1]).any() and (vl < video.shape[1]).any()
+    with torch.no_grad():
+        batch = net(text, audio, video, al, vl)["M"].view(-1)
+        for i in range(len(al)):
+            crop = net(text[i:i + 1], audio[i:i + 1, :al[i]], video[i:i + 1, :vl[i]])["M"].view(-1)
+            torch.testing.assert_close(crop, batch[i:i + 1], rtol=1e-5, atol=1e-5)
