@@ -1,13 +1,15 @@
 """The MMIN network itself: gradients, finiteness, masking/padding invariance, batch independence,
-gradient reversal and the Table 2 ablation switches."""
+gradient reversal (and where it must not act), the guided step's read-out and the Table 2 ablation
+switches."""
 import copy
 
 import pytest
 import torch
 
+from mmin_plugin.constants import MODALITIES
 from mmin_plugin.errors import MMINConfigError
-from mmin_plugin.modeling.losses import grad_reverse
-from mmin_plugin.modeling.model import MMIN, CrossAttention, parse_ablation
+from mmin_plugin.modeling.losses import grad_reverse, modality_cross_entropy
+from mmin_plugin.modeling.model import MMIN, CrossAttention, MMINConfig
 
 from ._models import make_args, make_batch
 
@@ -27,21 +29,29 @@ def test_every_parameter_gets_a_gradient_and_outputs_are_finite(tiny_bert):
         assert torch.isfinite(v), k
     assert terms["L_sep"] > 0 and terms["L_ac"] > 0 and terms["L_ap"] > 0
     loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    missing = [n for n, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert missing == []
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_zero_padding_beyond_lengths_changes_nothing(tiny_bert):
+@pytest.mark.parametrize("extra_a,extra_v", [(0, 0), (7, 5)], ids=["same-length", "longer-padding"])
+def test_garbage_padding_beyond_lengths_changes_nothing(tiny_bert, extra_a, extra_v):
+    """Random frames after each sequence's real length (in the padding the file already has, and
+    in extra padded steps) must not change the prediction: lengths decide what is signal."""
     model = _model(tiny_bert).eval()
     text, audio, video, al, vl, _ = make_batch(seed=2)
+    g = torch.Generator().manual_seed(99)
+    B = audio.shape[0]
+    audio2 = torch.cat([audio, torch.zeros(B, extra_a, audio.shape[2])], 1)
+    video2 = torch.cat([video, torch.zeros(B, extra_v, video.shape[2])], 1)
+    for b in range(B):
+        audio2[b, al[b]:] = torch.randn(audio2[b, al[b]:].shape, generator=g) * 3
+        video2[b, vl[b]:] = torch.randn(video2[b, vl[b]:].shape, generator=g) * 3
+    assert (audio2[:, audio.shape[1]:] != 0).any() or extra_a == 0
+    assert not torch.equal(audio2[:, :audio.shape[1]], audio)  # the garbage is really there
     with torch.no_grad():
         ref = model(text, audio, video, audio_lengths=al, vision_lengths=vl)["M"]
-        # garbage after the real length must be ignored as well as extra zero frames
-        audio2 = torch.cat([audio, torch.zeros(audio.shape[0], 7, audio.shape[2])], 1)
-        video2 = torch.cat([video, torch.zeros(video.shape[0], 5, video.shape[2])], 1)
-        for b in range(audio.shape[0]):
-            audio2[b, al[b]:] = torch.randn_like(audio2[b, al[b]:]) * 0  # zero frames
         out = model(text, audio2, video2, audio_lengths=al, vision_lengths=vl)["M"]
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
@@ -74,7 +84,7 @@ def test_missing_lengths_mean_full_length(tiny_bert):
     model = _model(tiny_bert).eval()
     text, audio, video, _, _, _ = make_batch(seed=5)
     B = audio.shape[0]
-    full_a = torch.full((B,), audio.shape[1]); full_v = torch.full((B,), video.shape[1])
+    full_a, full_v = torch.full((B,), audio.shape[1]), torch.full((B,), video.shape[1])
     with torch.no_grad():
         a = model(text, audio, video)["M"]
         b = model(text, audio, video, audio_lengths=full_a, vision_lengths=full_v)["M"]
@@ -174,7 +184,8 @@ def test_total_loss_is_eq6(tiny_bert):
     text, audio, video, al, vl, y = make_batch(seed=10)
     out = model(text, audio, video, audio_lengths=al, vision_lengths=vl)
     total, t = model.total_loss(out, y)
-    torch.testing.assert_close(total, ((out["M"] - y) ** 2).mean() + 0.5 * t["L_sep"] + 0.25 * t["L_ac"] + 2.0 * t["L_ap"])
+    expected = ((out["M"] - y) ** 2).mean() + 0.5 * t["L_sep"] + 0.25 * t["L_ac"] + 2.0 * t["L_ap"]
+    torch.testing.assert_close(total, expected)
 
 
 def test_pre_extracted_text_features_without_bert(tiny_bert):
@@ -204,8 +215,90 @@ def test_ca_module_masks_padded_keys_exactly():
 def test_bad_config_is_a_clear_error(tiny_bert):
     with pytest.raises(MMINConfigError, match="nheads"):
         _model(tiny_bert, d_model=30, nheads=8)
-    with pytest.raises(MMINConfigError, match="ablation"):
-        parse_ablation(["textt"])
-    with pytest.raises(MMINConfigError, match="all three"):
-        parse_ablation("text,video,audio")
-    assert parse_ablation("text, sep") == ["text", "sep"]
+    with pytest.raises(MMINConfigError, match="'ablation'.*textt"):
+        _model(tiny_bert, ablation=["textt"])
+    with pytest.raises(MMINConfigError, match="at least one must remain"):
+        _model(tiny_bert, ablation="text,video,audio")
+    with pytest.raises(MMINConfigError, match="'cin' and 'fin'"):  # used to crash in torch.stack
+        _model(tiny_bert, ablation=["cin", "fin"])
+
+
+def test_model_reads_the_config_object(tiny_bert):
+    args = make_args(tiny_bert, ablation="text, sep", disc_hidden=5)
+    model = MMIN(args)
+    assert isinstance(model.config, MMINConfig) and model.config.ablation == ["text", "sep"]
+    assert model.cin.discriminator.fc1.out_features == 5 and model.weights["alpha"] == 0.0
+    torch.manual_seed(0)
+    a = MMIN(args)
+    torch.manual_seed(0)
+    b = MMIN(MMINConfig.from_args(args))  # a config object is accepted as it is
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+# --- gradient directions: only the common codes' path from L_ac is reversed ---------------------
+
+def _cin_inputs(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {m: torch.randn(6, model.cin.common[0].in_features, generator=g) for m in model.cin.modalities}
+
+
+def test_discriminator_descends_on_l_ac(tiny_bert):
+    """D's own gradient from L_ac is the plain cross-entropy gradient (D learns to classify the
+    common codes); only the common encoder sees it reversed."""
+    model = _model(tiny_bert).eval()
+    cin = model.cin
+    h = _cin_inputs(model)
+    _, common, losses = cin(h)
+    d_params = list(cin.discriminator.parameters())
+    got = torch.autograd.grad(losses["L_ac"], d_params)
+    labels = [MODALITIES.index(m) for m in cin.modalities]
+    plain = modality_cross_entropy([cin.discriminator(common[m].detach()) for m in cin.modalities], labels)
+    want = torch.autograd.grad(plain, d_params)
+    for g_got, g_want in zip(got, want):
+        assert g_want.abs().sum() > 0
+        torch.testing.assert_close(g_got, g_want)
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_private_encoder_descends_on_l_ap(tiny_bert, modality):
+    """The private encoders' gradient from L_ap is NOT reversed: they learn to be recognisable."""
+    model = _model(tiny_bert).eval()
+    cin = model.cin
+    h = _cin_inputs(model, seed=1)
+    _, _, losses = cin(h)
+    weight = cin.private[modality][0].weight
+    got = torch.autograd.grad(losses["L_ap"], weight)[0]
+    labels = [MODALITIES.index(m) for m in cin.modalities]
+    plain = modality_cross_entropy([cin.discriminator(cin.private[m](h[m])) for m in cin.modalities], labels)
+    want = torch.autograd.grad(plain, weight)[0]
+    assert want.abs().sum() > 0
+    torch.testing.assert_close(got, want)
+
+
+# --- the coarse-guided step reads each modality's own output position ---------------------------
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_guided_step_reads_the_modality_own_position(tiny_bert, modality):
+    """f_m is the guided CA output at m's own position of the stacked query [h_L^C, h_V^C, h_A^C]
+    (reading position 0 for every modality, or the wrong row, fails here)."""
+    model = _model(tiny_bert).eval()
+    fin = model.fin
+    g = torch.Generator().manual_seed(5)
+    B, d = 3, model.config.d_model
+    lens = {"text": 6, "video": 7, "audio": 8}
+    seqs = {m: torch.randn(B, lens[m], d, generator=g) for m in MODALITIES}
+    masks = {m: torch.ones(B, lens[m], dtype=torch.bool) for m in MODALITIES}
+    masks["audio"][0, 5:] = False
+    common = {m: torch.randn(B, d, generator=g) for m in MODALITIES}
+    with torch.no_grad():
+        fine = fin(seqs, masks, common)
+        # the stacked computation, done independently: FIN's pair outputs, then the guided CA on the stack
+        i = MODALITIES.index(modality)
+        others = [b for b in MODALITIES if b != modality]
+        seq_m = torch.cat([fin.cross[f"{modality}_from_{b}"](seqs[modality], seqs[b], masks[b]) for b in others], 1)
+        mask_m = torch.cat([masks[modality]] * len(others), 1)
+        stacked = fin.guided[modality](torch.stack([common[m] for m in MODALITIES], 1), seq_m, mask_m)  # (B, 3, d)
+    torch.testing.assert_close(fine[modality], stacked[:, i], rtol=1e-5, atol=1e-6)
+    for j in range(len(MODALITIES)):
+        if j != i:
+            assert not torch.allclose(fine[modality], stacked[:, j], atol=1e-3)

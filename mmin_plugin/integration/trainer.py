@@ -32,7 +32,9 @@ from torch import nn, optim
 from tqdm import tqdm
 
 from ..atomic import atomic_write, atomic_write_text
+from ..constants import LOWER_IS_BETTER
 from ..errors import NonFiniteGradientError, NonFiniteLossError
+from ..modeling.config import MMINConfig
 
 logger = logging.getLogger("MMSA")
 
@@ -123,7 +125,8 @@ class MMINTrainer:
         from MMSA.utils import MetricsTop
 
         self.args = args
-        self.metrics = MetricsTop("regression").getMetics(args["dataset_name"].upper())
+        self.config = MMINConfig.from_args(args)  # MMIN's keys, validated; MMSA's run state stays in args
+        self.metrics = MetricsTop("regression").getMetics(self.config.dataset_name.upper())
         self.criterion = nn.MSELoss()
         self.history = []
         self.last_eval_terms = {}
@@ -134,22 +137,21 @@ class MMINTrainer:
         return model.Model if hasattr(model, "Model") else model  # AMIO wraps the network
 
     def _optimizer(self, model):
-        a = self.args
+        c = self.config
         bert, other = [], []
         for name, p in model.named_parameters():
             if p.requires_grad:
                 (bert if ".bert." in f".{name}" else other).append(p)
-        groups = [{"params": other, "lr": a["learning_rate"], "weight_decay": a.get("weight_decay", 0.0),
-                   "name": "MMIN (non-BERT)"}]
+        groups = [{"params": other, "lr": c.learning_rate, "weight_decay": c.weight_decay, "name": "MMIN (non-BERT)"}]
         if bert:
-            groups.append({"params": bert, "lr": a.get("learning_rate_bert", a["learning_rate"]),
-                           "weight_decay": a.get("weight_decay_bert", 0.0), "name": "BERT"})
+            groups.append({"params": bert, "lr": c.learning_rate_bert, "weight_decay": c.weight_decay_bert,
+                           "name": "BERT"})
         return optim.Adam(groups)
 
     def _is_better(self, cur, best):
         if best is None:
             return True
-        if self.args["KeyEval"] in ("Loss", "MAE"):
+        if self.config.KeyEval in LOWER_IS_BETTER:
             return cur <= best - 1e-6
         return cur >= best + 1e-6
 
@@ -165,8 +167,8 @@ class MMINTrainer:
         optimizer = self._optimizer(model)
         param_names = {p: n for n, p in model.named_parameters()}
         self._write_config()
-        max_epochs = a.get("max_epochs") or None
-        grad_clip = float(a.get("grad_clip", -1.0) or -1.0)
+        max_epochs = self.config.max_epochs
+        grad_clip = self.config.grad_clip or -1.0
         epoch_results = {"train": [], "valid": [], "test": []}
         epochs, best_epoch, best_valid = 0, 0, None
         self.history = []
@@ -214,7 +216,7 @@ class MMINTrainer:
                         a.get("cur_seed", 1),
                         " ".join(f"{k}: {v:.4f}" for k, v in {**means, **train_results}.items()))
             val_results = self.do_test(model, dataloader["valid"], mode="VAL", support=True)
-            cur_valid = val_results[a["KeyEval"]]
+            cur_valid = val_results[self.config.KeyEval]
             improved = self._is_better(cur_valid, best_valid)
             if improved:
                 best_valid, best_epoch = cur_valid, epochs
@@ -223,7 +225,7 @@ class MMINTrainer:
                       **{f"valid_{k}": float(v) for k, v in val_results.items()},
                       **{f"valid_{k}": v for k, v in self.last_eval_terms.items() if k != "L_senti"},
                       **{f"valid_support/{k}": v for k, v in self.last_support.items()},
-                      "KeyEval": a["KeyEval"], "best": improved}
+                      "KeyEval": self.config.KeyEval, "best": improved}
             self.history.append(record)
             self._write_history()
             if return_epoch_results:
@@ -231,7 +233,7 @@ class MMINTrainer:
                 epoch_results["train"].append(train_results)
                 epoch_results["valid"].append(val_results)
                 epoch_results["test"].append(self.do_test(model, dataloader["test"], mode="TEST"))
-            if epochs - best_epoch >= a["early_stop"] or (max_epochs and epochs >= max_epochs):
+            if epochs - best_epoch >= self.config.early_stop or (max_epochs and epochs >= max_epochs):
                 return epoch_results if return_epoch_results else None
 
     def _write_config(self):

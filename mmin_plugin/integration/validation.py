@@ -6,13 +6,12 @@
   expected and what was found.  It does not look at NaN/inf in audio/vision:
   :func:`sanitize_features` repairs those (real MOSI audio carries -inf in its padding).
 * :func:`sanitize_features` -- NaN/+inf/-inf in audio/vision -> 0, in place, with one warning.
-* :func:`validate_config` -- MMIN's configuration values, :class:`MMINConfigError` on the first
-  bad one.
+* :func:`validate_config` -- MMIN's configuration (:class:`~mmin_plugin.modeling.config.MMINConfig`)
+  plus the file-system check of ``pretrained``; :class:`MMINConfigError` on the first bad value.
 """
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 import os
 import re
@@ -23,7 +22,7 @@ import numpy as np
 
 from ..constants import ABLATIONS, DATASETS, SPLITS
 from ..errors import MMINConfigError, MMINDataError
-from ..modeling.config import normalize_ablation
+from ..modeling.config import MMINConfig, normalize_ablation
 
 __all__ = [
     "SPLITS",
@@ -424,15 +423,6 @@ def _cfail(key, expected, found):
     raise MMINConfigError(f"config key '{key}': expected {expected}; found {found!r}")
 
 
-def _is_int(v):
-    return isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _is_real(v):
-    return isinstance(v, (numbers.Real, np.number)) and not isinstance(v, (bool, np.bool_)) \
-        and not isinstance(v, (complex, np.complexfloating))
-
-
 _HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,95})"
 _HUB_RE = re.compile(rf"^{_HUB_PART}(?:/{_HUB_PART})?$")
 
@@ -449,100 +439,29 @@ def looks_like_hub_id(s):
     return bool(_HUB_RE.match(s))
 
 
-def _get(args, key):
-    try:
-        return key in args, args[key] if key in args else None
-    except TypeError:  # pragma: no cover - exotic mappings
-        return False, None
+def _check_pretrained(p: str) -> None:
+    """An existing local model directory holding config.json, or something shaped like a hub id."""
+    expanded = os.path.expanduser(p)
+    if os.path.isdir(expanded):
+        if not os.path.isfile(os.path.join(expanded, "config.json")):
+            _cfail("pretrained", "a model directory containing config.json (written by save_pretrained)", p)
+    elif os.path.exists(expanded):
+        _cfail("pretrained", "a model directory (not a file) or a hub id", p)
+    elif not looks_like_hub_id(p):
+        _cfail("pretrained", "an existing local model directory or a hub id ('name' or 'org/name'); this "
+                             "looks like a local path that does not exist", p)
 
 
-def validate_config(args):
+def validate_config(args) -> MMINConfig:
     """Check MMIN's configuration at start-up; raise :class:`MMINConfigError` on the first bad value.
 
-    Only keys present in ``args`` (a dict / EasyDict) are checked: ``dataset_name`` (mosi, mosei,
-    sims), loss weights ``alpha``/``beta``/``gamma``/``grl_lambda`` (finite, >= 0), positive
-    ints ``d_model``/``nheads``/``fine_layers``/``fusion_layers``/``fusion_ff_dim``/``rnn_layers``/
-    ``disc_hidden``/``batch_size`` with ``d_model % nheads == 0``, positive finite
-    ``learning_rate``/``learning_rate_bert``, non-negative weight decays, ``dropout``/
-    ``attn_dropout`` in [0, 1), ``ablation`` (see :func:`normalize_ablation`; not all of text,
-    video and audio), ``max_epochs`` (None or a positive int), ``early_stop`` (int >= 1),
-    ``grad_clip`` (a finite number; <= 0 disables), ``transformers`` ('bert' or 'roberta') and
-    ``pretrained`` (an existing local model directory holding config.json, or a hub id
-    ``name``/``org/name``).
+    ``args``: MMSA's args (dict / EasyDict; absent keys take :class:`MMINConfig`'s defaults) or an
+    :class:`MMINConfig`. Every value, range and combined rule is :class:`MMINConfig`'s (see its
+    docstring); this adds only what needs the file system: with ``use_bert``, ``pretrained`` must
+    be an existing local model directory holding config.json, or a hub id ``name``/``org/name``.
+    Returns the validated :class:`MMINConfig`.
     """
-    if not isinstance(args, Mapping):
-        raise MMINConfigError(f"config: expected a dict of parameters; found {type(args).__name__}")
-
-    has, v = _get(args, "dataset_name")
-    if has:
-        if not isinstance(v, str) or v.lower() not in DATASETS:
-            _cfail("dataset_name", f"one of {list(DATASETS)}", v)
-
-    for key in ("alpha", "beta", "gamma", "grl_lambda"):
-        has, v = _get(args, key)
-        if has and (not _is_real(v) or not math.isfinite(float(v)) or float(v) < 0):
-            _cfail(key, "a finite loss weight >= 0", v)
-
-    for key in ("d_model", "nheads", "fine_layers", "fusion_layers", "fusion_ff_dim",
-                "rnn_layers", "disc_hidden", "batch_size"):
-        has, v = _get(args, key)
-        if has and (not _is_int(v) or int(v) < 1):
-            _cfail(key, "a positive integer", v)
-    has_d, d = _get(args, "d_model")
-    has_h, h = _get(args, "nheads")
-    if has_d and has_h and int(d) % int(h) != 0:
-        raise MMINConfigError(
-            f"config key 'd_model': expected a multiple of nheads={int(h)} (attention heads "
-            f"split d_model evenly); found {int(d)} (d_model % nheads = {int(d) % int(h)})")
-
-    for key in ("learning_rate", "learning_rate_bert"):
-        has, v = _get(args, key)
-        if has and (not _is_real(v) or not math.isfinite(float(v)) or float(v) <= 0):
-            _cfail(key, "a positive finite learning rate", v)
-    for key in ("weight_decay", "weight_decay_bert"):
-        has, v = _get(args, key)
-        if has and (not _is_real(v) or not math.isfinite(float(v)) or float(v) < 0):
-            _cfail(key, "a finite weight decay >= 0", v)
-
-    for key in ("dropout", "attn_dropout"):
-        has, v = _get(args, key)
-        if has and (not _is_real(v) or not (0.0 <= float(v) < 1.0)):
-            _cfail(key, "a dropout probability in [0, 1)", v)
-
-    has, v = _get(args, "ablation")
-    if has:
-        abl = normalize_ablation(v)
-        if all(m in abl for m in _MODALITY_ABLATIONS):
-            _cfail("ablation", "at most two of the modalities 'text', 'video', 'audio' ablated "
-                               "(at least one must remain)", v)
-
-    has, v = _get(args, "max_epochs")
-    if has and v is not None and (not _is_int(v) or int(v) < 1):
-        _cfail("max_epochs", "None (no cap) or a positive integer", v)
-    has, v = _get(args, "early_stop")
-    if has and (not _is_int(v) or int(v) < 1):
-        _cfail("early_stop", "an integer >= 1", v)
-    has, v = _get(args, "grad_clip")
-    if has and v is not None and (not _is_real(v) or not math.isfinite(float(v))):
-        _cfail("grad_clip", "a finite number (<= 0 disables clipping)", v)
-    has, v = _get(args, "transformers")
-    if has and v not in ("bert", "roberta"):
-        _cfail("transformers", "'bert' or 'roberta' (MMSA's BertTextEncoder)", v)
-
-    has, v = _get(args, "pretrained")
-    if has:
-        if not isinstance(v, (str, os.PathLike)) or not os.fspath(v):
-            _cfail("pretrained", "a local model directory or a hub id like 'bert-base-uncased'", v)
-        p = os.fspath(v)
-        expanded = os.path.expanduser(p)
-        if os.path.isdir(expanded):
-            if not os.path.isfile(os.path.join(expanded, "config.json")):
-                _cfail("pretrained", "a model directory containing config.json "
-                                     "(written by save_pretrained)", p)
-        elif os.path.exists(expanded):
-            _cfail("pretrained", "a model directory (not a file) or a hub id", p)
-        elif not looks_like_hub_id(p):
-            _cfail("pretrained", "an existing local model directory or a hub id "
-                                 "('name' or 'org/name'); this looks like a local path that "
-                                 "does not exist", p)
-    return None
+    config = MMINConfig.from_args(args)
+    if config.use_bert:
+        _check_pretrained(config.pretrained)
+    return config

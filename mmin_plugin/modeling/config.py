@@ -1,12 +1,118 @@
-"""MMIN's configuration (to become the typed `MMINConfig`)."""
+"""MMIN's configuration: one typed dataclass, :class:`MMINConfig`, holding every key the model and
+its trainer read, with its type, default, allowed range and meaning (design notes:
+docs/design/model.md)."""
 from __future__ import annotations
 
-from ..constants import ABLATIONS
+import dataclasses
+import difflib
+import math
+import numbers
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from ..constants import ABLATIONS, DATASETS, KEY_EVALS, MODALITIES
 from ..errors import MMINConfigError
+
+__all__ = ["MMINConfig", "MMSA_KEYS", "normalize_ablation", "config_table"]
+
+#: keys of MMSA 2.2.1's own args that MMIN does not read (run.py, config.py, data_loader.py and the
+#: dataset block `datasetCommonParams`); accepted by :meth:`MMINConfig.from_args` and ignored.
+MMSA_KEYS = frozenset({
+    "model_name", "featurePath", "seq_lens", "train_samples", "num_classes", "language", "missing_rate",
+    "missing_seed", "data_missing", "model_save_path", "device", "train_mode", "custom_feature", "feature_T",
+    "feature_A", "feature_V", "cur_seed", "d_paras", "gpu_ids",
+})
 
 
 def _cfail(key, expected, found):
     raise MMINConfigError(f"config key '{key}': expected {expected}; found {found!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# value checkers: (key, value) -> normalised value, or MMINConfigError naming key/expected/found
+# ------------------------------------------------------------------------------------------------
+def _is_bool(v) -> bool:
+    return isinstance(v, (bool, np.bool_))
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not _is_bool(v)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not _is_bool(v)
+
+
+def _int(lo: int = 1) -> Callable:
+    def check(key, v):
+        if not _is_int(v) or int(v) < lo:
+            _cfail(key, f"an integer >= {lo}" if lo != 1 else "a positive integer", v)
+        return int(v)
+    return check
+
+
+def _real(lo: float = 0.0, hi: Optional[float] = None, lo_open: bool = False, hi_open: bool = True,
+          what: str = "a number") -> Callable:
+    def check(key, v):
+        ok = _is_real(v) and math.isfinite(float(v))
+        if ok:
+            x = float(v)
+            ok = (x > lo if lo_open else x >= lo) and (hi is None or (x < hi if hi_open else x <= hi))
+        if not ok:
+            rng = f"{'(' if lo_open else '['}{lo:g}, {'inf)' if hi is None else f'{hi:g}' + (')' if hi_open else ']')}"
+            _cfail(key, f"{what} in {rng}", v)
+        return float(v)
+    return check
+
+
+def _finite_or_none(key, v):
+    if v is None:
+        return None
+    if not _is_real(v) or not math.isfinite(float(v)):
+        _cfail(key, "None or a finite number (<= 0 or None disables clipping)", v)
+    return float(v)
+
+
+def _int_or_none(key, v):
+    if v is not None and (not _is_int(v) or int(v) < 1):
+        _cfail(key, "None (no cap) or a positive integer", v)
+    return None if v is None else int(v)
+
+
+def _bool(key, v):
+    if not _is_bool(v):
+        _cfail(key, "a boolean (true/false, not a string or a number)", v)
+    return bool(v)
+
+
+def _choice(*options: str, lower: bool = False) -> Callable:
+    def check(key, v):
+        x = v.lower() if lower and isinstance(v, str) else v
+        if not isinstance(x, str) or x not in options:
+            _cfail(key, f"one of {list(options)}", v)
+        return x
+    return check
+
+
+def _str(key, v):
+    if not isinstance(v, str):
+        _cfail(key, "a string", v)
+    return v
+
+
+def _nonempty_path(key, v):
+    if not isinstance(v, (str, os.PathLike)) or not os.fspath(v):
+        _cfail(key, "a local model directory or a hub id like 'bert-base-uncased'", v)
+    return os.fspath(v)
+
+
+def _feature_dims(key, v):
+    if not isinstance(v, (list, tuple)) or len(v) != 3 or not all(_is_int(x) and int(x) >= 1 for x in v):
+        _cfail(key, "3 positive integers (text, audio, video feature widths, MMSA's order)", v)
+    return tuple(int(x) for x in v)
 
 
 def normalize_ablation(value, key="ablation"):
@@ -35,3 +141,190 @@ def normalize_ablation(value, key="ablation"):
         if name not in out:
             out.append(name)
     return out
+
+
+def _key(default, check: Callable, help: str, range: str, group: str):
+    """A config key: default, checker, one-line meaning, allowed range, group (model/loss/training/data)."""
+    meta = {"help": help, "range": range, "check": check, "group": group}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ------------------------------------------------------------------------------------------------
+# the configuration
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MMINConfig:
+    """Every key MMIN's model and trainer read, typed, with its default, range and meaning.
+
+    Defaults are MMSA's view in ``registry.json`` (``commonParams`` + MOSI's ``datasetParams`` and
+    MOSI's dataset block), so ``MMINConfig()`` is the configuration of an MMSA run of MMIN on MOSI.
+    Each field's ``metadata`` holds ``help`` (one line), ``range`` (text) and ``check`` (the
+    validator); :func:`config_table` renders them as the README's table.
+
+    Construction validates (``__post_init__``): every value is type-checked (booleans must be real
+    ``bool``, integers real ``int``; a float where an int is expected is an error) and range-checked,
+    values are normalised (``ablation`` to a list of lower-case names, ``dataset_name`` to lower
+    case, ``feature_dims`` to a tuple), and the combined checks hold:
+
+    * ``d_model % nheads == 0`` (attention heads split d_model evenly);
+    * the ``ablation`` leaves at least one modality, and at least one fusion input (not both
+      ``cin`` and ``fin``);
+    * ``KeyEval`` is one of :data:`~mmin_plugin.constants.KEY_EVALS` of ``dataset_name``.
+
+    Raises :class:`~mmin_plugin.errors.MMINConfigError` naming the key, what was expected and what
+    was found. Frozen: derive variants with :func:`dataclasses.replace` (validated again).
+
+    Use :meth:`from_args` to build it from MMSA's args (which also hold MMSA's own keys).
+    """
+
+    # --- model: sizes -----------------------------------------------------------------------------
+    d_model: int = _key(128, _int(), "width of every code and sequence (encoders, CA, fusion)",
+                        ">= 1, multiple of nheads", "model")
+    nheads: int = _key(8, _int(), "attention heads of the CA modules and the fusion transformer",
+                       ">= 1, divides d_model", "model")
+    fine_layers: int = _key(2, _int(), "N: stacked CA layers per ordered modality pair in FIN", ">= 1", "model")
+    fusion_layers: int = _key(1, _int(), "transformer encoder layers of the fusion layer", ">= 1", "model")
+    fusion_ff_dim: int = _key(256, _int(), "feed-forward width of the fusion transformer (and of the CA "
+                              "feed-forward sub-layer when ca_ffn)", ">= 1", "model")
+    rnn_layers: int = _key(1, _int(), "layers of the audio and video LSTMs", ">= 1", "model")
+    disc_hidden: int = _key(64, _int(), "hidden width of the modality discriminator D", ">= 1", "model")
+    dropout: float = _key(0.1, _real(0.0, 1.0, what="a dropout probability"),
+                          "dropout on residual branches, the discriminator's hidden layer, fusion and head",
+                          "[0, 1)", "model")
+    attn_dropout: float = _key(0.0, _real(0.0, 1.0, what="a dropout probability"),
+                               "dropout on the sparsemax attention weights of the CA modules", "[0, 1)", "model")
+    ca_ffn: bool = _key(False, _bool, "design variant: a pre-norm residual feed-forward sub-layer in every CA "
+                        "module (MulT); off = the paper's Fig. 2b", "true / false", "model")
+    ca_positions: bool = _key(False, _bool, "design variant: sinusoidal positions added to both CA inputs "
+                              "(MulT); off = the paper's Fig. 2b", "true / false", "model")
+    ablation: List[str] = _key([], lambda key, v: normalize_ablation(v, key),
+                               "Table 2 switches: 'cin'/'fin' drop fusion tokens, 'text'/'video'/'audio' "
+                               "remove a modality, 'sep'/'ac'/'ap' zero a loss weight",
+                               f"list (or comma string) of {', '.join(ABLATIONS)}; >= 1 modality and "
+                               "not both cin and fin", "model")
+    # --- text encoder ---------------------------------------------------------------------------
+    use_bert: bool = _key(True, _bool, "encode text with a BERT-family model (else read the file's text "
+                          "features)", "true / false", "model")
+    use_finetune: bool = _key(True, _bool, "fine-tune the text encoder (else it is frozen)", "true / false",
+                              "model")
+    transformers: str = _key("bert", _choice("bert", "roberta"), "text encoder family", "'bert' or 'roberta'",
+                             "model")
+    pretrained: str = _key("bert-base-uncased", _nonempty_path, "text encoder: a hub id or a local directory "
+                           "written by save_pretrained", "non-empty hub id or path", "model")
+    # --- loss (eq. 6) ---------------------------------------------------------------------------
+    alpha: float = _key(1e-4, _real(), "weight of L_sep (eq. 5) in eq. 6", ">= 0, finite", "loss")
+    beta: float = _key(0.1, _real(), "weight of L_ac (eq. 3) in eq. 6", ">= 0, finite", "loss")
+    gamma: float = _key(0.1, _real(), "weight of L_ap (eq. 4) in eq. 6", ">= 0, finite", "loss")
+    grl_lambda: float = _key(1.0, _real(), "gradient reversal strength on the common codes in L_ac",
+                             ">= 0, finite", "loss")
+    sep_reduction: str = _key("sum", _choice("sum", "mean"), "eq. 5 as written ('sum') or divided by "
+                              "batch^2 ('mean', batch-size invariant)", "'sum' or 'mean'", "loss")
+    # --- training -------------------------------------------------------------------------------
+    learning_rate: float = _key(1e-3, _real(lo_open=True, what="a learning rate"),
+                                "Adam learning rate of everything but the text encoder", "> 0, finite", "training")
+    learning_rate_bert: float = _key(5e-5, _real(lo_open=True, what="a learning rate"),
+                                     "Adam learning rate of the text encoder", "> 0, finite", "training")
+    weight_decay: float = _key(0.0, _real(what="a weight decay"), "Adam weight decay of everything but the "
+                               "text encoder", ">= 0, finite", "training")
+    weight_decay_bert: float = _key(0.0, _real(what="a weight decay"), "Adam weight decay of the text encoder",
+                                    ">= 0, finite", "training")
+    batch_size: int = _key(16, _int(), "samples per batch (MMSA's data loader)", ">= 1", "training")
+    early_stop: int = _key(8, _int(), "stop after this many epochs without a better validation KeyEval",
+                           ">= 1", "training")
+    max_epochs: Optional[int] = _key(None, _int_or_none, "cap on training epochs (MMSA has none)",
+                                     "None or >= 1", "training")
+    grad_clip: Optional[float] = _key(1.0, _finite_or_none, "clip every gradient entry to [-grad_clip, "
+                                      "grad_clip]", "finite; <= 0 or None disables", "training")
+    KeyEval: str = _key("Loss", _str,
+                        "validation metric that selects the best epoch", "one of KEY_EVALS[dataset_name]",
+                        "training")
+    # --- data (set by MMSA from the dataset) --------------------------------------------------------
+    dataset_name: str = _key("mosi", _choice(*DATASETS, lower=True), "MMSA dataset (decides KeyEval's "
+                             "choices and the metrics)", "'mosi', 'mosei' or 'sims' (any case)", "data")
+    feature_dims: Tuple[int, int, int] = _key((768, 5, 20), _feature_dims, "feature widths (text, audio, "
+                                              "video) in MMSA's order; MMSA sets them from the file",
+                                              "3 integers >= 1", "data")
+    need_data_aligned: bool = _key(False, _bool, "MMSA reads the word-aligned file (MMIN reads "
+                                   "unaligned data)", "true / false", "data")
+    need_model_aligned: bool = _key(False, _bool, "MMSA aligns sequences in AMIO before the model",
+                                    "true / false", "data")
+    need_normalized: bool = _key(False, _bool, "MMSA averages audio/video over time (MMIN needs "
+                                 "sequences)", "true / false", "data")
+    lengths_from: str = _key("file", _choice("file", "nonzero"), "audio/video lengths: the file's "
+                             "*_lengths or recomputed from the last non-zero frame", "'file' or 'nonzero'", "data")
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, f.metadata["check"](f.name, getattr(self, f.name)))
+        self._check_combined()
+
+    def _check_combined(self):
+        if self.d_model % self.nheads:
+            raise MMINConfigError(
+                f"config key 'd_model': expected a multiple of nheads={self.nheads} (attention heads split "
+                f"d_model evenly); found {self.d_model} (d_model % nheads = {self.d_model % self.nheads})")
+        if all(m in self.ablation for m in MODALITIES):
+            _cfail("ablation", "at most two of the modalities 'text', 'video', 'audio' ablated "
+                               "(at least one must remain)", self.ablation)
+        if "cin" in self.ablation and "fin" in self.ablation:
+            _cfail("ablation", "at most one of 'cin' and 'fin' (the fusion layer needs the CIN or the "
+                               "FIN tokens)", self.ablation)
+        choices = KEY_EVALS[self.dataset_name]
+        if self.KeyEval not in choices:
+            near = [k for k in choices if k.lower() == self.KeyEval.lower()]
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise MMINConfigError(f"config key 'KeyEval': expected one of {list(choices)} (the metrics of dataset "
+                                  f"'{self.dataset_name}', case-sensitive); found {self.KeyEval!r}{hint}")
+
+    # --- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_args(cls, args: Any) -> MMINConfig:
+        """Build from MMSA's args (dict / EasyDict) or return an :class:`MMINConfig` unchanged.
+
+        MMIN's keys become fields (absent keys take the defaults); MMSA's own keys (:data:`MMSA_KEYS`)
+        are accepted and ignored; any other key is an :class:`MMINConfigError` naming it and the
+        nearest known key.
+        """
+        if isinstance(args, cls):
+            return args
+        if not isinstance(args, Mapping):
+            raise MMINConfigError(f"config: expected a dict of parameters; found {type(args).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {}
+        for key in args:
+            if key in names:
+                values[key] = args[key]
+            elif key not in MMSA_KEYS:
+                near = difflib.get_close_matches(str(key), sorted(names | MMSA_KEYS), n=1, cutoff=0.6)
+                hint = f" (did you mean '{near[0]}'?)" if near else ""
+                raise MMINConfigError(f"config key '{key}': expected one of MMIN's or MMSA's keys; found an "
+                                      f"unknown key{hint}")
+        return cls(**values)
+
+    # --- derived views ----------------------------------------------------------------------------
+    @property
+    def modalities(self) -> Tuple[str, ...]:
+        """The modalities left after the ablation, in MMIN's order (text, video, audio)."""
+        return tuple(m for m in MODALITIES if m not in self.ablation)
+
+    @property
+    def loss_weights(self) -> dict:
+        """alpha, beta, gamma of eq. 6, zeroed by the 'sep', 'ac', 'ap' ablations."""
+        return {"alpha": 0.0 if "sep" in self.ablation else self.alpha,
+                "beta": 0.0 if "ac" in self.ablation else self.beta,
+                "gamma": 0.0 if "ap" in self.ablation else self.gamma}
+
+    def to_dict(self) -> dict:
+        """The keys and values (as MMSA would hold them: lists, not tuples)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def config_table() -> str:
+    """Markdown table of every key: name, type, default, range, meaning (the README's table)."""
+    rows = ["| key | type | default | range | meaning |", "|---|---|---|---|---|"]
+    for f in dataclasses.fields(MMINConfig):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        rows.append(f"| `{f.name}` | {f.type} | `{default!r}` | {f.metadata['range']} | {f.metadata['help']} |")
+    return "\n".join(rows)

@@ -1,82 +1,27 @@
-"""MMIN: Multi-grained Multimodal Interaction Network (Fang, Liu, Zhang, ICASSP 2024).
+"""MMIN: Multi-grained Multimodal Interaction Network (Fang, Liu, Zhang, ICASSP 2024), one file with
+modules named after the paper's section 2: FeatureExtractor (2.1), CoarseInteraction (2.2, CIN),
+CrossAttention / CALayerStack / FineInteraction (2.3, FIN), FusionLayer (2.4), MMIN (the network).
 
-One readable file, modules named after the paper's parts (section 2):
-
-    FeatureExtractor        2.1  BERT for text; LSTMs over the real lengths for video and audio
-    CoarseInteraction       2.2  CIN: private encoders (eq. 1), shared common encoder (eq. 2),
-                                 modality discriminator D with gradient reversal (eq. 3, 4),
-                                 separation loss (eq. 5)
-    CrossAttention          2.3  the CA module: layer norm, multi-head cross-attention normalised
-                                 with sparsemax, residual connection (Fig. 2b)
-    FineInteraction         2.3  FIN: N stacked CA layers between every ordered modality pair,
-                                 then the coarse-grained representation guided interaction
-    FusionLayer             2.4  coarse and fine representations stacked, a transformer layer,
-                                 outputs concatenated, FC head
-    MMIN                         the whole network; total loss L = L_senti + a L_sep + b L_ac + g L_ap
-                                 (eq. 6) is assembled by the trainer from the outputs here.
-
-Modality order is always (text, video, audio) = (L, V, A), as in the paper's labels
-y_L=[1,0,0], y_V=[0,1,0], y_A=[0,0,1]. MMSA passes tensors as (text, audio, vision).
-
-Choices where the paper is silent or ambiguous (also listed in the README):
-
-* Sizes. All codes and sequences live in one width `d_model` (paper: unspecified; default 128)
-  so that the shared common encoder can take every modality. Text is projected from the encoder's
-  hidden size (read from its config, never assumed 768) by one linear layer; video and audio LSTMs
-  have hidden size d_model. `nheads` (default 8), `fine_layers` N (default 2).
-* Encoders (eq. 1, 2). "Fully-connected layers": one Linear + Tanh each. Tanh keeps the codes
-  zero-centred and bounded, so the orthogonality of eq. 5 is reachable (a sigmoid code, as in
-  MISA, is non-negative and cannot be orthogonal without disjoint supports) and the unnormalised
-  squared Frobenius norms of eq. 5 stay bounded by batch^2 * d^2.
-* Discriminator: Linear(d, disc_hidden) -> ReLU -> Linear(disc_hidden, 3) (see losses.py).
-  L_ac passes the common codes through a gradient-reversal layer (lambda = `grl_lambda`), so D
-  learns to classify them while the common encoder learns to fool it; L_ap does not reverse, so
-  the private encoders learn to be recognisable.
-* CA module (Fig. 2b): exactly layer norm + cross-attention + residual, pre-norm:
-  Y = X_a + MHA_sparsemax(LN_q(X_a), LN_kv(X_b)). The figure shows no feed-forward sub-layer, so
-  none is added. Output positions are the query's positions (one output per query time step,
-  as in MulT). Padded keys are masked with -inf, so sparsemax gives them exactly zero weight; a
-  fully padded key row (zero-length sequence) yields zero attention and the residual alone.
-  No positional encoding is added: text carries BERT's, video/audio come out of LSTMs.
-* FIN pairs: N CA layers for each ordered pair (a <- b) of distinct modalities (6 for three
-  modalities, each with its own weights, as MulT). The fine sequence of modality a is the time
-  concatenation of its pair outputs [CA(a <- b1); CA(a <- b2)] (query positions of a, keyed by a's
-  padding mask) -- "the other modalities interact one by one".
-* Coarse-guided interaction: one CA module per modality m with query = the stacked common codes
-  [h_L^C, h_V^C, h_A^C] (B, 3, d) and key/value = the fine sequence of m. "The corresponding
-  vector" of the output is read as the output at m's own position in the query stack, giving one
-  fine-grained representation per modality.
-* Fusion: the tokens [h_L^P, h_V^P, h_A^P, h_L^C, h_V^C, h_A^C, f_L, f_V, f_A] (B, 9, d) go through
-  `fusion_layers` standard transformer encoder layers (the paper's "transformer layer"), are
-  concatenated to (B, 9d) and fed to Linear -> ReLU -> Dropout -> Linear(1).
-* Ablations (Table 2), `ablation` = list of names:
-  'cin' / 'fin'  drop the CIN / FIN tokens from the fusion input only (representation learning
-                 and its losses stay, as the paper says; with 'fin' the FIN modules are skipped,
-                 since nothing downstream uses them);
-  'text' / 'video' / 'audio'  remove the modality in both CIN and FIN (its encoders, codes, loss
-                 terms, CA pairs and fusion tokens);
-  'sep' / 'ac' / 'ap'  set alpha / beta / gamma to 0.
+Modality order is always (text, video, audio) = (L, V, A); MMSA passes tensors as (text, audio, vision).
+The design notes, and every choice made where the paper is silent, are in docs/design/model.md.
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ..constants import ABLATIONS, MODALITIES
-from ..errors import MMINConfigError
-from .config import normalize_ablation
+from ..constants import MODALITIES
+from .config import MMINConfig
 from .losses import ModalityDiscriminator, grad_reverse, modality_cross_entropy, separation_loss
 from .sparsemax import sparsemax
 
 __all__ = [
-    "MODALITIES",
-    "ABLATIONS",
-    "parse_ablation",
+    "MMINConfig",
     "FeatureExtractor",
     "CoarseInteraction",
     "CrossAttention",
@@ -85,18 +30,6 @@ __all__ = [
     "FusionLayer",
     "MMIN",
 ]
-
-def parse_ablation(value) -> List[str]:
-    """Normalise the `ablation` config value (list, single name, or comma string)."""
-    names = normalize_ablation(value)
-    if all(m in names for m in MODALITIES):
-        raise MMINConfigError("config key 'ablation': cannot remove all three modalities")
-    return names
-
-
-def _arg(args, key, default=None):
-    return args[key] if key in args and args[key] is not None else default
-
 
 def _full_lengths(x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
@@ -134,25 +67,26 @@ class SequenceLSTM(nn.Module):
 
 
 class FeatureExtractor(nn.Module):
-    """Section 2.1: BERT for text ([CLS] for CIN, tokens for FIN); LSTMs for video and audio."""
+    """Section 2.1: BERT for text ([CLS] vector for CIN, token sequence for FIN); an LSTM over the
+    real lengths for video and for audio. Everything is projected / sized to width d_model."""
 
-    def __init__(self, args, modalities: Sequence[str]):
+    def __init__(self, config: MMINConfig, modalities: Sequence[str]):
         super().__init__()
         self.modalities = tuple(modalities)
-        d = int(args["d_model"])
-        self.use_bert = bool(_arg(args, "use_bert", True))
-        self.use_finetune = bool(_arg(args, "use_finetune", True))
+        d = config.d_model
+        self.use_bert = config.use_bert
+        self.use_finetune = config.use_finetune
         if "text" in self.modalities:
             if self.use_bert:
-                self.bert = _load_text_encoder(args)
+                self.bert = _load_text_encoder(config)
                 text_dim = int(self.bert.config.hidden_size)
             else:
-                text_dim = int(args["feature_dims"][0])
+                text_dim = config.feature_dims[0]
             self.text_proj = nn.Linear(text_dim, d)
         if "audio" in self.modalities:
-            self.audio_rnn = SequenceLSTM(int(args["feature_dims"][1]), d, int(_arg(args, "rnn_layers", 1)))
+            self.audio_rnn = SequenceLSTM(config.feature_dims[1], d, config.rnn_layers)
         if "video" in self.modalities:
-            self.video_rnn = SequenceLSTM(int(args["feature_dims"][2]), d, int(_arg(args, "rnn_layers", 1)))
+            self.video_rnn = SequenceLSTM(config.feature_dims[2], d, config.rnn_layers)
 
     def encode_text(self, text: torch.Tensor):
         if self.use_bert:
@@ -181,12 +115,12 @@ class FeatureExtractor(nn.Module):
         return feats
 
 
-def _load_text_encoder(args) -> nn.Module:
+def _load_text_encoder(config: MMINConfig) -> nn.Module:
     """`pretrained` is a hub name or a local directory, as in MMSA's BERT models."""
     from transformers import AutoModel, BertModel, RobertaModel
     from transformers.utils import logging as hf_logging
 
-    name = str(_arg(args, "transformers", "bert"))
+    name = config.transformers
     if name in ("bert", "roberta"):
         # MMIN reads the [CLS] hidden state, not the pooler: leave the pooler out so that no
         # parameter sits in the model without ever receiving a gradient.
@@ -194,17 +128,24 @@ def _load_text_encoder(args) -> nn.Module:
         level = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the checkpoint's pooler weights are unused on purpose
         try:
-            return cls.from_pretrained(str(args["pretrained"]), add_pooling_layer=False)
+            return cls.from_pretrained(config.pretrained, add_pooling_layer=False)
         finally:
             hf_logging.set_verbosity(level)
-    return AutoModel.from_pretrained(str(args["pretrained"]))
+    return AutoModel.from_pretrained(config.pretrained)
 
 
 # --------------------------------------------------------------------------------------------
 # 2.2 Coarse-grained Interaction Network
 # --------------------------------------------------------------------------------------------
 class CoarseInteraction(nn.Module):
-    """CIN: h_m^P = Private_m(h_m) (eq. 1), h_m^C = Common(h_m) (eq. 2), and the constraint module."""
+    """CIN (section 2.2): private and common codes of each modality and the constraint module.
+
+    h_m^P = tanh(W_m h_m + b_m) (eq. 1, one encoder per modality), h_m^C = tanh(W_c h_m + b_c) (eq. 2,
+    shared), each (B, d). ``forward(h)`` with ``h = {m: (B, d)}`` returns ``(private, common, losses)``:
+    the codes per modality and ``losses = {"L_sep": eq. 5, "L_ac": eq. 3, "L_ap": eq. 4}``. In L_ac the
+    common codes pass a gradient-reversal layer (strength ``grl_lambda``) before D, so D descends on
+    L_ac while the common encoder ascends; L_ap is plain (D and the private encoders both descend).
+    """
 
     def __init__(self, d_model: int, modalities: Sequence[str], disc_hidden: int, grl_lambda: float, dropout: float):
         super().__init__()
@@ -239,8 +180,6 @@ class CrossAttention(nn.Module):
 
     def __init__(self, d_model: int, nheads: int, attn_dropout: float = 0.0, dropout: float = 0.0):
         super().__init__()
-        if d_model % nheads:
-            raise MMINConfigError(f"config keys 'd_model'/'nheads': d_model={d_model} is not divisible by nheads={nheads}")
         self.nheads, self.d_head = nheads, d_model // nheads
         self.norm_q = nn.LayerNorm(d_model)
         self.norm_kv = nn.LayerNorm(d_model)
@@ -258,7 +197,7 @@ class CrossAttention(nn.Module):
         Lk = x_kv.shape[1]
         q_in, kv_in = self.norm_q(x_q), self.norm_kv(x_kv)
         # scaling q rather than the (B, h, Lq, Lk) scores: same maths, Lk/dh times fewer multiplies
-        q = (self.q(q_in) / math.sqrt(self.d_head)).view(B, Lq, self.nheads, self.d_head).transpose(1, 2)  # (B, h, Lq, dh)
+        q = (self.q(q_in) / math.sqrt(self.d_head)).view(B, Lq, self.nheads, self.d_head).transpose(1, 2)  # B,h,Lq,dh
         k = self.k(kv_in).view(B, Lk, self.nheads, self.d_head).transpose(1, 2)  # (B, h, Lk, dh)
         v = self.v(kv_in).view(B, Lk, self.nheads, self.d_head).transpose(1, 2)
         scores = q @ k.transpose(-1, -2)  # (B, h, Lq, Lk)
@@ -284,7 +223,15 @@ class CALayerStack(nn.Module):
 
 
 class FineInteraction(nn.Module):
-    """FIN: pairwise stacked CA between modalities, then the coarse-grained representation guided step."""
+    """FIN (section 2.3): stacked CA layers for every ordered modality pair, then the coarse-guided step.
+
+    ``forward(seqs, masks, common)``: ``seqs[m]`` (B, L_m, d) sequences, ``masks[m]`` (B, L_m) True on
+    real steps, ``common[m]`` (B, d) common codes. For each modality a, ``cross["a_from_b"]`` (N CA
+    layers, query a, key/value b) runs for every other modality b; the outputs are concatenated in
+    time into a's fine sequence (B, (M-1) L_a, d). The guided CA of a then queries that sequence with
+    the stacked common codes [h_L^C, h_V^C, h_A^C] and ``f_a`` is the output at a's own position.
+    Returns ``{m: f_m (B, d)}``.
+    """
 
     def __init__(self, d_model, nheads, n_layers, modalities, attn_dropout, dropout):
         super().__init__()
@@ -293,7 +240,8 @@ class FineInteraction(nn.Module):
         self.cross = nn.ModuleDict(
             {f"{a}_from_{b}": CALayerStack(d_model, nheads, n_layers, attn_dropout, dropout) for a, b in self.pairs}
         )
-        self.guided = nn.ModuleDict({m: CrossAttention(d_model, nheads, attn_dropout, dropout) for m in self.modalities})
+        self.guided = nn.ModuleDict(
+            {m: CrossAttention(d_model, nheads, attn_dropout, dropout) for m in self.modalities})
 
     def forward(self, seqs: Dict[str, torch.Tensor], masks: Dict[str, torch.Tensor], common: Dict[str, torch.Tensor]):
         # the stacked modality-invariant codes are the query of the guided step: (B, M, d)
@@ -336,33 +284,39 @@ class FusionLayer(nn.Module):
 # The network
 # --------------------------------------------------------------------------------------------
 class MMIN(nn.Module):
-    """MMIN for MMSA. forward(text, audio, video, audio_lengths=None, vision_lengths=None)."""
+    """MMIN for MMSA: a sentiment score from text, audio and video (paper section 2).
+
+    ``MMIN(args)``: ``args`` is MMSA's args (dict / EasyDict, as MMSA's AMIO passes it) or an
+    :class:`MMINConfig`; the network reads only ``self.config = MMINConfig.from_args(args)``
+    (validated: a bad key or value is an :class:`~mmin_plugin.errors.MMINConfigError`).
+
+    ``forward(text, audio, video, audio_lengths=None, vision_lengths=None)``:
+
+    * ``text``: (B, 3, L) token ids / attention mask / segment ids (``use_bert``), or (B, L, d_text)
+      features whose all-zero rows are padding; ``audio``: (B, L_a, d_a); ``video``: (B, L_v, d_v);
+      lengths: (B,) real steps of audio / video (None = full length, as in ``MMSA_test``).
+    * returns ``{"M": (B, 1) prediction, "Feature_f": (B, n_tokens * d_model) fused representation,
+      "L_sep", "L_ac", "L_ap": the scalar constraint losses of eq. 5, 3, 4}``.
+
+    :meth:`total_loss` assembles eq. 6, L = L_senti + alpha L_sep + beta L_ac + gamma L_ap, with
+    ``self.weights`` = ``config.loss_weights`` (zeroed by the 'sep' / 'ac' / 'ap' ablations).
+    """
 
     def __init__(self, args):
         super().__init__()
-        self.ablation = parse_ablation(_arg(args, "ablation", []))
-        self.modalities = tuple(m for m in MODALITIES if m not in self.ablation)
-        d, h = int(args["d_model"]), int(args["nheads"])
-        if d <= 0 or h <= 0 or d % h:
-            raise MMINConfigError(f"config keys 'd_model'/'nheads': need positive d_model divisible by nheads, "
-                                  f"found d_model={d}, nheads={h}")
-        dropout = float(_arg(args, "dropout", 0.1))
-        attn_dropout = float(_arg(args, "attn_dropout", dropout))
+        self.config = config = MMINConfig.from_args(args)
+        self.ablation = list(config.ablation)
+        self.modalities = config.modalities
+        d, h = config.d_model, config.nheads
         self.use_cin = "cin" not in self.ablation
         self.use_fin = "fin" not in self.ablation
-        self.weights = {
-            "alpha": 0.0 if "sep" in self.ablation else float(_arg(args, "alpha", 0.0)),
-            "beta": 0.0 if "ac" in self.ablation else float(_arg(args, "beta", 0.0)),
-            "gamma": 0.0 if "ap" in self.ablation else float(_arg(args, "gamma", 0.0)),
-        }
-        self.features = FeatureExtractor(args, self.modalities)
-        self.cin = CoarseInteraction(d, self.modalities, int(_arg(args, "disc_hidden", d)),
-                                     float(_arg(args, "grl_lambda", 1.0)), dropout)
-        self.fin = FineInteraction(d, h, int(_arg(args, "fine_layers", 2)), self.modalities, attn_dropout, dropout) \
+        self.weights = config.loss_weights
+        self.features = FeatureExtractor(config, self.modalities)
+        self.cin = CoarseInteraction(d, self.modalities, config.disc_hidden, config.grl_lambda, config.dropout)
+        self.fin = FineInteraction(d, h, config.fine_layers, self.modalities, config.attn_dropout, config.dropout) \
             if self.use_fin else None
         n_tokens = len(self.modalities) * (2 * self.use_cin + self.use_fin)
-        self.fusion = FusionLayer(d, h, n_tokens, int(_arg(args, "fusion_layers", 1)),
-                                  int(_arg(args, "fusion_ff_dim", 2 * d)), dropout)
+        self.fusion = FusionLayer(d, h, n_tokens, config.fusion_layers, config.fusion_ff_dim, config.dropout)
 
     def forward(self, text, audio, video, audio_lengths=None, vision_lengths=None, **_):
         feats = self.features(text, audio, video, audio_lengths, vision_lengths)

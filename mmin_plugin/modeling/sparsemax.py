@@ -211,7 +211,25 @@ class _SparsemaxFunction(torch.autograd.Function):
 
 
 def sparsemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Sparsemax of x along dim (exact; -inf entries are masked positions)."""
+    """Sparsemax of ``x`` along ``dim`` (Martins & Astudillo 2016), exact, differentiable.
+
+    For each slice z along ``dim``::
+
+        sparsemax(z) = argmin_{p in simplex} ||p - z||^2 = max(z - tau, 0),
+        tau = (sum_{j <= k} z_(j) - 1) / k,   k = max{k : 1 + k z_(k) > sum_{j <= k} z_(j)},
+
+    with z_(1) >= z_(2) >= ... sorted decreasingly (tau from the sorted cumulative sums); the
+    output is a probability vector with exact zeros outside the support S = {i : z_i > tau}.
+
+    Backward (closed-form Jacobian-vector product): with s = 1[p > 0],
+    ``dL/dz = s * (g - mean_{j in S} g_j)``, g = dL/dp (J = diag(s) - s s^T / |S|, symmetric).
+
+    Args: ``x`` a floating-point tensor of any shape; ``dim`` the axis to normalise.
+    Returns a tensor of x's shape and dtype. ``-inf`` entries are masked positions and get
+    exactly 0; an all ``-inf`` slice gives zeros (and a zero gradient); NaN / +inf give NaN in
+    that slice only. The backend (C kernel, torch, sort) is chosen as the module docstring says.
+    Raises ``TypeError`` for integer tensors.
+    """
     if not (x.is_floating_point()):
         raise TypeError(f"sparsemax expects a floating-point tensor, got {x.dtype}")
     if x.dim() == 0:
@@ -230,7 +248,9 @@ def sparsemax_sort(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 class Sparsemax(nn.Module):
-    """nn.Module wrapper of sparsemax along `dim`."""
+    """``nn.Module`` form of :func:`sparsemax` along ``dim``: p = max(z - tau(z), 0), the Euclidean
+    projection of z onto the probability simplex (no parameters; same forward, backward and
+    masking conventions as :func:`sparsemax`)."""
 
     def __init__(self, dim: int = -1):
         super().__init__()
