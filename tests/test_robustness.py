@@ -103,8 +103,9 @@ def test_trainer_writes_resolved_config_next_to_checkpoint(tmp_path, tiny_bert):
     MMINTrainer(args).do_train(model, {"train": _loader(1), "valid": _loader(1, seed=10), "test": _loader(1)})
     written = json.loads(config_path(args["model_save_path"]).read_text())
     assert config_path(args["model_save_path"]).name == "mmin-mosi.config.json"
-    assert written["d_model"] == 16 and written["pretrained"] == tiny_bert and written["device"] == "cpu"
-    assert written["feature_dims"] == [768, 5, 7]
+    assert written["d_model"] == 16 and written["pretrained"] == tiny_bert and written["model_name"] == "mmin"
+    assert written["feature_dims"] == [768, 5, 7] and written["lengths_from"] == "file"
+    MMIN(written)  # rebuilds the network
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):

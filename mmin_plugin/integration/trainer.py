@@ -13,9 +13,10 @@ evaluates with MMSA's `MetricsTop`. Differences from MMSA's own trainers, on pur
   naming the parameter group and the first parameters whose gradient is NaN/inf), checked after
   `backward()` and before clipping (`clip_grad_value_` would turn +-inf into +-clip and hide it)
   and before the optimizer step;
-* checkpoints are written atomically (temporary file, then rename), and the resolved run
-  configuration is written next to the checkpoint as `<stem>.config.json` (what `explain` needs to
-  rebuild the network: MMSA's checkpoint is a bare state_dict);
+* checkpoints are written atomically (temporary file, then rename), and the resolved MMIN
+  configuration (`MMINConfig.to_dict()` plus the run's `model_name`, `featurePath`, `cur_seed`,
+  `model_save_path`) is written next to the checkpoint as `<stem>.config.json` (what `explain`
+  needs to rebuild the network: MMSA's checkpoint is a bare state_dict);
 * the validation pass records, per epoch, the mean sparsemax support size of every CA module (the
   mean number of keys with non-zero weight per real query, over heads and validation samples) in
   the history as `valid_support/<name>` (names as `MMIN.forward(..., return_attention=True)`
@@ -238,8 +239,10 @@ class MMINTrainer:
 
     def _write_config(self):
         try:
+            context = {k: self.args[k] for k in ("model_name", "featurePath", "cur_seed", "model_save_path")
+                       if k in self.args}  # MMSA's keys MMINConfig accepts: where the run came from
             atomic_write_text(config_path(self.args["model_save_path"]),
-                              json.dumps(_jsonable(dict(self.args)), indent=1, sort_keys=True))
+                              json.dumps(_jsonable({**self.config.to_dict(), **context}), indent=1, sort_keys=True))
         except OSError as e:  # explain then needs --config-file; never lose a training run over it
             logger.warning("could not write the run configuration: %s", e)
 
@@ -265,7 +268,9 @@ class MMINTrainer:
                 inputs, kwargs, labels = _batch_inputs(batch, device)
                 if meter is not None:
                     outputs = model(*inputs, **kwargs, return_attention=True)
-                    meter.add(outputs.pop("attention"), outputs.pop("attention_query_mask"))
+                    attention, query_mask = outputs.pop("attention", None), outputs.pop("attention_query_mask", None)
+                    if attention:  # a network without attention maps has no support sizes to log
+                        meter.add(attention, query_mask)
                 else:
                     outputs = model(*inputs, **kwargs)
                 _, terms = net.total_loss(outputs, labels)
