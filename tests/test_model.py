@@ -9,7 +9,7 @@ import torch
 from mmin_plugin.constants import MODALITIES
 from mmin_plugin.errors import MMINConfigError
 from mmin_plugin.modeling.losses import grad_reverse, modality_cross_entropy
-from mmin_plugin.modeling.model import MMIN, CrossAttention, MMINConfig
+from mmin_plugin.modeling.model import MMIN, CrossAttention, MMINConfig, support_sizes
 
 from ._models import make_args, make_batch
 
@@ -279,8 +279,10 @@ def test_private_encoder_descends_on_l_ap(tiny_bert, modality):
 
 @pytest.mark.parametrize("modality", MODALITIES)
 def test_guided_step_reads_the_modality_own_position(tiny_bert, modality):
-    """f_m is the guided CA output at m's own position of the stacked query [h_L^C, h_V^C, h_A^C]
-    (reading position 0 for every modality, or the wrong row, fails here)."""
+    """The paper's guided step queries with the stack [h_L^C, h_V^C, h_A^C] and reads "the
+    corresponding vector"; FIN queries with h_m^C alone. Pinned: f_m equals the stacked
+    computation's output at m's OWN position (and differs from the other positions), so the
+    equivalence and the read-out position are both checked."""
     model = _model(tiny_bert).eval()
     fin = model.fin
     g = torch.Generator().manual_seed(5)
@@ -302,3 +304,68 @@ def test_guided_step_reads_the_modality_own_position(tiny_bert, modality):
     for j in range(len(MODALITIES)):
         if j != i:
             assert not torch.allclose(fine[modality], stacked[:, j], atol=1e-3)
+
+
+# --- attention you can look at ---------------------------------------------------------------------
+
+def test_return_attention_names_shapes_and_masks(tiny_bert):
+    model = _model(tiny_bert, fine_layers=2).eval()
+    text, audio, video, al, vl, _ = make_batch(seed=11)
+    lens = {"text": text.shape[-1], "audio": audio.shape[1], "video": video.shape[1]}
+    with torch.no_grad():
+        plain = model(text, audio, video, audio_lengths=al, vision_lengths=vl)
+        out = model(text, audio, video, audio_lengths=al, vision_lengths=vl, return_attention=True)
+    assert torch.equal(plain["M"], out["M"]) and "attention" not in plain
+    attn, qmask = out["attention"], out["attention_query_mask"]
+    pairs = [(a, b) for a in MODALITIES for b in MODALITIES if a != b]
+    expected = {f"{a}_from_{b}/{i}" for a, b in pairs for i in range(2)} | {f"guided/{m}" for m in MODALITIES}
+    assert set(attn) == expected == set(qmask)
+    B, H = audio.shape[0], model.config.nheads
+    real = {"text": text[:, 1].bool(), "audio": torch.arange(lens["audio"])[None] < al[:, None],
+            "video": torch.arange(lens["video"])[None] < vl[:, None]}
+    for a, b in pairs:
+        for i in range(2):
+            w, name = attn[f"{a}_from_{b}/{i}"], f"{a}_from_{b}/{i}"
+            assert w.shape == (B, H, lens[a], lens[b]), name
+            assert torch.equal(qmask[name], real[a]), name
+            assert (w.masked_select(~real[b][:, None, None, :].expand_as(w)) == 0).all(), name  # padded keys
+            torch.testing.assert_close(w.sum(-1), torch.ones(B, H, lens[a]))
+    for m in MODALITIES:
+        w = attn[f"guided/{m}"]
+        assert w.shape == (B, H, 1, 2 * lens[m]) and qmask[f"guided/{m}"].shape == (B, 1)
+        assert qmask[f"guided/{m}"].all()
+        assert (w.masked_select(~torch.cat([real[m]] * 2, 1)[:, None, None, :].expand_as(w)) == 0).all()
+
+
+def test_return_attention_without_fin_is_empty(tiny_bert):
+    model = _model(tiny_bert, ablation=["fin"]).eval()
+    with torch.no_grad():
+        out = model(*make_batch(seed=12)[:3], return_attention=True)
+    assert out["attention"] == {} and out["attention_query_mask"] == {}
+
+
+def test_support_sizes_count_nonzero_keys_of_real_queries():
+    attn = torch.zeros(2, 2, 3, 4)  # (B, heads, Lq, Lk)
+    attn[0, 0, 0, :1] = 1.0          # support 1
+    attn[0, 1, 0, :2] = 0.5          # support 2
+    attn[0, :, 1, :] = 0.25          # support 4 (both heads)
+    attn[0, :, 2, :3] = 1 / 3        # padded query: not counted
+    attn[1, :, 0, 1:3] = 0.5         # support 2 (both heads); sample 1 has one real query
+    qmask = torch.tensor([[True, True, False], [True, False, False]])
+    got = support_sizes({"x": attn, "none": attn}, {"x": qmask, "none": torch.zeros_like(qmask)})
+    # counts of the real rows: 1, 2, 4, 4, 2, 2
+    assert got["x"] == {"mean": 15 / 6, "median": 2.0, "queries": 6}
+    assert got["none"]["queries"] == 0 and got["none"]["mean"] != got["none"]["mean"]  # NaN
+
+
+def test_support_sizes_of_a_model(tiny_bert):
+    model = _model(tiny_bert).eval()
+    text, audio, video, al, vl, _ = make_batch(seed=13)
+    with torch.no_grad():
+        out = model(text, audio, video, audio_lengths=al, vision_lengths=vl, return_attention=True)
+    sizes = support_sizes(out["attention"], out["attention_query_mask"])
+    assert set(sizes) == set(out["attention"])
+    for name, s in sizes.items():
+        lk = out["attention"][name].shape[-1]
+        assert 1 <= s["median"] <= lk and 1 <= s["mean"] <= lk, (name, s)
+        assert s["queries"] == int(out["attention_query_mask"][name].sum()) * model.config.nheads

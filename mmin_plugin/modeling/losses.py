@@ -21,21 +21,32 @@ __all__ = [
 MODALITY_LABELS = {"text": 0, "video": 1, "audio": 2}
 
 
-def separation_loss(common: Sequence[torch.Tensor], private: Sequence[torch.Tensor]) -> torch.Tensor:
+def separation_loss(common: Sequence[torch.Tensor], private: Sequence[torch.Tensor],
+                    reduction: str = "sum") -> torch.Tensor:
     """Eq. 5: L_sep = sum_m ||H_m^C^T H_m^P||_F^2 + sum_{m1<m2} ||H_m1^P^T H_m2^P||_F^2.
 
-    `common` and `private` are sequences of (batch, d) tensors in the same modality order
+    `common` and `private` are sequences of (n, d) tensors (n = batch) in the same modality order
     (text, video, audio; fewer when a modality is ablated). The pairs (m1, m2) are the
     unordered pairs of distinct modalities (3 for three modalities), as in MISA/DSN.
+
+    `reduction`: 'sum' is eq. 5 as written; every entry of a product H^T H' sums n terms, so the
+    loss grows as n^2 with the batch. 'mean' divides by n^2 (batch-size invariant: duplicating
+    every row gives the same value). For n a power of two the division is exact, so
+    'mean' with alpha * n^2 trains bit for bit like 'sum' with alpha.
     """
     if len(common) != len(private):
         raise ValueError(f"separation_loss: {len(common)} common codes but {len(private)} private codes")
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"separation_loss: reduction must be 'sum' or 'mean', not {reduction!r}")
     loss = private[0].new_zeros(())
     for c, p in zip(common, private):
         loss = loss + (c.transpose(0, 1) @ p).pow(2).sum()
     for i in range(len(private)):
         for j in range(i + 1, len(private)):
             loss = loss + (private[i].transpose(0, 1) @ private[j]).pow(2).sum()
+    if reduction == "mean":
+        n = private[0].shape[0]
+        loss = loss / (n * n)
     return loss
 
 

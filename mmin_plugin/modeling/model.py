@@ -8,7 +8,7 @@ The design notes, and every choice made where the paper is silent, are in docs/d
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -16,12 +16,15 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..constants import MODALITIES
+from .attention import support_sizes
 from .config import MMINConfig
 from .losses import ModalityDiscriminator, grad_reverse, modality_cross_entropy, separation_loss
 from .sparsemax import sparsemax
 
 __all__ = [
     "MMINConfig",
+    "support_sizes",
+    "sinusoidal_positions",
     "FeatureExtractor",
     "CoarseInteraction",
     "CrossAttention",
@@ -142,18 +145,21 @@ class CoarseInteraction(nn.Module):
 
     h_m^P = tanh(W_m h_m + b_m) (eq. 1, one encoder per modality), h_m^C = tanh(W_c h_m + b_c) (eq. 2,
     shared), each (B, d). ``forward(h)`` with ``h = {m: (B, d)}`` returns ``(private, common, losses)``:
-    the codes per modality and ``losses = {"L_sep": eq. 5, "L_ac": eq. 3, "L_ap": eq. 4}``. In L_ac the
+    the codes per modality and ``losses = {"L_sep": eq. 5 (``sep_reduction`` 'sum' as written, or 'mean':
+    divided by B^2), "L_ac": eq. 3, "L_ap": eq. 4}``. In L_ac the
     common codes pass a gradient-reversal layer (strength ``grl_lambda``) before D, so D descends on
     L_ac while the common encoder ascends; L_ap is plain (D and the private encoders both descend).
     """
 
-    def __init__(self, d_model: int, modalities: Sequence[str], disc_hidden: int, grl_lambda: float, dropout: float):
+    def __init__(self, d_model: int, modalities: Sequence[str], disc_hidden: int, grl_lambda: float, dropout: float,
+                 sep_reduction: str = "sum"):
         super().__init__()
         self.modalities = tuple(modalities)
         self.private = nn.ModuleDict({m: nn.Sequential(nn.Linear(d_model, d_model), nn.Tanh()) for m in modalities})
         self.common = nn.Sequential(nn.Linear(d_model, d_model), nn.Tanh())  # shared by all modalities
         self.discriminator = ModalityDiscriminator(d_model, disc_hidden, n_modalities=3, dropout=dropout)
         self.grl_lambda = float(grl_lambda)
+        self.sep_reduction = sep_reduction
 
     def forward(self, h: Dict[str, torch.Tensor]):
         private = {m: self.private[m](h[m]) for m in self.modalities}  # each (B, d)
@@ -162,7 +168,8 @@ class CoarseInteraction(nn.Module):
         # Always computed (cheap) so that ablated terms are still logged; a zero weight in eq. 6
         # then removes their gradient.
         losses = {
-            "L_sep": separation_loss([common[m] for m in self.modalities], [private[m] for m in self.modalities]),
+            "L_sep": separation_loss([common[m] for m in self.modalities], [private[m] for m in self.modalities],
+                                     reduction=self.sep_reduction),
             # eq. 3: D must not tell the common codes apart -> gradient reversal on h^C
             "L_ac": modality_cross_entropy(
                 [self.discriminator(grad_reverse(common[m], self.grl_lambda)) for m in self.modalities], labels),
@@ -175,10 +182,54 @@ class CoarseInteraction(nn.Module):
 # --------------------------------------------------------------------------------------------
 # 2.3 Fine-grained Interaction Network
 # --------------------------------------------------------------------------------------------
-class CrossAttention(nn.Module):
-    """The CA module (Fig. 2b): Y = X_q + MHA_sparsemax(LN(X_q), LN(X_kv)), pre-norm residual."""
+def _dropout(x: torch.Tensor, p: float, training: bool, rows: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """Dropout; with ``rows = (n, i)`` the noise is drawn for n query rows (dim -2) and row i is used.
 
-    def __init__(self, d_model: int, nheads: int, attn_dropout: float = 0.0, dropout: float = 0.0):
+    x's dim -2 must then have size 1. Drawing as many random numbers as an n-row stack keeps the
+    random stream of training exactly that of the stacked computation the row stands for (the
+    coarse-guided step, see FineInteraction), so seeds reproduce the same runs."""
+    if rows is None or not training or p == 0.0:
+        return F.dropout(x, p, training)
+    n, i = rows
+    shape = list(x.shape)
+    shape[-2] = n
+    noise = F.dropout(x.new_ones(shape), p, True)  # the n-row stack's noise, (1 - p)-rescaled Bernoulli
+    return x * noise.narrow(-2, i, 1)
+
+
+def sinusoidal_positions(length: int, d_model: int, device=None, dtype=None) -> torch.Tensor:
+    """MulT's (fairseq's) sinusoidal position table, (length, d_model), positions 1..length.
+
+    PE[t, j] = sin(t w_j) for j < h and cos(t w_{j-h}) for h <= j < 2h, h = d_model // 2,
+    w_j = 10000^(-j / (h - 1)); a zero column when d_model is odd."""
+    half = d_model // 2
+    w = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000.0) / max(half - 1, 1)))
+    t = torch.arange(1, length + 1, dtype=torch.float32)[:, None] * w[None, :]  # (length, half)
+    table = torch.cat([torch.sin(t), torch.cos(t)], dim=1)
+    if d_model % 2:
+        table = torch.cat([table, torch.zeros(length, 1)], dim=1)
+    return table.to(device=device, dtype=dtype)
+
+
+class CrossAttention(nn.Module):
+    """The CA module (Fig. 2b), pre-norm residual:
+
+        Y = X_q + Dropout(W_o MHA_sparsemax(LN_q(X_q), LN_kv(X_kv)))
+
+    per head h: A_h = sparsemax(Q_h K_h^T / sqrt(d_head) over the real keys), output A_h V_h; padded
+    keys (``kv_mask`` False) are -inf before sparsemax, so they get exactly zero weight; a row with no
+    real key gets zero attention and the residual alone. With ``ffn`` (design variant ``ca_ffn``, as
+    MulT's cross-modal layer) a position-wise feed-forward sub-layer with its own pre-norm and
+    residual follows: Y' = Y + Dropout(W_2 Dropout(ReLU(W_1 LN_f(Y)))), width 4 d_model (MulT's).
+    Without ``ffn`` the module (and its parameter names) is exactly the paper's Fig. 2b.
+
+    ``forward(x_q (B, Lq, d), x_kv (B, Lk, d), kv_mask (B, Lk) or None, return_attention=False,
+    dropout_rows=None)`` -> Y (B, Lq, d), and the sparsemax weights (B, heads, Lq, Lk) when
+    ``return_attention``. ``dropout_rows``: see :func:`_dropout`.
+    """
+
+    def __init__(self, d_model: int, nheads: int, attn_dropout: float = 0.0, dropout: float = 0.0,
+                 ffn: bool = False):
         super().__init__()
         self.nheads, self.d_head = nheads, d_model // nheads
         self.norm_q = nn.LayerNorm(d_model)
@@ -189,12 +240,18 @@ class CrossAttention(nn.Module):
         self.out = nn.Linear(d_model, d_model)
         self.attn_dropout = nn.Dropout(attn_dropout)
         self.dropout = nn.Dropout(dropout)
+        if ffn:
+            self.ffn_norm = nn.LayerNorm(d_model)
+            self.ffn_in = nn.Linear(d_model, 4 * d_model)
+            self.ffn_out = nn.Linear(4 * d_model, d_model)
+        self.has_ffn = ffn
 
     def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor, kv_mask: Optional[torch.Tensor] = None,
-                return_attention: bool = False):
+                return_attention: bool = False, dropout_rows: Optional[Tuple[int, int]] = None):
         # x_q: (B, Lq, d); x_kv: (B, Lk, d); kv_mask: (B, Lk) True = real step
         B, Lq, d = x_q.shape
         Lk = x_kv.shape[1]
+        p, p_attn = self.dropout.p, self.attn_dropout.p
         q_in, kv_in = self.norm_q(x_q), self.norm_kv(x_kv)
         # scaling q rather than the (B, h, Lq, Lk) scores: same maths, Lk/dh times fewer multiplies
         q = (self.q(q_in) / math.sqrt(self.d_head)).view(B, Lq, self.nheads, self.d_head).transpose(1, 2)  # B,h,Lq,dh
@@ -204,60 +261,107 @@ class CrossAttention(nn.Module):
         if kv_mask is not None and not bool(kv_mask.all()):
             scores = scores.masked_fill(~kv_mask[:, None, None, :], float("-inf"))
         attn = sparsemax(scores, dim=-1)  # sparse weights; padded keys get exactly 0
-        ctx = (self.attn_dropout(attn) @ v).transpose(1, 2).reshape(B, Lq, d)  # (B, Lq, d)
-        y = x_q + self.dropout(self.out(ctx))
+        ctx = (_dropout(attn, p_attn, self.training, dropout_rows) @ v).transpose(1, 2).reshape(B, Lq, d)  # (B, Lq, d)
+        y = x_q + _dropout(self.out(ctx), p, self.training, dropout_rows)
+        if self.has_ffn:
+            hidden = _dropout(F.relu(self.ffn_in(self.ffn_norm(y))), p, self.training, dropout_rows)  # (B, Lq, 4d)
+            y = y + _dropout(self.ffn_out(hidden), p, self.training, dropout_rows)
         return (y, attn) if return_attention else y
 
 
 class CALayerStack(nn.Module):
-    """N stacked CA modules for one ordered modality pair (query <- key/value)."""
+    """N stacked CA modules for one ordered modality pair (query <- key/value): X_q <- CA_n(X_q, X_kv).
 
-    def __init__(self, d_model, nheads, n_layers, attn_dropout, dropout):
+    With ``positions`` (design variant ``ca_positions``, as MulT's cross-modal transformer) both
+    inputs are first scaled and given sinusoidal positions once, before layer 1:
+    X <- sqrt(d_model) X + PE (:func:`sinusoidal_positions`), the key/value input of every layer being
+    the positioned X_kv. ``forward(x_q, x_kv, kv_mask, return_attention=False)`` -> X_q (B, Lq, d), and
+    the list of each layer's weights (B, heads, Lq, Lk) when ``return_attention``.
+    """
+
+    def __init__(self, d_model, nheads, n_layers, attn_dropout, dropout, ffn=False, positions=False):
         super().__init__()
-        self.layers = nn.ModuleList(CrossAttention(d_model, nheads, attn_dropout, dropout) for _ in range(n_layers))
+        self.layers = nn.ModuleList(
+            CrossAttention(d_model, nheads, attn_dropout, dropout, ffn) for _ in range(n_layers))
+        self.positions = positions
+        self.embed_scale = math.sqrt(d_model)
 
-    def forward(self, x_q, x_kv, kv_mask):
+    def forward(self, x_q, x_kv, kv_mask, return_attention=False):
+        if self.positions:
+            d = x_q.shape[-1]
+            x_q = self.embed_scale * x_q + sinusoidal_positions(x_q.shape[1], d, x_q.device, x_q.dtype)
+            x_kv = self.embed_scale * x_kv + sinusoidal_positions(x_kv.shape[1], d, x_kv.device, x_kv.dtype)
+        maps = []
         for layer in self.layers:
-            x_q = layer(x_q, x_kv, kv_mask)
-        return x_q
+            if return_attention:
+                x_q, attn = layer(x_q, x_kv, kv_mask, return_attention=True)
+                maps.append(attn)
+            else:
+                x_q = layer(x_q, x_kv, kv_mask)
+        return (x_q, maps) if return_attention else x_q
 
 
 class FineInteraction(nn.Module):
     """FIN (section 2.3): stacked CA layers for every ordered modality pair, then the coarse-guided step.
 
-    ``forward(seqs, masks, common)``: ``seqs[m]`` (B, L_m, d) sequences, ``masks[m]`` (B, L_m) True on
-    real steps, ``common[m]`` (B, d) common codes. For each modality a, ``cross["a_from_b"]`` (N CA
-    layers, query a, key/value b) runs for every other modality b; the outputs are concatenated in
-    time into a's fine sequence (B, (M-1) L_a, d). The guided CA of a then queries that sequence with
-    the stacked common codes [h_L^C, h_V^C, h_A^C] and ``f_a`` is the output at a's own position.
-    Returns ``{m: f_m (B, d)}``.
+    ``forward(seqs, masks, common, return_attention=False)``: ``seqs[m]`` (B, L_m, d) sequences,
+    ``masks[m]`` (B, L_m) True on real steps, ``common[m]`` (B, d) common codes. For each modality a,
+    ``cross["a_from_b"]`` (N CA layers, query a, key/value b) runs for every other modality b; the
+    outputs are concatenated in time into a's fine sequence (B, (M-1) L_a, d), keyed by a's mask.
+
+    Coarse-guided step: the paper queries a's fine sequence with the stacked common codes
+    [h_L^C, h_V^C, h_A^C] and takes "the corresponding vector", i.e. the output at a's own position.
+    In a cross-attention each query position is computed on its own (its layer norm, projections and
+    attention row involve no other query), so that vector equals the output of querying with h_a^C
+    alone; only that (B, 1, d) query is computed (a test pins the equivalence and the position).
+    Dropout in training draws the noise of the 3-row stack and uses a's row, so a seed gives the
+    same random stream as the stacked computation.
+
+    Returns ``{m: f_m (B, d)}``; with ``return_attention`` also ``(attention, query_masks)``: dicts
+    ``"<a>_from_<b>/<layer index>"`` (layer index from 0) -> (B, heads, L_a, L_b) and
+    ``"guided/<m>"`` -> (B, heads, 1, (M-1) L_m), and name -> (B, Lq) bool, True on real queries.
     """
 
-    def __init__(self, d_model, nheads, n_layers, modalities, attn_dropout, dropout):
+    def __init__(self, d_model, nheads, n_layers, modalities, attn_dropout, dropout, ffn=False, positions=False):
         super().__init__()
         self.modalities = tuple(modalities)
         self.pairs = [(a, b) for a in self.modalities for b in self.modalities if a != b]
-        self.cross = nn.ModuleDict(
-            {f"{a}_from_{b}": CALayerStack(d_model, nheads, n_layers, attn_dropout, dropout) for a, b in self.pairs}
-        )
+        self.cross = nn.ModuleDict({
+            f"{a}_from_{b}": CALayerStack(d_model, nheads, n_layers, attn_dropout, dropout, ffn, positions)
+            for a, b in self.pairs})
         self.guided = nn.ModuleDict(
-            {m: CrossAttention(d_model, nheads, attn_dropout, dropout) for m in self.modalities})
+            {m: CrossAttention(d_model, nheads, attn_dropout, dropout, ffn) for m in self.modalities})
 
-    def forward(self, seqs: Dict[str, torch.Tensor], masks: Dict[str, torch.Tensor], common: Dict[str, torch.Tensor]):
-        # the stacked modality-invariant codes are the query of the guided step: (B, M, d)
-        query = torch.stack([common[m] for m in self.modalities], dim=1)
-        fine = {}
+    def forward(self, seqs: Dict[str, torch.Tensor], masks: Dict[str, torch.Tensor], common: Dict[str, torch.Tensor],
+                return_attention: bool = False):
+        fine, attention, query_masks = {}, {}, {}
         for i, a in enumerate(self.modalities):
             others = [b for b in self.modalities if b != a]
+            outs = []
+            for b in others:
+                name = f"{a}_from_{b}"
+                if return_attention:
+                    out, maps = self.cross[name](seqs[a], seqs[b], masks[b], return_attention=True)
+                    for layer, attn in enumerate(maps):
+                        attention[f"{name}/{layer}"], query_masks[f"{name}/{layer}"] = attn, masks[a]
+                else:
+                    out = self.cross[name](seqs[a], seqs[b], masks[b])
+                outs.append(out)
             if others:
-                outs = [self.cross[f"{a}_from_{b}"](seqs[a], seqs[b], masks[b]) for b in others]
                 seq_a = torch.cat(outs, dim=1)  # (B, (M-1) * L_a, d)
                 mask_a = torch.cat([masks[a]] * len(others), dim=1)
             else:  # single-modality ablation: no pair to interact with
                 seq_a, mask_a = seqs[a], masks[a]
-            guided = self.guided[a](query, seq_a, mask_a)  # (B, M, d)
-            fine[a] = guided[:, i]  # the vector at a's own position in the query stack
-        return fine
+            query = common[a][:, None, :]  # (B, 1, d): a's own row of the stack [h_L^C, h_V^C, h_A^C]
+            rows = (len(self.modalities), i)
+            if return_attention:
+                guided, attn = self.guided[a](query, seq_a, mask_a, return_attention=True, dropout_rows=rows)
+                attention[f"guided/{a}"] = attn
+                query_masks[f"guided/{a}"] = torch.ones(query.shape[:2], dtype=torch.bool, device=query.device)
+            else:
+                guided = self.guided[a](query, seq_a, mask_a, dropout_rows=rows)
+            fine[a] = guided[:, 0]  # (B, d)
+        return (fine, attention, query_masks) if return_attention else fine
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,6 +401,10 @@ class MMIN(nn.Module):
       lengths: (B,) real steps of audio / video (None = full length, as in ``MMSA_test``).
     * returns ``{"M": (B, 1) prediction, "Feature_f": (B, n_tokens * d_model) fused representation,
       "L_sep", "L_ac", "L_ap": the scalar constraint losses of eq. 5, 3, 4}``.
+    * ``return_attention=True`` adds ``"attention"``: {name: (B, heads, Lq, Lk) sparsemax weights} with
+      names ``"<a>_from_<b>/<layer index>"`` (FIN pair stacks, layer index from 0) and ``"guided/<m>"``
+      (the coarse-guided step, Lq = 1), and ``"attention_query_mask"``: {name: (B, Lq) bool, True on
+      real query steps}; both empty under the 'fin' ablation. :func:`support_sizes` summarises them.
 
     :meth:`total_loss` assembles eq. 6, L = L_senti + alpha L_sep + beta L_ac + gamma L_ap, with
     ``self.weights`` = ``config.loss_weights`` (zeroed by the 'sep' / 'ac' / 'ap' ablations).
@@ -312,13 +420,14 @@ class MMIN(nn.Module):
         self.use_fin = "fin" not in self.ablation
         self.weights = config.loss_weights
         self.features = FeatureExtractor(config, self.modalities)
-        self.cin = CoarseInteraction(d, self.modalities, config.disc_hidden, config.grl_lambda, config.dropout)
-        self.fin = FineInteraction(d, h, config.fine_layers, self.modalities, config.attn_dropout, config.dropout) \
-            if self.use_fin else None
+        self.cin = CoarseInteraction(d, self.modalities, config.disc_hidden, config.grl_lambda, config.dropout,
+                                     config.sep_reduction)
+        self.fin = FineInteraction(d, h, config.fine_layers, self.modalities, config.attn_dropout, config.dropout,
+                                   ffn=config.ca_ffn, positions=config.ca_positions) if self.use_fin else None
         n_tokens = len(self.modalities) * (2 * self.use_cin + self.use_fin)
         self.fusion = FusionLayer(d, h, n_tokens, config.fusion_layers, config.fusion_ff_dim, config.dropout)
 
-    def forward(self, text, audio, video, audio_lengths=None, vision_lengths=None, **_):
+    def forward(self, text, audio, video, audio_lengths=None, vision_lengths=None, return_attention=False, **_):
         feats = self.features(text, audio, video, audio_lengths, vision_lengths)
         vec = {m: feats[m][0] for m in self.modalities}
         seqs = {m: feats[m][1] for m in self.modalities}
@@ -328,12 +437,18 @@ class MMIN(nn.Module):
         tokens = []
         if self.use_cin:
             tokens += [private[m] for m in self.modalities] + [common[m] for m in self.modalities]
+        attention, query_masks = {}, {}
         if self.use_fin:
-            fine = self.fin(seqs, masks, common)
+            if return_attention:
+                fine, attention, query_masks = self.fin(seqs, masks, common, return_attention=True)
+            else:
+                fine = self.fin(seqs, masks, common)
             tokens += [fine[m] for m in self.modalities]
         pred, fused = self.fusion(torch.stack(tokens, dim=1))  # (B, n_tokens, d) -> (B, 1)
         out = {"M": pred, "Feature_f": fused}
         out.update(losses)
+        if return_attention:
+            out["attention"], out["attention_query_mask"] = attention, query_masks
         return out
 
     def total_loss(self, outputs: Dict[str, torch.Tensor], labels: torch.Tensor):
