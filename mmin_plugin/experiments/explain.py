@@ -180,14 +180,14 @@ def support_table(attention, query_mask, key_counts=None):
     (keys with non-zero weight per real query and head) and mean support / keys."""
     import pandas as pd
 
-    from ..modeling import support_sizes
+    from ..modeling.attention import support_sizes
 
     stats = support_sizes(attention, query_mask)
     rows = []
     for name in attention:
         st = stats[name]
         keys = (key_counts or {}).get(name)
-        rows.append({"CA module": name, "queries": int(query_mask[name].sum()),
+        rows.append({"CA module": name, "queries": int(query_mask[name].sum()), "heads": int(attention[name].shape[1]),
                      "keys": keys, "mean support": float(st["mean"]), "median support": float(st["median"]),
                      "share of keys": (float(st["mean"]) / keys) if keys else float("nan")})
     return pd.DataFrame(rows)
@@ -201,7 +201,13 @@ def _axis_labels(modality, n, tokens):
 
 
 def _heatmap(ax, w, ylabels, xlabels, title, fig):
-    im = ax.imshow(w, aspect="auto", interpolation="nearest", cmap="magma_r", vmin=0.0, vmax=max(float(w.max()), 1e-6))
+    """Weights as an image; exact zeros (no head gives the key any weight) are white."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis_r"].copy()
+    cmap.set_bad("white")
+    im = ax.imshow(np.ma.masked_equal(w, 0.0), aspect="auto", interpolation="nearest", cmap=cmap, vmin=0.0,
+                   vmax=max(float(w.max()), 1e-6))
     ax.set_title(title, fontsize=9)
     if ylabels is not None:
         ax.set_yticks(range(len(ylabels)))
@@ -213,10 +219,12 @@ def _heatmap(ax, w, ylabels, xlabels, title, fig):
     return im
 
 
-def _title(raw_text, width=110):
+def _title(header, raw_text, width):
+    """The figure title: the header and the utterance, wrapped to the figure width."""
     import textwrap
 
-    return "\n".join(textwrap.wrap(f'"{raw_text}"', width)[:3])
+    chars = max(60, int(width * 13))
+    return "\n".join(textwrap.wrap(header, chars) + textwrap.wrap(f'"{raw_text}"', chars)[:3])
 
 
 def _figure_size(n_rows_total, n_cols, n_panels):
@@ -226,9 +234,6 @@ def _figure_size(n_rows_total, n_cols, n_panels):
 
 
 def _draw_pairs(attn, names, lengths, tokens, raw_text, header, out_dir):
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     pairs = {}
@@ -242,16 +247,17 @@ def _draw_pairs(attn, names, lengths, tokens, raw_text, header, out_dir):
         layers.sort()
         na, nb = lengths[a], lengths[b]
         rows = min(na, 60) * len(layers)
-        fig, axes = plt.subplots(len(layers), 1, figsize=_figure_size(rows, nb, len(layers)), squeeze=False)
+        size = _figure_size(rows, nb, len(layers))
+        fig, axes = plt.subplots(len(layers), 1, figsize=size, squeeze=False)
         for ax, (layer, name) in zip(axes[:, 0], layers):
             w = attn[name][0].mean(0)[:na, :nb]  # heads averaged: (real queries, real keys)
             support = (attn[name][0][:, :na, :nb] > 0).sum(-1).astype(float).mean()
             _heatmap(ax, w, _axis_labels(a, na, tokens), _axis_labels(b, nb, tokens),
-                     f"{a} <- {b}, CA layer {layer + 1}: query = {a} ({na}), key = {b} ({nb}); "
-                     f"mean support {support:.1f} keys per query and head", fig)
+                     f"{a} <- {b}, CA layer {layer + 1} of {len(layers)}: rows = {a} queries, columns = {b} keys\n"
+                     f"support {support:.1f} of {nb} keys per query and head (white: zero in every head)", fig)
             ax.set_ylabel(f"{a} " + ("token" if a == "text" else "frame"), fontsize=8)
             ax.set_xlabel(f"{b} " + ("token" if b == "text" else "frame"), fontsize=8)
-        fig.suptitle(f"{header}\n{_title(raw_text)}", fontsize=9)
+        fig.suptitle(_title(header, raw_text, size[0]), fontsize=9)
         fig.tight_layout()
         path = Path(out_dir) / f"ca_{pair}.png"
         fig.savefig(path, dpi=110)
@@ -261,16 +267,13 @@ def _draw_pairs(attn, names, lengths, tokens, raw_text, header, out_dir):
 
 
 def _draw_guided(attn, qmask, names, modalities, lengths, padded, tokens, raw_text, header, out_dir):
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     guided = [n for n in names if n.startswith("guided/")]
     if not guided:
         return []
-    fig, axes = plt.subplots(len(guided), 1, squeeze=False,
-                             figsize=_figure_size(3 * len(guided), 2 * max(lengths.values()), len(guided)))
+    size = _figure_size(3 * len(guided), 2 * max(lengths.values()), len(guided))
+    fig, axes = plt.subplots(len(guided), 1, squeeze=False, figsize=(size[0], size[1] + 1.0 * len(guided)))
     for ax, name in zip(axes[:, 0], guided):
         m = name.split("/", 1)[1]
         w_all = attn[name][0].mean(0)  # (Lq, Lk)
@@ -283,21 +286,25 @@ def _draw_guided(attn, qmask, names, modalities, lengths, padded, tokens, raw_te
         cols = np.concatenate([np.arange(n) + k * seg_len for k in range(n_seg)])
         q_real = np.flatnonzero(qmask[name][0]) if name in qmask else np.arange(Lq)
         w = w_all[q_real][:, cols]
-        qlabels = ([f"common code h{_SHORT[x]}^C" for x in modalities] if Lq == len(modalities)
-                   else [f"common code h{_SHORT[m]}^C"] * Lq)
+        qlabels = ([f"common code h^C_{_SHORT[x]}" for x in modalities] if Lq == len(modalities)
+                   else [f"common code h^C_{_SHORT[m]}"] * Lq)
         qlabels = [qlabels[i] for i in q_real]
         xlabels = None
         if m == "text":
             xlabels = [t for _ in range(n_seg) for t in tokens[:n]]
-        _heatmap(ax, w, qlabels, xlabels, f"coarse-guided step for {m}: query = common code(s), key = fine "
-                                          f"sequence of {m} ({n_seg} x {n} real steps)", fig)
+        segments = [f"{m} <- {others[k] if k < len(others) else '?'}" for k in range(n_seg)]
+        support = (attn[name][0][:, q_real][:, :, cols] > 0).sum(-1).astype(float).mean()
+        _heatmap(ax, w, qlabels, xlabels, f"coarse-guided step for {m}: its common code attends to {m}'s fine "
+                                          f"sequence\nsupport {support:.1f} of {len(cols)} keys per head (white: "
+                                          f"zero in every head)\n", fig)
         for k in range(1, n_seg):
-            ax.axvline(k * n - 0.5, color="tab:blue", lw=1.2)
-        for k in range(n_seg):
-            src = others[k] if k < len(others) else "?"
-            ax.text(k * n + n / 2 - 0.5, -0.6, f"{m} <- {src}", ha="center", va="bottom", fontsize=8, color="tab:blue")
-        ax.set_xlabel(f"{m} " + ("token" if m == "text" else "frame") + " (per pair output)", fontsize=8)
-    fig.suptitle(f"{header}\n{_title(raw_text)}", fontsize=9)
+            ax.axvline(k * n - 0.5, color="black", lw=1.5)
+        top = ax.secondary_xaxis("top")
+        top.set_xticks([k * n + (n - 1) / 2 for k in range(n_seg)])
+        top.set_xticklabels(segments, fontsize=8)
+        top.tick_params(length=0)
+        ax.set_xlabel(f"{m} " + ("token" if m == "text" else "frame") + " of each pair output", fontsize=8)
+    fig.suptitle(_title(header, raw_text, size[0]), fontsize=9)
     fig.tight_layout()
     path = Path(out_dir) / "guided.png"
     fig.savefig(path, dpi=110)
@@ -357,8 +364,13 @@ def explain(checkpoint, feature_path, sample, out_dir=None, config_file=None, ov
     header = (f"sample {s['id'][i]} ({split}), label {label:+.2f}, MMIN prediction {pred:+.2f}; "
               f"lengths text {lengths['text']}, audio {lengths['audio']}, video {lengths['video']}; "
               f"sparsemax weights averaged over heads")
-    figures = _draw_pairs(attn, names, lengths, tokens, raw_text, header, out_dir)
-    figures += _draw_guided(attn, qmask, names, net.modalities, lengths, padded, tokens, raw_text, header, out_dir)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    with matplotlib.rc_context({"text.parse_math": False}):  # ids hold '$_$', words may hold '$'
+        figures = _draw_pairs(attn, names, lengths, tokens, raw_text, header, out_dir)
+        figures += _draw_guided(attn, qmask, names, net.modalities, lengths, padded, tokens, raw_text, header,
+                                out_dir)
     table.to_csv(out_dir / "support.csv", index=False)
     result = Explanation(str(s["id"][i]), split, raw_text, label, pred, tokens, lengths, table, figures)
     if print_table:

@@ -88,21 +88,20 @@ def nonfinite_gradients(optimizer, names, limit=5):
 class SupportMeter:
     """Pooled mean sparsemax support per CA module over one evaluation pass.
 
-    Each batch's mean (``modeling.support_sizes``: keys with non-zero weight per real query) is
-    weighted by its number of real queries, so the result is the mean over every real query of the
-    pass, whatever the batch sizes."""
+    Each batch's mean (``modeling.attention.support_sizes``: keys with non-zero weight per
+    (sample, head, real query) row) is weighted by its number of rows, so the result is the mean
+    over every row of the pass, whatever the batch sizes."""
 
     def __init__(self):
         self.total, self.count = {}, {}
 
     def add(self, attention, query_mask) -> None:
-        from ..modeling import support_sizes
+        from ..modeling.attention import support_sizes
 
-        stats = support_sizes(attention, query_mask)
-        for name, st in stats.items():
-            n = float(query_mask[name].sum())
-            self.total[name] = self.total.get(name, 0.0) + float(st["mean"]) * n
-            self.count[name] = self.count.get(name, 0.0) + n
+        for name, st in support_sizes(attention, query_mask).items():
+            if st["queries"]:
+                self.total[name] = self.total.get(name, 0.0) + st["mean"] * st["queries"]
+                self.count[name] = self.count.get(name, 0) + st["queries"]
 
     def means(self) -> dict:
         return {name: self.total[name] / self.count[name] for name in self.total if self.count[name] > 0}

@@ -1,0 +1,143 @@
+"""`explain`: attention maps of one sample as PNGs, support sizes as a table; support sizes in the history."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mmin_plugin.errors import MMINConfigError, MMINDataError
+from mmin_plugin.experiments.data import make_demo_features
+from mmin_plugin.integration.trainer import MMINTrainer, config_path
+from mmin_plugin.modeling.model import MMIN
+
+from ._models import make_args
+
+SEQ = (12, 20, 15)
+PAIRS = [f"{a}_from_{b}" for a in ("text", "video", "audio") for b in ("text", "video", "audio") if a != b]
+
+
+@pytest.fixture(scope="module")
+def demo_checkpoint(tmp_path_factory, tiny_bert):
+    """A tiny MMIN saved as MMSA saves it (AMIO's 'Model.' prefix) with its config beside it."""
+    d = tmp_path_factory.mktemp("explain")
+    feature_path = make_demo_features(d / "mosi.pkl", n_train=4, n_valid=2, n_test=3, seq_lens=SEQ,
+                                      bert_dir=tiny_bert)
+    args = make_args(tiny_bert, feature_dims=[768, 5, 20])
+    torch.manual_seed(0)
+    net = MMIN(args)
+    ckpt = d / "mmin-mosi.pth"
+    torch.save({"Model." + k: v for k, v in net.state_dict().items()}, ckpt)
+    config_path(ckpt).write_text(json.dumps({k: v for k, v in args.items()}))
+    return {"checkpoint": ckpt, "feature_path": feature_path, "net": net.eval(), "dir": d}
+
+
+def test_explain_writes_readable_pngs_and_prints_support(demo_checkpoint, capsys):
+    import matplotlib.image as mpimg
+
+    from mmin_plugin.experiments.explain import explain
+    from mmin_plugin.integration.safeload import safe_load
+
+    out = demo_checkpoint["dir"] / "out"
+    res = explain(demo_checkpoint["checkpoint"], demo_checkpoint["feature_path"], "test:1", out_dir=out)
+    data = safe_load(demo_checkpoint["feature_path"])["test"]
+    assert res.sample_id == data["id"][1] and res.raw_text == data["raw_text"][1]
+    # the words of the sample on the text axis (tiny BERT's tokenizer on the file's ids)
+    n_text = int(data["text_bert"][1, 1].sum())
+    assert res.tokens[0] == "[CLS]" and res.tokens[-1] == "[SEP]" and len(res.tokens) == n_text
+    assert any(t.lower() in data["raw_text"][1].lower() for t in res.tokens[1:-1])
+    names = {p.name for p in res.figures}
+    assert names == {f"ca_{p}.png" for p in PAIRS} | {"guided.png"}
+    for p in res.figures:
+        img = mpimg.imread(p)
+        assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 400 and img.std() > 0.01
+    # the prediction is the network's own on that sample
+    from mmin_plugin.experiments.explain import _sample_inputs
+
+    inputs, kw = _sample_inputs({"test": data}, "test", 1, make_args("x"), "f")
+    with torch.no_grad():
+        expected = float(demo_checkpoint["net"](*inputs, **kw)["M"])
+    assert res.prediction == pytest.approx(expected, abs=1e-5)
+    # support table: one row per CA module, 1 <= support <= real keys
+    t = res.support
+    layers = make_args("x")["fine_layers"]
+    assert set(t["CA module"]) == {f"{p}/{i}" for p in PAIRS for i in range(layers)} | {
+        f"guided/{m}" for m in ("text", "video", "audio")}
+    assert (t["mean support"] >= 1).all() and (t["mean support"] <= t["keys"]).all()
+    assert (t["median support"] >= 1).all()
+    row = t[t["CA module"] == "text_from_audio/0"].iloc[0]
+    assert row["keys"] == res.lengths["audio"] and row["queries"] == n_text
+    printed = capsys.readouterr().out
+    assert "mean support" in printed and "text_from_audio/0" in printed and res.raw_text in printed
+    assert (out / "support.csv").is_file()
+
+
+def test_explain_support_matches_a_direct_count(demo_checkpoint):
+    """The table's numbers are the count of non-zero weights per real query and head, recomputed here."""
+    from mmin_plugin.experiments.explain import _sample_inputs, explain
+    from mmin_plugin.integration.safeload import safe_load
+
+    res = explain(demo_checkpoint["checkpoint"], demo_checkpoint["feature_path"], "test:0",
+                  out_dir=demo_checkpoint["dir"] / "out0", print_table=False)
+    data = safe_load(demo_checkpoint["feature_path"])
+    inputs, kw = _sample_inputs(data, "test", 0, make_args("x"), "f")
+    with torch.no_grad():
+        out = demo_checkpoint["net"](*inputs, **kw, return_attention=True)
+    a = out["attention"]["video_from_text/1"][0]  # (heads, Lq, Lk)
+    nv, nt = res.lengths["video"], res.lengths["text"]
+    counts = (a[:, :nv, :] > 0).sum(-1).float()  # real video queries; padded text keys have weight 0
+    row = res.support[res.support["CA module"] == "video_from_text/1"].iloc[0]
+    assert row["mean support"] == pytest.approx(float(counts.mean()), rel=1e-6)
+    assert row["keys"] == nt
+
+
+def test_explain_errors_name_what_is_missing(demo_checkpoint, tmp_path):
+    from mmin_plugin.experiments.explain import explain
+
+    lone = tmp_path / "lone.pth"
+    lone.write_bytes(demo_checkpoint["checkpoint"].read_bytes())
+    with pytest.raises(MMINConfigError, match=r"lone\.config\.json.*--config-file"):
+        explain(lone, demo_checkpoint["feature_path"], "test:0", out_dir=tmp_path)
+    with pytest.raises(MMINDataError, match=r"no sample 'nope'"):
+        explain(demo_checkpoint["checkpoint"], demo_checkpoint["feature_path"], "nope", out_dir=tmp_path)
+
+
+def test_explain_cli(demo_checkpoint, capsys):
+    from mmin_plugin.cli import main
+
+    out = demo_checkpoint["dir"] / "cli"
+    from mmin_plugin.integration.safeload import safe_load
+
+    sid = str(safe_load(demo_checkpoint["feature_path"])["valid"]["id"][0])
+    rc = main(["explain", "--checkpoint", str(demo_checkpoint["checkpoint"]), "--feature-path",
+               str(demo_checkpoint["feature_path"]), "--sample", sid, "--out", str(out)])
+    assert rc == 0 and (out / "guided.png").is_file() and (out / "ca_text_from_audio.png").is_file()
+    assert "median support" in capsys.readouterr().out
+
+
+def test_history_records_mean_support_per_ca_module(tmp_path, tiny_bert):
+    from .test_robustness import _loader, _trainer_args
+
+    args = _trainer_args(tmp_path, tiny_bert, max_epochs=2)
+    torch.manual_seed(0)
+    model = MMIN(args)
+    trainer = MMINTrainer(args)
+    trainer.do_train(model, {"train": _loader(1), "valid": _loader(2, seed=10), "test": _loader(1)})
+    hist = json.loads((tmp_path / "mmin-mosi.history.json").read_text())
+    keys = {k for k in hist[0] if k.startswith("valid_support/")}
+    assert keys == {f"valid_support/{p}/{i}" for p in PAIRS for i in range(args["fine_layers"])} | {
+        f"valid_support/guided/{m}" for m in ("text", "video", "audio")}
+    # the pooled mean over both validation batches, recomputed directly for one module
+    model.eval()
+    total = n = 0.0
+    from mmin_plugin.integration.trainer import _batch_inputs
+
+    with torch.no_grad():
+        for batch in _loader(2, seed=10):
+            inputs, kw, _ = _batch_inputs(batch, "cpu")
+            out = model(*inputs, **kw, return_attention=True)
+            a, q = out["attention"]["audio_from_video/0"], out["attention_query_mask"]["audio_from_video/0"]
+            c = (a > 0).sum(-1).float().mean(1)  # (B, Lq): mean over heads
+            total += float(c[q].sum())
+            n += float(q.sum())
+    assert hist[-1]["valid_support/audio_from_video/0"] == pytest.approx(total / n, rel=1e-6)
+    assert np.isfinite([hist[-1][k] for k in keys]).all()
