@@ -31,14 +31,27 @@ def demo_checkpoint(tmp_path_factory, tiny_bert):
     return {"checkpoint": ckpt, "feature_path": feature_path, "net": net.eval(), "dir": d}
 
 
-def test_explain_writes_readable_pngs_and_prints_support(demo_checkpoint, capsys):
-    import matplotlib.image as mpimg
+@pytest.fixture(scope="module")
+def explained(demo_checkpoint):
+    """One explain run (drawing is the slow part), its printed output kept."""
+    import contextlib
+    import io
 
     from mmin_plugin.experiments.explain import explain
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        res = explain(demo_checkpoint["checkpoint"], demo_checkpoint["feature_path"], "test:1",
+                      out_dir=demo_checkpoint["dir"] / "out")
+    return res, buf.getvalue()
+
+
+def test_explain_writes_readable_pngs_and_prints_support(demo_checkpoint, explained):
+    import matplotlib.image as mpimg
+
     from mmin_plugin.integration.safeload import safe_load
 
-    out = demo_checkpoint["dir"] / "out"
-    res = explain(demo_checkpoint["checkpoint"], demo_checkpoint["feature_path"], "test:1", out_dir=out)
+    res, printed = explained
     data = safe_load(demo_checkpoint["feature_path"])["test"]
     assert res.sample_id == data["id"][1] and res.raw_text == data["raw_text"][1]
     # the words of the sample on the text axis (tiny BERT's tokenizer on the file's ids)
@@ -66,20 +79,18 @@ def test_explain_writes_readable_pngs_and_prints_support(demo_checkpoint, capsys
     assert (t["median support"] >= 1).all()
     row = t[t["CA module"] == "text_from_audio/0"].iloc[0]
     assert row["keys"] == res.lengths["audio"] and row["queries"] == n_text
-    printed = capsys.readouterr().out
     assert "mean support" in printed and "text_from_audio/0" in printed and res.raw_text in printed
-    assert (out / "support.csv").is_file()
+    assert (demo_checkpoint["dir"] / "out" / "support.csv").is_file()
 
 
-def test_explain_support_matches_a_direct_count(demo_checkpoint):
+def test_explain_support_matches_a_direct_count(demo_checkpoint, explained):
     """The table's numbers are the count of non-zero weights per real query and head, recomputed here."""
-    from mmin_plugin.experiments.explain import _sample_inputs, explain
+    from mmin_plugin.experiments.explain import _sample_inputs
     from mmin_plugin.integration.safeload import safe_load
 
-    res = explain(demo_checkpoint["checkpoint"], demo_checkpoint["feature_path"], "test:0",
-                  out_dir=demo_checkpoint["dir"] / "out0", print_table=False)
+    res, _ = explained
     data = safe_load(demo_checkpoint["feature_path"])
-    inputs, kw = _sample_inputs(data, "test", 0, make_args("x"), "f")
+    inputs, kw = _sample_inputs(data, "test", 1, make_args("x"), "f")
     with torch.no_grad():
         out = demo_checkpoint["net"](*inputs, **kw, return_attention=True)
     a = out["attention"]["video_from_text/1"][0]  # (heads, Lq, Lk)
@@ -101,17 +112,17 @@ def test_explain_errors_name_what_is_missing(demo_checkpoint, tmp_path):
         explain(demo_checkpoint["checkpoint"], demo_checkpoint["feature_path"], "nope", out_dir=tmp_path)
 
 
-def test_explain_cli(demo_checkpoint, capsys):
+def test_explain_cli_passes_its_options(monkeypatch):
     from mmin_plugin.cli import main
+    from mmin_plugin.experiments import explain as ex
 
-    out = demo_checkpoint["dir"] / "cli"
-    from mmin_plugin.integration.safeload import safe_load
-
-    sid = str(safe_load(demo_checkpoint["feature_path"])["valid"]["id"][0])
-    rc = main(["explain", "--checkpoint", str(demo_checkpoint["checkpoint"]), "--feature-path",
-               str(demo_checkpoint["feature_path"]), "--sample", sid, "--out", str(out)])
-    assert rc == 0 and (out / "guided.png").is_file() and (out / "ca_text_from_audio.png").is_file()
-    assert "median support" in capsys.readouterr().out
+    seen = {}
+    monkeypatch.setattr(ex, "explain", lambda *a, **k: seen.update(args=a, kw=k))
+    assert main(["explain", "--checkpoint", "c.pth", "--feature-path", "f.pkl", "--sample", "a$_$1", "--out", "o",
+                 "--config-file", "c.json", "--set", "pretrained=/b", "lengths_from=nonzero"]) == 0
+    assert seen["args"] == ("c.pth", "f.pkl", "a$_$1")
+    assert seen["kw"] == {"out_dir": "o", "config_file": "c.json",
+                          "overrides": {"pretrained": "/b", "lengths_from": "nonzero"}}
 
 
 def test_history_records_mean_support_per_ca_module(tmp_path, tiny_bert):
@@ -141,3 +152,25 @@ def test_history_records_mean_support_per_ca_module(tmp_path, tiny_bert):
             n += float(q.sum())
     assert hist[-1]["valid_support/audio_from_video/0"] == pytest.approx(total / n, rel=1e-6)
     assert np.isfinite([hist[-1][k] for k in keys]).all()
+
+
+@pytest.mark.e2e
+def test_explain_a_checkpoint_trained_by_mmsa_run(tmp_path, tiny_bert, small_mosi, capsys):
+    """The real path: MMSA_run writes the checkpoint (AMIO's state_dict) and the trainer its config
+    beside it; explain rebuilds MMIN from that alone; the history has the support sizes."""
+    from mmin_plugin.cli import main
+    from mmin_plugin.experiments.runner import mmsa_run
+
+    mmsa_run("mmin", "mosi", config={"featurePath": small_mosi["feature_path"], "pretrained": tiny_bert,
+                                     "d_model": 16, "nheads": 4, "max_epochs": 1},
+             seeds=[1111], gpu_ids=[], num_workers=0, model_save_dir=tmp_path / "m", res_save_dir=tmp_path / "r",
+             log_dir=tmp_path / "l", verbose_level=0)
+    ckpt = tmp_path / "m" / "mmin-mosi.pth"
+    assert config_path(ckpt).is_file()
+    hist = json.loads((tmp_path / "m" / "mmin-mosi.history.json").read_text())
+    assert 0 < hist[0]["valid_support/text_from_audio/0"] <= 40
+    out = tmp_path / "explain"
+    assert main(["explain", "--checkpoint", str(ckpt), "--feature-path", small_mosi["feature_path"],
+                 "--sample", "test:0", "--out", str(out)]) == 0
+    assert len(list(out.glob("*.png"))) == 7
+    assert "guided/audio" in capsys.readouterr().out

@@ -204,8 +204,7 @@ def _heatmap(ax, w, ylabels, xlabels, title, fig):
     """Weights as an image; exact zeros (no head gives the key any weight) are white."""
     import matplotlib
 
-    cmap = matplotlib.colormaps["viridis_r"].copy()
-    cmap.set_bad("white")
+    cmap = matplotlib.colormaps["viridis_r"].with_extremes(bad="white")
     im = ax.imshow(np.ma.masked_equal(w, 0.0), aspect="auto", interpolation="nearest", cmap=cmap, vmin=0.0,
                    vmax=max(float(w.max()), 1e-6))
     ax.set_title(title, fontsize=9)
@@ -227,10 +226,12 @@ def _title(header, raw_text, width):
     return "\n".join(textwrap.wrap(header, chars) + textwrap.wrap(f'"{raw_text}"', chars)[:3])
 
 
-def _figure_size(n_rows_total, n_cols, n_panels):
-    width = float(np.clip(4.0 + 0.045 * n_cols, 7.0, 18.0))
-    height = float(np.clip(1.2 + 0.16 * n_rows_total + 0.9 * n_panels, 3.0, 24.0))
-    return width, height
+def _panel_size(q_modality, n_q, k_modality, n_k):
+    """(width, height) in inches of one heatmap panel: room for one label per token on a text
+    axis, a fixed size for a frame axis."""
+    width = 3.5 + 0.22 * n_k if k_modality == "text" else 4.0 + 0.045 * n_k
+    height = 1.4 + 0.17 * n_q if q_modality == "text" else 3.2
+    return float(np.clip(width, 8.0, 18.0)), float(np.clip(height, 1.6, 9.0))
 
 
 def _draw_pairs(attn, names, lengths, tokens, raw_text, header, out_dir):
@@ -246,9 +247,9 @@ def _draw_pairs(attn, names, lengths, tokens, raw_text, header, out_dir):
         a, b = pair.split("_from_")
         layers.sort()
         na, nb = lengths[a], lengths[b]
-        rows = min(na, 60) * len(layers)
-        size = _figure_size(rows, nb, len(layers))
-        fig, axes = plt.subplots(len(layers), 1, figsize=size, squeeze=False)
+        pw, ph = _panel_size(a, na, b, nb)
+        size = (pw, ph * len(layers) + 1.0)
+        fig, axes = plt.subplots(len(layers), 1, figsize=size, squeeze=False, layout="constrained")
         for ax, (layer, name) in zip(axes[:, 0], layers):
             w = attn[name][0].mean(0)[:na, :nb]  # heads averaged: (real queries, real keys)
             support = (attn[name][0][:, :na, :nb] > 0).sum(-1).astype(float).mean()
@@ -258,7 +259,6 @@ def _draw_pairs(attn, names, lengths, tokens, raw_text, header, out_dir):
             ax.set_ylabel(f"{a} " + ("token" if a == "text" else "frame"), fontsize=8)
             ax.set_xlabel(f"{b} " + ("token" if b == "text" else "frame"), fontsize=8)
         fig.suptitle(_title(header, raw_text, size[0]), fontsize=9)
-        fig.tight_layout()
         path = Path(out_dir) / f"ca_{pair}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -272,8 +272,9 @@ def _draw_guided(attn, qmask, names, modalities, lengths, padded, tokens, raw_te
     guided = [n for n in names if n.startswith("guided/")]
     if not guided:
         return []
-    size = _figure_size(3 * len(guided), 2 * max(lengths.values()), len(guided))
-    fig, axes = plt.subplots(len(guided), 1, squeeze=False, figsize=(size[0], size[1] + 1.0 * len(guided)))
+    widths = [_panel_size("code", 1, n.split("/", 1)[1], 2 * lengths[n.split("/", 1)[1]])[0] for n in guided]
+    size = (max(widths), 2.4 * len(guided) + 1.0)
+    fig, axes = plt.subplots(len(guided), 1, squeeze=False, figsize=size, layout="constrained")
     for ax, name in zip(axes[:, 0], guided):
         m = name.split("/", 1)[1]
         w_all = attn[name][0].mean(0)  # (Lq, Lk)
@@ -299,13 +300,16 @@ def _draw_guided(attn, qmask, names, modalities, lengths, padded, tokens, raw_te
                                           f"zero in every head)\n", fig)
         for k in range(1, n_seg):
             ax.axvline(k * n - 0.5, color="black", lw=1.5)
+        if xlabels is None and n > 0:  # frame index within each pair output
+            from matplotlib.ticker import FuncFormatter
+
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos, n=n: f"{int(round(v)) % n}"))
         top = ax.secondary_xaxis("top")
         top.set_xticks([k * n + (n - 1) / 2 for k in range(n_seg)])
         top.set_xticklabels(segments, fontsize=8)
         top.tick_params(length=0)
         ax.set_xlabel(f"{m} " + ("token" if m == "text" else "frame") + " of each pair output", fontsize=8)
     fig.suptitle(_title(header, raw_text, size[0]), fontsize=9)
-    fig.tight_layout()
     path = Path(out_dir) / "guided.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
