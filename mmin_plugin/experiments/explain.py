@@ -280,7 +280,7 @@ def _draw_guided(attn, qmask, names, modalities, lengths, padded, tokens, raw_te
         w_all = attn[name][0].mean(0)  # (Lq, Lk)
         Lq, Lk = w_all.shape
         # the guided key sequence of m: its pair outputs [CA(m <- b1); CA(m <- b2)] concatenated in time
-        others = [b for b in modalities if b != m] or [m]
+        others = [b for b in modalities if b != m]
         seg_len = padded[m]
         n_seg = max(1, Lk // seg_len)
         n = lengths[m]
@@ -293,7 +293,7 @@ def _draw_guided(attn, qmask, names, modalities, lengths, padded, tokens, raw_te
         xlabels = None
         if m == "text":
             xlabels = [t for _ in range(n_seg) for t in tokens[:n]]
-        segments = [f"{m} <- {others[k] if k < len(others) else '?'}" for k in range(n_seg)]
+        segments = [f"{m} <- {others[k]}" if k < len(others) else f"{m} (no other modality)" for k in range(n_seg)]
         support = (attn[name][0][:, q_real][:, :, cols] > 0).sum(-1).astype(float).mean()
         _heatmap(ax, w, qlabels, xlabels, f"coarse-guided step for {m}: its common code attends to {m}'s fine "
                                           f"sequence\nsupport {support:.1f} of {len(cols)} keys per head (white: "
@@ -336,6 +336,9 @@ def explain(checkpoint, feature_path, sample, out_dir=None, config_file=None, ov
     net = _build_model(args, checkpoint)
     with torch.no_grad():
         out = net(*inputs, **kw, return_attention=True)
+    if not out["attention"]:
+        raise MMINConfigError(f"{checkpoint}: config key 'ablation': expected a model with CA modules to explain; "
+                              f"found ablation {list(net.ablation)} (the 'fin' ablation has no attention)")
     attn = {k: v.detach().cpu().float().numpy() for k, v in out["attention"].items()}
     qmask = {k: v.detach().cpu().numpy().astype(bool) for k, v in out["attention_query_mask"].items()}
 
