@@ -22,19 +22,24 @@ def _f64(x):
     return np.asarray(x, dtype=np.float64)
 
 
-def separation_loss(common, private):
+def separation_loss(common, private, reduction="sum"):
     """Eq. 5: sum_m ||H_m^C^T H_m^P||_F^2 + sum_{m1<m2} ||H_m1^P^T H_m2^P||_F^2.
 
     `common`, `private`: sequences of (n, d) arrays, one per modality (text, video, audio;
     fewer under ablation); rows are the codes of one batch. The second sum runs over the
     unordered pairs of distinct modalities (3 pairs for 3 modalities).
+    `reduction`: 'sum' (eq. 5 as written) or 'mean' (divided by n^2, the batch-size-invariant form).
     """
     if len(common) != len(private):
         raise ValueError(f"separation_loss: {len(common)} common codes but {len(private)} private codes")
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"separation_loss: reduction must be 'sum' or 'mean', not {reduction!r}")
     common, private = [_f64(c) for c in common], [_f64(p) for p in private]
     own = sum(np.sum((c.T @ p) ** 2) for c, p in zip(common, private))
     cross = sum(np.sum((p1.T @ p2) ** 2) for p1, p2 in combinations(private, 2))
-    return float(own + cross)
+    total = float(own + cross)
+    n = private[0].shape[0]
+    return total / (n * n) if reduction == "mean" else total
 
 
 def linear(x, weight, bias):

@@ -279,10 +279,9 @@ def test_private_encoder_descends_on_l_ap(tiny_bert, modality):
 
 @pytest.mark.parametrize("modality", MODALITIES)
 def test_guided_step_reads_the_modality_own_position(tiny_bert, modality):
-    """The paper's guided step queries with the stack [h_L^C, h_V^C, h_A^C] and reads "the
-    corresponding vector"; FIN queries with h_m^C alone. Pinned: f_m equals the stacked
-    computation's output at m's OWN position (and differs from the other positions), so the
-    equivalence and the read-out position are both checked."""
+    """The guided step queries with the stack [h_L^C, h_V^C, h_A^C] and reads "the corresponding
+    vector". Pinned: f_m equals querying with h_m^C alone (each query position attends on its own),
+    and differs from what the other positions give (reading position 0 for every modality fails)."""
     model = _model(tiny_bert).eval()
     fin = model.fin
     g = torch.Generator().manual_seed(5)
@@ -294,16 +293,15 @@ def test_guided_step_reads_the_modality_own_position(tiny_bert, modality):
     common = {m: torch.randn(B, d, generator=g) for m in MODALITIES}
     with torch.no_grad():
         fine = fin(seqs, masks, common)
-        # the stacked computation, done independently: FIN's pair outputs, then the guided CA on the stack
-        i = MODALITIES.index(modality)
+        # the fine sequence of m, done independently: FIN's pair outputs concatenated in time
         others = [b for b in MODALITIES if b != modality]
         seq_m = torch.cat([fin.cross[f"{modality}_from_{b}"](seqs[modality], seqs[b], masks[b]) for b in others], 1)
         mask_m = torch.cat([masks[modality]] * len(others), 1)
-        stacked = fin.guided[modality](torch.stack([common[m] for m in MODALITIES], 1), seq_m, mask_m)  # (B, 3, d)
-    torch.testing.assert_close(fine[modality], stacked[:, i], rtol=1e-5, atol=1e-6)
-    for j in range(len(MODALITIES)):
-        if j != i:
-            assert not torch.allclose(fine[modality], stacked[:, j], atol=1e-3)
+        alone = {m: fin.guided[modality](common[m][:, None], seq_m, mask_m)[:, 0] for m in MODALITIES}  # (B, d)
+    torch.testing.assert_close(fine[modality], alone[modality], rtol=1e-5, atol=1e-6)
+    for m in MODALITIES:
+        if m != modality:
+            assert not torch.allclose(fine[modality], alone[m], atol=1e-3)
 
 
 # --- attention you can look at ---------------------------------------------------------------------
@@ -369,3 +367,162 @@ def test_support_sizes_of_a_model(tiny_bert):
         lk = out["attention"][name].shape[-1]
         assert 1 <= s["median"] <= lk and 1 <= s["mean"] <= lk, (name, s)
         assert s["queries"] == int(out["attention_query_mask"][name].sum()) * model.config.nheads
+
+
+# --- eq. 5 reduction: the batch-invariant default trains bit for bit like the paper's sum at batch 16 --
+
+def test_default_alpha_is_the_sum_weight_times_16_squared():
+    assert MMINConfig().sep_reduction == "mean" and MMINConfig().alpha == 1e-4 * 16 ** 2
+
+
+def test_mean_reduction_is_bit_identical_to_sum_at_batch_16(tiny_bert):
+    """sum / alpha = 1e-4 vs mean / alpha = default (1e-4 * 256): the same total loss and the same
+    gradient of every parameter, bit for bit (x 256 and / 256 are exact in binary floating point)."""
+    results = []
+    for reduction, alpha in (("sum", 1e-4), ("mean", MMINConfig().alpha)):
+        model = _model(tiny_bert, seed=0, sep_reduction=reduction, alpha=alpha).train()
+        text, audio, video, al, vl, y = make_batch(seed=14, batch=16)
+        torch.manual_seed(7)  # the same dropout masks
+        out = model(text, audio, video, audio_lengths=al, vision_lengths=vl)
+        total, terms = model.total_loss(out, y)
+        total.backward()
+        results.append((total.detach(), terms["L_sep"].detach(), [p.grad for p in model.parameters()]))
+    (t_sum, sep_sum, g_sum), (t_mean, sep_mean, g_mean) = results
+    assert torch.equal(sep_sum / 256, sep_mean) and sep_mean > 0
+    assert torch.equal(t_sum, t_mean)
+    assert all(torch.equal(a, b) for a, b in zip(g_sum, g_mean))
+
+
+@pytest.mark.parametrize("batch", [8, 32], ids=["batch-8", "batch-32"])
+def test_mean_reduction_divides_by_batch_squared(tiny_bert, batch):
+    sep = {}
+    for reduction in ("sum", "mean"):
+        model = _model(tiny_bert, seed=0, sep_reduction=reduction).eval()
+        with torch.no_grad():
+            sep[reduction] = model(*make_batch(seed=15, batch=batch)[:3])["L_sep"]
+    torch.testing.assert_close(sep["mean"], sep["sum"] / batch ** 2, rtol=1e-6, atol=0)
+
+
+# --- CA design variants: ca_ffn and ca_positions (off = the paper's Fig. 2b, as before) -----------
+
+CA_PARAMS = {f"{m}.{p}" for m in ("norm_q", "norm_kv", "q", "k", "v", "out") for p in ("weight", "bias")}
+
+
+def _ca_by_hand(ca, x_q, x_kv, mask):
+    """Fig. 2b written out: Y = X_q + W_o MHA_sparsemax(LN_q(X_q), LN_kv(X_kv)) (eval mode)."""
+    from mmin_plugin.modeling.sparsemax import sparsemax_sort
+
+    B, Lq, d = x_q.shape
+    h, dh = ca.nheads, d // ca.nheads
+    q_in = torch.nn.functional.layer_norm(x_q, (d,), ca.norm_q.weight, ca.norm_q.bias)
+    kv_in = torch.nn.functional.layer_norm(x_kv, (d,), ca.norm_kv.weight, ca.norm_kv.bias)
+    split = lambda t: t.view(B, -1, h, dh).transpose(1, 2)  # noqa: E731
+    q, k, v = split(ca.q(q_in)), split(ca.k(kv_in)), split(ca.v(kv_in))
+    scores = (q @ k.transpose(-1, -2)) / dh ** 0.5
+    scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    ctx = (sparsemax_sort(scores, -1) @ v).transpose(1, 2).reshape(B, Lq, d)
+    return x_q + ca.out(ctx)
+
+
+def test_ca_module_off_is_fig_2b_with_its_parameter_names():
+    torch.manual_seed(0)
+    ca = CrossAttention(16, 4, attn_dropout=0.1, dropout=0.1).eval()
+    assert {n for n, _ in ca.named_parameters()} == CA_PARAMS  # old checkpoints load
+    q, kv = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 3:] = False
+    with torch.no_grad():
+        torch.testing.assert_close(ca(q, kv, mask), _ca_by_hand(ca, q, kv, mask), rtol=1e-5, atol=1e-6)
+
+
+def test_ca_ffn_is_a_pre_norm_residual_feed_forward_sublayer():
+    torch.manual_seed(0)
+    ffn = CrossAttention(16, 4, ffn=True).eval()
+    assert {n for n, _ in ffn.named_parameters()} - CA_PARAMS == {
+        "ffn_norm.weight", "ffn_norm.bias", "ffn_in.weight", "ffn_in.bias", "ffn_out.weight", "ffn_out.bias"}
+    assert ffn.ffn_in.out_features == 4 * 16
+    plain = CrossAttention(16, 4).eval()
+    plain.load_state_dict({k: v for k, v in ffn.state_dict().items() if k in CA_PARAMS})
+    q, kv, mask = torch.randn(2, 5, 16), torch.randn(2, 7, 16), torch.ones(2, 7, dtype=torch.bool)
+    with torch.no_grad():
+        y = plain(q, kv, mask)
+        expected = y + ffn.ffn_out(torch.relu(ffn.ffn_in(torch.nn.functional.layer_norm(
+            y, (16,), ffn.ffn_norm.weight, ffn.ffn_norm.bias))))
+        torch.testing.assert_close(ffn(q, kv, mask), expected)
+        assert not torch.allclose(ffn(q, kv, mask), y, atol=1e-3)  # the option changes the output
+
+
+def test_sinusoidal_positions_are_mults():
+    from mmin_plugin.modeling.model import sinusoidal_positions
+
+    pe = sinusoidal_positions(5, 8)
+    assert pe.shape == (5, 8)
+    w = torch.tensor([10000.0 ** (-j / 3) for j in range(4)])  # h = 4 frequencies, 10000^(-j/(h-1))
+    t = torch.arange(1, 6, dtype=torch.float32)[:, None] * w
+    torch.testing.assert_close(pe, torch.cat([t.sin(), t.cos()], 1))
+    assert sinusoidal_positions(3, 7)[:, -1].eq(0).all()
+
+
+def test_ca_positions_add_scaled_positions_to_both_stack_inputs():
+    from mmin_plugin.modeling.model import CALayerStack, sinusoidal_positions
+
+    torch.manual_seed(0)
+    pos = CALayerStack(16, 4, 2, 0.0, 0.0, positions=True).eval()
+    plain = CALayerStack(16, 4, 2, 0.0, 0.0).eval()
+    plain.load_state_dict(pos.state_dict())  # no parameters of its own: the same names
+    q, kv, mask = torch.randn(2, 5, 16), torch.randn(2, 7, 16), torch.ones(2, 7, dtype=torch.bool)
+    with torch.no_grad():
+        got = pos(q, kv, mask)
+        want = plain(4.0 * q + sinusoidal_positions(5, 16), 4.0 * kv + sinusoidal_positions(7, 16), mask)
+        torch.testing.assert_close(got, want)
+        assert not torch.allclose(got, plain(q, kv, mask), atol=1e-3)
+
+
+@pytest.mark.parametrize("option", ["ca_ffn", "ca_positions"])
+def test_ca_option_changes_the_model_and_off_keeps_its_parameters(tiny_bert, option):
+    base = _model(tiny_bert, seed=0).eval()
+    variant = _model(tiny_bert, seed=0, **{option: True}).eval()
+    names, variant_names = set(base.state_dict()), set(variant.state_dict())
+    assert not any("ffn" in n for n in names)
+    if option == "ca_positions":  # no parameters: the same checkpoint keys and, same seed, values
+        assert variant_names == names
+        assert all(torch.equal(base.state_dict()[k], variant.state_dict()[k]) for k in names)
+    else:
+        assert names < variant_names and all("ffn" in n for n in variant_names - names)
+    text, audio, video, al, vl, y = make_batch(seed=16)
+    with torch.no_grad():
+        a = base(text, audio, video, audio_lengths=al, vision_lengths=vl)["M"]
+        b = variant(text, audio, video, audio_lengths=al, vision_lengths=vl)["M"]
+    assert torch.isfinite(b).all() and not torch.allclose(a, b, atol=1e-4)
+    variant.train()
+    loss, _ = variant.total_loss(variant(text, audio, video, audio_lengths=al, vision_lengths=vl), y)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in variant.named_parameters()
+               if "ffn" in n)
+
+
+@pytest.mark.e2e
+def test_mmsa_run_with_the_mean_default_trains_exactly_as_the_sum(small_mosi, tmp_path):
+    """A seeded MMSA run on MOSI-layout data at batch 16 (48 training samples: whole batches): the
+    default (sep_reduction 'mean', alpha 1e-4 * 256) and the paper's sum with alpha 1e-4 give the
+    same metrics, the same training history and the same checkpoint, bit for bit."""
+    import json
+    from pathlib import Path
+
+    from mmin_plugin.experiments.runner import mmsa_run
+
+    config = {"featurePath": str(Path(small_mosi["feature_path"]).resolve()), "pretrained": small_mosi["bert_dir"],
+              "d_model": 16, "nheads": 4, "fine_layers": 1, "fusion_ff_dim": 32, "disc_hidden": 8,
+              "max_epochs": 2, "batch_size": 16}
+    runs = {}
+    for name, over in (("sum", {"sep_reduction": "sum", "alpha": 1e-4}), ("mean", {})):
+        d = tmp_path / name
+        res = mmsa_run("mmin", "mosi", config={**config, **over}, seeds=[1111], model_save_dir=d / "models",
+                       res_save_dir=d / "results", log_dir=d / "logs", gpu_ids=[], num_workers=0, verbose_level=0)
+        history = json.loads((d / "models" / "mmin-mosi.history.json").read_text())
+        runs[name] = (res, history, torch.load(d / "models" / "mmin-mosi.pth", weights_only=True))
+    (res_s, hist_s, ckpt_s), (res_m, hist_m, ckpt_m) = runs["sum"], runs["mean"]
+    assert res_s == res_m
+    assert [h["train_L_senti"] for h in hist_s] == [h["train_L_senti"] for h in hist_m]
+    assert [h["train_L_sep"] / 256 for h in hist_s] == pytest.approx([h["train_L_sep"] for h in hist_m], rel=1e-12)
+    assert ckpt_s.keys() == ckpt_m.keys() and all(torch.equal(ckpt_s[k], ckpt_m[k]) for k in ckpt_s)

@@ -36,6 +36,7 @@ except ImportError:  # tests/ as a plain rootdir-relative folder
 DTYPES = [np.float64, np.float32]
 FAST = settings(max_examples=120, deadline=None)
 SLOW = settings(max_examples=40, deadline=None)
+FEW = settings(max_examples=25, deadline=None)  # properties with a cheap, exact failure mode
 
 
 def cast(x, dtype):
@@ -66,8 +67,14 @@ def eq5_tol(common, private, dtype):
     return 4 * (n + dmax + 6) * np.finfo(dtype).eps * eq5_scale(common, private)
 
 
-def torch_separation(common, private, dtype):
-    return L.separation_loss([as_torch(c, dtype) for c in common], [as_torch(p, dtype) for p in private]).item()
+def torch_separation(common, private, dtype, reduction="sum"):
+    return L.separation_loss([as_torch(c, dtype) for c in common], [as_torch(p, dtype) for p in private],
+                             reduction=reduction).item()
+
+
+def duplicate_rows(xs, k):
+    """Every row repeated k times (a batch of k n samples holding each sample k times)."""
+    return [np.repeat(x, k, axis=0) for x in xs]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -86,6 +93,47 @@ def test_separation_loss_oracle_by_hand():
     # own: (1*2)^2 + 0^2 + (1*1)^2 = 5;  pairs: (t,v) 0, (t,a) 2^2 = 4, (v,a) 3^2 = 9
     assert ref.separation_loss(c, p) == 18.0
     assert torch_separation(c, p, np.float64) == 18.0
+    # 'mean' divides by n^2 = 4
+    assert ref.separation_loss(c, p, reduction="mean") == 4.5
+    assert torch_separation(c, p, np.float64, reduction="mean") == 4.5
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FEW
+@given(codes=S.code_sets())
+def test_separation_loss_mean_torch_matches_oracle(dtype, codes):
+    common, private = ([cast(x, dtype) for x in xs] for xs in codes)
+    n = common[0].shape[0]
+    expected = ref.separation_loss(common, private, reduction="mean")
+    assert expected == ref.separation_loss(common, private) / n ** 2
+    got = torch_separation(common, private, dtype, reduction="mean")
+    assert abs(got - expected) <= eq5_tol(common, private, dtype) / n ** 2
+
+
+@pytest.mark.parametrize("backend", ["oracle", "torch"])
+@FEW
+@given(codes=S.code_sets(max_batch=4), k=st.integers(2, 3))
+def test_separation_loss_mean_is_invariant_to_duplicating_the_batch(backend, codes, k):
+    """Each row repeated k times: every entry of C^T P is k times larger, so the sum grows k^2-fold
+    (x4 for k = 2) while the mean (divided by (k n)^2) is unchanged."""
+    common, private = codes
+    dup_c, dup_p = duplicate_rows(common, k), duplicate_rows(private, k)
+    if backend == "oracle":
+        loss = ref.separation_loss
+    else:
+        def loss(c, p, reduction="sum"):
+            return torch_separation(c, p, np.float64, reduction)
+    tol = eq5_tol(dup_c, dup_p, np.float64) + k ** 2 * eq5_tol(common, private, np.float64)
+    assert abs(loss(dup_c, dup_p) - k ** 2 * loss(common, private)) <= tol
+    n = common[0].shape[0]
+    assert abs(loss(dup_c, dup_p, reduction="mean") - loss(common, private, reduction="mean")) <= tol / (k * n) ** 2
+
+
+def test_separation_loss_rejects_unknown_reduction():
+    with pytest.raises(ValueError, match="reduction"):
+        ref.separation_loss([np.ones((2, 1))], [np.ones((2, 1))], reduction="avg")
+    with pytest.raises(ValueError, match="reduction"):
+        torch_separation([np.ones((2, 1))], [np.ones((2, 1))], np.float64, reduction="avg")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -108,7 +156,7 @@ def test_separation_loss_scales_as_fourth_power(dtype, codes, s):
     # rounding s X to dtype is a relative eps change of every entry: <= 4 eps s^4 B more
     eps = np.finfo(dtype).eps
     atol = s ** 4 * (2 * eq5_tol(common, private, dtype) + 4 * eps * eq5_scale(common, private))
-    for loss, dt in ((ref.separation_loss, np.float64), (lambda c, p: torch_separation(c, p, dtype), dtype)):
+    for loss in (ref.separation_loss, lambda c, p: torch_separation(c, p, dtype)):
         assert abs(loss(scaled_c, scaled_p) - s ** 4 * loss(common, private)) <= atol
 
 

@@ -186,8 +186,7 @@ class MMINConfig:
                        ">= 1, divides d_model", "model")
     fine_layers: int = _key(2, _int(), "N: stacked CA layers per ordered modality pair in FIN", ">= 1", "model")
     fusion_layers: int = _key(1, _int(), "transformer encoder layers of the fusion layer", ">= 1", "model")
-    fusion_ff_dim: int = _key(256, _int(), "feed-forward width of the fusion transformer (and of the CA "
-                              "feed-forward sub-layer when ca_ffn)", ">= 1", "model")
+    fusion_ff_dim: int = _key(256, _int(), "feed-forward width of the fusion transformer", ">= 1", "model")
     rnn_layers: int = _key(1, _int(), "layers of the audio and video LSTMs", ">= 1", "model")
     disc_hidden: int = _key(64, _int(), "hidden width of the modality discriminator D", ">= 1", "model")
     dropout: float = _key(0.1, _real(0.0, 1.0, what="a dropout probability"),
@@ -195,10 +194,11 @@ class MMINConfig:
                           "[0, 1)", "model")
     attn_dropout: float = _key(0.0, _real(0.0, 1.0, what="a dropout probability"),
                                "dropout on the sparsemax attention weights of the CA modules", "[0, 1)", "model")
-    ca_ffn: bool = _key(False, _bool, "design variant: a pre-norm residual feed-forward sub-layer in every CA "
-                        "module (MulT); off = the paper's Fig. 2b", "true / false", "model")
-    ca_positions: bool = _key(False, _bool, "design variant: sinusoidal positions added to both CA inputs "
-                              "(MulT); off = the paper's Fig. 2b", "true / false", "model")
+    ca_ffn: bool = _key(False, _bool, "design variant: a pre-norm residual feed-forward sub-layer (width "
+                        "4 d_model) in every CA module, as MulT; off = the paper's Fig. 2b", "true / false", "model")
+    ca_positions: bool = _key(False, _bool, "design variant: both inputs of each FIN pair stack scaled by "
+                              "sqrt(d_model) plus sinusoidal positions, as MulT; off = the paper's Fig. 2b",
+                              "true / false", "model")
     ablation: List[str] = _key([], lambda key, v: normalize_ablation(v, key),
                                "Table 2 switches: 'cin'/'fin' drop fusion tokens, 'text'/'video'/'audio' "
                                "remove a modality, 'sep'/'ac'/'ap' zero a loss weight",
@@ -214,13 +214,15 @@ class MMINConfig:
     pretrained: str = _key("bert-base-uncased", _nonempty_path, "text encoder: a hub id or a local directory "
                            "written by save_pretrained", "non-empty hub id or path", "model")
     # --- loss (eq. 6) ---------------------------------------------------------------------------
-    alpha: float = _key(1e-4, _real(), "weight of L_sep (eq. 5) in eq. 6", ">= 0, finite", "loss")
+    alpha: float = _key(1e-4 * 256, _real(), "weight of L_sep (eq. 5) in eq. 6; 0.0256 = 1e-4 x 16^2: with "
+                        "sep_reduction 'mean', MOSI at batch 16 trains exactly as the sum with 1e-4", ">= 0, finite",
+                        "loss")
     beta: float = _key(0.1, _real(), "weight of L_ac (eq. 3) in eq. 6", ">= 0, finite", "loss")
     gamma: float = _key(0.1, _real(), "weight of L_ap (eq. 4) in eq. 6", ">= 0, finite", "loss")
     grl_lambda: float = _key(1.0, _real(), "gradient reversal strength on the common codes in L_ac",
                              ">= 0, finite", "loss")
-    sep_reduction: str = _key("sum", _choice("sum", "mean"), "eq. 5 as written ('sum') or divided by "
-                              "batch^2 ('mean', batch-size invariant)", "'sum' or 'mean'", "loss")
+    sep_reduction: str = _key("mean", _choice("sum", "mean"), "eq. 5 divided by batch^2 ('mean', batch-size "
+                              "invariant) or as written ('sum', grows as batch^2)", "'sum' or 'mean'", "loss")
     # --- training -------------------------------------------------------------------------------
     learning_rate: float = _key(1e-3, _real(lo_open=True, what="a learning rate"),
                                 "Adam learning rate of everything but the text encoder", "> 0, finite", "training")

@@ -1,7 +1,6 @@
-"""MMIN's constraint module (paper section 2.2, Fig. 2a): eq. 3, 4, 5.
-
-Modalities are always ordered (text, video, audio) = labels (0, 1, 2), as the paper's
-y_L = [1,0,0], y_V = [0,1,0], y_A = [0,0,1].
+"""MMIN's constraint module (paper section 2.2, Fig. 2a): eq. 3, 4, 5 (design notes, e.g. the eq. 5
+reduction: docs/design/model.md). Modalities are ordered (text, video, audio) = labels (0, 1, 2),
+as the paper's y_L = [1,0,0], y_V = [0,1,0], y_A = [0,0,1].
 """
 from typing import Sequence
 

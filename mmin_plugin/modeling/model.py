@@ -8,7 +8,7 @@ The design notes, and every choice made where the paper is silent, are in docs/d
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -182,21 +182,6 @@ class CoarseInteraction(nn.Module):
 # --------------------------------------------------------------------------------------------
 # 2.3 Fine-grained Interaction Network
 # --------------------------------------------------------------------------------------------
-def _dropout(x: torch.Tensor, p: float, training: bool, rows: Optional[Tuple[int, int]] = None) -> torch.Tensor:
-    """Dropout; with ``rows = (n, i)`` the noise is drawn for n query rows (dim -2) and row i is used.
-
-    x's dim -2 must then have size 1. Drawing as many random numbers as an n-row stack keeps the
-    random stream of training exactly that of the stacked computation the row stands for (the
-    coarse-guided step, see FineInteraction), so seeds reproduce the same runs."""
-    if rows is None or not training or p == 0.0:
-        return F.dropout(x, p, training)
-    n, i = rows
-    shape = list(x.shape)
-    shape[-2] = n
-    noise = F.dropout(x.new_ones(shape), p, True)  # the n-row stack's noise, (1 - p)-rescaled Bernoulli
-    return x * noise.narrow(-2, i, 1)
-
-
 def sinusoidal_positions(length: int, d_model: int, device=None, dtype=None) -> torch.Tensor:
     """MulT's (fairseq's) sinusoidal position table, (length, d_model), positions 1..length.
 
@@ -223,9 +208,8 @@ class CrossAttention(nn.Module):
     residual follows: Y' = Y + Dropout(W_2 Dropout(ReLU(W_1 LN_f(Y)))), width 4 d_model (MulT's).
     Without ``ffn`` the module (and its parameter names) is exactly the paper's Fig. 2b.
 
-    ``forward(x_q (B, Lq, d), x_kv (B, Lk, d), kv_mask (B, Lk) or None, return_attention=False,
-    dropout_rows=None)`` -> Y (B, Lq, d), and the sparsemax weights (B, heads, Lq, Lk) when
-    ``return_attention``. ``dropout_rows``: see :func:`_dropout`.
+    ``forward(x_q (B, Lq, d), x_kv (B, Lk, d), kv_mask (B, Lk) or None, return_attention=False)``
+    -> Y (B, Lq, d), and the sparsemax weights (B, heads, Lq, Lk) when ``return_attention``.
     """
 
     def __init__(self, d_model: int, nheads: int, attn_dropout: float = 0.0, dropout: float = 0.0,
@@ -247,11 +231,10 @@ class CrossAttention(nn.Module):
         self.has_ffn = ffn
 
     def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor, kv_mask: Optional[torch.Tensor] = None,
-                return_attention: bool = False, dropout_rows: Optional[Tuple[int, int]] = None):
+                return_attention: bool = False):
         # x_q: (B, Lq, d); x_kv: (B, Lk, d); kv_mask: (B, Lk) True = real step
         B, Lq, d = x_q.shape
         Lk = x_kv.shape[1]
-        p, p_attn = self.dropout.p, self.attn_dropout.p
         q_in, kv_in = self.norm_q(x_q), self.norm_kv(x_kv)
         # scaling q rather than the (B, h, Lq, Lk) scores: same maths, Lk/dh times fewer multiplies
         q = (self.q(q_in) / math.sqrt(self.d_head)).view(B, Lq, self.nheads, self.d_head).transpose(1, 2)  # B,h,Lq,dh
@@ -261,11 +244,11 @@ class CrossAttention(nn.Module):
         if kv_mask is not None and not bool(kv_mask.all()):
             scores = scores.masked_fill(~kv_mask[:, None, None, :], float("-inf"))
         attn = sparsemax(scores, dim=-1)  # sparse weights; padded keys get exactly 0
-        ctx = (_dropout(attn, p_attn, self.training, dropout_rows) @ v).transpose(1, 2).reshape(B, Lq, d)  # (B, Lq, d)
-        y = x_q + _dropout(self.out(ctx), p, self.training, dropout_rows)
+        ctx = (self.attn_dropout(attn) @ v).transpose(1, 2).reshape(B, Lq, d)  # (B, Lq, d)
+        y = x_q + self.dropout(self.out(ctx))
         if self.has_ffn:
-            hidden = _dropout(F.relu(self.ffn_in(self.ffn_norm(y))), p, self.training, dropout_rows)  # (B, Lq, 4d)
-            y = y + _dropout(self.ffn_out(hidden), p, self.training, dropout_rows)
+            hidden = self.dropout(F.relu(self.ffn_in(self.ffn_norm(y))))  # (B, Lq, 4 d)
+            y = y + self.dropout(self.ffn_out(hidden))
         return (y, attn) if return_attention else y
 
 
@@ -309,17 +292,19 @@ class FineInteraction(nn.Module):
     ``cross["a_from_b"]`` (N CA layers, query a, key/value b) runs for every other modality b; the
     outputs are concatenated in time into a's fine sequence (B, (M-1) L_a, d), keyed by a's mask.
 
-    Coarse-guided step: the paper queries a's fine sequence with the stacked common codes
-    [h_L^C, h_V^C, h_A^C] and takes "the corresponding vector", i.e. the output at a's own position.
-    In a cross-attention each query position is computed on its own (its layer norm, projections and
-    attention row involve no other query), so that vector equals the output of querying with h_a^C
-    alone; only that (B, 1, d) query is computed (a test pins the equivalence and the position).
-    Dropout in training draws the noise of the 3-row stack and uses a's row, so a seed gives the
-    same random stream as the stacked computation.
+    Coarse-guided step: a's fine sequence is queried with the stacked common codes
+    [h_L^C, h_V^C, h_A^C] (B, M, d) and ``f_a`` is "the corresponding vector", the output at a's own
+    position. Each query position of a cross-attention is computed on its own (its layer norm,
+    projections and attention row involve no other query), so ``f_a`` equals the output of querying
+    with h_a^C alone (a test pins this and the read-out position); the other M-1 rows are computed
+    and discarded on purpose: a (B, 1, d) query rounds the score product differently in the last bit,
+    which changes seeded training runs (see docs/design/model.md), while the two extra rows cost
+    about 2 / (N (M-1) L_a) of the step's attention work.
 
     Returns ``{m: f_m (B, d)}``; with ``return_attention`` also ``(attention, query_masks)``: dicts
     ``"<a>_from_<b>/<layer index>"`` (layer index from 0) -> (B, heads, L_a, L_b) and
-    ``"guided/<m>"`` -> (B, heads, 1, (M-1) L_m), and name -> (B, Lq) bool, True on real queries.
+    ``"guided/<m>"`` -> (B, heads, 1, (M-1) L_m) (the row of a's own query, the one used), and
+    name -> (B, Lq) bool, True on real queries.
     """
 
     def __init__(self, d_model, nheads, n_layers, modalities, attn_dropout, dropout, ffn=False, positions=False):
@@ -335,6 +320,7 @@ class FineInteraction(nn.Module):
     def forward(self, seqs: Dict[str, torch.Tensor], masks: Dict[str, torch.Tensor], common: Dict[str, torch.Tensor],
                 return_attention: bool = False):
         fine, attention, query_masks = {}, {}, {}
+        query = torch.stack([common[m] for m in self.modalities], dim=1)  # (B, M, d)
         for i, a in enumerate(self.modalities):
             others = [b for b in self.modalities if b != a]
             outs = []
@@ -352,15 +338,13 @@ class FineInteraction(nn.Module):
                 mask_a = torch.cat([masks[a]] * len(others), dim=1)
             else:  # single-modality ablation: no pair to interact with
                 seq_a, mask_a = seqs[a], masks[a]
-            query = common[a][:, None, :]  # (B, 1, d): a's own row of the stack [h_L^C, h_V^C, h_A^C]
-            rows = (len(self.modalities), i)
             if return_attention:
-                guided, attn = self.guided[a](query, seq_a, mask_a, return_attention=True, dropout_rows=rows)
-                attention[f"guided/{a}"] = attn
-                query_masks[f"guided/{a}"] = torch.ones(query.shape[:2], dtype=torch.bool, device=query.device)
+                guided, attn = self.guided[a](query, seq_a, mask_a, return_attention=True)
+                attention[f"guided/{a}"] = attn[:, :, i:i + 1]  # (B, heads, 1, Lk): a's own query row
+                query_masks[f"guided/{a}"] = torch.ones(query.shape[0], 1, dtype=torch.bool, device=query.device)
             else:
-                guided = self.guided[a](query, seq_a, mask_a, dropout_rows=rows)
-            fine[a] = guided[:, 0]  # (B, d)
+                guided = self.guided[a](query, seq_a, mask_a)  # (B, M, d)
+            fine[a] = guided[:, i]  # the vector at a's own position in the query stack
         return (fine, attention, query_masks) if return_attention else fine
 
 

@@ -1,42 +1,6 @@
-"""Sparsemax (Martins & Astudillo, 2016): the attention normaliser of MMIN's FIN.
-
-    sparsemax(z) = argmin_{p in simplex} ||p - z||^2 = max(z - tau(z), 0),
-
-where the threshold tau solves sum_i max(z_i - tau, 0) = 1.  Over z sorted decreasingly,
-
-    k(z) = max{k : 1 + k z_(k) > sum_{j<=k} z_(j)},   tau = (sum_{j<=k(z)} z_(j) - 1) / k(z)
-
-(M&A Alg. 1).  tau(z + c) = tau(z) + c and max(z) - 1 <= tau < max(z), so every backend
-works on y = z - max(z): the partial sums are then O(1) on the support whatever |z|, and
-the result is accurate to a few ulps of p, not of z.
-
-Backward, in closed form (M&A eq. 14): the Jacobian J = diag(s) - s s^T / |S| with
-s = 1[p > 0], S the support, is symmetric, so
-
-    dL/dz = J g = s * (g - mean_{j in S} g_j),
-
-and since J does not depend on g (and is piecewise constant in z) the double backward is
-the same map applied to the incoming gradient.
-
-Conventions: -inf entries are masked positions and get exactly 0; a row that is all -inf
-gives all zeros and a zero gradient; a row holding NaN or +inf gives NaN in that row only.
-
-Backends, chosen at each call by the environment variable MMIN_SPARSEMAX_BACKEND:
-
-* ``native``: C kernel (``_sparsemax.c``, compiled on first use, see ``_sparsemax_native``)
-  for CPU tensors: per row the max, then Newton / Michelot threshold steps from the lower
-  bound max - 1, exact as soon as the support stops changing, with an exact sort for any
-  row still unconverged after ``_MAX_PASSES`` steps; sums in float64; fused backward.
-* ``torch``: the same iteration in pure torch (any device; float64 inside on CPU, float32
-  inside on GPU for float16/bfloat16/float32), with the sort for unconverged rows.
-* ``sort``: the sort-based rule above in float64 (``sparsemax_sort``), the reference.
-* ``auto`` (default): ``native`` on CPU if the kernel builds, else ``torch`` (logged once on
-  the 'MMSA' logger); ``torch`` on other devices.  ``native`` also means ``torch`` off CPU,
-  but raises MMINError on CPU if the kernel cannot be built.
-
-float16/bfloat16 inputs are computed in float32 (float64 for the torch path on CPU) and
-cast back; float64 inputs in float64.
-"""
+"""Sparsemax (Martins & Astudillo, 2016), the attention normaliser of MMIN's FIN: the maths is in
+:func:`sparsemax`'s docstring; the numerics and the backends (C kernel, torch, sort; environment
+variable MMIN_SPARSEMAX_BACKEND) are described in docs/design/model.md, section "Sparsemax"."""
 import logging
 import os
 
@@ -227,7 +191,8 @@ def sparsemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     Args: ``x`` a floating-point tensor of any shape; ``dim`` the axis to normalise.
     Returns a tensor of x's shape and dtype. ``-inf`` entries are masked positions and get
     exactly 0; an all ``-inf`` slice gives zeros (and a zero gradient); NaN / +inf give NaN in
-    that slice only. The backend (C kernel, torch, sort) is chosen as the module docstring says.
+    that slice only. The backend (C kernel, torch, sort) is chosen per call, see
+    docs/design/model.md ("Sparsemax").
     Raises ``TypeError`` for integer tensors.
     """
     if not (x.is_floating_point()):
