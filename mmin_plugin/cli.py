@@ -1,4 +1,4 @@
-"""Command line: `python -m mmin_plugin {run,demo,demo-data,convert,compare,ablate,tune,patches} ...`.
+"""Command line: `python -m mmin_plugin {run,demo,demo-data,convert,explain,compare,ablate,tune,patches} ...`.
 
 `run` mirrors MMSA's own CLI (`python -m MMSA -m misa -d mosi -s 1111 ...`) with MMIN registered
 and a few conveniences (`--feature-path`, `--pretrained`, `--max-epochs`, `--set key=value`).
@@ -242,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-valid", type=_positive, default=DEMO_DEFAULTS["n_valid"])
     p.add_argument("--n-test", type=_positive, default=DEMO_DEFAULTS["n_test"])
     p.add_argument("--corrupt", action="store_true", help="insert NaN/inf values and zero-length sequences")
+    p.add_argument("--left-pad", action="store_true",
+                   help="audio/vision padded at the front (MulT authors' layout), lengths as MMSA's getLengths gives")
     p.add_argument("--seed", type=_seed, default=0)
 
     p = sub.add_parser("demo", help="make the demo data if missing and train/test MMIN on it with MMSA_run")
@@ -251,6 +253,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=1111)
     p.add_argument("--corrupt", action="store_true", help="use a demo file with NaN/inf and zero-length sequences")
     p.add_argument("--set", nargs="*", type=_key_value, metavar="KEY=VALUE", help="config overrides")
+
+    p = sub.add_parser("explain", help="draw one sample's sparsemax attention maps and print support sizes")
+    p.add_argument("--checkpoint", required=True, type=_existing_file,
+                   help="an MMIN checkpoint (MMSA's <model>-<dataset>.pth)")
+    p.add_argument("--feature-path", required=True, type=_existing_file,
+                   help="the MMSA feature file holding the sample")
+    p.add_argument("--sample", required=True, help="the sample's id in the file, or split:index (e.g. test:0)")
+    p.add_argument("--out", default=None, type=_out_dir,
+                   help="folder for the PNGs and support.csv (default explain-<sample>)")
+    p.add_argument("--config-file", default=None, type=_existing_file,
+                   help="JSON of the run's parameters (default: <checkpoint stem>.config.json written by the trainer)")
+    p.add_argument("--set", nargs="*", type=_key_value, metavar="KEY=VALUE",
+                   help="config overrides, e.g. --set pretrained=/models/bert")
 
     sub.add_parser("patches", help="list every change mmin_plugin makes to MMSA, and why")
 
@@ -309,7 +324,7 @@ def cmd_demo_data(a) -> int:
     from .experiments.data import ensure_demo
 
     paths = ensure_demo(a.out, dataset=a.dataset, n_train=a.n_train, n_valid=a.n_valid, n_test=a.n_test,
-                        corrupt=a.corrupt, seed=a.seed)
+                        corrupt=a.corrupt, left_pad=a.left_pad, seed=a.seed)
     print(f"feature file: {paths['feature_path']}\ntiny BERT:    {paths['bert_dir']}")
     return 0
 
@@ -319,6 +334,14 @@ def cmd_demo(a) -> int:
 
     run_demo(a.out, dataset=a.dataset, max_epochs=a.max_epochs, seed=a.seed, corrupt=a.corrupt,
              overrides=_parse_set(a.set))
+    return 0
+
+
+def cmd_explain(a) -> int:
+    from .experiments.explain import explain
+
+    explain(a.checkpoint, a.feature_path, a.sample, out_dir=a.out, config_file=a.config_file,
+            overrides=_parse_set(a.set))
     return 0
 
 
@@ -372,6 +395,8 @@ def main(argv=None) -> int:
             return cmd_tune(a)
         if a.command == "patches":
             return cmd_patches(a)
+        if a.command == "explain":
+            return cmd_explain(a)
         return cmd_compare(a, ablate=a.command == "ablate")
     except MMINError as e:
         print(f"error: {e}", file=sys.stderr)

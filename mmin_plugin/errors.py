@@ -18,3 +18,9 @@ class MMINConfigError(MMINError, ValueError):
 
 class NonFiniteLossError(MMINError, FloatingPointError):
     """Training produced a NaN/inf loss; the best checkpoint on disk is left untouched."""
+
+
+class NonFiniteGradientError(NonFiniteLossError):
+    """Training produced a NaN/inf gradient with a finite loss; no optimizer step was taken with
+    it and the best checkpoint on disk is left untouched (a NonFiniteLossError, so one handler
+    catches both)."""

@@ -342,3 +342,24 @@ def test_ensure_demo_is_idempotent(berts, tmp_path, monkeypatch):
     assert rc["feature_path"].endswith("unaligned_12_corrupt.pkl")
     leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
     assert not leftovers
+
+
+def test_demo_data_cli_left_pad(tmp_path, capsys):
+    """`demo-data --left-pad`: its own file name, frames at the end of each row, getLengths lengths."""
+    from mmin_plugin.cli import main
+
+    out = tmp_path / "demo"
+    args = ["demo-data", "--out", str(out), "--n-train", "6", "--n-valid", "3", "--n-test", "3"]
+    assert main(args + ["--left-pad"]) == 0
+    fp = out / "MOSI" / "unaligned_50_leftpad.pkl"
+    assert str(fp) in capsys.readouterr().out
+    data = safe_load(fp)
+    La, Lv = demo.LAYOUTS["mosi"]["seq_lens"][1:]
+    for split in SPLITS:
+        for key, L in (("audio", La), ("vision", Lv)):
+            a, lens = data[split][key], data[split][key + "_lengths"]
+            assert set(lens) <= {1, L} and 1 in lens
+            for i, t in enumerate(lens):
+                assert a[i, -1].any()                        # the last frame is real
+                assert (t == L) == bool(a[i, 0].any())       # padded rows start with zeros
+    clear_cache()

@@ -36,7 +36,8 @@ def test_mmsa_run_default_config_writes_csv_row(small_mosi, tmp_path):
     assert np.isfinite(mean) and std == 0
     assert (tmp_path / "models" / "mmin-mosi.pth").is_file()
     history = json.loads((tmp_path / "models" / "mmin-mosi.history.json").read_text())
-    assert len(history) == 1 and {"train_L_senti", "train_L_sep", "train_L_ac", "train_L_ap", "valid_Loss"} <= set(history[0])
+    assert len(history) == 1
+    assert {"train_L_senti", "train_L_sep", "train_L_ac", "train_L_ap", "valid_Loss"} <= set(history[0])
 
 
 @pytest.mark.e2e

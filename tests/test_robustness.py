@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmin_plugin.errors import NonFiniteLossError
+from mmin_plugin.errors import NonFiniteGradientError, NonFiniteLossError
 from mmin_plugin.integration.runner import mmsa_run
 from mmin_plugin.integration.trainer import MMINTrainer, atomic_save
 from mmin_plugin.modeling.model import MMIN
@@ -59,6 +59,53 @@ def test_nonfinite_loss_stops_with_epoch_and_batch_and_keeps_best(tmp_path, tiny
     assert _digest(args["model_save_path"]) == saved["digest"]  # the epoch-1 checkpoint is intact
     state = torch.load(args["model_save_path"], weights_only=True)
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_gradient_with_finite_loss_stops_before_the_step_and_keeps_best(tmp_path, tiny_bert, bad):
+    args = _trainer_args(tmp_path, tiny_bert)
+    torch.manual_seed(0)
+    model = MMIN(args)
+    data = {"train": _loader(3), "valid": _loader(1, seed=10), "test": _loader(1, seed=20)}
+    trainer = MMINTrainer(args)
+    target = model.fusion.head[0].weight  # a non-BERT parameter
+    calls = {"n": 0}
+    seen = {}
+
+    def poison(grad):
+        calls["n"] += 1
+        if calls["n"] == 5:  # epoch 2, batch 2: the loss is finite, one gradient is not
+            seen["digest"] = _digest(args["model_save_path"])
+            seen["weight"] = target.detach().clone()
+            grad = grad.clone()
+            grad.view(-1)[0] = bad  # one entry (grad * inf would also make NaN from zeros)
+        return grad
+
+    target.register_hook(poison)
+    expected = r"epoch 2, batch 2/3 .*'MMIN \(non-BERT\)': fusion\.head\.0\.weight"
+    with pytest.raises(NonFiniteGradientError, match=expected):
+        trainer.do_train(model, data)
+    assert torch.equal(target.detach(), seen["weight"])  # no optimizer step with the bad gradient
+    assert _digest(args["model_save_path"]) == seen["digest"]  # the epoch-1 checkpoint is intact
+    state = torch.load(args["model_save_path"], weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert issubclass(NonFiniteGradientError, NonFiniteLossError)
+
+
+def test_trainer_writes_resolved_config_next_to_checkpoint(tmp_path, tiny_bert):
+    import json
+
+    from mmin_plugin.integration.trainer import config_path
+
+    args = _trainer_args(tmp_path, tiny_bert, max_epochs=1)
+    torch.manual_seed(0)
+    model = MMIN(args)
+    MMINTrainer(args).do_train(model, {"train": _loader(1), "valid": _loader(1, seed=10), "test": _loader(1)})
+    written = json.loads(config_path(args["model_save_path"]).read_text())
+    assert config_path(args["model_save_path"]).name == "mmin-mosi.config.json"
+    assert written["d_model"] == 16 and written["pretrained"] == tiny_bert and written["model_name"] == "mmin"
+    assert written["feature_dims"] == [768, 5, 7] and written["lengths_from"] == "file"
+    MMIN(written)  # rebuilds the network
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):

@@ -341,7 +341,7 @@ def _corrupt(rng, split_data, keys=("audio", "vision")):
             lens[i] = 0
             arr[i] = 0.0
 
-        def put(i, val):
+        def put(i, val, arr=arr, lens=lens, d=d):
             t = int(rng.integers(0, max(1, lens[i])))
             arr[i, t, int(rng.integers(0, d))] = val
 
@@ -357,9 +357,27 @@ def _corrupt(rng, split_data, keys=("audio", "vision")):
     return split_data
 
 
+def _left_pad(split_data, keys=("audio", "vision")):
+    """Move every sequence's frames ``[0, length)`` to the END of its row (zeros before), in place,
+    as in the MulT authors' left-padded arrays, and set its length as MMSA's ``getLengths`` finds it
+    on such an array: the index of the first all-zero frame (0 for a padded row), 0 forced to 1,
+    so 1 for every sequence shorter than the padded length and the full length otherwise."""
+    for key in keys:
+        arr = split_data[key]
+        n, L, _ = arr.shape
+        lens = np.asarray(split_data[key + "_lengths"], dtype=np.int64)
+        for i in range(n):
+            k = int(lens[i])
+            if 0 < k < L:
+                arr[i, L - k:] = arr[i, :k].copy()
+                arr[i, :L - k] = 0.0
+        split_data[key + "_lengths"] = [L if int(k) == L else 1 for k in lens]
+    return split_data
+
+
 def make_demo_features(path, dataset="mosi", n_train=128, n_valid=32, n_test=32, seed=0,
                        bert_dir=None, seq_lens=None, corrupt=False, signal=1.0, noise=1.0,
-                       text_dim=768) -> Path:
+                       text_dim=768, left_pad=False) -> Path:
     """Write a demo feature pickle laid out like MMSA-Standard ``unaligned_*.pkl``; return its path.
 
     Layout: ``{'train': S, 'valid': S, 'test': S}``; each ``S`` (``N`` samples) holds
@@ -394,6 +412,13 @@ def make_demo_features(path, dataset="mosi", n_train=128, n_valid=32, n_test=32,
     ``corrupt=True`` (the bad-input demo) inserts NaN, +inf and -inf into audio/vision (also
     -inf in audio padding, as real MOSI has) and sets 1-2 lengths per split and modality to 0
     (rows zeroed); with at least 5 samples per split every kind appears in every split.
+
+    ``left_pad=True`` lays audio and vision out like the MulT authors' left-padded arrays: the
+    same frames as the right-padded file of the same seed, moved to the end of each row (zeros
+    before), with the lengths MMSA's ``getLengths`` gives such an array (first all-zero frame,
+    0 forced to 1: 1 for every sequence shorter than the padded length, the full length
+    otherwise).  MMIN's start-up length check warns about it; ``lengths_from: "nonzero"`` recovers
+    the right-padded file's arrays and lengths exactly.
     The file is written atomically (temporary file + rename).
     """
     dataset = str(dataset).lower()
@@ -472,6 +497,8 @@ def make_demo_features(path, dataset="mosi", n_train=128, n_valid=32, n_test=32,
                 s["classification_labels_" + m] = _class3(uni[m])
         if corrupt:
             _corrupt(rng, s)
+        if left_pad:
+            _left_pad(s)
         data[split] = s
 
     path = Path(path)
@@ -483,7 +510,8 @@ def make_demo_features(path, dataset="mosi", n_train=128, n_valid=32, n_test=32,
 def ensure_demo(out_dir, dataset="mosi", **kw) -> dict:
     """Create (if missing) the demo feature file and tiny BERT under ``out_dir``; idempotent.
 
-    Layout: ``out_dir/bert-tiny-{en,cn}/`` and ``out_dir/{MOSI,MOSEI,SIMS}/unaligned_{L}[_corrupt].pkl``
+    Layout: ``out_dir/bert-tiny-{en,cn}/`` and
+    ``out_dir/{MOSI,MOSEI,SIMS}/unaligned_{L}[_corrupt][_leftpad].pkl``
     with a ``.json`` sidecar recording the parameters; the file is rebuilt when they differ.
     Keyword arguments go to :func:`make_demo_features` (``bert_dir`` defaults to the tiny BERT;
     ``bert_seed`` seeds the tiny BERT).  Returns ``{'feature_path': str, 'bert_dir': str}``.
@@ -501,7 +529,8 @@ def ensure_demo(out_dir, dataset="mosi", **kw) -> dict:
             make_tiny_bert(bert_dir, language=language, seed=bert_seed)
     seq_lens = kw.get("seq_lens")
     L = LAYOUTS[dataset]["seq_lens"][0] if seq_lens is None else seq_lens[0]
-    name = f"unaligned_{L}" + ("_corrupt" if kw.get("corrupt") else "") + ".pkl"
+    name = f"unaligned_{L}" + ("_corrupt" if kw.get("corrupt") else "") + ("_leftpad" if kw.get("left_pad") else "") \
+        + ".pkl"
     feature_path = out_dir / dataset.upper() / name
     meta_path = feature_path.with_suffix(".json")
     meta = {"dataset": dataset, "bert_dir": str(Path(bert_dir).resolve()),

@@ -192,6 +192,7 @@ def _validate_registered_run(args) -> None:
     if args.get("model_name") not in _REGISTERED:
         return
     from . import compat
+    from .lengths import check_run_lengths
     from .safeload import safe_load
     from .validation import sanitize_features, validate_config, validate_run_features
 
@@ -209,6 +210,7 @@ def _validate_registered_run(args) -> None:
     for key in ("feature_A", "feature_V"):
         if key in extra:
             sanitize_features(*extra[key])
+    check_run_lengths(args, data, main, safe_load)
 
 
 # --- public API -------------------------------------------------------------------------------

@@ -9,7 +9,18 @@ evaluates with MMSA's `MetricsTop`. Differences from MMSA's own trainers, on pur
   checkpoint, `<model_save_path stem>.history.json`, for the training-curve figure);
 * a non-finite loss stops training with `NonFiniteLossError` naming the epoch and batch, before
   any optimizer step or checkpoint write, so the best checkpoint on disk stays the last good one;
-* checkpoints are written atomically (temporary file, then rename).
+  so does a non-finite GRADIENT with a finite loss (`NonFiniteGradientError`, a subclass, also
+  naming the parameter group and the first parameters whose gradient is NaN/inf), checked after
+  `backward()` and before clipping (`clip_grad_value_` would turn +-inf into +-clip and hide it)
+  and before the optimizer step;
+* checkpoints are written atomically (temporary file, then rename), and the resolved MMIN
+  configuration (`MMINConfig.to_dict()` plus the run's `model_name`, `featurePath`, `cur_seed`,
+  `model_save_path`) is written next to the checkpoint as `<stem>.config.json` (what `explain`
+  needs to rebuild the network: MMSA's checkpoint is a bare state_dict);
+* the validation pass records, per epoch, the mean sparsemax support size of every CA module (the
+  mean number of keys with non-zero weight per real query, over heads and validation samples) in
+  the history as `valid_support/<name>` (names as `MMIN.forward(..., return_attention=True)`
+  gives them), so the training-curve figure can show how sparse the attention becomes.
 """
 from __future__ import annotations
 
@@ -23,12 +34,12 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write, atomic_write_text
 from ..constants import LOWER_IS_BETTER
-from ..errors import NonFiniteLossError
+from ..errors import NonFiniteGradientError, NonFiniteLossError
 from ..modeling.config import MMINConfig
 
 logger = logging.getLogger("MMSA")
 
-__all__ = ["MMINTrainer", "atomic_save"]
+__all__ = ["MMINTrainer", "atomic_save", "config_path", "nonfinite_gradients"]
 
 LOSS_TERMS = ("L_senti", "L_sep", "L_ac", "L_ap")
 
@@ -36,6 +47,64 @@ LOSS_TERMS = ("L_senti", "L_sep", "L_ac", "L_ap")
 def atomic_save(obj, path) -> None:
     """torch.save through a temporary sibling file renamed over `path` (see atomic.py)."""
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def config_path(model_save_path) -> Path:
+    """Where the trainer writes the resolved run configuration: ``<stem>.config.json`` beside the checkpoint."""
+    p = Path(model_save_path)
+    return p.with_name(p.stem + ".config.json")
+
+
+def _jsonable(v):
+    """The run args as JSON: tensors/devices/paths as their text, containers recursively."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:  # numpy / torch scalars
+        return v.item()
+    return str(v)
+
+
+def nonfinite_gradients(optimizer, names, limit=5):
+    """``[(group label, [parameter names])]`` of the parameter groups holding a NaN/inf gradient,
+    at most ``limit`` names per group (empty when every gradient is finite). One device sync."""
+    params = [(gi, p) for gi, g in enumerate(optimizer.param_groups) for p in g["params"] if p.grad is not None]
+    if not params:
+        return []
+    finite = torch.stack([torch.isfinite(p.grad).all() for _, p in params])  # (P,)
+    if bool(finite.all()):
+        return []
+    bad = {}
+    for (gi, p), ok in zip(params, finite.tolist()):
+        if not ok:
+            bad.setdefault(gi, []).append(names.get(p, "?"))
+    return [(optimizer.param_groups[gi].get("name", f"group {gi}"), ns[:limit] + (["..."] if len(ns) > limit else []))
+            for gi, ns in sorted(bad.items())]
+
+
+class SupportMeter:
+    """Pooled mean sparsemax support per CA module over one evaluation pass.
+
+    Each batch's mean (``modeling.attention.support_sizes``: keys with non-zero weight per
+    (sample, head, real query) row) is weighted by its number of rows, so the result is the mean
+    over every row of the pass, whatever the batch sizes."""
+
+    def __init__(self):
+        self.total, self.count = {}, {}
+
+    def add(self, attention, query_mask) -> None:
+        from ..modeling.attention import support_sizes
+
+        for name, st in support_sizes(attention, query_mask).items():
+            if st["queries"]:
+                self.total[name] = self.total.get(name, 0.0) + st["mean"] * st["queries"]
+                self.count[name] = self.count.get(name, 0) + st["queries"]
+
+    def means(self) -> dict:
+        return {name: self.total[name] / self.count[name] for name in self.total if self.count[name] > 0}
 
 
 def _batch_inputs(batch, device):
@@ -61,6 +130,7 @@ class MMINTrainer:
         self.criterion = nn.MSELoss()
         self.history = []
         self.last_eval_terms = {}
+        self.last_support = {}
 
     # ---- helpers -----------------------------------------------------------------------------
     def _mmin(self, model):
@@ -72,9 +142,10 @@ class MMINTrainer:
         for name, p in model.named_parameters():
             if p.requires_grad:
                 (bert if ".bert." in f".{name}" else other).append(p)
-        groups = [{"params": other, "lr": c.learning_rate, "weight_decay": c.weight_decay}]
+        groups = [{"params": other, "lr": c.learning_rate, "weight_decay": c.weight_decay, "name": "MMIN (non-BERT)"}]
         if bert:
-            groups.append({"params": bert, "lr": c.learning_rate_bert, "weight_decay": c.weight_decay_bert})
+            groups.append({"params": bert, "lr": c.learning_rate_bert, "weight_decay": c.weight_decay_bert,
+                           "name": "BERT"})
         return optim.Adam(groups)
 
     def _is_better(self, cur, best):
@@ -94,6 +165,8 @@ class MMINTrainer:
         device = a["device"]
         net = self._mmin(model)
         optimizer = self._optimizer(model)
+        param_names = {p: n for n, p in model.named_parameters()}
+        self._write_config()
         max_epochs = self.config.max_epochs
         grad_clip = self.config.grad_clip or -1.0
         epoch_results = {"train": [], "valid": [], "test": []}
@@ -119,6 +192,15 @@ class MMINTrainer:
                             f"{a['model_save_path']} (best epoch {best_epoch or 'none yet'})"
                         )
                     loss.backward()
+                    bad_grads = nonfinite_gradients(optimizer, param_names)
+                    if bad_grads:
+                        where = "; ".join(f"group '{g}': {', '.join(ns)}" for g, ns in bad_grads)
+                        raise NonFiniteGradientError(
+                            f"non-finite gradient at epoch {epochs}, batch {step}/{n_batches} with a finite loss "
+                            f"({loss.item():.4g}) in {where}; training stopped before the optimizer step, "
+                            f"best checkpoint left as it was at {a['model_save_path']} "
+                            f"(best epoch {best_epoch or 'none yet'})"
+                        )
                     if grad_clip > 0:
                         nn.utils.clip_grad_value_([p for p in model.parameters() if p.requires_grad], grad_clip)
                     optimizer.step()
@@ -130,12 +212,10 @@ class MMINTrainer:
                     bar.set_postfix(loss=f"{loss.item():.4f}")
             means = {k: v / max(n_batches, 1) for k, v in sums.items()}
             train_results = self.metrics(torch.cat(y_pred), torch.cat(y_true))
-            logger.info(
-                f"TRAIN-({a['model_name']}) [{epochs - best_epoch}/{epochs}/{a.get('cur_seed', 1)}] >> "
-                + " ".join(f"{k}: {v:.4f}" for k, v in means.items())
-                + " " + " ".join(f"{k}: {v:.4f}" for k, v in train_results.items())
-            )
-            val_results = self.do_test(model, dataloader["valid"], mode="VAL")
+            logger.info("TRAIN-(%s) [%d/%d/%s] >> %s", a["model_name"], epochs - best_epoch, epochs,
+                        a.get("cur_seed", 1),
+                        " ".join(f"{k}: {v:.4f}" for k, v in {**means, **train_results}.items()))
+            val_results = self.do_test(model, dataloader["valid"], mode="VAL", support=True)
             cur_valid = val_results[self.config.KeyEval]
             improved = self._is_better(cur_valid, best_valid)
             if improved:
@@ -144,6 +224,7 @@ class MMINTrainer:
             record = {"epoch": epochs, **{f"train_{k}": v for k, v in means.items()},
                       **{f"valid_{k}": float(v) for k, v in val_results.items()},
                       **{f"valid_{k}": v for k, v in self.last_eval_terms.items() if k != "L_senti"},
+                      **{f"valid_support/{k}": v for k, v in self.last_support.items()},
                       "KeyEval": self.config.KeyEval, "best": improved}
             self.history.append(record)
             self._write_history()
@@ -155,14 +236,27 @@ class MMINTrainer:
             if epochs - best_epoch >= self.config.early_stop or (max_epochs and epochs >= max_epochs):
                 return epoch_results if return_epoch_results else None
 
+    def _write_config(self):
+        try:
+            context = {k: self.args[k] for k in ("model_name", "featurePath", "cur_seed", "model_save_path")
+                       if k in self.args}  # MMSA's keys MMINConfig accepts: where the run came from
+            atomic_write_text(config_path(self.args["model_save_path"]),
+                              json.dumps(_jsonable({**self.config.to_dict(), **context}), indent=1, sort_keys=True))
+        except OSError as e:  # explain then needs --config-file; never lose a training run over it
+            logger.warning("could not write the run configuration: %s", e)
+
     def _write_history(self):
         try:
             atomic_write_text(self._history_path(), json.dumps(self.history, indent=1))
         except OSError as e:  # the history is a convenience; never lose a training run over it
-            logger.warning(f"could not write training history: {e}")
+            logger.warning("could not write training history: %s", e)
 
-    def do_test(self, model, dataloader, mode="VAL", return_sample_results=False):
+    def do_test(self, model, dataloader, mode="VAL", return_sample_results=False, support=False):
+        """MMSA's evaluation protocol; ``support=True`` (the trainer's validation pass) also runs the
+        model with ``return_attention=True`` and keeps the mean support size per CA module in
+        ``self.last_support`` (the attention maps of one batch at a time are held, then dropped)."""
         device = self.args["device"]
+        meter = SupportMeter() if support else None
         net = self._mmin(model)
         model.eval()
         y_pred, y_true = [], []
@@ -171,7 +265,13 @@ class MMINTrainer:
         with torch.no_grad():
             for batch in tqdm(dataloader, desc=f"MMIN {mode.lower()}", leave=False):
                 inputs, kwargs, labels = _batch_inputs(batch, device)
-                outputs = model(*inputs, **kwargs)
+                if meter is not None:
+                    outputs = model(*inputs, **kwargs, return_attention=True)
+                    attention, query_mask = outputs.pop("attention", None), outputs.pop("attention_query_mask", None)
+                    if attention:  # a network without attention maps has no support sizes to log
+                        meter.add(attention, query_mask)
+                else:
+                    outputs = model(*inputs, **kwargs)
                 _, terms = net.total_loss(outputs, labels)
                 for k in LOSS_TERMS:
                     sums[k] += float(terms[k].detach())
@@ -191,8 +291,10 @@ class MMINTrainer:
         # The regulariser terms are logged but not returned: MMSA's results CSV takes its columns
         # from the returned keys, and rows of MMIN must line up with those of MMSA's models.
         self.last_eval_terms = {k: v / n for k, v in sums.items()}
-        logger.info(f"{mode}-({self.args['model_name']}) >> "
-                    + " ".join(f"{k}: {v:.4f}" for k, v in {**results, **self.last_eval_terms}.items()))
+        if meter is not None:
+            self.last_support = meter.means()
+        logger.info("%s-(%s) >> %s", mode, self.args["model_name"],
+                    " ".join(f"{k}: {v:.4f}" for k, v in {**results, **self.last_eval_terms}.items()))
         if return_sample_results:
             import numpy as np
 
