@@ -506,7 +506,7 @@ def run(cache_dir, quick=False, repeats=None, warmup=None, memory=True, scaling=
     log(f"[models] eval inference: {warmup} warm-up + {repeats} interleaved repetitions")
     infer = round_robin({n: c.infer for n, c in built.items() if not isinstance(train[n], dict)},
                         repeats, warmup, log)
-    for name, c in built.items():
+    for name in built:
         rec = result["contenders"][name]
         if isinstance(train[name], dict):
             rec["error"] = f"train step: {train[name]['error']}"
@@ -587,7 +587,8 @@ def tables(result) -> str:
     med, cpu = _medians(result, "train_step_s"), _medians(result, "train_cpu_s")
     thr = {n: r["infer_samples_per_s"] for n, r in cs.items() if "infer_samples_per_s" in r}
     cfg = result["config"]
-    out = [f"### Training step (batch {cfg['batch']}, text {cfg['text_len']}, audio {cfg['audio'][0]}x{cfg['audio'][1]}, "
+    out = [f"### Training step (batch {cfg['batch']}, text {cfg['text_len']}, "
+           f"audio {cfg['audio'][0]}x{cfg['audio'][1]}, "
            f"video {cfg['video'][0]}x{cfg['video'][1]}, full lengths; median of {cfg['repeats']} after "
            f"{cfg['warmup']} warm-up, {result.get('torch_threads', '?')} torch threads, "
            f"MMIN sparsemax backend {result.get('sparsemax_backend', '?')})", "",
@@ -653,7 +654,8 @@ def tables(result) -> str:
                 continue
             out.append(f"| {r['audio']} | {r['video']} | {r['step_s']['median']:.3f} | {r['cpu_s']['median']:.3f} "
                        f"| {r['phases_s']['forward_loss']:.3f} | {r['phases_s']['backward']:.3f} "
-                       f"| {r['step_s']['median'] / ok[0]['step_s']['median']:.2f} | {_f(r.get('local_exponent'), 2)} |")
+                       f"| {r['step_s']['median'] / ok[0]['step_s']['median']:.2f} "
+                       f"| {_f(r.get('local_exponent'), 2)} |")
         if "exponent" in sc:
             out.append(f"\nFitted growth exponent (least-squares log-log slope of the median step time vs audio "
                        f"length): **{sc['exponent']:.2f}** on wall time, {sc['exponent_cpu']:.2f} on CPU time "

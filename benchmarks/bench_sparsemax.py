@@ -74,7 +74,7 @@ def _time_shape(shape, impls, repeats, warmup):
     rows = []
     for op, step in (("forward", fwd), ("fwd+bwd", fwd_bwd)):
         times = {name: [] for name in impls}
-        for name, f in impls.items():
+        for f in impls.values():
             for _ in range(warmup):
                 step(f)
         for _ in range(repeats):
