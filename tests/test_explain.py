@@ -112,10 +112,13 @@ def test_explain_errors_name_what_is_missing(demo_checkpoint, tmp_path):
         explain(demo_checkpoint["checkpoint"], demo_checkpoint["feature_path"], "nope", out_dir=tmp_path)
 
 
-def test_explain_cli_passes_its_options(monkeypatch):
+def test_explain_cli_passes_its_options(monkeypatch, tmp_path):
     from mmin_plugin.cli import main
     from mmin_plugin.experiments import explain as ex
 
+    monkeypatch.chdir(tmp_path)
+    for name in ("c.pth", "f.pkl", "c.json"):  # the parser checks that input files exist
+        (tmp_path / name).write_bytes(b"")
     seen = {}
     monkeypatch.setattr(ex, "explain", lambda *a, **k: seen.update(args=a, kw=k))
     assert main(["explain", "--checkpoint", "c.pth", "--feature-path", "f.pkl", "--sample", "a$_$1", "--out", "o",

@@ -49,7 +49,7 @@ def _model_config(model: str, section: str) -> Dict:
 
     entry = registered().get(model)
     if entry is not None:
-        return copy.deepcopy(entry.config[section][model])
+        return copy.deepcopy(entry.config[section])
     data = _mmsa_config(f"config_{section}.json")
     if model not in data:
         known = sorted(k for k in data if k != "datasetCommonParams")
