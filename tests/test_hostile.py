@@ -23,6 +23,7 @@ from mmin_plugin.integration import convert
 from mmin_plugin.integration.safeload import SafePickle, clear_cache, safe_load, safe_loads
 
 from .hostile_files import HOSTILE, feature_dict
+from .strategies import examples
 
 REFUSALS = {
     "forged_object_dtype": "object-array data bytes",
@@ -216,7 +217,7 @@ _SEEDS = [pickle.dumps(_sample()["train"], protocol=p) for p in (0, 2, 4, 5)] + 
     [HOSTILE[k]() for k in sorted(HOSTILE) if k != "deep_frozensets"]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(_SEEDS), st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)), max_size=6),
        st.integers(0, 10 ** 6))
 def test_opcode_level_fuzzing(seed, flips, cut):
@@ -239,7 +240,7 @@ _OPS = [b"(", b".", b"0", b"1", b"2", b"N", b"\x88", b"\x89", b"]", b"}", b")", 
         b"ccollections\nOrderedDict\n", b"\x8c\x06latin1", b"C\x08AAAAAAAA", b"C\x01b"]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(st.lists(st.sampled_from(_OPS), max_size=40))
 def test_random_opcode_sequences(ops):
     try:

@@ -34,9 +34,9 @@ except ImportError:  # tests/ as a plain rootdir-relative folder
     import strategies as S
 
 DTYPES = [np.float64, np.float32]
-FAST = settings(max_examples=120, deadline=None)
-SLOW = settings(max_examples=40, deadline=None)
-FEW = settings(max_examples=25, deadline=None)  # properties with a cheap, exact failure mode
+FAST = settings(max_examples=S.examples(120), deadline=None)
+SLOW = settings(max_examples=S.examples(40), deadline=None)
+FEW = settings(max_examples=S.examples(25), deadline=None)  # cheap properties with an exact failure mode
 
 
 def cast(x, dtype):

@@ -39,8 +39,8 @@ DTYPES = [np.float64, np.float32]
 # mmin_plugin.modeling.sparsemax picks its backend per call from MMIN_SPARSEMAX_BACKEND (public API);
 # tests that hold torch to the oracle draw it, so every backend meets the oracle
 BACKENDS = st.sampled_from(["auto", "torch", "sort"])
-FAST = settings(max_examples=120, deadline=None)
-SLOW = settings(max_examples=40, deadline=None)
+FAST = settings(max_examples=S.examples(120), deadline=None)
+SLOW = settings(max_examples=S.examples(40), deadline=None)
 
 
 # --- helpers --------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from hypothesis.extra import numpy as hnp
 
 from mmin_plugin.errors import MMINConfigError, MMINError
 
+from .strategies import examples
+
 S = importlib.import_module("mmin_plugin.modeling.sparsemax")  # the package attribute is the function
 N = importlib.import_module("mmin_plugin.modeling._sparsemax_native")
 
@@ -188,7 +190,7 @@ def test_any_dim_and_non_contiguous(backend, dim):
         assert torch.allclose(p, moved, atol=1e-7, rtol=0)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(x=hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=3, max_side=9),
                     elements=st.floats(-1e4, 1e4, width=32) | st.just(-np.inf)),
        data=st.data())

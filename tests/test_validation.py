@@ -24,6 +24,8 @@ from mmin_plugin.integration.validation import (
     validate_run_features,
 )
 
+from .strategies import examples
+
 PATH = "/data/MOSI/unaligned_50.pkl"
 SPLITS = ("train", "valid", "test")
 REGISTRY = Path(__file__).resolve().parents[1] / "registry.json"
@@ -520,7 +522,7 @@ def _mmsa_consumes(data, opts):
         dl.pickle = real_pickle
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(malformed())
 def test_malformed_inputs_raise_mmindataerror_or_pass(case):
     data, opts = case
@@ -676,7 +678,7 @@ _config_values = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.dictionaries(st.sampled_from(
     ["dataset_name", "alpha", "beta", "gamma", "grl_lambda", "d_model", "nheads",
      "fine_layers", "fusion_layers", "batch_size", "learning_rate", "learning_rate_bert",
