@@ -7,14 +7,16 @@ Layers: `mmin_plugin.modeling` (the network, its losses, sparsemax, its config; 
 `mmin_plugin.integration` (everything that touches MMSA), `mmin_plugin.experiments` (compare,
 ablate, tune, reports, the demo), `mmin_plugin.cli`. Design notes: docs/design/.
 """
-from .errors import MMINConfigError, MMINDataError, MMINError, NonFiniteLossError
+from .errors import MMINConfigError, MMINDataError, MMINError, NonFiniteGradientError, NonFiniteLossError
 from .integration.registry import register, unregister
 from .modeling import losses
+from .modeling.config import MMINConfig
 from .modeling.model import MMIN
 from .modeling.sparsemax import Sparsemax, sparsemax
 
 __all__ = [
     "MMIN",
+    "MMINConfig",
     "sparsemax",
     "Sparsemax",
     "losses",
@@ -24,6 +26,7 @@ __all__ = [
     "MMINDataError",
     "MMINConfigError",
     "NonFiniteLossError",
+    "NonFiniteGradientError",
 ]
 __version__ = "0.2.0"
 

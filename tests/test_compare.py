@@ -74,18 +74,6 @@ def cell_mean(cell):
     return float(m.group(0)) if m else None
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The demo networks are tiny: one intra-op thread is faster than two, and far faster on a
-    busy 2-core machine (thread oversubscription); restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, tiny_bert):
     from mmin_plugin.experiments.data import ensure_demo

@@ -38,7 +38,7 @@ import numpy as np
 from ..constants import SPLITS
 from ..errors import MMINConfigError, MMINDataError, MMINError
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger("MMSA." + __name__)
 
 __all__ = ["explain", "load_run_config", "find_sample", "Explanation", "support_table"]
 

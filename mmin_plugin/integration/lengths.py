@@ -50,7 +50,7 @@ import numpy as np
 from ..constants import SPLITS
 from ..errors import MMINConfigError
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger("MMSA." + __name__)
 
 __all__ = ["LENGTHS_FROM", "CHUNK_ELEMENTS", "frame_spans", "length_report", "recompute_lengths",
            "check_lengths"]

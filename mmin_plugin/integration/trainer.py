@@ -32,12 +32,12 @@ import torch
 from torch import nn, optim
 from tqdm import tqdm
 
-from ..atomic import atomic_write, atomic_write_text
+from ..atomic import atomic_write, atomic_write_text, remove_stale_temps
 from ..constants import LOWER_IS_BETTER
 from ..errors import NonFiniteGradientError, NonFiniteLossError
 from ..modeling.config import MMINConfig
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger("MMSA." + __name__)
 
 __all__ = ["MMINTrainer", "atomic_save", "config_path", "nonfinite_gradients"]
 
@@ -121,6 +121,19 @@ def _batch_inputs(batch, device):
 
 
 class MMINTrainer:
+    """MMIN's trainer with MMSA 2.2.1's trainer protocol (what `ATIO.getTrain` returns).
+
+    `do_train(model, dataloader, return_epoch_results=False)` minimises eq. 6,
+    L = L_senti + alpha L_sep + beta L_ac + gamma L_ap (weights from `MMINConfig`, ablations applied),
+    with Adam (the text encoder in its own parameter group), one epoch at a time, until `early_stop`
+    epochs pass without a better validation `KeyEval` or `max_epochs` is reached; the best weights
+    are written atomically to `args['model_save_path']`, the per-epoch history (every loss term,
+    validation metrics, attention support sizes) and the resolved config next to it. A non-finite
+    loss or gradient raises `NonFiniteLossError` before any optimizer step or checkpoint write.
+    `do_test(model, dataloader, mode)` returns MMSA's `MetricsTop` metrics plus `Loss` (the MSE), the
+    keys MMSA's results CSV expects. `args` is MMSA's merged config (an EasyDict).
+    """
+
     def __init__(self, args):
         from MMSA.utils import MetricsTop
 
@@ -166,6 +179,7 @@ class MMINTrainer:
         net = self._mmin(model)
         optimizer = self._optimizer(model)
         param_names = {p: n for n, p in model.named_parameters()}
+        remove_stale_temps(a["model_save_path"])  # left by a run killed while saving
         self._write_config()
         max_epochs = self.config.max_epochs
         grad_clip = self.config.grad_clip or -1.0

@@ -49,7 +49,7 @@ _NONZERO_SPLITS = {"mosi": ("valid", "test"), "mosei": ("valid", "test")}
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 40, 40
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger("MMSA." + __name__)
 
 
 # ================================================================================================

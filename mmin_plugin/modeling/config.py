@@ -255,7 +255,8 @@ class MMINConfig:
     need_normalized: bool = _key(False, _bool, "MMSA averages audio/video over time (MMIN needs "
                                  "sequences)", "true / false", "data")
     lengths_from: str = _key("file", _choice("file", "nonzero"), "audio/video lengths: the file's "
-                             "*_lengths or recomputed from the last non-zero frame", "'file' or 'nonzero'", "data")
+                             "*_lengths, or recomputed from the data (non-zero frames moved to the front)",
+                             "'file' or 'nonzero'", "data")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

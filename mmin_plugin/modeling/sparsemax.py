@@ -12,7 +12,7 @@ from . import _sparsemax_native as _native
 
 __all__ = ["sparsemax", "Sparsemax", "sparsemax_sort", "backend_for"]
 
-log = logging.getLogger("MMSA")
+log = logging.getLogger("MMSA." + __name__)  # under MMSA's logger: lands in its run log
 
 BACKENDS = ("auto", "native", "torch", "sort")
 # Newton steps before the exact sort takes over a row (native and torch); usually 3-8 suffice.
