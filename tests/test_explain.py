@@ -10,7 +10,7 @@ from mmin_plugin.experiments.data import make_demo_features
 from mmin_plugin.integration.trainer import MMINTrainer, config_path
 from mmin_plugin.modeling.model import MMIN
 
-from ._models import make_args
+from .builders import make_args
 
 SEQ = (12, 20, 15)
 PAIRS = [f"{a}_from_{b}" for a in ("text", "video", "audio") for b in ("text", "video", "audio") if a != b]
@@ -129,13 +129,13 @@ def test_explain_cli_passes_its_options(monkeypatch, tmp_path):
 
 
 def test_history_records_mean_support_per_ca_module(tmp_path, tiny_bert):
-    from .test_robustness import _loader, _trainer_args
+    from .builders import make_loader, make_trainer_args
 
-    args = _trainer_args(tmp_path, tiny_bert, max_epochs=2)
+    args = make_trainer_args(tmp_path, tiny_bert, max_epochs=2)
     torch.manual_seed(0)
     model = MMIN(args)
     trainer = MMINTrainer(args)
-    trainer.do_train(model, {"train": _loader(1), "valid": _loader(2, seed=10), "test": _loader(1)})
+    trainer.do_train(model, {"train": make_loader(1), "valid": make_loader(2, seed=10), "test": make_loader(1)})
     hist = json.loads((tmp_path / "mmin-mosi.history.json").read_text())
     keys = {k for k in hist[0] if k.startswith("valid_support/")}
     assert keys == {f"valid_support/{p}/{i}" for p in PAIRS for i in range(args["fine_layers"])} | {
@@ -146,7 +146,7 @@ def test_history_records_mean_support_per_ca_module(tmp_path, tiny_bert):
     from mmin_plugin.integration.trainer import _batch_inputs
 
     with torch.no_grad():
-        for batch in _loader(2, seed=10):
+        for batch in make_loader(2, seed=10):
             inputs, kw, _ = _batch_inputs(batch, "cpu")
             out = model(*inputs, **kw, return_attention=True)
             a, q = out["attention"]["audio_from_video/0"], out["attention_query_mask"]["audio_from_video/0"]

@@ -159,7 +159,7 @@ def test_single_sample_cropped_to_its_lengths_predicts_as_in_the_batch(tiny_bert
 
     from mmin_plugin.modeling.model import MMIN
 
-    from ._models import make_args, make_batch
+    from .builders import make_args, make_batch
 
     torch.manual_seed(0)
     net = MMIN(make_args(tiny_bert)).eval()

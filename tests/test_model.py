@@ -11,7 +11,7 @@ from mmin_plugin.errors import MMINConfigError
 from mmin_plugin.modeling.losses import grad_reverse, modality_cross_entropy
 from mmin_plugin.modeling.model import MMIN, CrossAttention, MMINConfig, support_sizes
 
-from ._models import make_args, make_batch
+from .builders import make_args, make_batch
 
 
 def _model(tiny_bert, seed=0, **over):

@@ -11,23 +11,7 @@ from mmin_plugin.integration.runner import mmsa_run
 from mmin_plugin.integration.trainer import MMINTrainer, atomic_save
 from mmin_plugin.modeling.model import MMIN
 
-from ._models import make_args, make_batch
-
-
-def _loader(n_batches, seed=0):
-    batches = []
-    for i in range(n_batches):
-        text, audio, video, al, vl, y = make_batch(seed=seed + i)
-        batches.append({"text": text, "audio": audio, "vision": video, "audio_lengths": al, "vision_lengths": vl,
-                        "labels": {"M": y}, "id": [f"s{i}_{j}" for j in range(len(y))]})
-    return batches
-
-
-def _trainer_args(tmp_path, tiny_bert, **over):
-    args = make_args(tiny_bert, **over)
-    args.update(dataset_name="mosi", model_name="mmin", device=torch.device("cpu"), KeyEval="Loss",
-                early_stop=5, max_epochs=3, model_save_path=tmp_path / "mmin-mosi.pth", cur_seed=1)
-    return args
+from .builders import make_loader, make_trainer_args
 
 
 def _digest(path):
@@ -35,10 +19,10 @@ def _digest(path):
 
 
 def test_nonfinite_loss_stops_with_epoch_and_batch_and_keeps_best(tmp_path, tiny_bert, monkeypatch):
-    args = _trainer_args(tmp_path, tiny_bert)
+    args = make_trainer_args(tmp_path, tiny_bert)
     torch.manual_seed(0)
     model = MMIN(args)
-    data = {"train": _loader(3), "valid": _loader(1, seed=10), "test": _loader(1, seed=20)}
+    data = {"train": make_loader(3), "valid": make_loader(1, seed=10), "test": make_loader(1, seed=20)}
     trainer = MMINTrainer(args)
     real = model.total_loss
     calls = {"n": 0}
@@ -63,10 +47,10 @@ def test_nonfinite_loss_stops_with_epoch_and_batch_and_keeps_best(tmp_path, tiny
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_nonfinite_gradient_with_finite_loss_stops_before_the_step_and_keeps_best(tmp_path, tiny_bert, bad):
-    args = _trainer_args(tmp_path, tiny_bert)
+    args = make_trainer_args(tmp_path, tiny_bert)
     torch.manual_seed(0)
     model = MMIN(args)
-    data = {"train": _loader(3), "valid": _loader(1, seed=10), "test": _loader(1, seed=20)}
+    data = {"train": make_loader(3), "valid": make_loader(1, seed=10), "test": make_loader(1, seed=20)}
     trainer = MMINTrainer(args)
     target = model.fusion.head[0].weight  # a non-BERT parameter
     calls = {"n": 0}
@@ -97,10 +81,11 @@ def test_trainer_writes_resolved_config_next_to_checkpoint(tmp_path, tiny_bert):
 
     from mmin_plugin.integration.trainer import config_path
 
-    args = _trainer_args(tmp_path, tiny_bert, max_epochs=1)
+    args = make_trainer_args(tmp_path, tiny_bert, max_epochs=1)
     torch.manual_seed(0)
     model = MMIN(args)
-    MMINTrainer(args).do_train(model, {"train": _loader(1), "valid": _loader(1, seed=10), "test": _loader(1)})
+    data = {"train": make_loader(1), "valid": make_loader(1, seed=10), "test": make_loader(1)}
+    MMINTrainer(args).do_train(model, data)
     written = json.loads(config_path(args["model_save_path"]).read_text())
     assert config_path(args["model_save_path"]).name == "mmin-mosi.config.json"
     assert written["d_model"] == 16 and written["pretrained"] == tiny_bert and written["model_name"] == "mmin"

@@ -24,6 +24,7 @@ from mmin_plugin.integration.validation import (
     validate_run_features,
 )
 
+from .builders import make_features
 from .strategies import examples
 
 PATH = "/data/MOSI/unaligned_50.pkl"
@@ -32,44 +33,6 @@ REGISTRY = Path(__file__).resolve().parents[1] / "registry.json"
 
 
 # --- a small valid file, built with NumPy only (fast) ---------------------------------------------
-
-def make_data(n=(4, 3, 3), L=6, La=8, Lv=7, dt=768, da=5, dv=20, sims=False, seed=0,
-              with_text=True):
-    rng = np.random.default_rng(seed)
-    data = {}
-    for split, k in zip(SPLITS, n):
-        tl = rng.integers(2, L + 1, k)
-        ids = np.zeros((k, L))
-        mask = np.zeros((k, L))
-        for i, t in enumerate(tl):
-            ids[i, :t] = rng.integers(5, 100, t)
-            mask[i, :t] = 1
-        al, vl = rng.integers(1, La + 1, k), rng.integers(1, Lv + 1, k)
-        audio = rng.standard_normal((k, La, da)).astype(np.float32)
-        vision = rng.standard_normal((k, Lv, dv)).astype(np.float32)
-        for i in range(k):
-            audio[i, al[i]:] = 0
-            vision[i, vl[i]:] = 0
-        lab_max = 1.0 if sims else 3.0
-        s = {
-            "id": np.array([f"vid{i}$_${i}" for i in range(k)]),
-            "raw_text": np.array(["good movie"] * k),
-            "text_bert": np.stack([ids, mask, np.zeros((k, L))], axis=1),
-            "audio": audio,
-            "vision": vision,
-            "audio_lengths": [int(x) for x in al],
-            "vision_lengths": [int(x) for x in vl],
-            "regression_labels": rng.uniform(-lab_max, lab_max, k).astype(np.float32),
-            "annotations": ["Neutral"] * k,
-        }
-        if with_text:
-            s["text"] = (rng.standard_normal((k, L, dt)) * mask[..., None]).astype(np.float32)
-        if sims:
-            for m in "TAV":
-                s["regression_labels_" + m] = rng.uniform(-1, 1, k).astype(np.float32)
-        data[split] = s
-    return data
-
 
 def _fails(data, *parts, **kw):
     with pytest.raises(MMINDataError) as ei:
@@ -83,13 +46,13 @@ def _fails(data, *parts, **kw):
 
 
 def test_valid_file_passes_and_summarises():
-    data = make_data()
+    data = make_features()
     summary = validate_features(data, PATH, dataset_name="mosi")
     assert summary["train"]["n"] == 4
     assert summary["test"]["seq_lens"] == (6, 8, 7)
     assert summary["valid"]["feature_dims"] == (768, 5, 20)
     validate_features(data, PATH, use_bert=False)
-    sims = make_data(sims=True)
+    sims = make_features(sims=True)
     validate_features(sims, PATH, dataset_name="sims")
     # lengths may be int arrays (MMSA-FET), integral floats, (N, 1) labels, object str arrays
     for s in data.values():
@@ -102,7 +65,7 @@ def test_valid_file_passes_and_summarises():
 
 
 def test_zero_lengths_pass_and_are_counted():
-    data = make_data()
+    data = make_features()
     data["valid"]["audio_lengths"][1] = 0
     assert validate_features(data, PATH)["valid"]["zero_audio_lengths"] == 1
 
@@ -168,7 +131,7 @@ def test_zero_lengths_pass_and_are_counted():
                 for s in ["train"] for k in list(d[s])], ["split 'train'", "at least one"]),
 ])
 def test_each_problem_gives_one_clear_error(mutate, parts):
-    data = make_data()
+    data = make_features()
     mutate(data)
     _fails(data, *parts)
 
@@ -179,46 +142,46 @@ def test_top_level_not_a_dict():
 
 
 def test_use_bert_false_needs_finite_text_and_same_dim():
-    data = make_data()
+    data = make_features()
     data["train"].pop("text")
     _fails(data, "key 'text'", "present", use_bert=False)
-    data = make_data()
+    data = make_features()
     data["valid"]["text"][0, 0, 0] = np.inf
     _fails(data, "split 'valid'", "key 'text'", "finite", use_bert=False)
-    data = make_data()
+    data = make_features()
     data["test"]["text"] = data["test"]["text"][..., :10]
     _fails(data, "split 'test'", "key 'text'", "feature dim 768", use_bert=False)
     # text_bert is not needed then
-    data = make_data()
+    data = make_features()
     for s in data.values():
         s.pop("text_bert")
     validate_features(data, PATH, use_bert=False)
 
 
 def test_dataset_specific_checks():
-    data = make_data(sims=True)
+    data = make_features(sims=True)
     data["valid"].pop("regression_labels_A")
     _fails(data, "split 'valid'", "key 'regression_labels_A'", dataset_name="sims")
-    data = make_data(sims=True)
+    data = make_features(sims=True)
     data["train"]["regression_labels_V"] = list(data["train"]["regression_labels_V"])
     _fails(data, "key 'regression_labels_V'", "numpy array", dataset_name="sims")
-    data = make_data(sims=True)
+    data = make_features(sims=True)
     data["test"]["regression_labels_T"][1] = -1.5
     _fails(data, "split 'test'", "key 'regression_labels_T'", "[-1, 1]", "1.5",
            dataset_name="sims")
-    data = make_data()
+    data = make_features()
     data["train"]["regression_labels"][0] = 3.5
     _fails(data, "key 'regression_labels'", "[-3, 3]", "3.5", dataset_name="mosi")
 
 
 def test_aligned_data():
-    data = make_data(L=6, La=6, Lv=6)
+    data = make_features(L=6, La=6, Lv=6)
     for s in data.values():
         s.pop("audio_lengths")
         s.pop("vision_lengths")
     validate_features(data, PATH, need_data_aligned=True)
     _fails(data, "key 'audio_lengths'", need_data_aligned=False)
-    data = make_data(L=6, La=8, Lv=6)
+    data = make_features(L=6, La=8, Lv=6)
     _fails(data, "key 'audio'", "aligned", need_data_aligned=True)
 
 
@@ -239,10 +202,10 @@ def _run_fails(main, extra, path, *parts, **kw):
 
 
 def test_modality_files_are_validated_and_cross_checked():
-    main = make_data()
-    A = _modality_file(make_data(La=9, seed=1), ("audio", "audio_lengths"))
-    V = _modality_file(make_data(seed=2), ("vision", "vision_lengths"))
-    T = _modality_file(make_data(L=5, seed=3), ("text_bert",))
+    main = make_features()
+    A = _modality_file(make_features(La=9, seed=1), ("audio", "audio_lengths"))
+    V = _modality_file(make_features(seed=2), ("vision", "vision_lengths"))
+    T = _modality_file(make_features(L=5, seed=3), ("text_bert",))
     ok = validate_run_features(main, PATH, {"feature_A": (A, "/a.pkl"), "feature_V": (V, "/v.pkl"),
                                             "feature_T": (T, "/t.pkl")})
     assert ok["train"]["seq_lens"] == (5, 9, 7)  # the overrides' own L, as MMSA reads them
@@ -253,7 +216,7 @@ def test_modality_files_are_validated_and_cross_checked():
         _run_fails(main, {"feature_A": (A2, "/a.pkl")}, "/a.pkl", "split 'valid'", "audio_lengths",
                    "within [0, 9]", part)
     # a wrong sample count (a raw IndexError in MMSA's loader before)
-    V2 = _modality_file(make_data(n=(4, 3, 5), seed=2), ("vision", "vision_lengths"))
+    V2 = _modality_file(make_features(n=(4, 3, 5), seed=2), ("vision", "vision_lengths"))
     _run_fails(main, {"feature_V": (V2, "/v.pkl")}, "/v.pkl", "split 'test'", "vision", "3 samples")
     # a missing split / key, a file that is not a dict
     A3 = copy.deepcopy(A)
@@ -263,13 +226,13 @@ def test_modality_files_are_validated_and_cross_checked():
     # aligned data: the override must have the text's L; lengths are then not read
     _run_fails(main, {"feature_A": (A, "/a.pkl")}, "/a.pkl", "aligned data", need_data_aligned=True)
     # errors in the main file still name the main file
-    main2 = make_data()
+    main2 = make_features()
     main2["train"]["regression_labels"][0] = np.nan
     _run_fails(main2, {"feature_A": (A, "/a.pkl")}, PATH, "regression_labels")
 
 
 def test_text_is_checked_against_the_encoder():
-    data = make_data()
+    data = make_features()
     enc = {"vocab_size": 100, "max_position_embeddings": 6, "type_vocab_size": 2}
     validate_features(data, PATH, encoder=enc)
     bad = copy.deepcopy(data)
@@ -298,13 +261,13 @@ def test_encoder_limits_read_from_pretrained_config(tmp_path):
 @pytest.mark.parametrize("dataset", ["mosi", "mosei"])
 @pytest.mark.parametrize("split", ["valid", "test"])
 def test_valid_and_test_need_a_non_zero_label(dataset, split):
-    data = make_data()
+    data = make_features()
     data[split]["regression_labels"][:] = 0
     _fails(data, f"split '{split}'", "non-zero label", "all 3 labels are 0", dataset_name=dataset)
     data["train"]["regression_labels"][:] = 0  # train may be all zero; SIMS has no Non0 metrics
     data[split]["regression_labels"][0] = 0.2
     validate_features(data, PATH, dataset_name=dataset)
-    sims = make_data(sims=True)
+    sims = make_features(sims=True)
     sims[split]["regression_labels"][:] = 0
     validate_features(sims, PATH, dataset_name="sims")
 
@@ -313,7 +276,7 @@ def test_error_messages_are_bounded_for_deep_or_huge_values():
     deep = frozenset()
     for _ in range(20000):  # repr() of this raises RecursionError
         deep = frozenset([deep])
-    data = make_data()
+    data = make_features()
     data["train"]["id"] = deep
     msg = _fails(data, "split 'train'", "'id'")
     assert len(msg) < 400
@@ -324,7 +287,7 @@ def test_error_messages_are_bounded_for_deep_or_huge_values():
 # --- sanitize_features ------------------------------------------------------------------------------
 
 def test_sanitize_counts_and_warns_once(caplog):
-    data = make_data()
+    data = make_features()
     a = data["train"]["audio"]
     a[0, 0, 0], a[1, 0, 1], a[1, 1, 1], a[2, 7, 0] = np.nan, np.inf, -np.inf, -np.inf
     data["test"]["vision"][0, 0, :3] = np.nan
@@ -335,7 +298,7 @@ def test_sanitize_counts_and_warns_once(caplog):
     msg = str(rec[0].message)
     assert PATH in msg and "train/audio: 1 NaN, 1 +inf, 2 -inf" in msg
     assert "test/vision: 3 NaN, 0 +inf, 0 -inf" in msg
-    assert [r.getMessage() for r in caplog.records if r.name == "MMSA"] == [msg]
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("MMSA")] == [msg]
     assert counts == {"train": {"audio": {"nan": 1, "posinf": 1, "neginf": 2}},
                       "test": {"vision": {"nan": 3, "posinf": 0, "neginf": 0}}}
     for s in data.values():
@@ -344,7 +307,7 @@ def test_sanitize_counts_and_warns_once(caplog):
 
 
 def test_sanitize_clean_is_silent(caplog):
-    data = make_data()
+    data = make_features()
     before = copy.deepcopy(data)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -356,7 +319,7 @@ def test_sanitize_clean_is_silent(caplog):
 
 
 def test_sanitize_readonly_and_noncontiguous_arrays():
-    data = make_data()
+    data = make_features()
     v = np.asfortranarray(data["train"]["vision"])
     v[0, 0, 0] = np.nan
     data["train"]["vision"] = v
@@ -463,7 +426,7 @@ def _mutations(draw, data):
 @st.composite
 def malformed(draw):
     sims = draw(st.booleans())
-    data = make_data(n=(3, 2, 2), L=4, La=5, Lv=4, dt=8, da=3, dv=2, sims=sims,
+    data = make_features(n=(3, 2, 2), L=4, La=5, Lv=4, dt=8, da=3, dv=2, sims=sims,
                      seed=draw(st.integers(0, 3)))
     for _ in range(draw(st.integers(0, 3))):
         data = _mutations(draw, data)
