@@ -47,6 +47,13 @@ def _key(owner: Any, name: str) -> Tuple[int, str]:
     return id(owner), name
 
 
+def _current(owner: Any, name: str) -> Any:
+    """The raw attribute: a function in a class's own __dict__ (not a bound method), else getattr."""
+    if isinstance(owner, type) and name in owner.__dict__:
+        return owner.__dict__[name]
+    return getattr(owner, name)
+
+
 def patch(owner: Any, name: str, replacement: Any, reason: str) -> Patch:
     """Set `owner.name = replacement` once and record it.
 
@@ -57,9 +64,7 @@ def patch(owner: Any, name: str, replacement: Any, reason: str) -> Patch:
         existing = _PATCHES.get(_key(owner, name))
         if existing is not None:
             return existing
-        # the raw attribute (a function in a class's __dict__, not a bound method)
-        original = owner.__dict__[name] if isinstance(owner, type) and name in owner.__dict__ \
-            else getattr(owner, name)
+        original = _current(owner, name)
         setattr(owner, name, replacement)
         record = Patch(owner, name, original, replacement, reason)
         _PATCHES[_key(owner, name)] = record
@@ -74,8 +79,7 @@ def wrap(owner: Any, name: str, make_wrapper: Callable[[Callable], Callable], re
         existing = _PATCHES.get(_key(owner, name))
         if existing is not None:
             return existing
-        original = owner.__dict__[name] if isinstance(owner, type) and name in owner.__dict__ \
-            else getattr(owner, name)
+        original = _current(owner, name)
         return patch(owner, name, functools.update_wrapper(make_wrapper(original), original), reason)
 
 
