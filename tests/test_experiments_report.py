@@ -74,3 +74,19 @@ def test_cli_choices_come_from_constants():
     assert p.parse_args(["compare", "--datasets", "mosi", "mosei"]).datasets == ["mosi", "mosei"]
     with pytest.raises(SystemExit):
         p.parse_args(["ablate", "--variants", "wo-nothing"])
+
+
+def test_training_curves_show_attention_support_when_logged():
+    """The trainer logs `valid_support/<CA module>` per epoch; the curve figure gets a panel for it."""
+    import io
+
+    from matplotlib.image import imread
+
+    from mmin_plugin.experiments.report import plot_training_curves
+
+    base = [{"epoch": e, "train_L_senti": 1 / e, "valid_Loss": 1 / e, "KeyEval": "Loss", "best": True}
+            for e in (1, 2, 3)]
+    with_support = [dict(h, **{"valid_support/text_from_audio/0": 10 - h["epoch"]}) for h in base]
+    width = {name: imread(io.BytesIO(plot_training_curves(h, name))).shape[1]
+             for name, h in (("plain", base), ("support", with_support))}
+    assert width["support"] > width["plain"]  # a fourth column holds the support panel

@@ -278,12 +278,15 @@ CURVE_PANELS = (
 
 
 def plot_training_curves(history: List[Dict], title: str) -> bytes:
-    """PNG bytes of MMIN's per-epoch history: each loss term (train / valid) and valid KeyEval."""
+    """PNG bytes of MMIN's per-epoch history: each loss term (train / valid), valid KeyEval and the
+    mean attention support (keys with non-zero weight per query) of every CA module, when logged."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(13, 6.5), dpi=100, layout="constrained")
+    support = sorted({k for h in history for k in h if k.startswith("valid_support/")})
+    cols = 4 if support else 3
+    fig = Figure(figsize=(4.4 * cols, 6.5), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
 
@@ -295,12 +298,12 @@ def plot_training_curves(history: List[Dict], title: str) -> bytes:
         ax.legend(fontsize=8)
 
     for i, (name, tr, va) in enumerate(CURVE_PANELS):
-        ax = fig.add_subplot(2, 3, i + 1)
+        ax = fig.add_subplot(2, cols, i + 1)
         for key, lab, style in ((tr, "train", "o-"), (va, "valid", "s--")):
             if key and any(key in h for h in history):
                 ax.plot(epochs, [h.get(key, np.nan) for h in history], style, label=lab, ms=4)
         finish(ax, name)
-    ax = fig.add_subplot(2, 3, 6)
+    ax = fig.add_subplot(2, cols, len(CURVE_PANELS) + 1)
     key_eval = next((h.get("KeyEval") for h in history if h.get("KeyEval")), "Loss")
     vals = [h.get(f"valid_{key_eval}", np.nan) for h in history]
     ax.plot(epochs, vals, "o-", color="tab:green", ms=4, label=f"valid {key_eval}")
@@ -308,5 +311,12 @@ def plot_training_curves(history: List[Dict], title: str) -> bytes:
     if best:
         ax.plot(*zip(*best), "*", color="tab:red", ms=11, label="new best (checkpoint saved)")
     finish(ax, f"validation KeyEval: {key_eval}")
+    if support:  # how sparse the sparsemax attention becomes
+        ax = fig.add_subplot(2, cols, len(CURVE_PANELS) + 2)
+        for key in support:
+            ax.plot(epochs, [h.get(key, np.nan) for h in history], ".-", ms=3, lw=1,
+                    label=key.removeprefix("valid_support/"))
+        finish(ax, "attention support (valid, keys per query)")
+        ax.legend(fontsize=6, ncol=2)
     fig.suptitle(title, fontsize=11)
     return _png(fig)
