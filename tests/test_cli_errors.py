@@ -112,10 +112,10 @@ def test_run_max_epochs_caps_mmsa_models(small_mosi, tmp_path, monkeypatch):
     """`run -m tfn --max-epochs 1` trains one epoch (MMSA's trainer has no cap of its own)."""
     import contextlib
 
-    from mmin_plugin.experiments import compare
+    from mmin_plugin.integration import runner
 
     seen = []
-    real = compare.epoch_cap
+    real = runner.epoch_cap
 
     @contextlib.contextmanager
     def spy(max_epochs):
@@ -123,13 +123,13 @@ def test_run_max_epochs_caps_mmsa_models(small_mosi, tmp_path, monkeypatch):
             seen.append(stats)
             yield stats
 
-    monkeypatch.setattr(compare, "epoch_cap", spy)
+    monkeypatch.setattr(runner, "epoch_cap", spy)
     code = cli.main(["run", "-m", "tfn", "-d", "mosi", "--feature-path", small_mosi["feature_path"],
                      "--pretrained", small_mosi["bert_dir"], "--max-epochs", "1", "-s", "1111",
                      "--set", "batch_size=16", "--model-save-dir", str(tmp_path / "m"),
                      "--res-save-dir", str(tmp_path / "r"), "--log-dir", str(tmp_path / "l"), "-v", "0"])
     assert code == 0
-    assert len(seen) == 1 and seen[0]["epochs"] == 1 and seen[0]["stopped_by"] == "max_epochs", seen
+    assert len(seen) == 1 and seen[0].epochs == 1 and seen[0].stopped_by == "max_epochs", vars(seen[0])
 
 
 def test_defaults_and_good_values_parse(tmp_path, feature_file):
