@@ -162,7 +162,7 @@ def test_explain_a_checkpoint_trained_by_mmsa_run(tmp_path, tiny_bert, small_mos
     """The real path: MMSA_run writes the checkpoint (AMIO's state_dict) and the trainer its config
     beside it; explain rebuilds MMIN from that alone; the history has the support sizes."""
     from mmin_plugin.cli import main
-    from mmin_plugin.experiments.runner import mmsa_run
+    from mmin_plugin.integration.runner import mmsa_run
 
     mmsa_run("mmin", "mosi", config={"featurePath": small_mosi["feature_path"], "pretrained": tiny_bert,
                                      "d_model": 16, "nheads": 4, "max_epochs": 1},

@@ -380,7 +380,7 @@ def test_converted_file_trains_through_featurepath(model, small_mosi, tmp_path):
     from MMSA import MMSA_run
 
     import mmin_plugin  # noqa: F401
-    from mmin_plugin.experiments.compare import epoch_cap
+    from mmin_plugin.integration.runner import epoch_cap
 
     safe = tmp_path / "features.npz"
     convert.convert_file(small_mosi["feature_path"], safe)
@@ -391,5 +391,5 @@ def test_converted_file_trains_through_featurepath(model, small_mosi, tmp_path):
                        seeds=[1111], gpu_ids=[], num_workers=0, verbose_level=0,
                        model_save_dir=str(tmp_path / "m"), res_save_dir=str(tmp_path / "r"),
                        log_dir=str(tmp_path / "l"))
-    assert stats["epochs"] == 1
+    assert stats.epochs == 1
     assert (tmp_path / "r" / "normal" / "mosi.csv").is_file()  # MMSA wrote its test results

@@ -130,7 +130,7 @@ def test_check_run_lengths_uses_the_run_option_and_skips_aligned_files(files):
 @pytest.mark.e2e
 def test_left_padded_file_with_nonzero_lengths_trains_exactly_like_the_right_padded_one(tmp_path, tiny_bert):
     from mmin_plugin.experiments.data import ensure_demo
-    from mmin_plugin.experiments.runner import mmsa_run
+    from mmin_plugin.integration.runner import mmsa_run
 
     kw = dict(dataset="mosi", n_train=16, n_valid=8, n_test=8, seq_lens=(10, 20, 16), bert_dir=tiny_bert)
     right = ensure_demo(tmp_path / "d", **kw)["feature_path"]
