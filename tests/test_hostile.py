@@ -393,3 +393,25 @@ def test_converted_file_trains_through_featurepath(model, small_mosi, tmp_path):
                        log_dir=str(tmp_path / "l"))
     assert stats.epochs == 1
     assert (tmp_path / "r" / "normal" / "mosi.csv").is_file()  # MMSA wrote its test results
+
+
+def _safe_seed():
+    buf = io.BytesIO()
+    convert.dump_safe(_sample(), buf)
+    return buf.getvalue()
+
+
+_SAFE_SEED = _safe_seed()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)), min_size=1, max_size=6))
+def test_safe_format_byte_flips(flips):
+    """Corrupted safe-format files: a value or MMINDataError, nothing else."""
+    blob = bytearray(_SAFE_SEED)
+    for pos, val in flips:
+        blob[pos % len(blob)] = val
+    try:
+        safe_loads(bytes(blob))
+    except MMINDataError:
+        pass
