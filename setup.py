@@ -38,7 +38,7 @@ setup(
         "tensorboard",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis"],
+        "test": ["pytest", "hypothesis", "ruff"],
         "bench": ["entmax", "psutil"],
         "ray": ["ray[default]>=2.9"],
         "tune": ["optuna>=3"],
