@@ -295,7 +295,8 @@ def plot_training_curves(history: List[Dict], title: str) -> bytes:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a term the history does not hold: empty panel
+            ax.legend(fontsize=8)
 
     for i, (name, tr, va) in enumerate(CURVE_PANELS):
         ax = fig.add_subplot(2, cols, i + 1)
