@@ -382,22 +382,11 @@ def main(argv=None) -> int:
     from .errors import MMINError
 
     a = build_parser().parse_args(argv)
+    commands = {"run": cmd_run, "convert": cmd_convert, "demo-data": cmd_demo_data, "demo": cmd_demo,
+                "explain": cmd_explain, "compare": cmd_compare, "ablate": lambda a: cmd_compare(a, ablate=True),
+                "tune": cmd_tune, "patches": cmd_patches}
     try:
-        if a.command == "run":
-            return cmd_run(a)
-        if a.command == "convert":
-            return cmd_convert(a)
-        if a.command == "demo-data":
-            return cmd_demo_data(a)
-        if a.command == "demo":
-            return cmd_demo(a)
-        if a.command == "tune":
-            return cmd_tune(a)
-        if a.command == "patches":
-            return cmd_patches(a)
-        if a.command == "explain":
-            return cmd_explain(a)
-        return cmd_compare(a, ablate=a.command == "ablate")
+        return commands[a.command](a)
     except MMINError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
