@@ -4,7 +4,7 @@
   vocab 30522, 512 positions), random weights, written once with ``save_pretrained`` plus a
   ``vocab.txt`` (MMSA's ``BertTextEncoder`` also loads a tokenizer). Same cost per step as
   ``bert-base-uncased``: only the weights' values differ.
-* ``ensure_tiny_bert(dir)``: the project's demo BERT (``mmin_plugin.experiments.data.make_tiny_bert``).
+* ``ensure_tiny_bert(dir)``: the project's demo BERT (``mmin_plugin.experiments.demo.make_tiny_bert``).
 
 Both are cached: an existing complete directory with the expected config is reused.
 """
@@ -60,7 +60,7 @@ def ensure_tiny_bert(out_dir) -> Path:
     out_dir = Path(out_dir)
     if _complete(out_dir):
         return out_dir
-    from mmin_plugin.experiments.data import make_tiny_bert
+    from mmin_plugin.experiments.demo import make_tiny_bert
 
     return make_tiny_bert(out_dir)
 

@@ -77,7 +77,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    from mmin_plugin.experiments.data import ensure_demo, make_tiny_bert
+    from mmin_plugin.experiments.demo import ensure_demo, make_tiny_bert
 
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         tmp = Path(tmp)

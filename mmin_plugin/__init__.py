@@ -4,6 +4,7 @@
 registers the model name 'mmin' into MMSA, so that `MMSA_run('mmin', 'mosi', ...)` works.
 
 Layers: `mmin_plugin.modeling` (the network, its losses, sparsemax, its config; no MMSA),
+`mmin_plugin.features` (reading, checking and making feature files; neither MMSA nor torch),
 `mmin_plugin.integration` (everything that touches MMSA), `mmin_plugin.experiments` (compare,
 ablate, tune, reports, the demo), `mmin_plugin.cli`. Design notes: docs/design/.
 """

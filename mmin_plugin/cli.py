@@ -21,8 +21,7 @@ import sys
 from pathlib import Path
 
 from .constants import DATASETS
-
-DEMO_DEFAULTS = dict(n_train=96, n_valid=32, n_test=48)
+from .features.synthetic import DEMO_SIZES
 
 
 # --- argument types: each raises argparse.ArgumentTypeError -> "error: ..." and exit 2 ----------
@@ -238,9 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo-data", help="write an MMSA-Standard-layout demo feature file and a tiny BERT")
     p.add_argument("--out", default="mmin-demo", type=_out_dir, help="output folder")
     p.add_argument("--dataset", default="mosi", type=_dataset)
-    p.add_argument("--n-train", type=_positive, default=DEMO_DEFAULTS["n_train"])
-    p.add_argument("--n-valid", type=_positive, default=DEMO_DEFAULTS["n_valid"])
-    p.add_argument("--n-test", type=_positive, default=DEMO_DEFAULTS["n_test"])
+    p.add_argument("--n-train", type=_positive, default=DEMO_SIZES["n_train"])
+    p.add_argument("--n-valid", type=_positive, default=DEMO_SIZES["n_valid"])
+    p.add_argument("--n-test", type=_positive, default=DEMO_SIZES["n_test"])
     p.add_argument("--corrupt", action="store_true", help="insert NaN/inf values and zero-length sequences")
     p.add_argument("--left-pad", action="store_true",
                    help="audio/vision padded at the front (MulT authors' layout), lengths as MMSA's getLengths gives")
@@ -308,8 +307,8 @@ def cmd_run(a) -> int:
 
 
 def cmd_convert(a) -> int:
-    """Rewrite a feature file in the safe format (see mmin_plugin.integration.convert)."""
-    from .integration.convert import convert_file
+    """Rewrite a feature file in the safe format (see mmin_plugin.features.safeformat)."""
+    from .features.load import convert_file
 
     if Path(a.input).resolve() == Path(a.output).resolve():
         from .errors import MMINDataError
@@ -321,7 +320,7 @@ def cmd_convert(a) -> int:
 
 
 def cmd_demo_data(a) -> int:
-    from .experiments.data import ensure_demo
+    from .experiments.demo import ensure_demo
 
     paths = ensure_demo(a.out, dataset=a.dataset, n_train=a.n_train, n_valid=a.n_valid, n_test=a.n_test,
                         corrupt=a.corrupt, left_pad=a.left_pad, seed=a.seed)

@@ -26,3 +26,7 @@ KEY_EVALS = {
     "sims": ("Loss", "MAE", "Corr", "Mult_acc_2", "Mult_acc_3", "Mult_acc_5", "F1_score"),
 }
 KEY_EVALS["mosei"] = KEY_EVALS["mosi"]
+#: |label| bound of each dataset's regression labels (MOSI/MOSEI: [-3, 3], SIMS: [-1, 1])
+LABEL_MAX = {"mosi": 3.0, "mosei": 3.0, "sims": 1.0}
+#: the values of the config key `lengths_from`: the file's lengths, or recomputed from non-zero frames
+LENGTHS_FROM = ("file", "nonzero")

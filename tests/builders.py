@@ -1,5 +1,5 @@
 """The one builder of synthetic MMSA inputs for the tests (file-level demo data comes from
-`mmin_plugin.experiments.data`, through the fixtures in conftest.py).
+`mmin_plugin.features.synthetic`, through the fixtures in conftest.py).
 
 * `make_features`: a small MMSA-Standard feature dict (NumPy only, fast), as `pickle.load` gives it;
 * `make_args` / `make_trainer_args`: MMSA-style args for a tiny MMIN (registry.json defaults);

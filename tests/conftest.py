@@ -37,7 +37,7 @@ def _drop_mmsa_log_handlers():
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
-    from mmin_plugin.experiments.data import make_tiny_bert
+    from mmin_plugin.experiments.demo import make_tiny_bert
 
     return str(make_tiny_bert(tmp_path_factory.mktemp("bert") / "bert-tiny-en", language="en"))
 
@@ -45,7 +45,7 @@ def tiny_bert(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_mosi(tmp_path_factory, tiny_bert):
     """A MOSI-layout file with shortened sequences (fast end-to-end runs)."""
-    from mmin_plugin.experiments.data import ensure_demo
+    from mmin_plugin.experiments.demo import ensure_demo
 
     return ensure_demo(tmp_path_factory.mktemp("demo"), dataset="mosi", n_train=48, n_valid=16, n_test=16,
                        seq_lens=(16, 40, 30), bert_dir=tiny_bert)

@@ -47,7 +47,7 @@ def call(fn, *args):
 
 def feature_dict(value, key="id"):
     """{'train': {key: value}, 'valid': <same>, 'test': <same>} around one hostile value."""
-    inner = b"}" + S(key) + value + b"s" + b"q\x00"  # the split dict, memo 0
+    inner = b"}q\x00" + S(key) + value + b"s"  # the split dict, memo 0
     return PROTO + b"}(" + S("train") + inner + S("valid") + b"h\x00" + S("test") + b"h\x00" + b"u" + STOP
 
 
@@ -71,8 +71,7 @@ def forged_structured_dtype():
     obj = dtype("O8", T(I(3), S("|"), N, N, N, I(-1), I(-1), I(63)))
     fields = b"}" + S("a") + T(obj, I(0)) + b"s" + S("b") + T(obj, I(8)) + b"s"
     forged = dtype("V16", T(I(3), S("|"), N, T(S("a"), S("b")), fields, I(16), I(1), I(0)))
-    arr = array(forged, (1,), B(b"A" * 16))
-    return feature_dict(call(G("collections", "OrderedDict"), arr))
+    return feature_dict(array(forged, (1,), B(b"A" * 16)))
 
 
 def zero_stride_array():
@@ -94,17 +93,22 @@ def reconstruct_short_data():
 
 
 def memo_reference_bomb(width=1000, levels=4):
-    """labels = [[...[0]*width...]*width]*width: a few KB expanding to width**levels elements."""
-    ops = b"]q\x01(" + b"K\x00" * width + b"e0"  # list 1: [0]*width, memo 1, then popped
+    """labels = ([0]*width, [L1]*width, ..., [L(levels-1)]*width): a few KB expanding to
+    width**levels elements."""
+    ops = b"(]q\x01(" + b"K\x00" * width + b"e"  # list 1: [0]*width, memo 1
     for level in range(2, levels + 1):
-        ops += b"]" + b"r" + struct.pack("<I", level) + b"(" + (b"j" + struct.pack("<I", level - 1)) * width + b"e0"
-    ops += b"j" + struct.pack("<I", levels)
-    return feature_dict(ops, key="regression_labels")
+        ops += b"]" + b"r" + struct.pack("<I", level) + b"(" + (b"j" + struct.pack("<I", level - 1)) * width + b"e"
+    return feature_dict(ops + b"t", key="regression_labels")
 
 
 def deep_frozensets(depth=20000):
-    """a split nested `depth` frozensets deep (RecursionError in repr before)."""
+    """a split nested `depth` frozensets deep (RecursionError in repr before; sets are refused now)."""
     return b"\x80\x04" + b"(" * depth + b"\x91" * depth + STOP
+
+
+def deep_lists(depth=20000):
+    """lists nested `depth` deep, each appended to the one below it."""
+    return b"\x80\x04" + b"]" * depth + b"a" * (depth - 1) + STOP
 
 
 def codecs_lookup():
@@ -119,8 +123,28 @@ def build_on_function():
 
 def mutate_after_insert():
     """L0 = []; L1 = [L0] * 1000; then 1000 items appended to L0 through the memo (filled in later)."""
-    ops = PROTO + b"]q\x00" + b"](" + b"h\x00" * 1000 + b"e" + b"h\x00(" + b"K\x00" * 1000 + b"e0" + STOP
+    ops = PROTO + b"]q\x00" + b"](" + b"h\x00" * 1000 + b"e" + b"h\x00(" + b"K\x00" * 1000 + b"e" + STOP
     return ops
+
+
+def hash_collision_dict(n=20000):
+    """a dict whose int keys k * (2**61 - 1) all hash alike: quadratic inserts (10 s for 40k keys before)."""
+    return feature_dict(b"}(" + b"".join(I(k * (2 ** 61 - 1)) + b"K\x00" for k in range(1, n + 1)) + b"u")
+
+
+def hash_collision_set(n=20000):
+    """the same keys in a set (EMPTY_SET + ADDITEMS)."""
+    return feature_dict(b"\x8f(" + b"".join(I(k * (2 ** 61 - 1)) for k in range(1, n + 1)) + b"\x90")
+
+
+def mark_bomb(n):
+    """n MARKs, each over one more int: stack and mark list grow, nothing else is made."""
+    return PROTO + b"(K\x00" * n + b"N" + STOP
+
+
+def dup_bomb(n):
+    """DUP n times: n references to one value on the stack."""
+    return PROTO + b"N" + b"2" * n + STOP
 
 
 HOSTILE = {
@@ -131,7 +155,10 @@ HOSTILE = {
     "reconstruct_short_data": reconstruct_short_data,
     "memo_reference_bomb": memo_reference_bomb,
     "deep_frozensets": deep_frozensets,
+    "deep_lists": deep_lists,
     "codecs_lookup": codecs_lookup,
     "build_on_function": build_on_function,
     "mutate_after_insert": mutate_after_insert,
+    "hash_collision_dict": hash_collision_dict,
+    "hash_collision_set": hash_collision_set,
 }

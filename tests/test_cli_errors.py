@@ -77,7 +77,7 @@ def test_convert_command(tmp_path, capsys):
     src.write_bytes(pickle.dumps({"train": {"audio": np.ones((2, 3, 4), np.float32), "id": ["a", "b"]}}, protocol=2))
     assert cli.main(["convert", str(src), str(dst)]) == 0
     assert "safe format" in capsys.readouterr().out
-    from mmin_plugin.integration.safeload import safe_load
+    from mmin_plugin.features.load import safe_load
 
     out = safe_load(dst)
     assert np.array_equal(out["train"]["audio"], np.ones((2, 3, 4), np.float32)) and out["train"]["id"] == ["a", "b"]

@@ -76,7 +76,7 @@ def cell_mean(cell):
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, tiny_bert):
-    from mmin_plugin.experiments.data import ensure_demo
+    from mmin_plugin.experiments.demo import ensure_demo
 
     files = ensure_demo(tmp_path_factory.mktemp("cmpdata"), dataset="mosi", n_train=32, n_valid=16, n_test=16,
                         seq_lens=(16, 40, 30), bert_dir=tiny_bert)

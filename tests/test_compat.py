@@ -2,7 +2,7 @@
 
 The end-to-end tests run MMSA's unchanged MISA / MulT / Self-MM / MMIM through ``MMSA_run`` on a
 small MOSI-layout file (short sequences, few samples) and a tiny random 32-d BERT, both made
-locally by ``mmin_plugin.experiments.data``.
+locally by ``mmin_plugin.experiments.demo``.
 """
 import logging
 import shutil
@@ -26,7 +26,8 @@ def _applied():
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from mmin_plugin.experiments.data import make_demo_features, make_tiny_bert
+    from mmin_plugin.experiments.demo import make_tiny_bert
+    from mmin_plugin.features.synthetic import make_demo_features
 
     root = tmp_path_factory.mktemp("compat")
     bert = make_tiny_bert(root / "bert-tiny-en", language="en")

@@ -1,4 +1,4 @@
-"""mmin_plugin.experiments.data: the offline tiny BERT and the MMSA-Standard-shaped demo feature files."""
+"""features/synthetic.py and experiments/demo.py: the MMSA-Standard-shaped demo feature files, the tiny BERT."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,9 +11,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from mmin_plugin.errors import MMINConfigError  # noqa: E402
-from mmin_plugin.experiments import data as demo  # noqa: E402
-from mmin_plugin.integration.safeload import clear_cache, safe_load  # noqa: E402
-from mmin_plugin.integration.validation import sanitize_features, validate_features  # noqa: E402
+from mmin_plugin.experiments import demo as bundle  # noqa: E402
+from mmin_plugin.features import synthetic as demo  # noqa: E402
+from mmin_plugin.features.load import clear_cache, safe_load  # noqa: E402
+from mmin_plugin.features.validation import sanitize_features, validate_features  # noqa: E402
 
 SHORT = (12, 20, 15)
 SPLITS = ("train", "valid", "test")
@@ -22,7 +23,7 @@ SPLITS = ("train", "valid", "test")
 @pytest.fixture(scope="module")
 def berts(tmp_path_factory):
     root = tmp_path_factory.mktemp("berts")
-    return {lang: str(demo.make_tiny_bert(root / f"bert-{lang}", language=lang))
+    return {lang: str(bundle.make_tiny_bert(root / f"bert-{lang}", language=lang))
             for lang in ("en", "cn")}
 
 
@@ -67,16 +68,16 @@ def test_tiny_bert_seeded_and_leaves_global_rng(tmp_path):
     from transformers import BertModel
 
     state = torch.get_rng_state()
-    a = demo.make_tiny_bert(tmp_path / "a", seed=1)
-    b = demo.make_tiny_bert(tmp_path / "b", seed=1)
-    c = demo.make_tiny_bert(tmp_path / "c", seed=2)
+    a = bundle.make_tiny_bert(tmp_path / "a", seed=1)
+    b = bundle.make_tiny_bert(tmp_path / "b", seed=1)
+    c = bundle.make_tiny_bert(tmp_path / "c", seed=2)
     assert torch.equal(state, torch.get_rng_state())
     wa, wb, wc = (BertModel.from_pretrained(str(p)).state_dict() for p in (a, b, c))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
     # an existing directory is refreshed in place
-    demo.make_tiny_bert(a, seed=1)
+    bundle.make_tiny_bert(a, seed=1)
     assert (a / "vocab.txt").is_file()
 
 
@@ -290,9 +291,9 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(MMINConfigError, match="n_valid"):
         demo.make_demo_features(tmp_path / "x.pkl", n_valid=0, seq_lens=SHORT)
     with pytest.raises(MMINConfigError, match="language"):
-        demo.make_tiny_bert(tmp_path / "b", language="fr")
+        bundle.make_tiny_bert(tmp_path / "b", language="fr")
     with pytest.raises(MMINConfigError):
-        demo.ensure_demo(tmp_path, dataset="meld")
+        bundle.ensure_demo(tmp_path, dataset="meld")
     assert not list(tmp_path.iterdir())
 
 
@@ -314,7 +315,7 @@ def test_write_is_atomic(tmp_path, monkeypatch):
 
 def test_ensure_demo_is_idempotent(berts, tmp_path, monkeypatch):
     kw = dict(n_train=6, n_valid=2, n_test=2, seq_lens=SHORT)
-    r = demo.ensure_demo(tmp_path, "mosi", bert_dir=berts["en"], **kw)
+    r = bundle.ensure_demo(tmp_path, "mosi", bert_dir=berts["en"], **kw)
     fp = r["feature_path"]
     assert r["bert_dir"] == berts["en"] and os.path.basename(fp) == "unaligned_12.pkl"
     mtime = os.stat(fp).st_mtime_ns
@@ -323,22 +324,22 @@ def test_ensure_demo_is_idempotent(berts, tmp_path, monkeypatch):
     assert stat.S_IMODE(os.stat(fp).st_mode) == 0o666 & ~umask
 
     calls = []
-    real = demo.make_demo_features
-    monkeypatch.setattr(demo, "make_demo_features", lambda *a, **k: calls.append(1) or real(*a, **k))
-    assert demo.ensure_demo(tmp_path, "mosi", bert_dir=berts["en"], **kw) == r
+    real = bundle.make_demo_features
+    monkeypatch.setattr(bundle, "make_demo_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert bundle.ensure_demo(tmp_path, "mosi", bert_dir=berts["en"], **kw) == r
     assert calls == [] and os.stat(fp).st_mtime_ns == mtime
     # other parameters -> rebuilt
-    demo.ensure_demo(tmp_path, "mosi", bert_dir=berts["en"], **{**kw, "n_train": 7})
+    bundle.ensure_demo(tmp_path, "mosi", bert_dir=berts["en"], **{**kw, "n_train": 7})
     assert calls == [1]
     with open(fp, "rb") as f:
         assert len(pickle.load(f)["train"]["id"]) == 7
     # default: its own tiny BERT, made once; the real layout name
-    r2 = demo.ensure_demo(tmp_path, "sims", n_train=3, n_valid=1, n_test=1)
+    r2 = bundle.ensure_demo(tmp_path, "sims", n_train=3, n_valid=1, n_test=1)
     assert r2["bert_dir"].endswith("bert-tiny-cn") and os.path.isfile(r2["bert_dir"] + "/vocab.txt")
     assert r2["feature_path"].endswith(os.path.join("SIMS", "unaligned_39.pkl"))
-    assert demo.ensure_demo(tmp_path, "sims", n_train=3, n_valid=1, n_test=1) == r2
+    assert bundle.ensure_demo(tmp_path, "sims", n_train=3, n_valid=1, n_test=1) == r2
     assert calls == [1, 1]
-    rc = demo.ensure_demo(tmp_path, "mosi", bert_dir=berts["en"], corrupt=True, **kw)
+    rc = bundle.ensure_demo(tmp_path, "mosi", bert_dir=berts["en"], corrupt=True, **kw)
     assert rc["feature_path"].endswith("unaligned_12_corrupt.pkl")
     leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
     assert not leftovers

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmin_plugin.errors import MMINConfigError, MMINDataError
-from mmin_plugin.experiments.data import make_demo_features
+from mmin_plugin.features.synthetic import make_demo_features
 from mmin_plugin.integration.trainer import MMINTrainer, config_path
 from mmin_plugin.modeling.model import MMIN
 
@@ -49,7 +49,7 @@ def explained(demo_checkpoint):
 def test_explain_writes_readable_pngs_and_prints_support(demo_checkpoint, explained):
     import matplotlib.image as mpimg
 
-    from mmin_plugin.integration.safeload import safe_load
+    from mmin_plugin.features.load import safe_load
 
     res, printed = explained
     data = safe_load(demo_checkpoint["feature_path"])["test"]
@@ -86,7 +86,7 @@ def test_explain_writes_readable_pngs_and_prints_support(demo_checkpoint, explai
 def test_explain_support_matches_a_direct_count(demo_checkpoint, explained):
     """The table's numbers are the count of non-zero weights per real query and head, recomputed here."""
     from mmin_plugin.experiments.explain import _sample_inputs
-    from mmin_plugin.integration.safeload import safe_load
+    from mmin_plugin.features.load import safe_load
 
     res, _ = explained
     data = safe_load(demo_checkpoint["feature_path"])

@@ -50,7 +50,7 @@ def test_mmsa_csv_row_lines_up_with_mmsa_models(small_mosi, tmp_path):
 
 @pytest.mark.e2e
 def test_mosei_layout(tmp_path, tiny_bert):
-    from mmin_plugin.experiments.data import ensure_demo
+    from mmin_plugin.experiments.demo import ensure_demo
 
     files = ensure_demo(tmp_path / "d", dataset="mosei", n_train=24, n_valid=8, n_test=8, seq_lens=(12, 20, 16),
                         bert_dir=tiny_bert)

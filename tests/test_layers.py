@@ -1,11 +1,14 @@
 """The layers stay apart: read every module's imports (static, so nothing is imported to check).
 
 modeling/     imports nothing of MMSA, the integration, the experiments or the CLI;
+features/     (reading, checking, making feature files) imports neither MMSA nor torch, nor anything above it;
 integration/  is the only layer that imports MMSA, and imports nothing of the experiments or the CLI;
 experiments/  reaches MMSA only through the integration; imports nothing of the CLI;
 reference/    (mmin_reference) shares no code with mmin_plugin.
 """
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +45,8 @@ def _ids(paths):
 
 FORBIDDEN = {
     "modeling": ("MMSA", "mmin_plugin.integration", "mmin_plugin.experiments", "mmin_plugin.cli"),
+    "features": ("MMSA", "torch", "mmin_plugin.integration", "mmin_plugin.experiments", "mmin_plugin.cli",
+                 "mmin_plugin.modeling"),
     "integration": ("mmin_plugin.experiments", "mmin_plugin.cli"),
     "experiments": ("MMSA", "mmin_plugin.cli"),
     "": ("mmin_plugin",),  # reference/
@@ -58,3 +63,14 @@ def test_layer_imports(layer, path):
 def test_the_checker_sees_relative_imports(tmp_path):
     assert "mmin_plugin.integration.trainer" in imported_modules(PKG / "integration" / "registry.py")
     assert "MMSA.run" in imported_modules(PKG / "integration" / "registry.py")
+
+
+def test_the_feature_layer_loads_neither_mmsa_nor_torch():
+    """Also not through what its imports import: every module of features/ imported in a fresh
+    interpreter (without running mmin_plugin/__init__.py, which registers MMIN into MMSA)."""
+    mods = [f"mmin_plugin.features.{p.stem}" for p in _modules("features") if p.stem != "__init__"]
+    code = ("import sys, types; pkg = types.ModuleType('mmin_plugin'); "
+            f"pkg.__path__ = [{str(PKG)!r}]; sys.modules['mmin_plugin'] = pkg; import {', '.join(mods)}; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'MMSA')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

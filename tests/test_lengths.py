@@ -1,4 +1,4 @@
-"""The start-up length check (integration/lengths.py), `lengths_from: nonzero` and `demo-data --left-pad`."""
+"""The start-up length check (features/lengths.py), `lengths_from: nonzero` and `demo-data --left-pad`."""
 import copy
 import pickle
 import warnings
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from mmin_plugin.errors import MMINConfigError
-from mmin_plugin.experiments.data import make_demo_features
-from mmin_plugin.integration import lengths as L
+from mmin_plugin.features import lengths as L
+from mmin_plugin.features.synthetic import make_demo_features
 
 SEQ = (10, 24, 18)
 N = dict(n_train=12, n_valid=6, n_test=6)
@@ -115,12 +115,8 @@ def test_bad_lengths_from_is_a_config_error(files):
         L.check_lengths(copy.deepcopy(files[0]), "x.pkl", "nonzeros")
 
 
-def test_check_run_lengths_uses_the_run_option_and_skips_aligned_files(files):
+def test_aligned_files_are_skipped(files):
     _, left, path = files
-    data = copy.deepcopy(left)
-    with pytest.warns(RuntimeWarning, match="moved to the front"):
-        L.check_run_lengths({"lengths_from": "nonzero"}, data, path, load=None)
-    assert min(data["train"]["audio_lengths"]) >= 1 and max(data["train"]["audio_lengths"]) <= SEQ[1]
     aligned = copy.deepcopy(left)
     for s in aligned.values():
         del s["audio_lengths"], s["vision_lengths"]
@@ -129,7 +125,7 @@ def test_check_run_lengths_uses_the_run_option_and_skips_aligned_files(files):
 
 @pytest.mark.e2e
 def test_left_padded_file_with_nonzero_lengths_trains_exactly_like_the_right_padded_one(tmp_path, tiny_bert):
-    from mmin_plugin.experiments.data import ensure_demo
+    from mmin_plugin.experiments.demo import ensure_demo
     from mmin_plugin.integration.runner import mmsa_run
 
     kw = dict(dataset="mosi", n_train=16, n_valid=8, n_test=8, seq_lens=(10, 20, 16), bert_dir=tiny_bert)

@@ -111,7 +111,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 @pytest.mark.e2e
 def test_run_on_file_with_nan_inf_and_zero_lengths_is_finite(tmp_path, tiny_bert):
-    from mmin_plugin.experiments.data import ensure_demo
+    from mmin_plugin.experiments.demo import ensure_demo
 
     files = ensure_demo(tmp_path / "d", dataset="mosi", n_train=32, n_valid=16, n_test=16, seq_lens=(12, 24, 20),
                         bert_dir=tiny_bert, corrupt=True)

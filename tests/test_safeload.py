@@ -1,34 +1,40 @@
-"""mmin_plugin.integration.safeload: restricted unpickling of feature files, the SafePickle drop-in, the cache."""
+"""features/unpickle.py and features/load.py: restricted unpickling, the SafePickle drop-in, the cache, fix-ups."""
 import builtins
 import io
 import os
 import pickle
+import pickletools
 import subprocess
+import warnings
 from collections import OrderedDict
 
 import numpy as np
 import pytest
 
 from mmin_plugin.errors import MMINDataError
-from mmin_plugin.integration.safeload import (
-    ALLOWED_GLOBALS,
+from mmin_plugin.features.load import (
+    FixUp,
     SafePickle,
-    SafeUnpickler,
     cache_info,
     clear_cache,
+    clear_fixups,
     safe_load,
     safe_loads,
     set_cache_enabled,
+    set_fixup,
 )
+from mmin_plugin.features.unpickle import ALLOWED_GLOBALS, SafeUnpickler
 
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
     set_cache_enabled(True)
     clear_cache()
+    clear_fixups()
     yield
     set_cache_enabled(True)
     clear_cache()
+    clear_fixups()
 
 
 def _sample_obj():
@@ -47,13 +53,10 @@ def _sample_obj():
             "scalar64": np.int64(-7),
             "lengths": [3, 0, 5],
             "annotations": ["Negative", "Positive"],
-            "tuple": (1, 2.5, "s", None, True),
-            "set": {1, 2},
-            "frozenset": frozenset({"a"}),
+            "tuple": (1, 2.5, "s", None, True, -(2 ** 70), 70000),
             "bytes": b"\x00\x01",
-            "bytearray": bytearray(b"ab"),
-            "complex": 1 + 2j,
-            "od": OrderedDict(a=1),
+            "empty_bytes": b"",
+            "nested": {"list": [[1, 2], [np.zeros(2)]] * 300},  # > 256 memo entries: LONG_BINPUT/GET
         }
     }
 
@@ -64,6 +67,10 @@ def _assert_same(a, b):
         assert list(a) == list(b)
         for k in a:
             _assert_same(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_same(x, y)
     elif isinstance(a, np.ndarray):
         assert a.dtype == b.dtype and a.shape == b.shape
         assert np.array_equal(a, b)
@@ -71,7 +78,7 @@ def _assert_same(a, b):
         assert a == b
 
 
-@pytest.mark.parametrize("protocol", [0, 2, 3, 4, 5])
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 def test_roundtrip_numpy_and_builtins(protocol, tmp_path):
     obj = _sample_obj()
     blob = pickle.dumps(obj, protocol=protocol)
@@ -96,6 +103,65 @@ def test_numpy_1x_module_names_are_accepted():
     blob5 = pickle.dumps(obj, protocol=5)
     assert b"\x8c\x13numpy._core.numeric" in blob5  # SHORT_BINUNICODE, length 19
     _assert_same(obj, safe_loads(blob5.replace(b"\x8c\x13numpy._core.numeric", b"\x8c\x12numpy.core.numeric")))
+
+
+_DTYPES = ["?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16", "U3", "S3",
+           ">f4", ">i8", ">U2", ">c16"]
+
+
+def _layouts(dt):
+    a = (np.arange(24) % 7).astype(dt).reshape(2, 3, 4)
+    return {"C": a, "F": np.asfortranarray(a), "K": a.transpose(1, 0, 2), "strided": a[:, ::2],
+            "0-d": a[0, 0, 0].reshape(()), "empty": a[:0], "scalar": a.reshape(-1)[1]}
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_what_real_files_use_loads_and_nothing_more_is_read(protocol):
+    """The record behind the opcode and global lists: every allowed dtype in C, F and 'K' order
+    (and strided, 0-d, empty, scalar), object arrays of str and an MMSA-layout dict, pickled by
+    this NumPy: each loads exactly, and uses only opcodes the reader has a handler for."""
+    objs = [lay for dt in _DTYPES for lay in _layouts(dt).values()]
+    objs += [np.array(["ab", "c"], dtype=object), np.array([["ab", "c"]], dtype=object).T, _sample_obj()]
+    names = {op.name for o in objs for op, _, _ in pickletools.genops(pickle.dumps(o, protocol=protocol))}
+    known = {pickle.__dict__[n][0]: n for n in names}
+    assert set(known) - {pickle.STOP[0]} <= set(SafeUnpickler.dispatch), sorted(names)
+    for o in objs:
+        got = safe_loads(pickle.dumps(o, protocol=protocol))
+        if isinstance(o, (np.ndarray, np.generic)):
+            assert type(got) is type(o) and got.dtype == o.dtype and got.shape == o.shape, (o.dtype, o.shape)
+            assert np.array_equal(got, o)
+        else:
+            _assert_same(o, got)
+
+
+def test_protocol5_non_contiguous_arrays_load():
+    """Finding 4: NumPy 2.x pickles an array that is neither C- nor F-contiguous with protocol 5 as
+    _frombuffer(buf, dtype, shape, 'K', axis_order); it was refused ("5 arguments")."""
+    a = np.arange(24, dtype=np.float32).reshape(2, 3, 4).transpose(2, 0, 1)
+    blob = pickle.dumps({"audio": a}, protocol=5)
+    assert b"\x8c\x01K" in blob
+    out = safe_loads(blob)["audio"]
+    assert out.shape == a.shape and np.array_equal(out, a) and out.strides == a.strides
+    bad = blob.replace(b"\x8c\x01K", b"\x8c\x01C")  # 'C' with an axis order: not what NumPy writes
+    with pytest.raises(MMINDataError, match="_frombuffer order"):
+        safe_loads(bad)
+
+
+_B = r"'(builtins|__builtin__)\."
+
+
+@pytest.mark.parametrize("value, refused", [
+    ({1, 2}, _B + "set'|the opcode EMPTY_SET"), (frozenset({"a"}), _B + "frozenset'|the opcode FROZENSET"),
+    (1 + 2j, _B + "complex'"), (OrderedDict(a=1), "'collections.OrderedDict'"), (slice(1, 2), _B + "slice'"),
+    ({1: "a"}, "dict key int 1 "), ({("a",): 1}, "dict key tuple"),
+])
+def test_what_feature_files_never_hold_is_refused_by_name(value, refused):
+    for proto in (2, 4, 5):
+        with pytest.raises(MMINDataError, match=refused):
+            safe_loads(pickle.dumps({"train": {"x": value}}, protocol=proto))
+    for proto in (0, 1):
+        with pytest.raises(MMINDataError, match="the opcode|protocols 2-5"):
+            safe_loads(pickle.dumps({"train": {"x": np.zeros(2)}}, protocol=proto))
 
 
 def test_allowlist_has_nothing_dangerous():
@@ -152,7 +218,7 @@ def _first_foreign_global(blob):
     return None
 
 
-@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+@pytest.mark.parametrize("protocol", [2, 4, 5])
 @pytest.mark.parametrize("kind", sorted(_payloads("x")))
 def test_crafted_payload_is_refused_before_running(kind, protocol, tmp_path):
     target = tmp_path / "pwned"
@@ -245,13 +311,16 @@ def test_safepickle_is_a_module_like_drop_in(tmp_path):
         SafePickle.dump(obj, f, protocol=4)
     with open(p, "rb") as f:
         _assert_same(obj, SafePickle.load(f))
-    assert SafePickle.Unpickler is SafeUnpickler
     _assert_same(obj, SafePickle.Unpickler(io.BytesIO(blob)).load())
+    # one exception type and one budget for every entry point, the Unpickler included
+    for load in (SafePickle.loads, lambda b: SafePickle.Unpickler(io.BytesIO(b)).load()):
+        with pytest.raises(MMINDataError, match="refusing"):
+            load(pickle.dumps({"x": {1, 2}}))
 
 
 # --- cache ------------------------------------------------------------------------------------------
 
-def test_cache_parses_a_file_once(tmp_path):
+def test_cache_parses_a_file_once_and_cannot_be_changed_through(tmp_path):
     p = tmp_path / "f.pkl"
     p.write_bytes(pickle.dumps(_sample_obj(), protocol=4))
     a = safe_load(p)
@@ -259,21 +328,25 @@ def test_cache_parses_a_file_once(tmp_path):
         b = SafePickle.load(f)
     with open(str(p), "rb") as f:
         c = SafePickle.load(f)
-    assert a is b is c
     info = cache_info()
     assert (info["misses"], info["hits"], info["entries"]) == (1, 2, 1)
-    assert info["keys"][0][0] == os.path.realpath(p)
+    # each load gets its own containers around shared, read-only arrays
+    assert a is not b and a["train"] is not b["train"] and b["train"]["f32"] is c["train"]["f32"]
+    with pytest.raises(ValueError, match="read-only"):
+        b["train"]["f32"][0] = 7
+    b["train"]["f32"] = None
+    b["train"]["lengths"].append(9)
+    _assert_same(a, safe_load(p))  # what a caller did to its copy is not seen by the next load
+    _assert_same(a, _sample_obj())
 
-    # a symlink to the same file shares the entry
-    link = tmp_path / "link.pkl"
+    link = tmp_path / "link.pkl"  # a symlink to the same file shares the entry
     link.symlink_to(p)
-    assert safe_load(link) is a
+    safe_load(link)
+    assert cache_info()["hits"] == 4 and cache_info()["entries"] == 1
 
     clear_cache()
     assert cache_info()["entries"] == 0
-    d = safe_load(p)
-    assert d is not a
-    _assert_same(a, d)
+    _assert_same(a, safe_load(p))
 
 
 def test_cache_sees_a_rewritten_file(tmp_path):
@@ -283,11 +356,11 @@ def test_cache_sees_a_rewritten_file(tmp_path):
     p.write_bytes(pickle.dumps({"v": np.ones(3), "w": 1}, protocol=4))
     os.utime(p, ns=(1, 1))  # even a same-second rewrite changes size or mtime_ns
     second = safe_load(p)
-    assert second is not first and second["v"].shape == (3,)
+    assert second["v"].shape == (3,) and first["v"].shape == (2,)
 
 
 def test_cache_disabled_and_bounded(tmp_path, monkeypatch):
-    import mmin_plugin.integration.safeload as sl
+    import mmin_plugin.features.load as sl
 
     p = tmp_path / "f.pkl"
     p.write_bytes(pickle.dumps({"v": np.zeros(2)}))
@@ -356,44 +429,65 @@ def test_mmsa_loader_with_safepickle_parses_once_and_refuses_payloads(tmp_path, 
     assert not target.exists()
 
 
-def test_prerun_repair_is_seen_by_mmsa_through_the_cache(tmp_path, monkeypatch):
-    """safe_load + in-place sanitize before MMSA's loader: MMSA reads the repaired arrays (the
-    cache returns the same object), also with custom feature_A/feature_V files (4 entries)."""
-    import warnings
+def _nan_split(rng, n=3, L=5, La=6, Lv=4):
+    a = rng.standard_normal((n, La, 5)).astype(np.float32)
+    v = rng.standard_normal((n, Lv, 20)).astype(np.float32)
+    a[0, 0, 0], v[1, 1, 1] = np.nan, np.inf
+    a[2, :2] = 0  # left padding: 2 zero frames before the signal
+    return {"text_bert": np.stack([np.full((n, L), 7.0), np.ones((n, L)), np.zeros((n, L))], 1),
+            "audio": a, "vision": v, "audio_lengths": [La] * n, "vision_lengths": [Lv] * n,
+            "regression_labels": np.array([0.5, -1, 1], np.float32)[:n],
+            "id": np.array(["a$_$1"] * n), "raw_text": np.array(["x"] * n)}
 
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_fixups_reach_mmsa_with_the_cache_on_or_off(tmp_path, monkeypatch, cache):
+    """The pre-run repair (NaN/inf -> 0, lengths_from: nonzero) is a recorded fix-up that the loader
+    applies wherever MMSA reads the file, also with custom feature_A/feature_V files; it worked
+    only through the cache before (cache off: NaN reached the model, lengths stayed as given)."""
     import MMSA.data_loader as dl
     import torch
     from easydict import EasyDict as edict
 
-    from mmin_plugin.integration.validation import sanitize_features
+    from mmin_plugin.integration import registry
 
     rng = np.random.default_rng(1)
-    n, L, La, Lv = 3, 5, 6, 4
-
-    def split():
-        a = rng.standard_normal((n, La, 5)).astype(np.float32)
-        v = rng.standard_normal((n, Lv, 20)).astype(np.float32)
-        a[0, 0, 0], v[1, 1, 1] = np.nan, np.inf
-        return {"text_bert": np.stack([np.full((n, L), 7.0), np.ones((n, L)), np.zeros((n, L))], 1),
-                "audio": a, "vision": v, "audio_lengths": [La] * n, "vision_lengths": [Lv] * n,
-                "regression_labels": np.zeros(n, np.float32),
-                "id": np.array(["a$_$1"] * n), "raw_text": np.array(["x"] * n)}
-
     paths = {}
     for name in ("main", "A", "V"):
         paths[name] = tmp_path / f"{name}.pkl"
-        paths[name].write_bytes(pickle.dumps({s: split() for s in ("train", "valid", "test")}))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for p in paths.values():
-            assert sanitize_features(safe_load(p), str(p))
+        paths[name].write_bytes(pickle.dumps({s: _nan_split(rng) for s in ("train", "valid", "test")}))
+    set_cache_enabled(cache)
     monkeypatch.setattr(dl, "pickle", SafePickle)
-    args = edict(dataset_name="mosi", featurePath=str(paths["main"]), custom_feature=None,
-                 feature_T="", feature_A=str(paths["A"]), feature_V=str(paths["V"]),
-                 use_bert=True, need_data_aligned=False, feature_dims=[768, 5, 20],
-                 seq_lens=[L, La, Lv], batch_size=n)
+    args = edict(model_name="mmin", dataset_name="mosi", featurePath=str(paths["main"]), custom_feature=None,
+                 feature_T="", feature_A=str(paths["A"]), feature_V=str(paths["V"]), use_bert=True,
+                 need_data_aligned=False, feature_dims=[768, 5, 20], seq_lens=[5, 6, 4], batch_size=3,
+                 pretrained="bert-base-uncased", lengths_from="nonzero")
+    monkeypatch.setattr(registry, "_REGISTERED", {"mmin": None})
+    monkeypatch.setattr("mmin_plugin.integration.compat.encoder_limits", lambda p: {})
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        registry._validate_registered_run(args)
+    assert any("non-finite" in str(w.message) for w in seen) and any("moved to the front" in str(w.message)
+                                                                       for w in seen)
     loaders = dl.MMDataLoader(args, 0)
-    assert cache_info()["misses"] == 3  # only the three pre-run parses
     for split in ("train", "valid", "test"):
         batch = next(iter(loaders[split]))
         assert torch.isfinite(batch["audio"]).all() and torch.isfinite(batch["vision"]).all()
+        lengths = batch["audio_lengths"].tolist()
+        assert sorted(lengths) == [4, 6, 6]  # the left-padded sample: 4 frames ...
+        assert (batch["audio"][lengths.index(4), :4] != 0).any(dim=-1).all()  # ... moved to the front
+    assert cache_info()["entries"] == (4 if cache else 0)
+    # the file on disk and a load without the fix-up are unchanged
+    clear_fixups()
+    raw = safe_load(paths["A"])
+    assert np.isnan(raw["train"]["audio"][0, 0, 0]) and raw["train"]["audio_lengths"] == [6, 6, 6]
+
+
+def test_a_fixup_applies_to_the_file_it_was_recorded_for(tmp_path):
+    p = tmp_path / "f.pkl"
+    rng = np.random.default_rng(2)
+    p.write_bytes(pickle.dumps({s: _nan_split(rng) for s in ("train", "valid", "test")}))
+    set_fixup(p, FixUp(nonfinite=True))
+    assert np.isfinite(safe_load(p)["train"]["audio"]).all()
+    p.write_bytes(pickle.dumps({s: _nan_split(rng) for s in ("train", "valid", "test")}, protocol=5))
+    assert np.isnan(safe_load(p)["train"]["audio"][0, 0, 0])  # rewritten: another file, no fix-up

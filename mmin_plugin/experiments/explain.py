@@ -134,8 +134,8 @@ def _sample_inputs(data, split, i, args, path):
     """The model inputs of one sample, as a run would feed them (batch of one)."""
     import torch
 
-    from ..integration.lengths import check_lengths
-    from ..integration.validation import sanitize_features
+    from ..features.lengths import check_lengths
+    from ..features.validation import sanitize_features
 
     s = data[split]
     text_key = "text_bert" if args.get("use_bert", True) else "text"
@@ -326,7 +326,7 @@ def explain(checkpoint, feature_path, sample, out_dir=None, config_file=None, ov
     ``explain-<sample>`` in the working directory)."""
     import torch
 
-    from ..integration.safeload import safe_load
+    from ..features.load import safe_load
 
     args = load_run_config(checkpoint, config_file, overrides)
     data = safe_load(feature_path)

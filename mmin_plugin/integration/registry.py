@@ -136,13 +136,14 @@ def _get_train(orig):
 
 
 def _data_loader(orig):
-    from .safeload import clear_cache
+    from ..features.load import clear_cache, clear_fixups
 
     def MMDataLoader(args, num_workers):
         try:
             return orig(args, num_workers)
         finally:
             clear_cache()  # MMSA keeps its own float32 copies; drop the parsed file
+            clear_fixups()  # the next run records its own
 
     return MMDataLoader
 
@@ -161,8 +162,8 @@ def _install_patches() -> None:
     from MMSA.models import AMIO
     from MMSA.trains import ATIO
 
+    from ..features.load import SafePickle
     from . import compat, hooks
-    from .safeload import SafePickle
 
     compat.apply()
     hooks.install()
@@ -187,30 +188,42 @@ def _validate_registered_run(args) -> None:
 
     The main file and MMSA's optional feature_T / feature_A / feature_V files are loaded with
     the safe loader, validated together as MMSA will merge them (token ids and text length
-    against the ``pretrained`` encoder's config), then non-finite audio/vision values are set to 0.
+    against the ``pretrained`` encoder's config).  Then each file gets a recorded fix-up, which
+    the loader applies wherever MMSA reads that file (cache on or off): non-finite audio/vision
+    values set to 0 and, with ``lengths_from: nonzero``, the lengths MMSA reads from it
+    recomputed.  The fix-up warns here, once, with its counts.
     """
     if args.get("model_name") not in _REGISTERED:
         return
+    from ..features.lengths import check_lengths
+    from ..features.load import FixUp, safe_load, set_fixup
+    from ..features.validation import validate_run_features
     from . import compat
-    from .lengths import check_run_lengths
-    from .safeload import safe_load
-    from .validation import sanitize_features, validate_config, validate_run_features
+    from .validation import validate_config
 
     validate_config(args)
     main = args.get("custom_feature") or args["featurePath"]
+    extra_keys = [key for key in ("feature_T", "feature_A", "feature_V") if args.get(key)]
+    for path in [main] + [args[key] for key in extra_keys]:
+        set_fixup(path, None)  # validate the file as it is
     data = safe_load(main)
-    extra = {key: (safe_load(args[key]), args[key]) for key in ("feature_T", "feature_A", "feature_V")
-             if args.get(key)}
+    extra = {key: (safe_load(args[key]), args[key]) for key in extra_keys}
     use_bert = bool(args.get("use_bert"))
     validate_run_features(data, main, extra, use_bert=use_bert,
                           need_data_aligned=bool(args.get("need_data_aligned")),
                           dataset_name=args.get("dataset_name"),
                           encoder=compat.encoder_limits(args.get("pretrained")) if use_bert else None)
-    sanitize_features(data, main)
-    for key in ("feature_A", "feature_V"):
-        if key in extra:
-            sanitize_features(*extra[key])
-    check_run_lengths(args, data, main, safe_load)
+    lengths_from = args.get("lengths_from") or "file"
+    # the sequences whose lengths MMSA reads from each file
+    files = {main: tuple(key for key, extra_key in (("audio", "feature_A"), ("vision", "feature_V"))
+                         if not args.get(extra_key))}
+    files.update({args[key]: (seq,) for key, seq in (("feature_A", "audio"), ("feature_V", "vision"))
+                  if args.get(key)})
+    for path, keys in files.items():
+        set_fixup(path, FixUp(nonfinite=True, lengths=keys if lengths_from == "nonzero" else ()))
+        fixed = safe_load(path, warn_fixups=True)
+        if lengths_from == "file":
+            check_lengths(fixed, path, "file", keys=keys)  # warns only
 
 
 # --- public API -------------------------------------------------------------------------------

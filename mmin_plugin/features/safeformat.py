@@ -17,10 +17,12 @@ that first member: :func:`is_safe_format` checks exactly these bytes, so the ``S
 installed as MMSA's ``pickle`` reads such a file wherever MMSA expects a pickle (``featurePath``,
 ``feature_T``/``_A``/``_V``, ``custom_feature``) for every model.
 
-Reading (:func:`load_safe`) uses the same limits as the pickle loader: each ``.npy`` header is
-parsed by NumPy's safe header reader, its dtype must be in the same allow-list, the member
-must hold exactly ``prod(shape) * itemsize`` data bytes, the total is bounded by the byte budget
-and the nesting by the same depth; every failure is an :class:`MMINDataError`.  ``np.load`` with
+Reading (:func:`load_safe`) uses the limits of :mod:`~mmin_plugin.features.limits`, as the pickle
+reader does: each ``.npy`` header is parsed by NumPy's safe header reader, its dtype must be in the
+same allow-list, the member must hold exactly ``prod(shape) * itemsize`` data bytes, the total is
+bounded by the byte budget (the JSON index charged by what it can expand to, before it is parsed)
+and the nesting by the same depth; member names must be unique; every failure is an
+:class:`MMINDataError`.  ``np.load`` with
 ``allow_pickle=False`` reads each member too (the tests check it).
 """
 from __future__ import annotations
@@ -28,23 +30,20 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import struct
 import zipfile
-from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write
 from ..errors import MMINDataError
+from .limits import ARRAY_HEADER, CONTAINER, MAX_DEPTH, Budget, Refused, check_dtype, check_unicode, default_max_bytes
 
-__all__ = ["MEMBER_NAME", "FORMAT", "is_safe_format", "load_safe", "convert_file", "dump_safe"]
+__all__ = ["MEMBER_NAME", "FORMAT", "is_safe_format", "load_safe", "dump_safe"]
 
 MEMBER_NAME = "mmin-safe-features.json"
 FORMAT = "mmin-safe-features"
 _SIGNATURE = b"PK\x03\x04"
 _HEAD = 30 + len(MEMBER_NAME)
-_ARRAY_KINDS = "biufcUS"
 
 
 def is_safe_format(f) -> bool:
@@ -80,8 +79,10 @@ class _Tree:
         if isinstance(x, np.ndarray):
             return self.array(x, where)
         if isinstance(x, np.generic):
-            if x.dtype.kind not in _ARRAY_KINDS:
-                raise MMINDataError(f"{where}: expected a numeric/str NumPy scalar; found dtype {x.dtype}")
+            try:
+                check_dtype(x.dtype)
+            except Refused as e:
+                raise MMINDataError(f"{where}: cannot store it in the safe format: {e}") from None
             return {"scalar": x.dtype.str, "hex": x.tobytes().hex()}
         if x is None or isinstance(x, bool):
             return {"none": None} if x is None else {"bool": x}
@@ -101,8 +102,10 @@ class _Tree:
             if bad is not None:
                 raise MMINDataError(f"{where}: an object array may only hold str; found {type(bad).__name__}")
             return {"str_array": flat, "shape": list(a.shape)}
-        if a.dtype.kind not in _ARRAY_KINDS or a.dtype.fields is not None:
-            raise MMINDataError(f"{where}: cannot store an array of dtype {a.dtype} in the safe format")
+        try:
+            check_dtype(a.dtype)
+        except Refused as e:
+            raise MMINDataError(f"{where}: cannot store it in the safe format: {e}") from None
         name = f"arrays/{len(self.arrays):05d}.npy"
         self.arrays.append((name, a))
         return {"array": name}
@@ -122,32 +125,25 @@ def dump_safe(obj, f, source="<object>") -> int:
     return len(tree.arrays)
 
 
-def convert_file(src, dst, *, max_bytes=None) -> dict:
-    """Read the pickle (or safe file) `src` with the safe loader and write it to `dst` in the safe
-    format, atomically.  Returns ``{'arrays': k, 'bytes': size of dst}``."""
-    from .safeload import safe_load
-
-    obj = safe_load(src, max_bytes=max_bytes)
-    out = {}
-    atomic_write(dst, lambda f: out.setdefault("arrays", dump_safe(obj, f, os.fspath(src))))
-    out["bytes"] = Path(dst).stat().st_size
-    return out
-
-
 # --- reading -----------------------------------------------------------------------------------
+def index_cost(raw: bytes) -> int:
+    """Bytes the JSON index `raw` takes while and once parsed, an upper bound (CPython 3.11): the
+    decoded text and the characters of its strings (<= 1 byte per byte of UTF-8 each), a dict
+    (<= 200 bytes: the nodes have one or two keys) per '{', a list (64 bytes) per '[', a number
+    or a slot (<= 40 bytes) per ',' and ':', a str header (<= 50 bytes per pair of quotes)."""
+    return (2 * len(raw) + 200 * raw.count(b"{") + 64 * raw.count(b"[")
+            + 40 * (raw.count(b",") + raw.count(b":") + 1) + 25 * raw.count(b'"'))
+
+
 class _Reader:
-    def __init__(self, zf, source, max_bytes, max_depth):
-        self.zf, self.source, self.max_bytes, self.max_depth = zf, source, max_bytes, max_depth
-        self.used = 0
+    def __init__(self, zf, source, budget):
+        self.zf, self.source, self.budget = zf, source, budget
 
     def fail(self, msg):
-        raise MMINDataError(f"{self.source}: refusing to load this safe-format feature file: {msg}")
+        raise Refused(msg)
 
     def charge(self, n, what):
-        self.used += int(n)
-        if self.used > self.max_bytes:
-            self.fail(f"{what} would take the memory materialised past {self.max_bytes} bytes "
-                      "(raise the limit with $MMIN_SAFELOAD_MAX_BYTES or max_bytes= for a trusted file)")
+        self.budget.charge(n, what)
 
     def member(self, name):
         try:
@@ -160,11 +156,12 @@ class _Reader:
 
     def meta(self):
         info = self.member(MEMBER_NAME)
-        self.charge(info.file_size * 8, "the JSON index")
+        self.charge(info.file_size, "the JSON index")
         with self.zf.open(info) as m:
             raw = m.read(info.file_size + 1)
         if len(raw) != info.file_size:
             self.fail("the JSON index has the wrong size")
+        self.charge(index_cost(raw), "the parsed JSON index")
         meta = json.loads(raw.decode("utf-8"))
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != 1:
             self.fail(f"expected a {FORMAT!r} version 1 index")
@@ -181,28 +178,25 @@ class _Reader:
             read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
                 version, np.lib.format.read_array_header_2_0)
             shape, fortran, dtype = read_header(m)
-            if dtype.kind not in _ARRAY_KINDS or dtype.fields is not None or dtype.subdtype is not None \
-                    or dtype.itemsize == 0:
-                self.fail(f"{name}: array dtype {dtype} (only bool, int, uint, float, complex and "
-                          "fixed-size unicode/bytes)")
+            check_dtype(dtype)
             n = math.prod(shape)
             want = n * dtype.itemsize
             if want != info.file_size - m.tell():
                 self.fail(f"{name}: shape {shape} of {dtype} needs {want} data bytes; the member "
                           f"holds {info.file_size - m.tell()}")
-            self.charge(want + 112, f"{name}: an array of shape {shape}")
+            self.charge(want + ARRAY_HEADER, f"{name}: an array of shape {shape}")
             out = np.empty(n, dtype=dtype)
             if want and m.readinto(memoryview(out.view(np.uint8))) != want:
                 self.fail(f"{name}: truncated array data")
-        return out.reshape(shape, order="F" if fortran else "C")
+        return check_unicode(out).reshape(shape, order="F" if fortran else "C")
 
     def node(self, x, depth):
-        if depth > self.max_depth:
-            self.fail(f"containers nested more than {self.max_depth} deep")
+        if depth > MAX_DEPTH:
+            self.fail(f"containers nested more than {MAX_DEPTH} deep")
         if not isinstance(x, dict) or len(x) not in (1, 2):
             self.fail(f"a malformed node ({type(x).__name__})")
         (tag, v), *rest = x.items()
-        self.charge(64, "a value")
+        self.charge(CONTAINER, "a value")
         if tag == "dict" and isinstance(v, list):
             out = {}
             for kv in v:
@@ -225,13 +219,13 @@ class _Reader:
             a[:] = v
             return a.reshape(shape)
         if tag == "scalar" and rest and rest[0][0] == "hex":
-            dt = np.dtype(v) if isinstance(v, str) and len(v) < 16 else None
-            if dt is None or dt.kind not in _ARRAY_KINDS or dt.fields is not None:
+            if not (isinstance(v, str) and len(v) < 16 and isinstance(rest[0][1], str)):
                 self.fail(f"a scalar of dtype {v!r:.40}")
+            dt = check_dtype(np.dtype(v))
             raw = bytes.fromhex(rest[0][1])
             if len(raw) != dt.itemsize:
                 self.fail("a scalar of the wrong size")
-            return np.frombuffer(raw, dtype=dt)[0]
+            return check_unicode(np.frombuffer(raw, dtype=dt))[0]
         if rest:
             self.fail(f"a malformed node {tag!r:.40}")
         if tag == "str" and isinstance(v, str):
@@ -250,22 +244,28 @@ class _Reader:
 def load_safe(f, *, source="<stream>", max_bytes=None):
     """Read the safe format from the seekable binary file object `f` (see the module docstring);
     the position is left at the end of the file.  Every failure is an :class:`MMINDataError`."""
-    from .safeload import MAX_DEPTH, default_max_bytes
-
     try:
         start = f.tell()
         size = f.seek(0, io.SEEK_END) - start
         f.seek(start)
-        budget = default_max_bytes(size) if max_bytes is None else int(max_bytes)
+        budget = Budget(default_max_bytes(size) if max_bytes is None else int(max_bytes))
         with zipfile.ZipFile(f) as zf:
-            r = _Reader(zf, source, budget, MAX_DEPTH)
-            if len(zf.infolist()) > size // 30 + 1:
+            r = _Reader(zf, source, budget)
+            names = [i.filename for i in zf.infolist()]
+            if len(names) > size // 30 + 1:
                 r.fail("more members than the file can hold")
+            seen = set()
+            for name in names:  # zipfile would silently keep the last of two equal names
+                if name in seen:
+                    r.fail(f"the member name {name!r:.80} given twice")
+                seen.add(name)
             value = r.node(r.meta(), 0)
         f.seek(0, io.SEEK_END)
         return value
     except MMINDataError:
         raise
+    except Refused as e:
+        raise MMINDataError(f"{source}: refusing to load this safe-format feature file: {e}") from None
     except Exception as e:  # zipfile.BadZipFile, ValueError, MemoryError, RecursionError, ...
         raise MMINDataError(f"{source}: expected a safe-format feature file; found an unreadable one "
                             f"({type(e).__name__}: {str(e)[:200]})") from None

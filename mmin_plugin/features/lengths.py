@@ -8,7 +8,7 @@ arrays were), or one whose lengths were computed another way, makes MMIN read pa
 and drop real frames, silently.  This module measures that, per split and modality:
 
 * a *frame* is non-zero when any of its features is non-zero (after
-  :func:`~mmin_plugin.integration.validation.sanitize_features` has turned NaN/inf into 0);
+  :func:`~mmin_plugin.features.validation.sanitize_features` has turned NaN/inf into 0);
 * ``first`` = index of the first non-zero frame, ``last`` = one past the last non-zero frame
   (``first = last = 0`` for an all-zero sequence); ``length`` = the file's length;
 * ``front_padded``: ``first > 0`` -- the sequence starts with zero frames (padding at the front);
@@ -22,8 +22,8 @@ and drop real frames, silently.  This module measures that, per split and modali
 
 :func:`check_lengths` counts these and emits ONE warning (``warnings.warn`` and the ``MMSA``
 logger) stating the counts and what MMIN will read.  With ``lengths_from="nonzero"`` it also
-rewrites the data in place (before MMSA's loader reads it; the parsed file is shared through
-:mod:`~mmin_plugin.integration.safeload`'s cache, as for the NaN repair): every sequence's
+rewrites the data in place (a run records it as a fix-up that the loader applies wherever MMSA
+reads the file, see :mod:`~mmin_plugin.features.load`): every sequence's
 non-zero span ``[first, last)`` is moved to the front (frames ``[0, last - first)``, zeros after)
 and its length set to ``last - first``.  So the model still reads frames ``[0, length)``, and
 
@@ -47,18 +47,14 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from ..constants import SPLITS
+from ..constants import LENGTHS_FROM, SPLITS
 from ..errors import MMINConfigError
+from .limits import CHUNK_ELEMENTS
 
 logger = logging.getLogger("MMSA." + __name__)
 
-__all__ = ["LENGTHS_FROM", "CHUNK_ELEMENTS", "frame_spans", "length_report", "recompute_lengths",
-           "check_lengths"]
+__all__ = ["frame_spans", "length_report", "recompute_lengths", "check_lengths"]
 
-#: the values of the config key `lengths_from`
-LENGTHS_FROM = ("file", "nonzero")
-#: array elements per chunk of the scans (bounded temporary memory: ~4 M elements)
-CHUNK_ELEMENTS = 1 << 22
 #: the sequence modalities whose lengths MMSA passes to the model (text has its own mask)
 SEQUENCE_KEYS = ("audio", "vision")
 COUNT_KEYS = ("front_padded", "beyond_length", "zero_inside", "forced_to_one", "suspect")
@@ -144,13 +140,13 @@ def _as_lengths(v) -> np.ndarray:
     return np.asarray(list(v) if not isinstance(v, np.ndarray) else v).astype(np.int64).reshape(-1)
 
 
-def check_lengths(data, path, lengths_from: str = "file", keys=SEQUENCE_KEYS):
+def check_lengths(data, path, lengths_from: str = "file", keys=SEQUENCE_KEYS, warn=True):
     """Check (and with ``lengths_from="nonzero"`` recompute) the lengths of ``keys`` in every split.
 
     ``data`` is a loaded feature file (validated and sanitized); splits or keys without
     ``<key>_lengths`` (aligned data) are skipped.  Returns ``{split: {key: counts}}`` (see
     :func:`length_report`; the counts describe the file as given).  When any sequence is suspect,
-    emits ONE warning stating the counts per split and modality and what MMIN will read.  With
+    emits ONE warning (unless not ``warn``) stating the counts per split and modality and what MMIN will read.  With
     ``"nonzero"`` the arrays are rewritten in place and ``<key>_lengths`` replaced by lists of
     ints (the type MMSA's files use), see :func:`recompute_lengths`.
     """
@@ -177,7 +173,8 @@ def check_lengths(data, path, lengths_from: str = "file", keys=SEQUENCE_KEYS):
                 new = recompute_lengths(x)
                 changed += int(np.count_nonzero(new != file_lengths))
                 s[key + "_lengths"] = [int(v) for v in new]  # type: ignore[index]
-    _warn(report, path, lengths_from, changed)
+    if warn:
+        _warn(report, path, lengths_from, changed)
     return report
 
 
@@ -204,15 +201,3 @@ def _warn(report, path, lengths_from, changed) -> None:
     msg = f"{where}: sequences whose lengths do not match their non-zero frames: {'; '.join(parts)}. {then}"
     warnings.warn(msg, RuntimeWarning, stacklevel=3)
     logger.warning("%s", msg)
-
-
-def check_run_lengths(args, data, path, load) -> None:
-    """The pre-run call for an MMIN run: :func:`check_lengths` on the main feature file (``data``,
-    already loaded from ``path``) with the run's ``lengths_from`` (default ``"file"``), and on the
-    ``feature_A`` / ``feature_V`` files (loaded with ``load``) for the modality MMSA reads from them."""
-    lengths_from = args.get("lengths_from") or "file"
-    own = [k for k, extra in (("audio", "feature_A"), ("vision", "feature_V")) if not args.get(extra)]
-    check_lengths(data, path, lengths_from, keys=tuple(own))
-    for key, extra in (("audio", "feature_A"), ("vision", "feature_V")):
-        if args.get(extra):
-            check_lengths(load(args[extra]), args[extra], lengths_from, keys=(key,))

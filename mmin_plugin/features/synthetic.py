@@ -1,57 +1,37 @@
-"""Offline demo data for MMIN on MMSA 2.2.1: a tiny BERT and MMSA-Standard-shaped feature files.
+"""Synthetic MMSA-Standard-layout feature files (offline; no torch).
 
-Nothing here touches the network.  Three public functions:
-
-``make_tiny_bert(out_dir, language='en', seed=0) -> Path``
-    A tiny randomly initialised ``transformers.BertModel`` (hidden 32, 2 layers, 2 heads,
-    intermediate 64, 64 positions) saved with ``save_pretrained``, plus ``vocab.txt`` and the
-    tokenizer files, so that ``BertModel.from_pretrained(dir)`` and
-    ``BertTokenizer.from_pretrained(dir)`` (what MMSA's ``BertTextEncoder`` calls) work offline.
-
-``make_demo_features(path, dataset='mosi', ...) -> Path``
-    A pickle laid out like MMSA-Standard ``unaligned_50.pkl`` (MOSI/MOSEI) or
-    ``unaligned_39.pkl`` (SIMS), with a learnable label signal in every modality.
-    See :data:`LAYOUTS` and the function's docstring for the exact layout.
-
-``ensure_demo(out_dir, dataset='mosi', **kw) -> dict``
-    Creates both (if missing or made with other parameters) and returns
-    ``{'feature_path': ..., 'bert_dir': ...}``.
+``make_demo_features(path, dataset='mosi', ...) -> Path`` writes a pickle laid out like
+MMSA-Standard ``unaligned_50.pkl`` (MOSI/MOSEI) or ``unaligned_39.pkl`` (SIMS), with a learnable
+label signal in every modality; see :data:`LAYOUTS` and the function's docstring for the layout.
+Token ids come from the demo vocabulary (:func:`demo_vocab`), which the tiny BERT of
+:mod:`mmin_plugin.experiments.demo` shares.
 """
 from __future__ import annotations
 
-import json
-import os
 import pickle
-import shutil
 import string
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write, atomic_write_text, tmp_sibling
+from ..atomic import atomic_write
+from ..constants import LABEL_MAX
 from ..errors import MMINConfigError
 
-__all__ = [
-    "LAYOUTS",
-    "demo_vocab",
-    "make_tiny_bert",
-    "make_demo_features",
-    "ensure_demo",
-]
+__all__ = ["LAYOUTS", "DEMO_SIZES", "demo_vocab", "make_demo_features"]
 
 #: Real MMSA-Standard layouts: (text L, audio La, vision Lv), (text d, audio d, vision d), label range.
 LAYOUTS = {
-    "mosi": {"seq_lens": (50, 500, 375), "dims": (768, 5, 20), "label_max": 3.0,
+    "mosi": {"seq_lens": (50, 500, 375), "dims": (768, 5, 20), "label_max": LABEL_MAX["mosi"],
              "language": "en", "file": "unaligned_50.pkl"},
-    "mosei": {"seq_lens": (50, 500, 375), "dims": (768, 74, 35), "label_max": 3.0,
+    "mosei": {"seq_lens": (50, 500, 375), "dims": (768, 74, 35), "label_max": LABEL_MAX["mosei"],
               "language": "en", "file": "unaligned_50.pkl"},
-    "sims": {"seq_lens": (39, 400, 55), "dims": (768, 33, 709), "label_max": 1.0,
+    "sims": {"seq_lens": (39, 400, 55), "dims": (768, 33, 709), "label_max": LABEL_MAX["sims"],
              "language": "cn", "file": "unaligned_39.pkl"},
 }
-
-TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                 intermediate_size=64, max_position_embeddings=64, type_vocab_size=2)
+#: Samples per split of the demo file (``demo`` and ``demo-data`` alike).
+DEMO_SIZES = {"n_train": 128, "n_valid": 32, "n_test": 32}
 
 _SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -135,59 +115,6 @@ def _demo_tokenizer(vocab):
     # transformers 5.x: the constructor takes `vocab` (a path or a dict); `vocab_file` is ignored.
     return BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
 
-
-def make_tiny_bert(out_dir, language="en", seed=0) -> Path:
-    """Write a tiny, randomly initialised BERT (model + tokenizer) to ``out_dir`` and return it.
-
-    ``out_dir`` is built in a temporary sibling directory and renamed into place when it does
-    not exist yet; an existing directory gets its files (config.json, model.safetensors,
-    vocab.txt, tokenizer.json, tokenizer_config.json) overwritten.  The global torch RNG state
-    is left untouched.
-    """
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    vocab = demo_vocab(language)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    fresh = not out_dir.exists()
-    work = tmp_sibling(out_dir) if fresh else out_dir
-    if fresh:
-        work.mkdir()  # plain mkdir (not mkdtemp): the usual umask permissions
-    try:
-        config = BertConfig(vocab_size=len(vocab), pad_token_id=0, **TINY_BERT)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = BertModel(config)
-        model.save_pretrained(work)
-        atomic_write_text(work / "vocab.txt", "\n".join(vocab) + "\n")
-        tok = BertTokenizer.from_pretrained(str(work))
-        tok.save_pretrained(str(work))  # tokenizer.json + tokenizer_config.json (not vocab.txt in 5.x)
-        if not (work / "vocab.txt").exists():  # pragma: no cover - older transformers rewrite it
-            atomic_write_text(work / "vocab.txt", "\n".join(vocab) + "\n")
-        if fresh:
-            try:
-                os.rename(work, out_dir)
-            except OSError:
-                # Someone else created out_dir meanwhile: keep theirs if complete.
-                shutil.rmtree(work, ignore_errors=True)
-                if not _bert_complete(out_dir):
-                    raise
-    except BaseException:
-        if fresh and work.exists():
-            shutil.rmtree(work, ignore_errors=True)
-        raise
-    return out_dir
-
-
-def _bert_complete(d: Path) -> bool:
-    d = Path(d)
-    return all((d / f).is_file() for f in ("config.json", "model.safetensors", "vocab.txt"))
-
-
-# ----------------------------------------------------------------------------------------------
-# Feature files
-# ----------------------------------------------------------------------------------------------
 
 def _round_to(x, step):
     return np.round(np.asarray(x) / step) * step
@@ -375,7 +302,8 @@ def _left_pad(split_data, keys=("audio", "vision")):
     return split_data
 
 
-def make_demo_features(path, dataset="mosi", n_train=128, n_valid=32, n_test=32, seed=0,
+def make_demo_features(path, dataset="mosi", n_train=DEMO_SIZES["n_train"], n_valid=DEMO_SIZES["n_valid"],
+                       n_test=DEMO_SIZES["n_test"], seed=0,
                        bert_dir=None, seq_lens=None, corrupt=False, signal=1.0, noise=1.0,
                        text_dim=768, left_pad=False) -> Path:
     """Write a demo feature pickle laid out like MMSA-Standard ``unaligned_*.pkl``; return its path.
@@ -507,37 +435,3 @@ def make_demo_features(path, dataset="mosi", n_train=128, n_valid=32, n_test=32,
     return path
 
 
-def ensure_demo(out_dir, dataset="mosi", **kw) -> dict:
-    """Create (if missing) the demo feature file and tiny BERT under ``out_dir``; idempotent.
-
-    Layout: ``out_dir/bert-tiny-{en,cn}/`` and
-    ``out_dir/{MOSI,MOSEI,SIMS}/unaligned_{L}[_corrupt][_leftpad].pkl``
-    with a ``.json`` sidecar recording the parameters; the file is rebuilt when they differ.
-    Keyword arguments go to :func:`make_demo_features` (``bert_dir`` defaults to the tiny BERT;
-    ``bert_seed`` seeds the tiny BERT).  Returns ``{'feature_path': str, 'bert_dir': str}``.
-    """
-    dataset = str(dataset).lower()
-    if dataset not in LAYOUTS:
-        raise MMINConfigError(f"dataset: expected one of {sorted(LAYOUTS)}; found {dataset!r}")
-    out_dir = Path(out_dir)
-    language = LAYOUTS[dataset]["language"]
-    bert_seed = kw.pop("bert_seed", 0)
-    bert_dir = kw.pop("bert_dir", None)
-    if bert_dir is None:
-        bert_dir = out_dir / f"bert-tiny-{language}"
-        if not _bert_complete(bert_dir):
-            make_tiny_bert(bert_dir, language=language, seed=bert_seed)
-    seq_lens = kw.get("seq_lens")
-    L = LAYOUTS[dataset]["seq_lens"][0] if seq_lens is None else seq_lens[0]
-    name = f"unaligned_{L}" + ("_corrupt" if kw.get("corrupt") else "") + ("_leftpad" if kw.get("left_pad") else "") \
-        + ".pkl"
-    feature_path = out_dir / dataset.upper() / name
-    meta_path = feature_path.with_suffix(".json")
-    meta = {"dataset": dataset, "bert_dir": str(Path(bert_dir).resolve()),
-            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(kw.items())}}
-    meta_text = json.dumps(meta, sort_keys=True, default=str)
-    current = meta_path.read_text(encoding="utf-8") if meta_path.is_file() else None
-    if not feature_path.is_file() or current != meta_text:
-        make_demo_features(feature_path, dataset=dataset, bert_dir=bert_dir, **kw)
-        atomic_write_text(meta_path, meta_text)
-    return {"feature_path": str(feature_path), "bert_dir": str(bert_dir)}

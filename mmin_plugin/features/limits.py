@@ -1,0 +1,99 @@
+"""What one load of a feature file may cost, and which arrays it may hold (both readers).
+
+* **Byte budget** (:func:`default_max_bytes`): ``4 * file size + 64 MiB`` unless
+  ``$MMIN_SAFELOAD_MAX_BYTES`` or ``max_bytes=`` says otherwise.  Every object a reader makes is
+  charged to a :class:`Budget` *before* it is allocated.
+* **Depth**: containers nested at most :data:`MAX_DEPTH` deep (an MMSA file has depth 2).
+* **Dtypes** (:func:`check_dtype`): bool, int8-64, uint8-64, float16/32/64, complex64/128 and
+  fixed-size unicode/bytes, no fields or sub-arrays; float128/longdouble are refused (their
+  layout is platform-dependent).  Object arrays are a separate, reader-specific case (str only).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import MMINDataError
+
+__all__ = ["ENV_MAX_BYTES", "MAX_DEPTH", "MAX_NDIM", "SLOT", "OBJECT", "CONTAINER", "TUPLE", "ARRAY_HEADER",
+           "Budget", "Refused", "CHUNK_ELEMENTS", "default_max_bytes", "check_dtype", "check_unicode"]
+
+#: Environment variable: the most bytes one load may materialise (overrides the default).
+ENV_MAX_BYTES = "MMIN_SAFELOAD_MAX_BYTES"
+#: Deepest container nesting accepted (an MMSA file is a dict of dicts of arrays: depth 2).
+MAX_DEPTH = 64
+#: Most array dimensions (NumPy's own limit is 64; feature arrays have at most 3).
+MAX_NDIM = 32
+#: Bytes charged per reference held (a list/tuple/stack/memo slot, CPython 3.11: 8 bytes).
+SLOT = 8
+#: Bytes charged per small object made (an int or a float: 24-32 bytes).
+OBJECT = 32
+#: Bytes charged per container made: its header (tuple 40-56, list 56, dict 64) plus the
+#: reader's bookkeeping entry for it (about 100 bytes).
+CONTAINER = 160
+#: Bytes charged per tuple of scalars, besides its slots (its header; not tracked by the reader).
+TUPLE = 40
+#: Bytes charged per ndarray on top of its data (the object header NumPy allocates).
+ARRAY_HEADER = 112
+_FACTOR, _FLOOR = 4, 64 << 20
+_KINDS = "biufcUS"
+#: Array elements per chunk of the value scans (bounded temporary memory: ~4 M elements).
+CHUNK_ELEMENTS = 1 << 22
+#: Largest fixed-size string dtype accepted (characters or bytes).
+MAX_STR_ITEMS = 1 << 24
+
+
+class Refused(Exception):
+    """What a reader refuses; the reader turns it into :class:`MMINDataError` naming the file."""
+
+
+def default_max_bytes(file_size) -> int:
+    """The byte budget of one load: ``$MMIN_SAFELOAD_MAX_BYTES`` if set, else
+    ``4 * file_size + 64 MiB`` (``64 MiB`` when the size is unknown)."""
+    env = os.environ.get(ENV_MAX_BYTES, "").strip()
+    if env:
+        try:
+            v = int(env)
+        except ValueError:
+            raise MMINDataError(f"${ENV_MAX_BYTES}: expected an integer number of bytes; found {env!r}") from None
+        if v < 1:
+            raise MMINDataError(f"${ENV_MAX_BYTES}: expected a positive number of bytes; found {v}")
+        return v
+    return _FACTOR * int(file_size or 0) + _FLOOR
+
+
+@dataclass
+class Budget:
+    """Bytes one load may still materialise: ``used`` grows by :meth:`charge` up to ``limit``."""
+
+    limit: int
+    used: int = 0
+
+    def charge(self, n: int, what: str) -> None:
+        self.used += int(n)
+        if self.used > self.limit:
+            raise Refused(f"{what} would take the memory materialised past {self.limit} bytes "
+                          f"(the limit: 4x the file size + 64 MiB; raise it with ${ENV_MAX_BYTES} or "
+                          "max_bytes= for a trusted file)")
+
+
+def check_dtype(dt: np.dtype) -> np.dtype:
+    """`dt` if arrays of it may be loaded (see the module docstring), else :class:`Refused`."""
+    if (dt.kind not in _KINDS or dt.fields is not None or dt.subdtype is not None or dt.itemsize == 0
+            or (dt.kind in "fc" and dt.itemsize > 16) or (dt.kind == "f" and dt.itemsize > 8)
+            or (dt.kind in "US" and dt.itemsize // (4 if dt.kind == "U" else 1) > MAX_STR_ITEMS)):
+        raise Refused(f"array dtype {dt}: only bool, int8-64, uint8-64, float16/32/64, complex64/128 and "
+                      "fixed-size unicode/bytes are accepted")
+    return dt
+
+
+def check_unicode(a: np.ndarray) -> np.ndarray:
+    """`a` if it is not a '<U' array or all its code points are valid (<= 0x10FFFF), else
+    :class:`Refused` (NumPy stores UCS4 unchecked; ``repr``/``tolist`` then raise SystemError)."""
+    if a.dtype.kind == "U" and a.size:
+        cp = np.ascontiguousarray(a).reshape(-1).view(np.dtype("u4").newbyteorder(a.dtype.byteorder))
+        if int(cp.max()) > 0x10FFFF:
+            raise Refused(f"a {a.dtype} array holding a code point above 0x10FFFF (not valid unicode)")
+    return a

@@ -1,0 +1,717 @@
+"""A pickle reader for MMSA feature files that is safe by construction.
+
+MMSA's ``data_loader`` calls ``pickle.load`` on the feature file, which runs whatever code a
+crafted file carries.  Allow-listing globals is not enough: with NumPy's own
+``_reconstruct``/``dtype``/``ndarray`` a file can forge an object dtype (raw bytes become
+``PyObject*`` pointers), a zero-stride array claiming 1e13 elements, or a multi-GB array; memo
+references expand a 12 KB file into 1e12 list elements.  So :class:`SafeUnpickler` does not use
+:class:`pickle.Unpickler`: it is a small pickle virtual machine that never calls a function
+named by the file and never hands file-controlled state to ``__setstate__``.
+
+**What it reads** is what Python 3 writes for MMSA-Standard files and NumPy 1.x/2.x arrays with
+protocols 2-5 (recorded by pickling every allowed dtype in C, Fortran and non-contiguous ('K')
+order, object arrays of str, NumPy scalars and an MMSA-layout dict; ``tests/test_safeload.py``
+repeats that record):
+
+* opcodes: PROTO FRAME STOP MARK, NONE NEWTRUE NEWFALSE, BININT BININT1 BININT2 LONG1 BINFLOAT,
+  SHORT_BINUNICODE BINUNICODE BINUNICODE8, SHORT_BINBYTES BINBYTES BINBYTES8 BYTEARRAY8,
+  EMPTY_TUPLE TUPLE TUPLE1-3, EMPTY_LIST APPEND APPENDS, EMPTY_DICT SETITEM SETITEMS,
+  BINPUT LONG_BINPUT MEMOIZE BINGET LONG_BINGET, GLOBAL STACK_GLOBAL REDUCE BUILD;
+* globals: ``numpy[._]core.multiarray._reconstruct`` / ``scalar``,
+  ``numpy[._]core.numeric._frombuffer``, ``numpy.ndarray``, ``numpy.dtype``,
+  ``_codecs.encode`` (protocol 2 bytes) and ``builtins.bytes`` (protocol 2 empty bytes).
+
+Everything else (protocol 0/1 text opcodes, sets, POP, DUP, NEWOBJ, persistent ids, extension
+codes, out-of-band buffers, any other global) is refused with a message naming it.
+
+* **Arrays are rebuilt here from validated parts.**  The NumPy globals resolve to inert markers;
+  ``numpy.dtype(spec, ...)`` + its BUILD state give a dtype made by NumPy from the spec and the
+  byte order only, in the allow-list of :func:`~mmin_plugin.features.limits.check_dtype`;
+  ``_reconstruct`` + BUILD ``(1, shape, dtype, fortran, data)`` and ``_frombuffer(data, dtype,
+  shape, order[, axis_order])`` become a fresh array filled from ``data``, whose length must be
+  ``prod(shape) * itemsize`` exactly.  The one object dtype accepted is an object array whose
+  data is a list of ``str`` (MMSA's ``id`` / ``raw_text``).  '<U' code points must be valid.
+* **Dict keys are str** (MMSA's are); str hashes are randomised, so no file can make a dict
+  degrade to quadratic inserts.
+* **Bounded work.**  Everything made -- values, containers, stack and mark slots at their peak,
+  memo entries, array data -- is charged to a :class:`~mmin_plugin.features.limits.Budget`
+  *before* it is allocated; lengths beyond the end of the file are refused unread.  Each
+  container carries its expanded size (elements reachable, shared references counted every
+  time) and depth; it cannot change once inside another object (so no cycles, no shared
+  references filled in later), and both are bounded.
+* **One exception type**: :class:`~mmin_plugin.errors.MMINDataError` naming the file, the byte
+  offset and what was refused.
+
+Array data of at least 1 MiB in a seekable file is not read when its opcode is met but straight
+into the array made from it (one copy, as ``pickle`` does); such bytes are accepted only as array
+data.
+"""
+from __future__ import annotations
+
+import io
+import math
+import pickle
+import re
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import MMINDataError
+from .limits import (
+    ARRAY_HEADER,
+    CONTAINER,
+    MAX_DEPTH,
+    MAX_NDIM,
+    OBJECT,
+    SLOT,
+    TUPLE,
+    Budget,
+    Refused,
+    check_dtype,
+    check_unicode,
+    default_max_bytes,
+)
+
+__all__ = ["ALLOWED_GLOBALS", "SafeUnpickler"]
+
+# (module, name) a file may reference -> the marker it resolves to (nothing is imported).
+ALLOWED_GLOBALS = {
+    **{(f"numpy.{core}.multiarray", "_reconstruct"): "reconstruct" for core in ("core", "_core")},
+    **{(f"numpy.{core}.multiarray", "scalar"): "scalar" for core in ("core", "_core")},
+    **{(f"numpy.{core}.numeric", "_frombuffer"): "frombuffer" for core in ("core", "_core")},
+    ("numpy", "ndarray"): "ndarray",
+    ("numpy", "dtype"): "dtype",
+    ("_codecs", "encode"): "encode",
+    ("builtins", "bytes"): "bytes",
+    ("__builtin__", "bytes"): "bytes",  # protocol 2 writes Python 3's builtins under the Python 2 name
+}
+# dtype specs as numpy's dtype.__reduce__ writes them ('f8', 'U7', 'S3', 'b1', 'O8', ...)
+_SPEC_RE = re.compile(r"^(?:b1|[iu][1248]|f[248]|c(?:8|16)|[US]\d{0,9}|O[48]?)$")
+_LATIN1 = {"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1"}
+#: bytes values at least this long are read lazily from seekable files (see _Lazy)
+LAZY_MIN = 1 << 20
+
+
+class _Global:
+    """Inert stand-in for an allowed global: only the loader knows what it means."""
+
+    __slots__ = ("kind", "qualname")
+
+    def __init__(self, kind, qualname):
+        self.kind, self.qualname = kind, qualname
+
+
+class _Pending:
+    """A dtype (``spec`` set) or an array (``spec`` None) made by REDUCE, waiting for its BUILD."""
+
+    __slots__ = ("spec", "value")
+
+    def __init__(self, spec=None):
+        self.spec, self.value = spec, None
+
+
+class _Lazy:
+    """Array data only: `n` bytes at `offset` of the file, not read yet, or `data` (a protocol-5
+    in-band buffer, BYTEARRAY8, which is array data in every file NumPy writes)."""
+
+    __slots__ = ("offset", "n", "data")
+
+    def __init__(self, offset, n, data=None):
+        self.offset, self.n, self.data = offset, n, data
+
+
+@dataclass(slots=True)
+class _Container:
+    """Bookkeeping of a list/dict/tuple the loader made."""
+
+    obj: object
+    size: int = 1      # elements reachable from it, shared references counted each time
+    depth: int = 0     # nesting depth below it
+    sealed: bool = False  # put inside another object: may not change any more
+
+
+def _short(obj) -> str:
+    """A bounded description of a file-made object (never its full repr)."""
+    if isinstance(obj, _Global):
+        return f"the global '{obj.qualname}'"
+    if isinstance(obj, (str, bytes, bytearray)):
+        return f"{type(obj).__name__} of length {len(obj)} ({obj[:20]!r}{'...' if len(obj) > 20 else ''})"
+    if isinstance(obj, (list, tuple, dict)):
+        return f"{type(obj).__name__} of length {len(obj)}"
+    if isinstance(obj, np.ndarray):
+        return f"ndarray of {obj.dtype} with shape {obj.shape}"
+    if isinstance(obj, int) and not isinstance(obj, bool):
+        return f"int {obj}" if obj.bit_length() < 64 else f"int of {obj.bit_length()} bits"
+    if isinstance(obj, (float, bool, type(None), np.dtype)):
+        return f"{type(obj).__name__} {obj!r}"
+    return type(obj).__name__
+
+
+def _refuse(msg):
+    raise Refused(msg)
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _remaining(f):
+    """Bytes left in a seekable file object, else None."""
+    try:
+        here = f.tell()
+        end = f.seek(0, io.SEEK_END)
+        f.seek(here)
+        return end - here
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
+class SafeUnpickler:
+    """``SafeUnpickler(file, source=..., max_bytes=...).run()``: the object, or MMINDataError.
+
+    ``file`` is a binary file object; when it is seekable, over-long lengths are refused unread
+    and large array data is read straight into the array.
+    """
+
+    def __init__(self, file, *, source="<stream>", max_bytes=None, max_depth=MAX_DEPTH):
+        self.file, self.source, self.max_depth = file, source, max_depth
+        self.size = _remaining(file)
+        self.base = file.tell() if self.size is not None else 0
+        self.budget = Budget(default_max_bytes(self.size) if max_bytes is None else int(max_bytes))
+        self.pos = 0
+        self.stack, self.marks, self.memo = [], [], []
+        self.peak = 0  # most stack + mark slots so far (each charged once)
+        self.containers = {}  # id(obj) -> _Container
+        self.lazy_tuples = set()  # ids of tuples holding _Lazy data (directly or in a tuple)
+
+    def run(self):
+        try:
+            return self._load()
+        except MMINDataError:
+            raise
+        except Refused as e:
+            raise MMINDataError(f"{self.source}: refusing to load this feature file: {e} "
+                                f"(at byte {self.pos})") from None
+        except Exception as e:  # MemoryError, RecursionError, ValueError ... from a malformed file
+            raise MMINDataError(
+                f"{self.source}: expected a pickled MMSA feature file; found an unreadable or malformed pickle "
+                f"at byte {self.pos} ({type(e).__name__}: {str(e)[:200]})") from None
+
+    # --- reading ---------------------------------------------------------------------------------
+    def read(self, n):
+        if self.size is not None and self.pos + n > self.size:
+            _refuse(f"a length of {n} bytes past the end of the file ({self.size} bytes)")
+        self.budget.charge(n, f"a {n}-byte value")
+        data = self.file.read(n)
+        if len(data) != n:
+            _refuse(f"a truncated file (wanted {n} bytes, got {len(data)})")
+        self.pos += n
+        return data
+
+    def read_struct(self, fmt):
+        return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
+
+    def read_bytes(self, n):
+        """`n` bytes: a _Lazy (skipped now) when large and the file seekable, else bytes."""
+        if n < LAZY_MIN or self.size is None:
+            return self.read(n)
+        if self.pos + n > self.size:
+            _refuse(f"a length of {n} bytes past the end of the file ({self.size} bytes)")
+        lazy = _Lazy(self.base + self.pos, n)
+        self.file.seek(n, io.SEEK_CUR)
+        self.pos += n
+        return lazy
+
+    def read_into(self, lazy, out):
+        here = self.file.tell()
+        self.file.seek(lazy.offset)
+        got = self.file.readinto(out)
+        self.file.seek(here)
+        if got != lazy.n:
+            _refuse(f"a truncated file (wanted {lazy.n} bytes, got {got})")
+
+    # --- stack and containers --------------------------------------------------------------------
+    def grow(self):
+        """Charge stack/mark slots beyond the peak so far (what the two lists hold at most: a
+        slot, and for a mark the int it stores)."""
+        if len(self.stack) + len(self.marks) > self.peak:
+            self.peak = len(self.stack) + len(self.marks)
+            self.budget.charge(SLOT + OBJECT, "a stack slot")
+
+    def push(self, x):
+        self.stack.append(x)
+        self.grow()
+
+    def pop(self):
+        if not self.stack:
+            _refuse("an operation on an empty stack")
+        return self.stack.pop()
+
+    def pop_mark(self):
+        if not self.marks:
+            _refuse("a stack operation without MARK")
+        k = self.marks.pop()
+        items, self.stack[k:] = self.stack[k:], []
+        return items
+
+    def weight(self, x):
+        """(elements reachable from `x`, nesting depth below it)."""
+        if isinstance(x, np.ndarray):
+            return max(1, x.size), 0
+        rec = self.containers.get(id(x))
+        if rec is not None and rec.obj is x:
+            return rec.size, rec.depth
+        if type(x) is tuple and x:  # a tuple of scalars, not registered (see new)
+            return 1 + len(x), 1
+        return 1, 0
+
+    def add(self, rec, items):
+        """Account `items` (resolved) going into the container of `rec`."""
+        for x in items:
+            if x is rec.obj:
+                _refuse(f"a {type(x).__name__} containing itself")
+            size, depth = self.weight(x)
+            rec.size += size
+            rec.depth = max(rec.depth, depth + 1)
+        if rec.depth > self.max_depth:
+            _refuse(f"containers nested more than {self.max_depth} deep")
+        if rec.size > self.budget.limit:
+            _refuse(f"containers that expand to {rec.size} elements (shared references counted each time "
+                    f"they occur; the limit is {self.budget.limit}, the byte budget)")
+        self.budget.charge(SLOT * len(items), f"{len(items)} more items")
+
+    def new(self, obj, items=()):
+        """Register the container `obj` built from `items` (already resolved) and return it.  A
+        tuple of scalars (an array's shape, say) is not registered: its weight follows from its
+        length, and it is charged only its own size."""
+        if type(obj) is tuple and all(self.weight(x) == (1, 0) and not isinstance(x, _Lazy) for x in items):
+            self.budget.charge(TUPLE + SLOT * len(items), "a tuple")
+            return obj
+        rec = self.containers[id(obj)] = _Container(obj)
+        self.budget.charge(CONTAINER, f"a {type(obj).__name__}")
+        self.add(rec, items)
+        if isinstance(obj, tuple) and any(isinstance(i, _Lazy) or id(i) in self.lazy_tuples for i in items):
+            self.lazy_tuples.add(id(obj))
+        return obj
+
+    def target(self, kind):
+        """The container on top of the stack that items are added to."""
+        t = self.stack[-1] if self.stack else None
+        rec = self.containers.get(id(t))
+        if type(t) is not kind or rec is None or rec.obj is not t:
+            _refuse(f"adding items to {_short(t)} (expected a {kind.__name__} made by the file)")
+        if rec.sealed:
+            _refuse(f"changing a {kind.__name__} after it was put inside another object "
+                    "(shared references filled in later, or a cycle)")
+        return rec
+
+    def resolve(self, x, in_tuple=False):
+        """The value a stack entry stands for, sealed.  Globals and not-yet-read array data may
+        only sit in a tuple (the arguments of a REDUCE or the state of a BUILD)."""
+        if isinstance(x, _Pending):
+            if x.value is None:
+                if x.spec is None:
+                    _refuse("an array used before its state (BUILD) was given")
+                x.value = self.dtype(x.spec)
+            return x.value
+        if not in_tuple and (isinstance(x, (_Global, _Lazy)) or id(x) in self.lazy_tuples):
+            _refuse(f"{_short(x)} used as a value" if isinstance(x, _Global)
+                    else f"a bytearray, or bytes of {LAZY_MIN} bytes or more, outside array data (feature files "
+                         "hold such values only as NumPy array data)")
+        rec = self.containers.get(id(x))
+        if rec is not None and rec.obj is x:
+            rec.sealed = True
+        return x
+
+    def resolved(self, items, in_tuple=False):
+        return [self.resolve(x, in_tuple) for x in items]
+
+    # --- the machine -------------------------------------------------------------------------------
+    def _load(self):
+        while True:
+            op = self.file.read(1)
+            if not op:
+                _refuse("a truncated file (no STOP opcode)")
+            self.pos += 1
+            if op == b".":
+                return self.resolve(self.pop())
+            handler = self.dispatch.get(op[0])
+            if handler is None:
+                _refuse(f"the opcode {_OPNAMES.get(op[0], repr(op))} (feature files written by Python 3 with "
+                        "protocols 2-5 do not use it)")
+            handler(self)
+
+    dispatch = {}
+
+    def op_proto(self):
+        proto = self.read(1)[0]
+        if not 2 <= proto <= 5:
+            _refuse(f"pickle protocol {proto} (feature files use protocols 2-5)")
+
+    def op_frame(self):
+        self.read(8)  # the frame's length: its opcodes follow inline
+
+    def op_mark(self):
+        self.marks.append(len(self.stack))
+        self.grow()
+
+    def op_none(self):
+        self.push(None)
+
+    def op_true(self):
+        self.push(True)
+
+    def op_false(self):
+        self.push(False)
+
+    def number(self, x):
+        self.budget.charge(OBJECT, "a number")
+        self.push(x)
+
+    def op_binint(self):
+        self.number(self.read_struct("<i"))
+
+    def op_binint1(self):
+        self.push(self.read(1)[0])  # 0-255: CPython's cached small ints
+
+    def op_binint2(self):
+        self.number(self.read_struct("<H"))
+
+    def op_long1(self):
+        self.number(int.from_bytes(self.read(self.read(1)[0]), "little", signed=True))
+
+    def op_binfloat(self):
+        self.number(self.read_struct(">d"))
+
+    def unicode(self, n):
+        self.budget.charge(n + 80, "a string")  # a str takes up to 4 bytes per UTF-8 byte, plus its header
+        self.push(str(self.read(n), "utf-8", "surrogatepass"))
+
+    def op_short_binunicode(self):
+        self.unicode(self.read(1)[0])
+
+    def op_binunicode(self):
+        self.unicode(self.read_struct("<I"))
+
+    def op_binunicode8(self):
+        self.unicode(self.read_struct("<Q"))
+
+    def op_short_binbytes(self):
+        self.push(self.read(self.read(1)[0]))
+
+    def op_binbytes(self):
+        self.push(self.read_bytes(self.read_struct("<I")))
+
+    def op_binbytes8(self):
+        self.push(self.read_bytes(self.read_struct("<Q")))
+
+    def op_bytearray8(self):
+        data = self.read_bytes(self.read_struct("<Q"))
+        self.push(data if isinstance(data, _Lazy) else _Lazy(None, len(data), data))
+
+    def op_empty_tuple(self):
+        self.push(())
+
+    def op_tuple(self):
+        items = self.resolved(self.pop_mark(), in_tuple=True)
+        self.push(self.new(tuple(items), items))
+
+    def tuple_n(self, n):
+        if len(self.stack) < n:
+            _refuse(f"TUPLE{n} with fewer than {n} items on the stack")
+        items = self.resolved(self.stack[-n:], in_tuple=True)
+        del self.stack[-n:]
+        self.push(self.new(tuple(items), items))
+
+    def op_tuple1(self):
+        self.tuple_n(1)
+
+    def op_tuple2(self):
+        self.tuple_n(2)
+
+    def op_tuple3(self):
+        self.tuple_n(3)
+
+    def op_empty_list(self):
+        self.push(self.new([]))
+
+    def op_append(self):
+        x = self.resolve(self.pop())
+        rec = self.target(list)
+        self.add(rec, [x])
+        rec.obj.append(x)
+
+    def op_appends(self):
+        items = self.resolved(self.pop_mark())
+        rec = self.target(list)
+        self.add(rec, items)
+        rec.obj.extend(items)
+
+    def op_empty_dict(self):
+        self.push(self.new({}))
+
+    def set_items(self, items):
+        rec = self.target(dict)
+        for k in items[::2]:
+            if type(k) is not str:
+                _refuse(f"a dict key {_short(k)} (feature files have str keys)")
+        self.add(rec, items)
+        for i in range(0, len(items), 2):
+            rec.obj[items[i]] = items[i + 1]
+
+    def op_setitem(self):
+        v = self.resolve(self.pop())
+        self.set_items([self.resolve(self.pop()), v])
+
+    def op_setitems(self):
+        items = self.resolved(self.pop_mark())
+        if len(items) % 2:
+            _refuse("SETITEMS with an odd number of items")
+        self.set_items(items)
+
+    def memo_put(self, i):
+        """Python's picklers number memo entries 0, 1, 2, ...: the memo is a list."""
+        if not self.stack:
+            _refuse("a memo store on an empty stack")
+        if i == len(self.memo):
+            self.budget.charge(SLOT, "a memo entry")
+            self.memo.append(self.stack[-1])
+        elif i < len(self.memo):
+            self.memo[i] = self.stack[-1]
+        else:
+            _refuse(f"memo entry {i} stored before entry {len(self.memo)} (Python numbers them in order)")
+
+    def memo_get(self, i):
+        if not 0 <= i < len(self.memo):
+            _refuse(f"a reference to memo entry {i}, which was never stored")
+        self.push(self.memo[i])
+
+    def op_binput(self):
+        self.memo_put(self.read(1)[0])
+
+    def op_long_binput(self):
+        self.memo_put(self.read_struct("<I"))
+
+    def op_memoize(self):
+        self.memo_put(len(self.memo))
+
+    def op_binget(self):
+        self.memo_get(self.read(1)[0])
+
+    def op_long_binget(self):
+        self.memo_get(self.read_struct("<I"))
+
+    def find_global(self, module, name):
+        kind = ALLOWED_GLOBALS.get((module, name))
+        if kind is None:
+            raise MMINDataError(
+                f"{self.source}: refusing to unpickle '{module[:100]}.{name[:100]}': a feature file may only "
+                "hold NumPy arrays/dtypes/scalars and builtin containers; nothing from this file was executed "
+                "(is it a crafted or non-MMSA pickle?)")
+        self.push(_Global(kind, f"{module}.{name}"))
+
+    def op_global(self):
+        module, name = (self.readline().decode("utf-8") for _ in range(2))
+        self.find_global(module, name)
+
+    def readline(self):
+        line = self.file.readline(256)  # module and class names: a longer line is not an allowed one
+        self.pos += len(line)
+        self.budget.charge(len(line), "a text line")
+        if not line.endswith(b"\n"):
+            _refuse("an unterminated or over-long GLOBAL name")
+        return line[:-1]
+
+    def op_stack_global(self):
+        name, module = self.pop(), self.pop()
+        if type(module) is not str or type(name) is not str:
+            _refuse("STACK_GLOBAL with non-str names")
+        self.find_global(module, name)
+
+    def op_reduce(self):
+        args = self.resolve(self.pop(), in_tuple=True)
+        fn = self.pop()
+        if not isinstance(fn, _Global):
+            _refuse(f"calling {_short(fn)} (only allowed globals can be called)")
+        if type(args) is not tuple:
+            _refuse(f"arguments {_short(args)} for '{fn.qualname}' (expected a tuple)")
+        call = getattr(self, "call_" + fn.kind)
+        nargs = {"reconstruct": (3,), "scalar": (1, 2), "frombuffer": (4, 5), "ndarray": range(99),
+                 "dtype": (1, 2, 3), "encode": (2,), "bytes": (0,)}[fn.kind]
+        if len(args) not in nargs:
+            _refuse(f"'{fn.qualname}' called with {len(args)} arguments (expected {' or '.join(map(str, nargs))})")
+        if fn.kind != "frombuffer" and id(args) in self.lazy_tuples:
+            _refuse(f"a bytearray, or bytes of {LAZY_MIN} bytes or more, passed to '{fn.qualname}'")
+        if fn.kind != "reconstruct" and any(isinstance(a, _Global) for a in args):
+            _refuse("a global passed as an argument (only _reconstruct takes numpy.ndarray)")
+        self.push(call(*args))
+
+    def op_build(self):
+        state = self.resolve(self.pop(), in_tuple=True)
+        inst = self.stack[-1] if self.stack else None
+        if not isinstance(inst, _Pending) or inst.value is not None:
+            _refuse(f"BUILD (setting state) on {_short(inst)}: only arrays and dtypes the loader "
+                    "itself rebuilds take a state")
+        if inst.spec is not None:
+            if id(state) in self.lazy_tuples:
+                _refuse("a dtype state holding array data")
+            inst.value = self.dtype_from_state(inst.spec, state)
+        else:
+            inst.value = self.array_from_state(state)
+
+    # --- the globals ---------------------------------------------------------------------------------
+    def call_dtype(self, spec, *flags):
+        if any(f not in (0, 1) for f in flags):  # align, copy
+            _refuse(f"numpy.dtype flags {', '.join(_short(f) for f in flags)}")
+        self.dtype(spec if type(spec) is not str or spec[:1] not in "US" else spec[:1] + "1")  # the kind, early
+        return _Pending(spec)
+
+    def dtype(self, spec, byteorder="=", elsize=-1):
+        """The dtype a (spec, byteorder, elsize) triple describes, made by NumPy from a string."""
+        if type(spec) is not str or not _SPEC_RE.match(spec):
+            _refuse(f"dtype {_short(spec)}: only bool, int8-64, uint8-64, float16/32/64, complex64/128, "
+                    "fixed-size unicode/bytes (and object arrays of str) are accepted")
+        if byteorder not in ("<", ">", "|", "="):
+            _refuse(f"dtype byte order {_short(byteorder)}: expected one of '<', '>', '|', '='")
+        if not _is_int(elsize):
+            _refuse(f"dtype item size {_short(elsize)}")
+        if spec[0] == "O":
+            return np.dtype(object)
+        if spec[0] in "US":
+            unit = 4 if spec[0] == "U" else 1
+            n = int(spec[1:]) if len(spec) > 1 else None
+            if elsize >= 0:
+                if elsize % unit or (n is not None and n * unit != elsize):
+                    _refuse(f"dtype '{spec}' with item size {elsize}: inconsistent")
+                n = elsize // unit
+            if n is None:
+                _refuse(f"dtype '{spec}': a fixed-size string dtype needs a size")
+            spec = f"{spec[0]}{n}"
+        dt = np.dtype(spec)
+        if spec[0] not in "US" and elsize not in (-1, dt.itemsize):
+            _refuse(f"dtype '{spec}' with item size {elsize}")
+        if dt.itemsize > 1 and byteorder in "<>":
+            dt = dt.newbyteorder(byteorder)
+        return check_dtype(dt)
+
+    def dtype_from_state(self, spec, state):
+        """numpy's dtype state ``(3, byteorder, subdescr, names, fields, elsize, alignment, flags[,
+        metadata])``: fields/sub-arrays/metadata refused, flags ignored (NumPy's own are used)."""
+        if type(state) is not tuple or len(state) not in (8, 9) or state[0] not in (3, 4):
+            _refuse(f"a dtype state {_short(state)} (expected numpy's version-3 tuple of 8 items)")
+        if state[2:5] != (None, None, None) or state[8:] not in ((), (None,)):
+            _refuse(f"a structured or sub-array dtype '{spec}' (fields, names, sub-arrays and metadata are "
+                    "not accepted in feature files)")
+        return self.dtype(spec, state[1], state[5])
+
+    def call_reconstruct(self, cls, shape, code):
+        if not (isinstance(cls, _Global) and cls.kind == "ndarray") or code not in (b"b", "b"):
+            _refuse(f"_reconstruct of {_short(cls)} with {_short(code)} (only numpy.ndarray, b'b')")
+        return _Pending()
+
+    def call_ndarray(self, *args):
+        _refuse("calling numpy.ndarray(...) (buffer=/strides= forms can alias memory or claim huge shapes; "
+                "arrays are only rebuilt from their data)")
+
+    def call_encode(self, s, encoding):
+        if type(s) is not str or type(encoding) is not str or encoding.lower() not in _LATIN1:
+            _refuse(f"_codecs.encode with {_short(encoding)} (only encoding a str as 'latin1', which is how "
+                    "protocol 2 stores bytes, is accepted)")
+        self.budget.charge(len(s) + 33, "bytes")
+        return s.encode("latin1")
+
+    def call_bytes(self):
+        return b""
+
+    def call_scalar(self, dtype, data=None):
+        if not isinstance(dtype, np.dtype) or dtype.kind == "O":
+            _refuse(f"a NumPy scalar of dtype {_short(dtype)}")
+        data = b"\x00" * dtype.itemsize if data is None else data
+        if type(data) is not bytes or len(data) != dtype.itemsize:
+            _refuse(f"scalar data {_short(data)} for dtype {dtype} (expected {dtype.itemsize} bytes)")
+        return check_unicode(np.frombuffer(data, dtype=dtype))[0]
+
+    def call_frombuffer(self, data, dtype, shape, order, axis_order=None):
+        """NumPy's ``_frombuffer``: C/F order, or 'K' with the axis permutation of the original."""
+        if order not in ("C", "F", "K") or (order == "K") != (axis_order is not None):
+            _refuse(f"_frombuffer order {_short(order)} with axis order {_short(axis_order)}")
+        out = self.array(data, dtype, shape, order == "F")
+        if order == "K":
+            if type(axis_order) is not tuple or sorted(axis_order) != list(range(out.ndim)):
+                _refuse(f"_frombuffer axis order {_short(axis_order)} (expected a permutation of 0..{out.ndim - 1})")
+            out = out.transpose(axis_order)
+        return out
+
+    def array_from_state(self, state):
+        if type(state) is not tuple or len(state) != 5 or state[0] != 1 or not _is_int(state[0]):
+            _refuse(f"an array state {_short(state)} (expected (1, shape, dtype, fortran, data))")
+        _, shape, dtype, fortran, data = state
+        if fortran not in (0, 1):
+            _refuse(f"an array order flag {_short(fortran)}")
+        if isinstance(dtype, np.dtype) and dtype.kind == "O":
+            return self.array_of_str(data, shape, bool(fortran))
+        return self.array(data, dtype, shape, bool(fortran))
+
+    def shape(self, shape):
+        if type(shape) is not tuple or len(shape) > MAX_NDIM or not all(_is_int(s) and s >= 0 for s in shape):
+            _refuse(f"an array shape {_short(shape)} (expected up to {MAX_NDIM} non-negative ints)")
+        n = math.prod(shape)
+        if n > self.budget.limit:
+            _refuse(f"an array of shape {shape} ({n} elements; the limit is {self.budget.limit})")
+        return n
+
+    def array(self, data, dtype, shape, fortran):
+        """ndarray(shape, dtype) made here and filled from `data` (exactly prod(shape)*itemsize bytes)."""
+        if not isinstance(dtype, np.dtype) or dtype.kind == "O":
+            _refuse(f"array dtype {_short(dtype)}")
+        n = self.shape(shape)
+        if not isinstance(data, (bytes, _Lazy)):
+            _refuse(f"array data {_short(data)} (expected bytes)")
+        want, have = n * dtype.itemsize, data.n if isinstance(data, _Lazy) else len(data)
+        if have != want:
+            _refuse(f"array data of {have} bytes for shape {shape} and dtype {dtype} (expected exactly {want})")
+        self.budget.charge(want + ARRAY_HEADER, f"an array of shape {shape}")
+        out = np.empty(n, dtype=dtype)  # fresh, C-contiguous, writeable
+        if isinstance(data, _Lazy) and data.data is not None:
+            data = data.data
+        if isinstance(data, _Lazy):
+            self.read_into(data, memoryview(out.view(np.uint8)))
+        elif want:
+            out.view(np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
+        return check_unicode(out).reshape(shape, order="F" if fortran else "C")
+
+    def array_of_str(self, items, shape, fortran):
+        """An object array of str: numpy writes the items as a list in C order."""
+        n = self.shape(shape)
+        if type(items) is not list or len(items) != n or not all(type(x) is str for x in items):
+            _refuse(f"object-array data {_short(items)} for shape {shape} (expected a list of {n} str)")
+        self.budget.charge(8 * n + ARRAY_HEADER, f"an object array of shape {shape}")
+        out = np.empty(n, dtype=object)
+        out[:] = items
+        out = out.reshape(shape)
+        return np.asfortranarray(out) if fortran and out.ndim > 1 else out
+
+
+# One dispatch table, as in CPython's pickle.py: opcode byte -> handler.
+_OPCODES = {
+    "PROTO": SafeUnpickler.op_proto, "FRAME": SafeUnpickler.op_frame, "MARK": SafeUnpickler.op_mark,
+    "NONE": SafeUnpickler.op_none, "NEWTRUE": SafeUnpickler.op_true, "NEWFALSE": SafeUnpickler.op_false,
+    "BININT": SafeUnpickler.op_binint, "BININT1": SafeUnpickler.op_binint1, "BININT2": SafeUnpickler.op_binint2,
+    "LONG1": SafeUnpickler.op_long1, "BINFLOAT": SafeUnpickler.op_binfloat,
+    "SHORT_BINUNICODE": SafeUnpickler.op_short_binunicode, "BINUNICODE": SafeUnpickler.op_binunicode,
+    "BINUNICODE8": SafeUnpickler.op_binunicode8, "SHORT_BINBYTES": SafeUnpickler.op_short_binbytes,
+    "BINBYTES": SafeUnpickler.op_binbytes, "BINBYTES8": SafeUnpickler.op_binbytes8,
+    "BYTEARRAY8": SafeUnpickler.op_bytearray8, "EMPTY_TUPLE": SafeUnpickler.op_empty_tuple,
+    "TUPLE": SafeUnpickler.op_tuple, "TUPLE1": SafeUnpickler.op_tuple1, "TUPLE2": SafeUnpickler.op_tuple2,
+    "TUPLE3": SafeUnpickler.op_tuple3, "EMPTY_LIST": SafeUnpickler.op_empty_list,
+    "APPEND": SafeUnpickler.op_append, "APPENDS": SafeUnpickler.op_appends,
+    "EMPTY_DICT": SafeUnpickler.op_empty_dict, "SETITEM": SafeUnpickler.op_setitem,
+    "SETITEMS": SafeUnpickler.op_setitems, "BINPUT": SafeUnpickler.op_binput,
+    "LONG_BINPUT": SafeUnpickler.op_long_binput, "MEMOIZE": SafeUnpickler.op_memoize,
+    "BINGET": SafeUnpickler.op_binget, "LONG_BINGET": SafeUnpickler.op_long_binget,
+    "GLOBAL": SafeUnpickler.op_global, "STACK_GLOBAL": SafeUnpickler.op_stack_global,
+    "REDUCE": SafeUnpickler.op_reduce, "BUILD": SafeUnpickler.op_build,
+}
+_OPNAMES = {v[0]: k for k, v in vars(pickle).items() if k.isupper() and isinstance(v, bytes) and len(v) == 1}
+SafeUnpickler.dispatch = {getattr(pickle, name)[0]: fn for name, fn in _OPCODES.items()}
