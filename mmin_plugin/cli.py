@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("patches", help="list every change mmin_plugin makes to MMSA, and why")
 
     p = sub.add_parser("convert", help="rewrite a feature file without pickle (safe format; see "
-                                       "mmin_plugin.integration.convert)")
+                                       "mmin_plugin.features.safeformat)")
     p.add_argument("input", type=_existing_file, help="a feature file (pickle, read with the safe loader)")
     p.add_argument("output", type=_out_file, help="the file to write (e.g. features.npz)")
     p.add_argument("--max-bytes", type=_positive, default=None,

@@ -1,5 +1,6 @@
 """`explain`: attention maps of one sample as PNGs, support sizes as a table; support sizes in the history."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -177,3 +178,31 @@ def test_explain_a_checkpoint_trained_by_mmsa_run(tmp_path, tiny_bert, small_mos
                  "--sample", "test:0", "--out", str(out)]) == 0
     assert len(list(out.glob("*.png"))) == 7
     assert "guided/audio" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case, change, message", [
+    ("other shapes", {"d_model": 32}, r"in the checkpoint.*for the config"),
+    ("hostile size", {"d_model": 65536, "nheads": 1}, r"config key 'd_model': expected an integer in \[1, 4096\]"),
+    ("feature widths", {"feature_dims": [768, 6, 20]}, r"key 'audio': expected feature width 6"),
+    ("not a checkpoint", None, r"expected a checkpoint written by torch.save"),
+])
+def test_explain_failures_end_in_error_lines(demo_checkpoint, tmp_path, capsys, case, change, message):
+    """Finding 5: a checkpoint whose shapes differ from its config ended in a torch RuntimeError
+    traceback; a config asking for d_model=65536 allocated 64 GiB before the checkpoint was read.
+    Now the config is bounded and the checkpoint's shapes are compared with it before anything is built."""
+    from mmin_plugin.cli import main
+
+    ckpt = demo_checkpoint["checkpoint"]
+    cfg = json.loads(config_path(ckpt).read_text())
+    if change is None:
+        ckpt = tmp_path / "garbage.pth"
+        ckpt.write_bytes(b"PK\x03\x04 not a checkpoint")
+    cfg.update(change or {})
+    other = tmp_path / "c.json"
+    other.write_text(json.dumps(cfg))
+    rc = main(["explain", "--checkpoint", str(ckpt), "--feature-path", str(demo_checkpoint["feature_path"]),
+               "--sample", "test:0", "--config-file", str(other), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and "Traceback" not in err, err
+    assert re.search(message, err), err
+    assert not (tmp_path / "o").exists()

@@ -11,7 +11,7 @@ or :func:`explain` from Python:
 2. the sample is read from the feature file with the project's restricted unpickler (``ID`` as in
    the file's ``id`` key, or ``split:index``), repaired as a run repairs it (NaN/inf -> 0; with
    ``lengths_from: nonzero`` its lengths recomputed and frames moved to the front, see
-   :mod:`~mmin_plugin.integration.lengths`);
+   :mod:`~mmin_plugin.features.lengths`);
 3. one forward pass with ``return_attention=True`` gives every CA module's sparsemax weights;
    for each modality pair one PNG (``ca_<query>_from_<key>.png``, one panel per stacked layer)
    and one for the coarse-guided step (``guided.png``, one panel per modality) show the weights
@@ -90,32 +90,99 @@ def load_run_config(checkpoint, config_file=None, overrides=None) -> dict:
     return args
 
 
-def _build_model(args, checkpoint):
+def _checkpoint_state(checkpoint) -> dict:
+    """The checkpoint's tensors (torch's weights-only reader), without MMSA's 'Model.' prefix."""
     import torch
-
-    from ..modeling.model import MMIN
 
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError) as e:
-        raise MMINError(f"{checkpoint}: expected a checkpoint written by torch.save (a state_dict); found {e}") from e
-    if not isinstance(state, dict):
-        raise MMINError(f"{checkpoint}: expected a state_dict; found {type(state).__name__}")
+    except Exception as e:  # OSError, RuntimeError, UnpicklingError (weights-only refusal), EOFError ...
+        raise MMINError(f"{checkpoint}: expected a checkpoint written by torch.save (a state_dict); found "
+                        f"{type(e).__name__}: {str(e)[:300]}") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise MMINError(f"{checkpoint}: expected a state_dict (names -> tensors); found {type(state).__name__}")
     # MMSA's AMIO wraps the network as `self.Model`: its checkpoint keys start with 'Model.'
-    state = {(k[len("Model."):] if k.startswith("Model.") else k): v for k, v in state.items()}
+    return {(k[len("Model."):] if k.startswith("Model.") else k): v for k, v in state.items()}
+
+
+def _expected_shapes(config) -> dict:
+    """Parameter and buffer shapes of the configured MMIN, from a model made on the meta device (no
+    memory, no weights read): the text encoder is made from its config.json, not its weights."""
+    import torch
+    from transformers import AutoConfig, AutoModel, BertModel, RobertaModel
+
+    from ..modeling import model as mmin_model
+
+    def encoder_from_config(cfg):
+        enc = AutoConfig.from_pretrained(cfg.pretrained)
+        if cfg.transformers in ("bert", "roberta"):
+            return (BertModel if cfg.transformers == "bert" else RobertaModel)(enc, add_pooling_layer=False)
+        return AutoModel.from_config(enc)
+
+    real = mmin_model._load_text_encoder
+    mmin_model._load_text_encoder = encoder_from_config
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = mmin_model.MMIN(config)
+    finally:
+        mmin_model._load_text_encoder = real
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def _build_model(args, checkpoint):
+    """MMIN of the run's config with the checkpoint's weights.  Before anything is built: the config
+    is checked (:class:`~mmin_plugin.modeling.config.MMINConfig`, upper bounds included) and the
+    checkpoint's tensor names and shapes are compared with the ones the config gives."""
+    from ..modeling.config import MMINConfig
+    from ..modeling.model import MMIN
+
+    config = MMINConfig.from_args(args)
+    state = _checkpoint_state(checkpoint)
+    try:
+        want = _expected_shapes(config)
+    except MMINError:
+        raise
+    except Exception as e:  # OSError (no pretrained config.json), ValueError from transformers ...
+        raise MMINConfigError(f"config key 'pretrained': expected a text encoder whose config can be read; found "
+                              f"{config.pretrained!r} ({type(e).__name__}: {str(e)[:300]})") from None
+    missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    wrong = [f"{k}: {tuple(state[k].shape)} in the checkpoint, {want[k]} for the config"
+             for k in sorted(set(want) & set(state)) if tuple(state[k].shape) != want[k]]
+    if missing or unexpected or wrong:
+        raise MMINError(f"{checkpoint}: expected the weights of the configured MMIN (d_model={config.d_model}, "
+                        f"nheads={config.nheads}, feature_dims={list(config.feature_dims)}, ...); found "
+                        + "; ".join(part for part in (
+                            f"missing {missing[:6]}" if missing else "", f"unexpected {unexpected[:6]}" if unexpected
+                            else "", f"other shapes: {wrong[:4]}" if wrong else "") if part)
+                        + " (is the config the run's own?)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        net = MMIN(args)
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise MMINError(f"{checkpoint}: expected the weights of the configured MMIN; missing {list(missing)[:6]}, "
-                        f"unexpected {list(unexpected)[:6]} (is the config the run's own?)")
+        net = MMIN(config)
+    net.load_state_dict(state, strict=True)
     return net.eval()
 
 
 # ------------------------------------------------------------------------------------------------
 # the sample
 # ------------------------------------------------------------------------------------------------
+def _check_features(data, path, args) -> None:
+    """The feature file as a run checks it, and its feature widths against the config's."""
+    from ..features.validation import validate_features
+    from ..modeling.config import MMINConfig
+
+    config = MMINConfig.from_args(args)
+    summary = validate_features(data, path, use_bert=config.use_bert, need_data_aligned=config.need_data_aligned,
+                                dataset_name=config.dataset_name)
+    keys = ("text_bert" if config.use_bert else "text", "audio", "vision")
+    for split, s in summary.items():
+        for m, (key, have, want) in enumerate(zip(keys, s["feature_dims"], config.feature_dims)):
+            if have != want and (m or not config.use_bert):
+                raise MMINDataError(f"{path}: split '{split}', key '{key}': expected feature width {want} (the "
+                                    f"config's feature_dims {list(config.feature_dims)}); found {have}")
+
+
 def find_sample(data, sample, path="<feature file>"):
     """``(split, index)`` of ``sample`` (an ``id`` of the file, or ``'split:index'``)."""
     for split in SPLITS:
@@ -330,6 +397,7 @@ def explain(checkpoint, feature_path, sample, out_dir=None, config_file=None, ov
 
     args = load_run_config(checkpoint, config_file, overrides)
     data = safe_load(feature_path)
+    _check_features(data, feature_path, args)
     split, i = find_sample(data, str(sample), feature_path)
     s = data[split]
     inputs, kw = _sample_inputs(data, split, i, args, feature_path)

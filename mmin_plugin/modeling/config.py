@@ -46,12 +46,24 @@ def _is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not _is_bool(v)
 
 
-def _int(lo: int = 1) -> Callable:
+def _int(lo: int = 1, hi: Optional[int] = None) -> Callable:
     def check(key, v):
-        if not _is_int(v) or int(v) < lo:
-            _cfail(key, f"an integer >= {lo}" if lo != 1 else "a positive integer", v)
+        if not _is_int(v) or int(v) < lo or (hi is not None and int(v) > hi):
+            _cfail(key, f"an integer in [{lo}, {hi}]" if hi is not None else
+                   f"an integer >= {lo}" if lo != 1 else "a positive integer", v)
         return int(v)
     return check
+
+
+# Upper bounds of the size keys: far above any published MMSA model (BERT-large is 1024 wide, 16
+# heads, 24 layers; feature widths are 5-768, 4096 for LLM features), low enough that a config
+# file (say, an untrusted `<checkpoint>.config.json` read by `explain`) cannot ask for a model of
+# tens of GB: at the bounds one d_model x d_model matrix is 64 MiB.
+MAX_WIDTH = 4096
+MAX_FF_WIDTH = 4 * MAX_WIDTH
+MAX_HEADS = 64
+MAX_LAYERS = 24
+MAX_FEATURE_DIM = 1 << 16
 
 
 def _real(lo: float = 0.0, hi: Optional[float] = None, lo_open: bool = False, hi_open: bool = True,
@@ -110,8 +122,9 @@ def _nonempty_path(key, v):
 
 
 def _feature_dims(key, v):
-    if not isinstance(v, (list, tuple)) or len(v) != 3 or not all(_is_int(x) and int(x) >= 1 for x in v):
-        _cfail(key, "3 positive integers (text, audio, video feature widths, MMSA's order)", v)
+    if not isinstance(v, (list, tuple)) or len(v) != 3 or not all(_is_int(x) and 1 <= int(x) <= MAX_FEATURE_DIM
+                                                                  for x in v):
+        _cfail(key, f"3 integers in [1, {MAX_FEATURE_DIM}] (text, audio, video feature widths, MMSA's order)", v)
     return tuple(int(x) for x in v)
 
 
@@ -180,15 +193,20 @@ class MMINConfig:
     """
 
     # --- model: sizes -----------------------------------------------------------------------------
-    d_model: int = _key(128, _int(), "width of every code and sequence (encoders, CA, fusion)",
-                        ">= 1, multiple of nheads", "model")
-    nheads: int = _key(8, _int(), "attention heads of the CA modules and the fusion transformer",
-                       ">= 1, divides d_model", "model")
-    fine_layers: int = _key(2, _int(), "N: stacked CA layers per ordered modality pair in FIN", ">= 1", "model")
-    fusion_layers: int = _key(1, _int(), "transformer encoder layers of the fusion layer", ">= 1", "model")
-    fusion_ff_dim: int = _key(256, _int(), "feed-forward width of the fusion transformer", ">= 1", "model")
-    rnn_layers: int = _key(1, _int(), "layers of the audio and video LSTMs", ">= 1", "model")
-    disc_hidden: int = _key(64, _int(), "hidden width of the modality discriminator D", ">= 1", "model")
+    d_model: int = _key(128, _int(1, MAX_WIDTH), "width of every code and sequence (encoders, CA, fusion)",
+                        f"1..{MAX_WIDTH}, multiple of nheads", "model")
+    nheads: int = _key(8, _int(1, MAX_HEADS), "attention heads of the CA modules and the fusion transformer",
+                       f"1..{MAX_HEADS}, divides d_model", "model")
+    fine_layers: int = _key(2, _int(1, MAX_LAYERS), "N: stacked CA layers per ordered modality pair in FIN",
+                            f"1..{MAX_LAYERS}", "model")
+    fusion_layers: int = _key(1, _int(1, MAX_LAYERS), "transformer encoder layers of the fusion layer",
+                              f"1..{MAX_LAYERS}", "model")
+    fusion_ff_dim: int = _key(256, _int(1, MAX_FF_WIDTH), "feed-forward width of the fusion transformer",
+                              f"1..{MAX_FF_WIDTH}", "model")
+    rnn_layers: int = _key(1, _int(1, MAX_LAYERS), "layers of the audio and video LSTMs", f"1..{MAX_LAYERS}",
+                           "model")
+    disc_hidden: int = _key(64, _int(1, MAX_FF_WIDTH), "hidden width of the modality discriminator D",
+                            f"1..{MAX_FF_WIDTH}", "model")
     dropout: float = _key(0.1, _real(0.0, 1.0, what="a dropout probability"),
                           "dropout on residual branches, the discriminator's hidden layer, fusion and head",
                           "[0, 1)", "model")
@@ -247,7 +265,7 @@ class MMINConfig:
                              "choices and the metrics)", "'mosi', 'mosei' or 'sims' (any case)", "data")
     feature_dims: Tuple[int, int, int] = _key((768, 5, 20), _feature_dims, "feature widths (text, audio, "
                                               "video) in MMSA's order; MMSA sets them from the file",
-                                              "3 integers >= 1", "data")
+                                              f"3 integers in 1..{MAX_FEATURE_DIM}", "data")
     need_data_aligned: bool = _key(False, _bool, "MMSA reads the word-aligned file (MMIN reads "
                                    "unaligned data)", "true / false", "data")
     need_model_aligned: bool = _key(False, _bool, "MMSA aligns sequences in AMIO before the model",
