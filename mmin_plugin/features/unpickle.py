@@ -58,20 +58,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import MMINDataError
-from .limits import (
-    ARRAY_HEADER,
-    CONTAINER,
-    MAX_DEPTH,
-    MAX_NDIM,
-    OBJECT,
-    SLOT,
-    TUPLE,
-    Budget,
-    Refused,
-    check_dtype,
-    check_unicode,
-    default_max_bytes,
-)
+from . import limits
+from .limits import ARRAY_HEADER, CONTAINER, OBJECT, SLOT, Budget, Refused, check_dtype, check_unicode
 
 __all__ = ["ALLOWED_GLOBALS", "SafeUnpickler"]
 
@@ -93,32 +81,30 @@ _LATIN1 = {"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1"}
 LAZY_MIN = 1 << 20
 
 
+@dataclass(slots=True)
 class _Global:
     """Inert stand-in for an allowed global: only the loader knows what it means."""
 
-    __slots__ = ("kind", "qualname")
-
-    def __init__(self, kind, qualname):
-        self.kind, self.qualname = kind, qualname
+    kind: str
+    qualname: str
 
 
+@dataclass(slots=True)
 class _Pending:
     """A dtype (``spec`` set) or an array (``spec`` None) made by REDUCE, waiting for its BUILD."""
 
-    __slots__ = ("spec", "value")
-
-    def __init__(self, spec=None):
-        self.spec, self.value = spec, None
+    spec: object = None
+    value: object = None
 
 
+@dataclass(slots=True)
 class _Lazy:
     """Array data only: `n` bytes at `offset` of the file, not read yet, or `data` (a protocol-5
     in-band buffer, BYTEARRAY8, which is array data in every file NumPy writes)."""
 
-    __slots__ = ("offset", "n", "data")
-
-    def __init__(self, offset, n, data=None):
-        self.offset, self.n, self.data = offset, n, data
+    offset: int
+    n: int
+    data: bytes = None
 
 
 @dataclass(slots=True)
@@ -174,16 +160,16 @@ class SafeUnpickler:
     and large array data is read straight into the array.
     """
 
-    def __init__(self, file, *, source="<stream>", max_bytes=None, max_depth=MAX_DEPTH):
+    def __init__(self, file, *, source="<stream>", max_bytes=None, max_depth=limits.MAX_DEPTH):
         self.file, self.source, self.max_depth = file, source, max_depth
         self.size = _remaining(file)
         self.base = file.tell() if self.size is not None else 0
-        self.budget = Budget(default_max_bytes(self.size) if max_bytes is None else int(max_bytes))
+        self.budget = Budget(limits.default_max_bytes(self.size) if max_bytes is None else int(max_bytes))
         self.pos = 0
         self.stack, self.marks, self.memo = [], [], []
         self.peak = 0  # most stack + mark slots so far (each charged once)
         self.containers = {}  # id(obj) -> _Container
-        self.lazy_tuples = set()  # ids of tuples holding _Lazy data (directly or in a tuple)
+        self.args_only = set()  # ids of tuples holding globals or _Lazy data: only for REDUCE/BUILD
 
     def run(self):
         try:
@@ -285,14 +271,14 @@ class SafeUnpickler:
         """Register the container `obj` built from `items` (already resolved) and return it.  A
         tuple of scalars (an array's shape, say) is not registered: its weight follows from its
         length, and it is charged only its own size."""
-        if type(obj) is tuple and all(self.weight(x) == (1, 0) and not isinstance(x, _Lazy) for x in items):
-            self.budget.charge(TUPLE + SLOT * len(items), "a tuple")
+        if type(obj) is tuple and all(self.weight(x) == (1, 0) and not isinstance(x, (_Lazy, _Global)) for x in items):
+            self.budget.charge(limits.TUPLE + SLOT * len(items), "a tuple")
             return obj
         rec = self.containers[id(obj)] = _Container(obj)
         self.budget.charge(CONTAINER, f"a {type(obj).__name__}")
         self.add(rec, items)
-        if isinstance(obj, tuple) and any(isinstance(i, _Lazy) or id(i) in self.lazy_tuples for i in items):
-            self.lazy_tuples.add(id(obj))
+        if isinstance(obj, tuple) and any(isinstance(i, (_Lazy, _Global)) or id(i) in self.args_only for i in items):
+            self.args_only.add(id(obj))
         return obj
 
     def target(self, kind):
@@ -315,10 +301,10 @@ class SafeUnpickler:
                     _refuse("an array used before its state (BUILD) was given")
                 x.value = self.dtype(x.spec)
             return x.value
-        if not in_tuple and (isinstance(x, (_Global, _Lazy)) or id(x) in self.lazy_tuples):
-            _refuse(f"{_short(x)} used as a value" if isinstance(x, _Global)
-                    else f"a bytearray, or bytes of {LAZY_MIN} bytes or more, outside array data (feature files "
-                         "hold such values only as NumPy array data)")
+        if not in_tuple and (isinstance(x, (_Global, _Lazy)) or id(x) in self.args_only):
+            _refuse(f"{_short(x)} used as a value" if isinstance(x, _Global) else "a global, a bytearray or "
+                    f"bytes of {LAZY_MIN} bytes or more outside array data and calls (feature files hold such "
+                    "values only as NumPy array data)")
         rec = self.containers.get(id(x))
         if rec is not None and rec.obj is x:
             rec.sealed = True
@@ -344,10 +330,10 @@ class SafeUnpickler:
 
     dispatch = {}
 
+    # --- opcode handlers: op_<NAME> handles pickle.<NAME> (the dispatch table is built from them) ----
     def op_proto(self):
-        proto = self.read(1)[0]
-        if not 2 <= proto <= 5:
-            _refuse(f"pickle protocol {proto} (feature files use protocols 2-5)")
+        if not 2 <= self.read(1)[0] <= 5:
+            _refuse("a pickle protocol other than 2-5 (what feature files use)")
 
     def op_frame(self):
         self.read(8)  # the frame's length: its opcodes follow inline
@@ -356,85 +342,29 @@ class SafeUnpickler:
         self.marks.append(len(self.stack))
         self.grow()
 
-    def op_none(self):
-        self.push(None)
-
-    def op_true(self):
-        self.push(True)
-
-    def op_false(self):
-        self.push(False)
-
     def number(self, x):
         self.budget.charge(OBJECT, "a number")
         self.push(x)
 
-    def op_binint(self):
-        self.number(self.read_struct("<i"))
-
-    def op_binint1(self):
-        self.push(self.read(1)[0])  # 0-255: CPython's cached small ints
-
-    def op_binint2(self):
-        self.number(self.read_struct("<H"))
-
-    def op_long1(self):
-        self.number(int.from_bytes(self.read(self.read(1)[0]), "little", signed=True))
-
-    def op_binfloat(self):
-        self.number(self.read_struct(">d"))
-
     def unicode(self, n):
-        self.budget.charge(n + 80, "a string")  # a str takes up to 4 bytes per UTF-8 byte, plus its header
+        self.budget.charge(n + 80, "a string")  # a str takes at most 1 byte per UTF-8 byte, plus its header
         self.push(str(self.read(n), "utf-8", "surrogatepass"))
-
-    def op_short_binunicode(self):
-        self.unicode(self.read(1)[0])
-
-    def op_binunicode(self):
-        self.unicode(self.read_struct("<I"))
-
-    def op_binunicode8(self):
-        self.unicode(self.read_struct("<Q"))
-
-    def op_short_binbytes(self):
-        self.push(self.read(self.read(1)[0]))
-
-    def op_binbytes(self):
-        self.push(self.read_bytes(self.read_struct("<I")))
-
-    def op_binbytes8(self):
-        self.push(self.read_bytes(self.read_struct("<Q")))
 
     def op_bytearray8(self):
         data = self.read_bytes(self.read_struct("<Q"))
         self.push(data if isinstance(data, _Lazy) else _Lazy(None, len(data), data))
 
-    def op_empty_tuple(self):
-        self.push(())
-
     def op_tuple(self):
-        items = self.resolved(self.pop_mark(), in_tuple=True)
+        self.tuple_n(len(self.stack) - self.marks[-1] if self.marks else -1, mark=True)
+
+    def tuple_n(self, n, mark=False):
+        if n < 0 or n > len(self.stack):
+            _refuse("a TUPLE without MARK, or with fewer items on the stack than it takes")
+        items = self.resolved(self.stack[len(self.stack) - n:], in_tuple=True)
+        del self.stack[len(self.stack) - n:]
+        if mark:
+            self.marks.pop()
         self.push(self.new(tuple(items), items))
-
-    def tuple_n(self, n):
-        if len(self.stack) < n:
-            _refuse(f"TUPLE{n} with fewer than {n} items on the stack")
-        items = self.resolved(self.stack[-n:], in_tuple=True)
-        del self.stack[-n:]
-        self.push(self.new(tuple(items), items))
-
-    def op_tuple1(self):
-        self.tuple_n(1)
-
-    def op_tuple2(self):
-        self.tuple_n(2)
-
-    def op_tuple3(self):
-        self.tuple_n(3)
-
-    def op_empty_list(self):
-        self.push(self.new([]))
 
     def op_append(self):
         x = self.resolve(self.pop())
@@ -448,59 +378,62 @@ class SafeUnpickler:
         self.add(rec, items)
         rec.obj.extend(items)
 
-    def op_empty_dict(self):
-        self.push(self.new({}))
-
     def set_items(self, items):
+        if len(items) % 2:
+            _refuse("SETITEMS with an odd number of items")
         rec = self.target(dict)
         for k in items[::2]:
             if type(k) is not str:
                 _refuse(f"a dict key {_short(k)} (feature files have str keys)")
         self.add(rec, items)
-        for i in range(0, len(items), 2):
-            rec.obj[items[i]] = items[i + 1]
+        rec.obj.update(zip(items[::2], items[1::2]))
 
     def op_setitem(self):
         v = self.resolve(self.pop())
         self.set_items([self.resolve(self.pop()), v])
 
     def op_setitems(self):
-        items = self.resolved(self.pop_mark())
-        if len(items) % 2:
-            _refuse("SETITEMS with an odd number of items")
-        self.set_items(items)
+        self.set_items(self.resolved(self.pop_mark()))
 
     def memo_put(self, i):
         """Python's picklers number memo entries 0, 1, 2, ...: the memo is a list."""
-        if not self.stack:
-            _refuse("a memo store on an empty stack")
+        if not self.stack or i > len(self.memo):
+            _refuse(f"memo entry {i} stored on an empty stack or before entry {len(self.memo)}")
         if i == len(self.memo):
             self.budget.charge(SLOT, "a memo entry")
-            self.memo.append(self.stack[-1])
-        elif i < len(self.memo):
-            self.memo[i] = self.stack[-1]
-        else:
-            _refuse(f"memo entry {i} stored before entry {len(self.memo)} (Python numbers them in order)")
+            self.memo.append(None)
+        self.memo[i] = self.stack[-1]
 
     def memo_get(self, i):
         if not 0 <= i < len(self.memo):
             _refuse(f"a reference to memo entry {i}, which was never stored")
         self.push(self.memo[i])
 
-    def op_binput(self):
-        self.memo_put(self.read(1)[0])
-
-    def op_long_binput(self):
-        self.memo_put(self.read_struct("<I"))
-
-    def op_memoize(self):
-        self.memo_put(len(self.memo))
-
-    def op_binget(self):
-        self.memo_get(self.read(1)[0])
-
-    def op_long_binget(self):
-        self.memo_get(self.read_struct("<I"))
+    op_none = lambda self: self.push(None)
+    op_newtrue = lambda self: self.push(True)
+    op_newfalse = lambda self: self.push(False)
+    op_binint = lambda self: self.number(self.read_struct("<i"))
+    op_binint1 = lambda self: self.push(self.read(1)[0])  # 0-255: CPython's cached ints
+    op_binint2 = lambda self: self.number(self.read_struct("<H"))
+    op_long1 = lambda self: self.number(int.from_bytes(self.read(self.read(1)[0]), "little", signed=True))
+    op_binfloat = lambda self: self.number(self.read_struct(">d"))
+    op_short_binunicode = lambda self: self.unicode(self.read(1)[0])
+    op_binunicode = lambda self: self.unicode(self.read_struct("<I"))
+    op_binunicode8 = lambda self: self.unicode(self.read_struct("<Q"))
+    op_short_binbytes = lambda self: self.push(self.read(self.read(1)[0]))
+    op_binbytes = lambda self: self.push(self.read_bytes(self.read_struct("<I")))
+    op_binbytes8 = lambda self: self.push(self.read_bytes(self.read_struct("<Q")))
+    op_empty_tuple = lambda self: self.push(())
+    op_tuple1 = lambda self: self.tuple_n(1)
+    op_tuple2 = lambda self: self.tuple_n(2)
+    op_tuple3 = lambda self: self.tuple_n(3)
+    op_empty_list = lambda self: self.push(self.new([]))
+    op_empty_dict = lambda self: self.push(self.new({}))
+    op_binput = lambda self: self.memo_put(self.read(1)[0])
+    op_long_binput = lambda self: self.memo_put(self.read_struct("<I"))
+    op_memoize = lambda self: self.memo_put(len(self.memo))
+    op_binget = lambda self: self.memo_get(self.read(1)[0])
+    op_long_binget = lambda self: self.memo_get(self.read_struct("<I"))
 
     def find_global(self, module, name):
         kind = ALLOWED_GLOBALS.get((module, name))
@@ -541,11 +474,16 @@ class SafeUnpickler:
                  "dtype": (1, 2, 3), "encode": (2,), "bytes": (0,)}[fn.kind]
         if len(args) not in nargs:
             _refuse(f"'{fn.qualname}' called with {len(args)} arguments (expected {' or '.join(map(str, nargs))})")
-        if fn.kind != "frombuffer" and id(args) in self.lazy_tuples:
-            _refuse(f"a bytearray, or bytes of {LAZY_MIN} bytes or more, passed to '{fn.qualname}'")
-        if fn.kind != "reconstruct" and any(isinstance(a, _Global) for a in args):
-            _refuse("a global passed as an argument (only _reconstruct takes numpy.ndarray)")
+        self.plain(args[fn.kind in ("frombuffer", "reconstruct"):], f"an argument of '{fn.qualname}'")
         self.push(call(*args))
+
+    def plain(self, items, what):
+        """Refuse globals and array data in `items` (they may only be the first argument of
+        _reconstruct / _frombuffer, or the data of an array's state)."""
+        for x in items:
+            if isinstance(x, (_Global, _Lazy)) or id(x) in self.args_only:
+                _refuse(f"a global, a bytearray or bytes of {LAZY_MIN} bytes or more as {what} (only "
+                        "_reconstruct takes numpy.ndarray, and only arrays take such data)")
 
     def op_build(self):
         state = self.resolve(self.pop(), in_tuple=True)
@@ -553,9 +491,9 @@ class SafeUnpickler:
         if not isinstance(inst, _Pending) or inst.value is not None:
             _refuse(f"BUILD (setting state) on {_short(inst)}: only arrays and dtypes the loader "
                     "itself rebuilds take a state")
+        if type(state) is tuple:
+            self.plain(state if inst.spec is not None else state[:4], "an array's or dtype's state")
         if inst.spec is not None:
-            if id(state) in self.lazy_tuples:
-                _refuse("a dtype state holding array data")
             inst.value = self.dtype_from_state(inst.spec, state)
         else:
             inst.value = self.array_from_state(state)
@@ -654,8 +592,8 @@ class SafeUnpickler:
         return self.array(data, dtype, shape, bool(fortran))
 
     def shape(self, shape):
-        if type(shape) is not tuple or len(shape) > MAX_NDIM or not all(_is_int(s) and s >= 0 for s in shape):
-            _refuse(f"an array shape {_short(shape)} (expected up to {MAX_NDIM} non-negative ints)")
+        if type(shape) is not tuple or len(shape) > limits.MAX_NDIM or not all(_is_int(s) and s >= 0 for s in shape):
+            _refuse(f"an array shape {_short(shape)} (expected up to {limits.MAX_NDIM} non-negative ints)")
         n = math.prod(shape)
         if n > self.budget.limit:
             _refuse(f"an array of shape {shape} ({n} elements; the limit is {self.budget.limit})")
@@ -693,25 +631,7 @@ class SafeUnpickler:
         return np.asfortranarray(out) if fortran and out.ndim > 1 else out
 
 
-# One dispatch table, as in CPython's pickle.py: opcode byte -> handler.
-_OPCODES = {
-    "PROTO": SafeUnpickler.op_proto, "FRAME": SafeUnpickler.op_frame, "MARK": SafeUnpickler.op_mark,
-    "NONE": SafeUnpickler.op_none, "NEWTRUE": SafeUnpickler.op_true, "NEWFALSE": SafeUnpickler.op_false,
-    "BININT": SafeUnpickler.op_binint, "BININT1": SafeUnpickler.op_binint1, "BININT2": SafeUnpickler.op_binint2,
-    "LONG1": SafeUnpickler.op_long1, "BINFLOAT": SafeUnpickler.op_binfloat,
-    "SHORT_BINUNICODE": SafeUnpickler.op_short_binunicode, "BINUNICODE": SafeUnpickler.op_binunicode,
-    "BINUNICODE8": SafeUnpickler.op_binunicode8, "SHORT_BINBYTES": SafeUnpickler.op_short_binbytes,
-    "BINBYTES": SafeUnpickler.op_binbytes, "BINBYTES8": SafeUnpickler.op_binbytes8,
-    "BYTEARRAY8": SafeUnpickler.op_bytearray8, "EMPTY_TUPLE": SafeUnpickler.op_empty_tuple,
-    "TUPLE": SafeUnpickler.op_tuple, "TUPLE1": SafeUnpickler.op_tuple1, "TUPLE2": SafeUnpickler.op_tuple2,
-    "TUPLE3": SafeUnpickler.op_tuple3, "EMPTY_LIST": SafeUnpickler.op_empty_list,
-    "APPEND": SafeUnpickler.op_append, "APPENDS": SafeUnpickler.op_appends,
-    "EMPTY_DICT": SafeUnpickler.op_empty_dict, "SETITEM": SafeUnpickler.op_setitem,
-    "SETITEMS": SafeUnpickler.op_setitems, "BINPUT": SafeUnpickler.op_binput,
-    "LONG_BINPUT": SafeUnpickler.op_long_binput, "MEMOIZE": SafeUnpickler.op_memoize,
-    "BINGET": SafeUnpickler.op_binget, "LONG_BINGET": SafeUnpickler.op_long_binget,
-    "GLOBAL": SafeUnpickler.op_global, "STACK_GLOBAL": SafeUnpickler.op_stack_global,
-    "REDUCE": SafeUnpickler.op_reduce, "BUILD": SafeUnpickler.op_build,
-}
+# One dispatch table, as in CPython's pickle.py: opcode byte -> handler (op_<name> handles pickle.<NAME>).
+SafeUnpickler.dispatch = {getattr(pickle, name[3:].upper())[0]: fn for name, fn in vars(SafeUnpickler).items()
+                          if name.startswith("op_")}
 _OPNAMES = {v[0]: k for k, v in vars(pickle).items() if k.isupper() and isinstance(v, bytes) and len(v) == 1}
-SafeUnpickler.dispatch = {getattr(pickle, name)[0]: fn for name, fn in _OPCODES.items()}
