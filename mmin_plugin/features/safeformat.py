@@ -41,6 +41,7 @@ from .limits import ARRAY_HEADER, CONTAINER, MAX_DEPTH, Budget, Refused, check_d
 __all__ = ["MEMBER_NAME", "FORMAT", "is_safe_format", "load_safe", "dump_safe"]
 
 MEMBER_NAME = "mmin-safe-features.json"
+_CHUNK = 8 << 20  # bytes per read of array data
 FORMAT = "mmin-safe-features"
 _SIGNATURE = b"PK\x03\x04"
 _HEAD = 30 + len(MEMBER_NAME)
@@ -186,8 +187,12 @@ class _Reader:
                           f"holds {info.file_size - m.tell()}")
             self.charge(want + ARRAY_HEADER, f"{name}: an array of shape {shape}")
             out = np.empty(n, dtype=dtype)
-            if want and m.readinto(memoryview(out.view(np.uint8))) != want:
-                self.fail(f"{name}: truncated array data")
+            buf, got = memoryview(out.view(np.uint8)), 0
+            while got < want:  # in chunks: zipfile reads a whole request into a temporary bytes first
+                k = m.readinto(buf[got:got + _CHUNK])
+                if not k:
+                    self.fail(f"{name}: truncated array data")
+                got += k
         return check_unicode(out).reshape(shape, order="F" if fortran else "C")
 
     def node(self, x, depth):
