@@ -1,30 +1,18 @@
 """Loading a feature file: the two readers, the parse cache, the per-file fix-ups, the facade.
 
-:func:`safe_load` reads a pickle with :class:`~mmin_plugin.features.unpickle.SafeUnpickler` or
-a file of the pickle-free format (:mod:`~mmin_plugin.features.safeformat`, recognised by its
-first bytes).  Every failure is an :class:`~mmin_plugin.errors.MMINDataError` naming the file.
-:data:`SafePickle` is a module-like drop-in for ``pickle`` (``load``, ``loads``, ``Unpickler``,
-``dump``, ``dumps``, the protocol constants and exception types), installed as the ``pickle`` of
+:func:`safe_load` reads a pickle with :class:`~mmin_plugin.features.unpickle.SafeUnpickler` or a
+file of the pickle-free format (:mod:`~mmin_plugin.features.safeformat`, recognised by its first
+bytes).  :data:`SafePickle` is a module-like drop-in for ``pickle``, installed as the ``pickle`` of
 ``MMSA.data_loader`` and ``MMSA.run`` by the registry.
 
-Fix-ups
--------
-A pre-run check that repairs a file does not edit a loaded object: it records a :class:`FixUp`
-for the file (:func:`set_fixup`: NaN/inf in audio/vision -> 0, lengths recomputed from the
-non-zero frames), and every later load of that file -- MMSA's three, with the cache on or off --
-returns the parsed data with the fix-up applied.  Fix-ups are keyed by the file's identity
-(device, inode, mtime, size), so a rewritten file is read as it is.
-
-Cache
------
-MMSA's ``MMDataLoader`` builds three datasets and each unpickles the *whole* file, so the
-loader keeps the parsed (and fixed-up) data of the :data:`CACHE_MAX_ENTRIES` most recently used
-files, keyed by ``(file identity, fix-up)``.  The cache is a pure speed-up: cached arrays are
-read-only and each load returns fresh dicts/lists/tuples around them, so no caller can change
-what a later load returns (write to an array and NumPy raises; ``astype``/``copy`` as MMSA does).
-The parsed file stays in memory until :func:`clear_cache`; :func:`set_cache_enabled` (or
-``SafePickle.cache_enabled = False``) turns the cache off.  Only loads from offset 0 of a regular
-file use it; after a hit the file position is moved to where the pickle ended.
+* **Fix-ups**: a pre-run check records a :class:`FixUp` for a file (:func:`set_fixup`, keyed by the
+  file's device, inode, mtime and size); every later load of that file applies it, cache on or off.
+* **Cache**: MMSA's ``MMDataLoader`` unpickles the whole file once per split, so the parsed (and
+  fixed-up) data of the :data:`CACHE_MAX_ENTRIES` most recent files is kept, keyed by
+  ``(file identity, fix-up)``, until :func:`clear_cache`.  It is a pure speed-up: cached arrays are
+  read-only and every load gets fresh dicts/lists/tuples around them, so no caller can change what a
+  later load returns.  Only loads from offset 0 of a regular file use it; after a hit the file
+  position is moved to where the pickle ended.  :func:`set_cache_enabled` turns it off.
 """
 from __future__ import annotations
 

@@ -1,50 +1,16 @@
-"""A pickle reader for MMSA feature files that is safe by construction.
+"""A pickle reader for MMSA feature files that is safe by construction (docs/design/safety.md).
 
-MMSA's ``data_loader`` calls ``pickle.load`` on the feature file, which runs whatever code a
-crafted file carries.  Allow-listing globals is not enough: with NumPy's own
-``_reconstruct``/``dtype``/``ndarray`` a file can forge an object dtype (raw bytes become
-``PyObject*`` pointers), a zero-stride array claiming 1e13 elements, or a multi-GB array; memo
-references expand a 12 KB file into 1e12 list elements.  So :class:`SafeUnpickler` does not use
-:class:`pickle.Unpickler`: it is a small pickle virtual machine that never calls a function
-named by the file and never hands file-controlled state to ``__setstate__``.
-
-**What it reads** is what Python 3 writes for MMSA-Standard files and NumPy 1.x/2.x arrays with
-protocols 2-5 (recorded by pickling every allowed dtype in C, Fortran and non-contiguous ('K')
-order, object arrays of str, NumPy scalars and an MMSA-layout dict; ``tests/test_safeload.py``
-repeats that record):
-
-* opcodes: PROTO FRAME STOP MARK, NONE NEWTRUE NEWFALSE, BININT BININT1 BININT2 LONG1 BINFLOAT,
-  SHORT_BINUNICODE BINUNICODE BINUNICODE8, SHORT_BINBYTES BINBYTES BINBYTES8 BYTEARRAY8,
-  EMPTY_TUPLE TUPLE TUPLE1-3, EMPTY_LIST APPEND APPENDS, EMPTY_DICT SETITEM SETITEMS,
-  BINPUT LONG_BINPUT MEMOIZE BINGET LONG_BINGET, GLOBAL STACK_GLOBAL REDUCE BUILD;
-* globals: ``numpy[._]core.multiarray._reconstruct`` / ``scalar``,
-  ``numpy[._]core.numeric._frombuffer``, ``numpy.ndarray``, ``numpy.dtype``,
-  ``_codecs.encode`` (protocol 2 bytes) and ``builtins.bytes`` (protocol 2 empty bytes).
-
-Everything else (protocol 0/1 text opcodes, sets, POP, DUP, NEWOBJ, persistent ids, extension
-codes, out-of-band buffers, any other global) is refused with a message naming it.
-
-* **Arrays are rebuilt here from validated parts.**  The NumPy globals resolve to inert markers;
-  ``numpy.dtype(spec, ...)`` + its BUILD state give a dtype made by NumPy from the spec and the
-  byte order only, in the allow-list of :func:`~mmin_plugin.features.limits.check_dtype`;
-  ``_reconstruct`` + BUILD ``(1, shape, dtype, fortran, data)`` and ``_frombuffer(data, dtype,
-  shape, order[, axis_order])`` become a fresh array filled from ``data``, whose length must be
-  ``prod(shape) * itemsize`` exactly.  The one object dtype accepted is an object array whose
-  data is a list of ``str`` (MMSA's ``id`` / ``raw_text``).  '<U' code points must be valid.
-* **Dict keys are str** (MMSA's are); str hashes are randomised, so no file can make a dict
-  degrade to quadratic inserts.
-* **Bounded work.**  Everything made -- values, containers, stack and mark slots at their peak,
-  memo entries, array data -- is charged to a :class:`~mmin_plugin.features.limits.Budget`
-  *before* it is allocated; lengths beyond the end of the file are refused unread.  Each
-  container carries its expanded size (elements reachable, shared references counted every
-  time) and depth; it cannot change once inside another object (so no cycles, no shared
-  references filled in later), and both are bounded.
-* **One exception type**: :class:`~mmin_plugin.errors.MMINDataError` naming the file, the byte
-  offset and what was refused.
-
-Array data of at least 1 MiB in a seekable file is not read when its opcode is met but straight
-into the array made from it (one copy, as ``pickle`` does); such bytes are accepted only as array
-data.
+:class:`SafeUnpickler` is a small pickle virtual machine that never imports or calls a function
+named by the file and never hands file-controlled state to ``__setstate__``.  It reads what
+Python 3 writes for MMSA-Standard files and NumPy 1.x / 2.x arrays with protocols 2-5 -- the
+opcodes of its ``op_*`` methods and the globals of :data:`ALLOWED_GLOBALS`, a set recorded by
+pickling every allowed dtype in every memory order (``tests/test_safeload.py`` repeats the record) --
+and refuses everything else by name.  Arrays are rebuilt from a dtype of the allow-list of
+:mod:`~mmin_plugin.features.limits`, a shape and exactly ``prod(shape) * itemsize`` bytes; dict keys
+are str; every object, slot and byte is charged to a :class:`~mmin_plugin.features.limits.Budget`
+before it is made; containers carry their expanded size and depth and cannot change once nested.
+Every failure is one :class:`~mmin_plugin.errors.MMINDataError` naming the file and byte offset.
+Array data of at least 1 MiB in a seekable file is read straight into the array made from it.
 """
 from __future__ import annotations
 
