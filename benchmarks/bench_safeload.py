@@ -85,7 +85,7 @@ def json_index_bomb(mib):
 
 def attacks(tmp):
     files = {name: build() for name, build in sorted(HOSTILE.items())}
-    files["mark_bomb_20MiB"] = mark_bomb(10 << 20)  # 2 bytes per MARK + int: 20 MiB
+    files["mark_bomb_30MiB"] = mark_bomb(10 << 20)  # 3 bytes per MARK + BININT1
     files["dup_bomb_20MiB"] = dup_bomb(20 << 20)
     files["hash_collision_dict_40k"] = hash_collision_dict(40_000)
     files["json_index_bomb_100MiB"] = json_index_bomb(100)

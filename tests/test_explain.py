@@ -65,7 +65,7 @@ def test_explain_writes_readable_pngs_and_prints_support(demo_checkpoint, explai
         img = mpimg.imread(p)
         assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 400 and img.std() > 0.01
     # the prediction is the network's own on that sample, read as a run reads it (with its lengths)
-    f = {k: torch.as_tensor(np.asarray(data[k][1:2], dtype=np.float32)) for k in ("text_bert", "audio", "vision")}
+    f = {k: torch.as_tensor(np.array(data[k][1:2], dtype=np.float32)) for k in ("text_bert", "audio", "vision")}
     with torch.no_grad():
         expected = float(demo_checkpoint["net"](f["text_bert"], f["audio"], f["vision"],
                                                 torch.tensor(data["audio_lengths"][1:2]),

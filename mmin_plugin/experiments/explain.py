@@ -215,7 +215,7 @@ def _sample_inputs(data, split, i, args, path):
         warnings.simplefilter("ignore")  # one sample: the counts are for the user of a run, not here
         sanitize_features({"test": one}, path)
         check_lengths({"test": one}, path, args.get("lengths_from") or "file")
-    text = torch.as_tensor(np.asarray(s[text_key][i:i + 1], dtype=np.float32))
+    text = torch.as_tensor(np.array(s[text_key][i:i + 1], dtype=np.float32))
     audio, vision = torch.from_numpy(one["audio"]), torch.from_numpy(one["vision"])
     kw = {}
     if "audio_lengths" in one:
