@@ -2,7 +2,7 @@
 
     python benchmarks/bench_safeload.py --out bench-results/ [--mib 100] [--fuzz-seconds 180]
 
-1. Attacks: every file of tests/hostile_files.py plus the large ones of issue 17 (20 MiB of MARKs,
+1. Attacks: every file of tests/hostile_files.py plus the large ones of issue 17 (30 MiB of MARKs,
    a hash-collision dict of 40k keys, a 100 MiB JSON-index bomb), each loaded in a fresh
    subprocess: outcome, seconds, peak RSS growth.
 2. Fuzz: for --fuzz-seconds, byte flips and truncations of valid and hostile pickles, random opcode
