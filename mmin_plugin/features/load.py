@@ -193,6 +193,8 @@ def _load_file(f, source, max_bytes=None, warn=False):
         obj = fixup.apply(obj, source, warn=warn)
     if use_cache:
         with _lock:
+            if fixup is not None:
+                _cache.pop((ident, None), None)  # the file is read with its fix-up from now on: one copy
             _cache[(ident, fixup)] = (_freeze(obj), end)
             _cache.move_to_end((ident, fixup))
             while len(_cache) > CACHE_MAX_ENTRIES:
