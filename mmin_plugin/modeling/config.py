@@ -13,7 +13,7 @@ from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..constants import ABLATIONS, DATASETS, KEY_EVALS, LENGTHS_FROM, MODALITIES
+from ..constants import ABLATIONS, DATASETS, KEY_EVALS, MODALITIES
 from ..errors import MMINConfigError
 
 __all__ = ["MMINConfig", "MMSA_KEYS", "normalize_ablation", "config_table"]
@@ -272,7 +272,7 @@ class MMINConfig:
                                     "true / false", "data")
     need_normalized: bool = _key(False, _bool, "MMSA averages audio/video over time (MMIN needs "
                                  "sequences)", "true / false", "data")
-    lengths_from: str = _key("file", _choice(*LENGTHS_FROM), "audio/video lengths: the file's "
+    lengths_from: str = _key("file", _choice("file", "nonzero"), "audio/video lengths: the file's "
                              "*_lengths, or recomputed from the data (non-zero frames moved to the front)",
                              "'file' or 'nonzero'", "data")
 
