@@ -29,7 +29,9 @@ over the real tokens, its penalty picked on VALID; deterministic, so its seed st
 Phases (``--phase``):
 
 * ``recipe``: the MMIN adversarial recipes of :data:`RECIPES` over the seeds; prints and writes
-  VALID numbers only (the recipe is chosen on VALID, never TEST);
+  VALID numbers only (the recipe is chosen on VALID, never TEST). The trials still evaluate TEST
+  and keep it, unread, in their ``row.json``: ``final`` reuses them (same ``--out``) instead of
+  training the two MMIN recipes again;
 * ``final``: MMIN paper-literal and chosen recipe, MISA, MulT, ridge; test MAE / Corr / Acc-2
   mean +- std over seeds, wall time; ``real-text.{md,json}`` and ``adversarial.png`` (per-epoch
   L_ac of every MMIN trial against its chance level).
@@ -42,7 +44,6 @@ builder on a few fake rows). Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import math
@@ -238,13 +239,14 @@ def run_models(feature_path, specs, seeds, epochs, early_stop, out_dir, resume=T
     from mmin_plugin.experiments.compare import Session
     from mmin_plugin.experiments.sweep import SweepOptions
 
-    class ValidOnly(Session):
-        """Tuning trials (``skip_test``): scored on their best VALID epoch, TEST is never evaluated."""
+    class Blind(Session):
+        """The recipe phase: no table is written or printed (they hold TEST); TEST is still evaluated
+        and stored in each trial's row.json, unread, so that the final phase reuses the trials."""
 
-        def trials(self):
-            return [dataclasses.replace(t, skip_test=True) for t in super().trials()]
+        def write(self, dataset, figure=True):
+            return ""
 
-    cls = ValidOnly if valid_only else Session
+    cls = Blind if valid_only else Session
     session = cls("compare", specs, "mosei", seeds, feature_path=feature_path, max_epochs=epochs,
                   out_dir=out_dir, overrides={"early_stop": early_stop}, sweep=SweepOptions(resume=resume))
     return session.run()
@@ -357,7 +359,13 @@ def main(argv=None) -> int:
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--only", nargs="*", help="run names to run (default: all of the phase)")
     p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's); use 1 per process when "
+                   "several processes share the cores (oversubscribed threads run several times slower)")
     a = p.parse_args(argv)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     try:
         encoder_dir()
     except ImportError:
@@ -372,7 +380,7 @@ def main(argv=None) -> int:
     specs = model_specs(a.phase, a.chosen)
     if a.only:
         specs = [s for s in specs if s.name in a.only]
-    rows = run_models(str(fp), specs, a.seeds, a.epochs, a.early_stop, str(out / a.phase), resume=not a.no_resume,
+    rows = run_models(str(fp), specs, a.seeds, a.epochs, a.early_stop, str(out), resume=not a.no_resume,
                       valid_only=a.phase == "recipe")
     split = "valid" if a.phase == "recipe" else "test"
     summary = summarise(rows, split)

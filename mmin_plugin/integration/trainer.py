@@ -41,8 +41,8 @@ from ..modeling.losses import dann_weight
 
 logger = logging.getLogger("MMSA." + __name__)
 
-__all__ = ["MMINTrainer", "atomic_save", "config_path", "nonfinite_gradients", "LacBandMonitor", "lac_chance",
-           "LAC_BAND", "LAC_PATIENCE"]
+__all__ = ["MMINTrainer", "atomic_save", "config_path", "nonfinite_gradients", "clip_gradients", "LacBandMonitor",
+           "lac_chance", "LAC_BAND", "LAC_PATIENCE"]
 
 LOSS_TERMS = ("L_senti", "L_sep", "L_ac", "L_ap")
 
@@ -124,6 +124,19 @@ def nonfinite_gradients(optimizer, names, limit=5):
             bad.setdefault(gi, []).append(names.get(p, "?"))
     return [(optimizer.param_groups[gi].get("name", f"group {gi}"), ns[:limit] + (["..."] if len(ns) > limit else []))
             for gi, ns in sorted(bad.items())]
+
+
+def clip_gradients(parameters, grad_clip: float, mode: str = "value") -> None:
+    """Clip in place: ``'value'`` clamps every gradient entry to [-grad_clip, grad_clip] (MMSA's
+    models; changes the direction), ``'norm'`` rescales all gradients together so their global L2
+    norm is at most grad_clip (direction kept). ``grad_clip <= 0``: nothing."""
+    if grad_clip <= 0:
+        return
+    params = [p for p in parameters if p.requires_grad]
+    if mode == "norm":
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    else:
+        nn.utils.clip_grad_value_(params, grad_clip)
 
 
 class SupportMeter:
@@ -234,7 +247,8 @@ class MMINTrainer:
         epoch_results = {"train": [], "valid": [], "test": []}
         epochs, best_epoch, best_valid = 0, 0, None
         ramp = self.config.adv_ramp_epochs
-        monitor = LacBandMonitor(len(net.modalities)) if self.config.loss_weights["beta"] > 0 else None
+        monitor = (LacBandMonitor(len(net.modalities), LAC_BAND, LAC_PATIENCE) if self.config.loss_weights["beta"] > 0
+                   else None)  # with beta 0 nothing trains D on the common codes: no band to hold
         self.history = []
         while True:
             epochs += 1
@@ -267,12 +281,7 @@ class MMINTrainer:
                             f"best checkpoint left as it was at {a['model_save_path']} "
                             f"(best epoch {best_epoch or 'none yet'})"
                         )
-                    if grad_clip > 0:
-                        params = [p for p in model.parameters() if p.requires_grad]
-                        if self.config.grad_clip_mode == "norm":
-                            nn.utils.clip_grad_norm_(params, grad_clip)
-                        else:
-                            nn.utils.clip_grad_value_(params, grad_clip)
+                    clip_gradients(model.parameters(), grad_clip, self.config.grad_clip_mode)
                     optimizer.step()
                     sums["Loss"] += loss.item()
                     for k in LOSS_TERMS:
