@@ -87,7 +87,7 @@ def test_confusion_pulls_d_towards_uniform_and_leaves_d_to_its_own_loss():
     cin, h = _cin("confusion"), _codes()
     common = [cin.common(h[m]).detach().requires_grad_() for m in MODS]
     out = cin._adversarial(common, [0, 1, 2])
-    g = torch.autograd.grad(out["L_adv"], common)
+    g = torch.autograd.grad(out["L_adv"], common, retain_graph=True)
     # a small step of the codes against the gradient lowers the confusion loss (moves D towards uniform)
     stepped = [c - 0.05 * gi for c, gi in zip(common, g)]
     before = modality_confusion([cin.discriminator(c) for c in common], [0, 1, 2])

@@ -305,7 +305,8 @@ class MMINTrainer:
                       **{f"valid_{k}": v for k, v in self.last_eval_terms.items() if k != "L_senti"},
                       **{f"valid_support/{k}": v for k, v in self.last_support.items()},
                       "KeyEval": self.config.KeyEval, "best": improved,
-                      "L_ac_chance": lac_chance(len(net.modalities)), "adv_scale": net.cin.adv_scale}
+                      "n_modalities": len(net.modalities), "L_ac_chance": lac_chance(len(net.modalities)),
+                      "adv_scale": net.cin.adv_scale}
             if monitor is not None:
                 for split in ("train", "valid"):
                     msg = monitor.update(split, epochs, record.get(f"{split}_L_ac", float("nan")))
