@@ -298,11 +298,19 @@ def plot_training_curves(history: List[Dict], title: str) -> bytes:
         if ax.get_legend_handles_labels()[0]:  # a term the history does not hold: empty panel
             ax.legend(fontsize=8)
 
+    chance = next((h["L_ac_chance"] for h in history if h.get("L_ac_chance")), None)
+    n_mod = next((h["n_modalities"] for h in history if h.get("n_modalities")), None)
     for i, (name, tr, va) in enumerate(CURVE_PANELS):
         ax = fig.add_subplot(2, cols, i + 1)
         for key, lab, style in ((tr, "train", "o-"), (va, "valid", "s--")):
             if key and any(key in h for h in history):
                 ax.plot(epochs, [h.get(key, np.nan) for h in history], style, label=lab, ms=4)
+        if tr == "train_L_ac" and chance:  # a runaway shows as the curves leaving the band
+            from ..integration.trainer import LAC_BAND
+
+            ax.axhline(chance, color="k", lw=1, ls=":", label=f"chance {n_mod or 'M'} ln {n_mod or 'M'} = {chance:.2f}")
+            ax.axhspan(LAC_BAND[0] * chance, LAC_BAND[1] * chance, color="tab:green", alpha=0.08,
+                       label=f"sane band {LAC_BAND[0]:g}-{LAC_BAND[1]:g} x chance")
         finish(ax, name)
     ax = fig.add_subplot(2, cols, len(CURVE_PANELS) + 1)
     key_eval = next((h.get("KeyEval") for h in history if h.get("KeyEval")), "Loss")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -36,12 +37,52 @@ from ..atomic import atomic_write, atomic_write_text, remove_stale_temps
 from ..constants import LOWER_IS_BETTER
 from ..errors import NonFiniteGradientError, NonFiniteLossError
 from ..modeling.config import MMINConfig
+from ..modeling.losses import dann_weight
 
 logger = logging.getLogger("MMSA." + __name__)
 
-__all__ = ["MMINTrainer", "atomic_save", "config_path", "nonfinite_gradients"]
+__all__ = ["MMINTrainer", "atomic_save", "config_path", "nonfinite_gradients", "clip_gradients", "LacBandMonitor",
+           "lac_chance", "LAC_BAND", "LAC_PATIENCE"]
 
 LOSS_TERMS = ("L_senti", "L_sep", "L_ac", "L_ap")
+
+#: L_ac's sane band, as multiples of its chance level M ln M (M modalities; D's cross-entropy when it
+#: knows nothing, i.e. ln M per code): below 0.5x, D tells the common codes apart (they are not
+#: shared); above 2x, D is confidently wrong on them (the reversed gradient ran away). A warning is
+#: logged when the epoch mean of L_ac (train or valid) stays outside for LAC_PATIENCE epochs in a row.
+LAC_BAND = (0.5, 2.0)
+LAC_PATIENCE = 3
+
+
+def lac_chance(n_modalities: int) -> float:
+    """L_ac's chance level: M ln M (eq. 3 sums the per-code cross-entropy, ln M at chance, over M modalities)."""
+    return n_modalities * math.log(n_modalities) if n_modalities > 1 else 0.0
+
+
+class LacBandMonitor:
+    """Counts consecutive epochs with L_ac outside ``LAC_BAND`` x chance, per split; ``update``
+    returns the warning text (once per split and excursion) when the count reaches ``patience``."""
+
+    def __init__(self, n_modalities: int, band=LAC_BAND, patience: int = LAC_PATIENCE):
+        self.chance = lac_chance(n_modalities)
+        self.lo, self.hi = band[0] * self.chance, band[1] * self.chance
+        self.patience = patience
+        self.run = {}
+
+    def update(self, split: str, epoch: int, value: float):
+        if self.chance <= 0:  # one modality: nothing to confuse
+            return None
+        outside = not (self.lo <= value <= self.hi)
+        self.run[split] = self.run.get(split, 0) + 1 if outside else 0
+        if self.run[split] != self.patience:
+            return None
+        return (f"L_ac ({split}) has been outside its sane band [{self.lo:.2f}, {self.hi:.2f}] "
+                f"({LAC_BAND[0]:g}-{LAC_BAND[1]:g} x chance {self.chance:.2f} = M ln M) for {self.patience} epochs "
+                f"(epoch {epoch}: {value:.2f}); " + ("the modality discriminator is confidently wrong on the common "
+                                                      "codes (adversarial runaway): try adv_objective 'confusion' "
+                                                      "(docs/design/adversarial.md)" if value > self.hi else
+                                                      "the discriminator tells the common codes apart (they are "
+                                                      "not shared)"))
 
 
 def atomic_save(obj, path) -> None:
@@ -83,6 +124,19 @@ def nonfinite_gradients(optimizer, names, limit=5):
             bad.setdefault(gi, []).append(names.get(p, "?"))
     return [(optimizer.param_groups[gi].get("name", f"group {gi}"), ns[:limit] + (["..."] if len(ns) > limit else []))
             for gi, ns in sorted(bad.items())]
+
+
+def clip_gradients(parameters, grad_clip: float, mode: str = "value") -> None:
+    """Clip in place: ``'value'`` clamps every gradient entry to [-grad_clip, grad_clip] (MMSA's
+    models; changes the direction), ``'norm'`` rescales all gradients together so their global L2
+    norm is at most grad_clip (direction kept). ``grad_clip <= 0``: nothing."""
+    if grad_clip <= 0:
+        return
+    params = [p for p in parameters if p.requires_grad]
+    if mode == "norm":
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    else:
+        nn.utils.clip_grad_value_(params, grad_clip)
 
 
 class SupportMeter:
@@ -155,7 +209,14 @@ class MMINTrainer:
         for name, p in model.named_parameters():
             if p.requires_grad:
                 (bert if ".bert." in f".{name}" else other).append(p)
+        disc = []
+        if c.disc_lr is not None:  # the modality discriminator in its own group (its own learning rate)
+            disc = [p for p in other if id(p) in {id(q) for q in self._mmin(model).cin.discriminator.parameters()}]
+            other = [p for p in other if id(p) not in {id(q) for q in disc}]
         groups = [{"params": other, "lr": c.learning_rate, "weight_decay": c.weight_decay, "name": "MMIN (non-BERT)"}]
+        if disc:
+            groups.append({"params": disc, "lr": c.disc_lr, "weight_decay": c.weight_decay,
+                           "name": "discriminator"})
         if bert:
             groups.append({"params": bert, "lr": c.learning_rate_bert, "weight_decay": c.weight_decay_bert,
                            "name": "BERT"})
@@ -185,6 +246,9 @@ class MMINTrainer:
         grad_clip = self.config.grad_clip or -1.0
         epoch_results = {"train": [], "valid": [], "test": []}
         epochs, best_epoch, best_valid = 0, 0, None
+        ramp = self.config.adv_ramp_epochs
+        monitor = (LacBandMonitor(len(net.modalities), LAC_BAND, LAC_PATIENCE) if self.config.loss_weights["beta"] > 0
+                   else None)  # with beta 0 nothing trains D on the common codes: no band to hold
         self.history = []
         while True:
             epochs += 1
@@ -194,6 +258,8 @@ class MMINTrainer:
             n_batches = len(dataloader["train"])
             with tqdm(dataloader["train"], desc=f"MMIN train epoch {epochs}", leave=False) as bar:
                 for step, batch in enumerate(bar, start=1):
+                    if ramp > 0:  # DANN schedule over the first adv_ramp_epochs epochs (0 at the first step)
+                        net.cin.adv_scale = dann_weight((epochs - 1 + (step - 1) / max(n_batches, 1)) / ramp)
                     inputs, kwargs, labels = _batch_inputs(batch, device)
                     optimizer.zero_grad()
                     outputs = model(*inputs, **kwargs)
@@ -215,8 +281,7 @@ class MMINTrainer:
                             f"best checkpoint left as it was at {a['model_save_path']} "
                             f"(best epoch {best_epoch or 'none yet'})"
                         )
-                    if grad_clip > 0:
-                        nn.utils.clip_grad_value_([p for p in model.parameters() if p.requires_grad], grad_clip)
+                    clip_gradients(model.parameters(), grad_clip, self.config.grad_clip_mode)
                     optimizer.step()
                     sums["Loss"] += loss.item()
                     for k in LOSS_TERMS:
@@ -239,7 +304,14 @@ class MMINTrainer:
                       **{f"valid_{k}": float(v) for k, v in val_results.items()},
                       **{f"valid_{k}": v for k, v in self.last_eval_terms.items() if k != "L_senti"},
                       **{f"valid_support/{k}": v for k, v in self.last_support.items()},
-                      "KeyEval": self.config.KeyEval, "best": improved}
+                      "KeyEval": self.config.KeyEval, "best": improved,
+                      "n_modalities": len(net.modalities), "L_ac_chance": lac_chance(len(net.modalities)),
+                      "adv_scale": net.cin.adv_scale}
+            if monitor is not None:
+                for split in ("train", "valid"):
+                    msg = monitor.update(split, epochs, record.get(f"{split}_L_ac", float("nan")))
+                    if msg:
+                        logger.warning("%s", msg)
             self.history.append(record)
             self._write_history()
             if return_epoch_results:

@@ -16,7 +16,7 @@ import numpy as np
 from ..constants import ABLATIONS, DATASETS, KEY_EVALS, MODALITIES
 from ..errors import MMINConfigError
 
-__all__ = ["MMINConfig", "MMSA_KEYS", "normalize_ablation", "config_table"]
+__all__ = ["MMINConfig", "MMSA_KEYS", "ADV_RECIPES", "normalize_ablation", "config_table"]
 
 #: keys of MMSA 2.2.1's own args that MMIN does not read (run.py, config.py, data_loader.py and the
 #: dataset block `datasetCommonParams`); accepted by :meth:`MMINConfig.from_args` and ignored.
@@ -260,6 +260,23 @@ class MMINConfig:
     KeyEval: str = _key("Loss", _str,
                         "validation metric that selects the best epoch", "one of KEY_EVALS[dataset_name]",
                         "training")
+    # --- adversarial recipe (issue 19; docs/design/adversarial.md) ------------------------------------
+    # Named settings of these keys: ADV_RECIPES ("paper" = the paper read literally).
+    adv_objective: str = _key("reversal", _choice("reversal", "confusion"), "what the common encoder does "
+                              "with L_ac: 'reversal' = ascend D's cross-entropy through the gradient-reversal "
+                              "layer (eq. 3 as written, unbounded above); 'confusion' = descend the cross-entropy "
+                              "against uniform targets over the modalities (minimum at chance, ln M per code)",
+                              "'reversal' or 'confusion'", "loss")
+    adv_ramp_epochs: float = _key(0.0, _real(), "DANN schedule of the adversarial weight: grl_lambda x "
+                                  "(2 / (1 + exp(-10 p)) - 1), p = epochs trained / adv_ramp_epochs capped at 1 "
+                                  "(0 = no ramp, the weight is grl_lambda from the first step)", ">= 0, finite",
+                                  "loss")
+    disc_lr: Optional[float] = _key(None, lambda k, v: None if v is None else _real(
+        lo_open=True, what="a learning rate or None")(k, v), "Adam learning rate of the modality discriminator "
+        "D (None = learning_rate, one group with the rest)", "None or > 0, finite", "training")
+    grad_clip_mode: str = _key("value", _choice("value", "norm"), "how grad_clip clips: every gradient entry "
+                               "to [-grad_clip, grad_clip] ('value', MMSA's models) or the global L2 norm of all "
+                               "gradients to grad_clip ('norm', direction kept)", "'value' or 'norm'", "training")
     # --- data (set by MMSA from the dataset) --------------------------------------------------------
     dataset_name: str = _key("mosi", _choice(*DATASETS, lower=True), "MMSA dataset (decides KeyEval's "
                              "choices and the metrics)", "'mosi', 'mosei' or 'sims' (any case)", "data")
@@ -340,6 +357,16 @@ class MMINConfig:
     def to_dict(self) -> dict:
         """The keys and values (as MMSA would hold them: lists, not tuples)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+#: Named settings of the adversarial keys (issue 19; evidence in docs/design/adversarial.md).
+#: "paper": eq. 3 read literally (gradient reversal at full strength from the first step, one Adam
+#: group, clipping by value); "stable": the recipe chosen on the real-text benchmark's VALID split.
+#: Use: ``MMINConfig(**ADV_RECIPES["paper"])`` or ``--set`` / overrides with these keys.
+ADV_RECIPES = {
+    "paper": {"adv_objective": "reversal", "adv_ramp_epochs": 0.0, "disc_lr": None, "grad_clip_mode": "value"},
+    "stable": {"adv_objective": "confusion", "adv_ramp_epochs": 2.0, "disc_lr": None, "grad_clip_mode": "norm"},
+}
 
 
 def config_table() -> str:

@@ -14,6 +14,8 @@ __all__ = [
     "GradientReversal",
     "ModalityDiscriminator",
     "modality_cross_entropy",
+    "modality_confusion",
+    "dann_weight",
     "MODALITY_LABELS",
 ]
 
@@ -108,3 +110,27 @@ def modality_cross_entropy(logits: Sequence[torch.Tensor], labels: Sequence[int]
         target = torch.full((lg.shape[0],), int(m), dtype=torch.long, device=lg.device)
         loss = loss + F.cross_entropy(lg, target, reduction="mean")
     return loss
+
+
+def modality_confusion(logits: Sequence[torch.Tensor], labels: Sequence[int]) -> torch.Tensor:
+    """Confusion objective (Tzeng et al., ICCV 2015): cross-entropy against the uniform distribution
+    over the modalities present, -(1/n) sum_m sum_i (1/M) sum_{k in labels} log D(h_m,i)_k.
+
+    Same reduction as :func:`modality_cross_entropy` (sum over modalities, mean over the batch).
+    Bounded below by M ln M, reached exactly when D gives every present modality the same
+    probability, so an encoder descending it is pulled towards chance, never past it (the reversed
+    cross-entropy has no such bound: it grows without limit when D becomes confidently wrong)."""
+    idx = torch.as_tensor([int(m) for m in labels], device=logits[0].device)
+    loss = logits[0].new_zeros(())
+    for lg in logits:
+        loss = loss - F.log_softmax(lg, dim=-1).index_select(-1, idx).mean(-1).mean()
+    return loss
+
+
+def dann_weight(progress: float, gamma: float = 10.0) -> float:
+    """DANN's schedule (Ganin & Lempitsky, ICML 2015): 2 / (1 + exp(-gamma p)) - 1 for training
+    progress p in [0, 1] (clamped): 0 at p = 0, rising smoothly to ~1 (0.9999 at p = 1)."""
+    import math
+
+    p = min(max(float(progress), 0.0), 1.0)
+    return 2.0 / (1.0 + math.exp(-gamma * p)) - 1.0

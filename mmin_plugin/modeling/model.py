@@ -18,7 +18,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from ..constants import MODALITIES
 from .attention import support_sizes
 from .config import MMINConfig
-from .losses import ModalityDiscriminator, grad_reverse, modality_cross_entropy, separation_loss
+from .losses import ModalityDiscriminator, grad_reverse, modality_confusion, modality_cross_entropy, separation_loss
 from .sparsemax import sparsemax
 
 __all__ = [
@@ -152,14 +152,20 @@ class CoarseInteraction(nn.Module):
     """
 
     def __init__(self, d_model: int, modalities: Sequence[str], disc_hidden: int, grl_lambda: float, dropout: float,
-                 sep_reduction: str = "sum"):
+                 sep_reduction: str = "sum", adv_objective: str = "reversal"):
         super().__init__()
+        if adv_objective not in ("reversal", "confusion"):
+            raise ValueError(f"adv_objective must be 'reversal' or 'confusion', not {adv_objective!r}")
         self.modalities = tuple(modalities)
         self.private = nn.ModuleDict({m: nn.Sequential(nn.Linear(d_model, d_model), nn.Tanh()) for m in modalities})
         self.common = nn.Sequential(nn.Linear(d_model, d_model), nn.Tanh())  # shared by all modalities
         self.discriminator = ModalityDiscriminator(d_model, disc_hidden, n_modalities=3, dropout=dropout)
         self.grl_lambda = float(grl_lambda)
         self.sep_reduction = sep_reduction
+        self.adv_objective = adv_objective
+        #: schedule factor of the adversarial weight (the trainer sets it each step: DANN ramp); the
+        #: encoders' adversarial gradient is scaled by grl_lambda * adv_scale
+        self.adv_scale = 1.0
 
     def forward(self, h: Dict[str, torch.Tensor]):
         private = {m: self.private[m](h[m]) for m in self.modalities}  # each (B, d)
@@ -170,13 +176,32 @@ class CoarseInteraction(nn.Module):
         losses = {
             "L_sep": separation_loss([common[m] for m in self.modalities], [private[m] for m in self.modalities],
                                      reduction=self.sep_reduction),
-            # eq. 3: D must not tell the common codes apart -> gradient reversal on h^C
-            "L_ac": modality_cross_entropy(
-                [self.discriminator(grad_reverse(common[m], self.grl_lambda)) for m in self.modalities], labels),
+            # eq. 3: D must not tell the common codes apart (before L_ap: D's dropout draws keep their order)
+            **self._adversarial([common[m] for m in self.modalities], labels),
             # eq. 4: D must tell the private codes apart
             "L_ap": modality_cross_entropy([self.discriminator(private[m]) for m in self.modalities], labels),
         }
         return private, common, losses
+
+    def _adversarial(self, codes, labels):
+        """``L_ac``: D's cross-entropy on the common codes (eq. 3; the logged value, whatever the
+        objective); ``L_adv``: the term eq. 6 weights by beta, whose gradients are
+
+        * 'reversal': L_adv = L_ac through the gradient-reversal layer: D descends L_ac, the
+          common encoder ascends it with weight lam = grl_lambda * adv_scale;
+        * 'confusion': L_adv = L_ac(D on detached codes) + lam * L_conf(codes, D's weights
+          detached): D descends L_ac and nothing else; the encoder descends the confusion
+          cross-entropy (:func:`modality_confusion`) through a frozen copy of D.
+        """
+        lam = self.grl_lambda * self.adv_scale
+        if self.adv_objective == "reversal":
+            l_ac = modality_cross_entropy([self.discriminator(grad_reverse(c, lam)) for c in codes], labels)
+            return {"L_ac": l_ac, "L_adv": l_ac}
+        l_ac = modality_cross_entropy([self.discriminator(c.detach()) for c in codes], labels)
+        frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
+        conf = modality_confusion([torch.func.functional_call(self.discriminator, frozen, (c,)) for c in codes],
+                                  labels)
+        return {"L_ac": l_ac, "L_adv": l_ac + lam * conf, "L_conf": conf.detach()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,7 +409,9 @@ class MMIN(nn.Module):
       features whose all-zero rows are padding; ``audio``: (B, L_a, d_a); ``video``: (B, L_v, d_v);
       lengths: (B,) real steps of audio / video (None = full length, as in ``MMSA_test``).
     * returns ``{"M": (B, 1) prediction, "Feature_f": (B, n_tokens * d_model) fused representation,
-      "L_sep", "L_ac", "L_ap": the scalar constraint losses of eq. 5, 3, 4}``.
+      "L_sep", "L_ac", "L_ap": the scalar constraint losses of eq. 5, 3, 4, "L_adv": the adversarial term
+      eq. 6 weights (see ``CoarseInteraction._adversarial``), and with ``adv_objective`` 'confusion'
+      "L_conf" (the encoders' confusion cross-entropy, detached, for logging)}``.
     * ``return_attention=True`` adds ``"attention"``: {name: (B, heads, Lq, Lk) sparsemax weights} with
       names ``"<a>_from_<b>/<layer index>"`` (FIN pair stacks, layer index from 0) and ``"guided/<m>"``
       (the coarse-guided step, Lq = 1), and ``"attention_query_mask"``: {name: (B, Lq) bool, True on
@@ -405,7 +432,7 @@ class MMIN(nn.Module):
         self.weights = config.loss_weights
         self.features = FeatureExtractor(config, self.modalities)
         self.cin = CoarseInteraction(d, self.modalities, config.disc_hidden, config.grl_lambda, config.dropout,
-                                     config.sep_reduction)
+                                     config.sep_reduction, config.adv_objective)
         self.fin = FineInteraction(d, h, config.fine_layers, self.modalities, config.attn_dropout, config.dropout,
                                    ffn=config.ca_ffn, positions=config.ca_positions) if self.use_fin else None
         n_tokens = len(self.modalities) * (2 * self.use_cin + self.use_fin)
@@ -436,9 +463,12 @@ class MMIN(nn.Module):
         return out
 
     def total_loss(self, outputs: Dict[str, torch.Tensor], labels: torch.Tensor):
-        """Eq. 6: L = L_senti + alpha L_sep + beta L_ac + gamma L_ap (L_senti = MSE)."""
+        """Eq. 6: L = L_senti + alpha L_sep + beta L_adv + gamma L_ap (L_senti = MSE); L_adv is L_ac
+        (with reversal, eq. 3) or D's L_ac plus the encoders' confusion term (``adv_objective``).
+        ``terms`` holds L_senti, L_sep, L_ac (D's cross-entropy, the logged value) and L_ap."""
         terms = {"L_senti": F.mse_loss(outputs["M"], labels)}
         terms.update({k: outputs[k] for k in ("L_sep", "L_ac", "L_ap")})
+        adv = outputs.get("L_adv", outputs["L_ac"])
         total = (terms["L_senti"] + self.weights["alpha"] * terms["L_sep"]
-                 + self.weights["beta"] * terms["L_ac"] + self.weights["gamma"] * terms["L_ap"])
+                 + self.weights["beta"] * adv + self.weights["gamma"] * terms["L_ap"])
         return total, terms
