@@ -182,6 +182,8 @@ def _experiment_options(p, name):
                        help="default: paper Table 2's nine; design variants ("
                        + ", ".join(v.name for v in DESIGN_VARIANTS) + ") only when named")
     if name != "tune":
+        p.add_argument("--reference", metavar="NAME",
+                       help="the model (compare) or variant (ablate) every other is compared with; default: the first")
         p.add_argument("--config-file", nargs="+", type=_existing_file, default=[], metavar="JSON",
                        help="MMSA config files (e.g. tune's output), each used for the models it configures")
     p.add_argument("--feature-path", type=_existing_file,
@@ -350,7 +352,8 @@ def cmd_compare(a, ablate=False) -> int:
 
     kw = dict(dataset=a.datasets, seeds=a.seeds, feature_path=a.feature_path, pretrained=a.pretrained,
               max_epochs=a.max_epochs, out_dir=a.out, overrides=_parse_set(a.set), gpu_ids=list(a.gpu_ids),
-              num_workers=a.num_workers, config_files=a.config_file, sweep=_sweep_options(a))
+              num_workers=a.num_workers, config_files=a.config_file, sweep=_sweep_options(a),
+              reference=a.reference)
     if ablate:
         compare.run_ablation(variants=a.variants, **kw)
     else:

@@ -22,9 +22,11 @@ from ..atomic import atomic_write_text
 
 logger = logging.getLogger("MMSA." + __name__)
 
-__all__ = ["Trial", "run_trial", "read_row", "environment", "trial_dir"]
+__all__ = ["Trial", "run_trial", "read_row", "environment", "trial_dir", "read_predictions", "PREDICTIONS_FILE"]
 
 ROW_FILE = "row.json"
+#: the TEST pass's per-sample predictions: arrays `ids` (str), `labels`, `preds` (float64), one entry a sample
+PREDICTIONS_FILE = "predictions.npz"
 
 
 def trial_dir(out, run: str, dataset: str, seed: int) -> Path:
@@ -66,6 +68,37 @@ def read_row(directory) -> Optional[Dict]:
         return json.loads((Path(directory) / ROW_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def write_predictions(directory, pred: Dict) -> None:
+    """`pred` ({"ids", "labels", "preds"}) as `predictions.npz` in `directory` (atomic, no pickle)."""
+    import io
+
+    import numpy as np
+
+    from ..atomic import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, ids=np.asarray(pred["ids"], dtype=str), labels=np.asarray(pred["labels"], float),
+                        preds=np.asarray(pred["preds"], float))
+    atomic_write_bytes(Path(directory) / PREDICTIONS_FILE, buf.getvalue())
+
+
+def read_predictions(directory) -> Optional[Dict]:
+    """The trial's `predictions.npz` as {"ids", "labels", "preds"} numpy arrays of one length, or None
+    if absent, unreadable or malformed (read without pickle)."""
+    import numpy as np
+
+    try:
+        with np.load(Path(directory) / PREDICTIONS_FILE, allow_pickle=False) as z:
+            out = {k: z[k] for k in ("ids", "labels", "preds")}
+    except (OSError, ValueError, KeyError):
+        return None
+    n = len(out["ids"])
+    if n == 0 or any(v.ndim != 1 or len(v) != n for v in out.values()):
+        return None
+    out["labels"], out["preds"] = out["labels"].astype(float), out["preds"].astype(float)
+    return out
 
 
 def _version(dist: str) -> Optional[str]:
@@ -159,7 +192,7 @@ def _row_skeleton(trial: Trial) -> Dict:
             "dataset": trial.dataset, "seed": int(trial.seed), "status": "running", "error": "",
             "wall_time_s": 0.0, "epochs": None, "stopped_by": None, "max_epochs": trial.config.get("max_epochs"),
             "early_stop": None, "feature_path": str(trial.config.get("featurePath") or ""),
-            "pretrained": str(trial.config.get("pretrained") or ""), "checkpoint": "", "metrics": {},
+            "pretrained": str(trial.config.get("pretrained") or ""), "checkpoint": "", "predictions": "", "metrics": {},
             "label": trial.label or trial.run, "kind": "search" if trial.skip_test else "train",
             "directory": str(trial.path), "config_file": trial.config_file, "overrides": _jsonable(trial.config),
             "gpu_ids": list(trial.gpu_ids)}
@@ -188,6 +221,7 @@ def run_trial(trial: Trial) -> Dict:
     ckpt = dirs["model_save_dir"] / f"{trial.model.lower()}-{trial.dataset}.pth"
     history = ckpt.with_name(ckpt.stem + ".history.json")
     (d / "error.txt").unlink(missing_ok=True)
+    (d / PREDICTIONS_FILE).unlink(missing_ok=True)
     history.unlink(missing_ok=True)
     row = _row_skeleton(trial)
     row["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -213,6 +247,9 @@ def run_trial(trial: Trial) -> Dict:
             row["metrics"] = {}
         else:
             row["metrics"] = final
+            if probe.test_predictions is not None:
+                write_predictions(d, probe.test_predictions)
+                row["predictions"] = PREDICTIONS_FILE
     except Exception as exc:  # recorded; the sweep goes on
         row.update(status="failed", error=_error_text(exc))
         with contextlib.suppress(OSError):
