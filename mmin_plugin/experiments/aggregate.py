@@ -5,7 +5,6 @@ std is numpy's (ddof=0), as in MMSA's own results CSV.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -104,8 +103,9 @@ def measured_metrics(summary: pd.DataFrame) -> List[str]:
 
 
 def rows_from_trial_dirs(root) -> List[Dict]:
-    """Every `row.json` under `root` (`runs/<run>/<dataset>/seed<seed>/row.json`), as rows."""
-    out = []
-    for p in sorted(Path(root).glob("runs/*/*/seed*/row.json")):
-        out.append(json.loads(p.read_text(encoding="utf-8")))
-    return out
+    """Every sound `row.json` under `root` (`runs/<run>/<dataset>/seed<seed>/row.json`), as rows; a
+    malformed one is logged and left out (trial.read_row)."""
+    from .trial import read_row
+
+    rows = (read_row(p.parent) for p in sorted(Path(root).glob("runs/*/*/seed*/row.json")))
+    return [r for r in rows if r is not None]

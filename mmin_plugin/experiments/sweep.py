@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from ..atomic import atomic_write_text
 from ..errors import MMINConfigError
 from .backends import make_backend
-from .trial import ROW_FILE, Trial, read_row
+from .trial import ROW_FILE, Trial, read_row, read_row_checked
 
 logger = logging.getLogger("MMSA." + __name__)
 
@@ -146,7 +146,13 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
     rows: Dict[tuple, Dict] = {}
     todo = []
     for t in trials:
-        old = read_row(t.directory) if opts.resume else None
+        old, problem = read_row_checked(t.directory) if opts.resume else (None, None)
+        if problem:
+            print(f"[{desc}] resume: {problem}; counted as not finished, runs again", flush=True)
+        elif old is not None and (old["run"], old["dataset"], old["seed"]) != t.key:
+            print(f"[{desc}] resume: {t.path / ROW_FILE} is the row of {old['run']}/{old['dataset']}/seed"
+                  f"{old['seed']}, not of this trial; runs again", flush=True)
+            old = None
         if old is not None and old.get("status") == "ok" and _same_config(old, t):
             rows[t.key] = old
         else:

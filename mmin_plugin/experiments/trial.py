@@ -62,12 +62,66 @@ class Trial:
         return Path(self.directory)
 
 
-def read_row(directory) -> Optional[Dict]:
-    """The trial's `row.json`, or None if absent or unreadable."""
+_NUMBER = (int, float)
+#: row.json fields the tables and `--resume` rely on: field -> (accepted types, required); bool is
+#: never accepted where a number is expected
+ROW_FIELDS = {
+    "run": (str, True), "dataset": (str, True), "seed": (int, True), "status": (str, True),
+    "metrics": (dict, True), "error": (str, False), "wall_time_s": (_NUMBER, False),
+    "epochs": ((int, type(None)), False), "max_epochs": ((int, type(None)), False),
+    "early_stop": ((int, type(None)), False), "stopped_by": ((str, type(None)), False),
+    "model": (str, False), "ablation": (str, False), "label": (str, False), "feature_path": (str, False),
+    "pretrained": (str, False), "checkpoint": (str, False), "predictions": (str, False),
+    "overrides": (dict, False), "config_file": ((str, type(None)), False), "fingerprint": (dict, False),
+}
+
+
+def row_problem(row) -> Optional[str]:
+    """Why `row` (parsed row.json) cannot be trusted as a trial's record, or None: not a JSON object,
+    a required field missing, a field of the wrong type, a metric that is not a number."""
+    if not isinstance(row, dict):
+        return f"expected a JSON object; found {type(row).__name__}"
+    for key, (types, required) in ROW_FIELDS.items():
+        if key not in row:
+            if required:
+                return f"field '{key}' missing"
+            continue
+        v = row[key]
+        if (isinstance(v, bool) and bool not in (types if isinstance(types, tuple) else (types,))) \
+                or not isinstance(v, types):
+            return f"field '{key}': expected {_type_names(types)}; found {type(v).__name__} {str(v)[:40]!r}"
+    for k, v in row["metrics"].items():
+        if isinstance(v, bool) or not isinstance(v, _NUMBER):
+            return f"metric '{k}': expected a number; found {type(v).__name__} {str(v)[:40]!r}"
+    return None
+
+
+def _type_names(types) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def read_row_checked(directory) -> tuple:
+    """(row, problem): (the trial's row.json, None) if it is a sound row; (None, None) if absent;
+    (None, why) if unreadable or malformed (`row_problem`)."""
+    path = Path(directory) / ROW_FILE
     try:
-        return json.loads((Path(directory) / ROW_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+        row = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        return None, f"{path}: unreadable ({_error_text(exc)})"
+    problem = row_problem(row)
+    return (None, f"{path}: {problem}") if problem else (row, None)
+
+
+def read_row(directory) -> Optional[Dict]:
+    """The trial's `row.json`, or None if absent, unreadable or malformed (logged: counted as not
+    finished, so `--resume` runs it again and the tables leave it out)."""
+    row, problem = read_row_checked(directory)
+    if problem:
+        logger.warning("%s; counted as not finished", problem)
+    return row
 
 
 def write_predictions(directory, pred: Dict) -> None:
