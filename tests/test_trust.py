@@ -63,3 +63,48 @@ def test_a_row_of_another_trial_is_not_reused(fake, tmp_path, capsys):
     n = len(calls)
     _, out = _compare(capsys, sweep=sweep.SweepOptions(resume=True), **kw)
     assert [c["seed"] for c in calls[n:]] == [1112] and "not of this trial" in out
+
+
+def test_a_retry_runs_in_a_clean_folder_and_keeps_the_previous_attempt(fake, tmp_path, capsys):
+    """MMSA's TFN trainer starts at best 0 / 1e8 and may never save; its `_run` then asserts the
+    checkpoint exists and tests it. A retry must not find the previous attempt's checkpoint."""
+    calls, plan = fake
+    seen = []
+
+    def tfn_like(kw):
+        ckpt = Path(kw["model_save_dir"], "tfn-mosi.pth")
+        seen.append(ckpt.exists())
+        if len(seen) == 1:
+            ckpt.write_bytes(b"attempt 1")
+            raise RuntimeError("worker hiccup")
+
+    plan[("tfn", 1111)] = tfn_like
+    rows, out = _compare(capsys, models=["tfn"], seeds=[1111], out_dir=tmp_path / "o",
+                         sweep=sweep.SweepOptions(retries=1))
+    d = trial_dir(tmp_path / "o", "tfn", "mosi", 1111)
+    assert seen == [False, False] and rows[0]["status"] == "ok" and rows[0]["attempt"] == 2
+    assert (d / "attempt-1" / "models" / "tfn-mosi.pth").read_bytes() == b"attempt 1"
+    assert "worker hiccup" in (d / "attempt-1" / "error.txt").read_text()
+    assert read_row(d / "attempt-1")["status"] == "failed" and not (d / "error.txt").exists()
+    # a rerun on --resume (changed config) keeps the finished attempt too
+    _compare(capsys, models=["tfn"], seeds=[1111], out_dir=tmp_path / "o", overrides={"x": 1},
+             sweep=sweep.SweepOptions(resume=True))
+    assert read_row(d / "attempt-2")["attempt"] == 2 and read_row(d)["attempt"] == 3
+
+
+def test_deterministic_errors_are_not_retried(fake, tmp_path, capsys):
+    from mmin_plugin.errors import MMINDataError, NonFiniteLossError
+
+    calls, plan = fake
+
+    def nan(kw):
+        raise NonFiniteLossError("loss is nan at epoch 1")
+
+    def bad_data(kw):
+        raise MMINDataError("feature file x: expected ...")
+
+    plan[("mmin", 1111)], plan[("misa", 1111)] = nan, bad_data
+    rows, out = _compare(capsys, models=["mmin", "misa"], seeds=[1111], out_dir=tmp_path / "o",
+                         sweep=sweep.SweepOptions(retries=2))
+    assert [c["model"] for c in calls] == ["mmin", "misa"] and [r["status"] for r in rows] == ["failed", "failed"]
+    assert all(r["deterministic"] for r in rows) and "not retried" in out

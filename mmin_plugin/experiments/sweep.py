@@ -141,7 +141,9 @@ def _keep_row(trial: Trial, row: Dict) -> None:
 def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials",
                on_row: Optional[Callable[[Trial, Dict], None]] = None) -> List[Dict]:
     """Run every trial not yet finished (with `opts.resume`, a trial whose row.json says 'ok' is
-    skipped), at most `backend.slots` at once, a failed one up to `opts.retries` more times;
+    skipped), at most `backend.slots` at once, a failed one up to `opts.retries` more times unless
+    its error is deterministic (trial.DETERMINISTIC_ERRORS; each attempt in a clean folder, the
+    previous one's files in `attempt-<k>/`);
     `on_row(trial, row)` after each finished attempt. Returns the rows in `trials` order."""
     rows: Dict[tuple, Dict] = {}
     todo = []
@@ -183,12 +185,15 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
                 progress.started()
             t, row = backend.wait()
             in_flight -= 1
-            again = row.get("status") != "ok" and attempts[t.key] <= opts.retries
+            again = (row.get("status") != "ok" and attempts[t.key] <= opts.retries
+                     and row.get("deterministic") is not True)  # bad data/config, NaN loss: same again
             if row.get("status") != "ok" and not again:
                 progress.failed_one()
             progress.finished(time.monotonic() - submitted[t.key], final=not again)
             progress.write(f"[{desc}] {t.label or t.run} {t.dataset} seed {t.seed}: {_line(row)}"
-                           + ("; retrying" if again else ""))
+                           + ("; retrying" if again else "")
+                           + ("; not retried (the same inputs fail the same way)" if row.get("deterministic") is True
+                              and attempts[t.key] <= opts.retries else ""))
             if again:
                 logger.warning("trial %s/%s/seed%s failed (attempt %d of %d), retrying: %s", t.run, t.dataset,
                                t.seed, attempts[t.key], opts.retries + 1, row.get("error"))

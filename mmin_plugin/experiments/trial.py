@@ -19,12 +19,17 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..atomic import atomic_write_text
+from ..errors import MMINConfigError, MMINDataError, NonFiniteLossError
 
 logger = logging.getLogger("MMSA." + __name__)
 
 __all__ = ["Trial", "run_trial", "read_row", "environment", "trial_dir", "read_predictions", "PREDICTIONS_FILE"]
 
 ROW_FILE = "row.json"
+#: a previous attempt's files move to `<trial>/attempt-<k>/` (k = 1, 2, ...) before the trial runs again
+ATTEMPT_PREFIX = "attempt-"
+#: errors that recur on every attempt with the same inputs (not retried): bad data, bad config, NaN loss
+DETERMINISTIC_ERRORS = (MMINDataError, MMINConfigError, NonFiniteLossError)
 #: the TEST pass's per-sample predictions: arrays `ids` (str), `labels`, `preds` (float64), one entry a sample
 PREDICTIONS_FILE = "predictions.npz"
 
@@ -241,6 +246,29 @@ def _history_scalars(scalars: _Scalars, history_path: Path) -> Optional[List[Dic
     return history
 
 
+def archive_previous_attempt(directory) -> int:
+    """Move everything in the trial folder (a previous attempt's checkpoint, results, logs, TensorBoard
+    events, row.json) into a new `attempt-<k>/`, so that nothing of it can be mistaken for this
+    attempt's (MMSA's `assert Path(model_save_path).exists()` would otherwise pass on the old
+    checkpoint when a retry never beats the trainer's initial best, and test it). Returns this
+    attempt's number (1 for a fresh folder)."""
+    d = Path(directory)
+    if not d.is_dir():
+        return 1
+    done = [int(p.name[len(ATTEMPT_PREFIX):]) for p in d.iterdir()
+            if p.name.startswith(ATTEMPT_PREFIX) and p.name[len(ATTEMPT_PREFIX):].isdigit()]
+    entries = [p for p in d.iterdir() if not (p.name.startswith(ATTEMPT_PREFIX) and p.is_dir())]
+    if not entries:
+        return max(done, default=0) + 1
+    k = max(done, default=0) + 1
+    target = d / f"{ATTEMPT_PREFIX}{k}"
+    target.mkdir()
+    for p in entries:
+        p.rename(target / p.name)
+    logger.info("%s: the previous attempt's files moved to %s", d, target.name)
+    return k + 1
+
+
 def _row_skeleton(trial: Trial) -> Dict:
     return {"run": trial.run, "model": trial.model, "ablation": ",".join(trial.ablation or []),
             "dataset": trial.dataset, "seed": int(trial.seed), "status": "running", "error": "",
@@ -269,15 +297,14 @@ def run_trial(trial: Trial) -> Dict:
     from ..integration import runner
 
     d = trial.path
+    attempt = archive_previous_attempt(d)
     dirs = {"model_save_dir": d / "models", "res_save_dir": d / "results", "log_dir": d / "logs"}
     for p in dirs.values():
         p.mkdir(parents=True, exist_ok=True)
     ckpt = dirs["model_save_dir"] / f"{trial.model.lower()}-{trial.dataset}.pth"
     history = ckpt.with_name(ckpt.stem + ".history.json")
-    (d / "error.txt").unlink(missing_ok=True)
-    (d / PREDICTIONS_FILE).unlink(missing_ok=True)
-    history.unlink(missing_ok=True)
     row = _row_skeleton(trial)
+    row["attempt"] = attempt
     row["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     row["t_start"] = time.time()
     row["environment"] = environment()
@@ -305,7 +332,7 @@ def run_trial(trial: Trial) -> Dict:
                 write_predictions(d, probe.test_predictions)
                 row["predictions"] = PREDICTIONS_FILE
     except Exception as exc:  # recorded; the sweep goes on
-        row.update(status="failed", error=_error_text(exc))
+        row.update(status="failed", error=_error_text(exc), deterministic=isinstance(exc, DETERMINISTIC_ERRORS))
         with contextlib.suppress(OSError):
             (d / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
     finally:

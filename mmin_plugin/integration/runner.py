@@ -60,15 +60,18 @@ class _RecordingLoader:
     """Iterates `loader` like `do_test` does, keeping each batch's sample ids and labels ('M')."""
 
     def __init__(self, loader):
-        self.loader, self.ids, self.labels = loader, [], []
+        self.loader, self.ids, self.labels, self.broken = loader, [], [], False
 
     def __len__(self):
         return len(self.loader)
 
     def __iter__(self):
         for batch in self.loader:
-            self.ids.extend(str(i) for i in batch["id"])
-            self.labels.append(batch["labels"]["M"].detach().cpu().reshape(-1).double().numpy())
+            try:
+                self.ids.extend(str(i) for i in batch["id"])
+                self.labels.append(batch["labels"]["M"].detach().cpu().reshape(-1).double().numpy())
+            except Exception:  # a batch without ids/labels: no predictions file, never a failed trial
+                self.broken = True
             yield batch
 
 
@@ -86,12 +89,14 @@ def capture_predictions(do_test, model, dataloader, mode, *a, **kw):
         if isinstance(output, dict) and "M" in output:
             outs.append(output["M"].detach().cpu().reshape(-1).double().numpy())
 
+    if not hasattr(model, "register_forward_hook"):
+        return do_test(model, dataloader, mode, *a, **kw), None
     handle = model.register_forward_hook(hook)
     try:
         result = do_test(model, loader, mode, *a, **kw)
     finally:
         handle.remove()
-    if len(outs) != len(loader.labels) or not outs:
+    if loader.broken or len(outs) != len(loader.labels) or not outs:
         logger.warning("test predictions not captured: %d forward call(s) for %d batch(es)", len(outs),
                        len(loader.labels))
         return result, None
