@@ -108,3 +108,48 @@ def test_deterministic_errors_are_not_retried(fake, tmp_path, capsys):
                          sweep=sweep.SweepOptions(retries=2))
     assert [c["model"] for c in calls] == ["mmin", "misa"] and [r["status"] for r in rows] == ["failed", "failed"]
     assert all(r["deterministic"] for r in rows) and "not retried" in out
+
+
+def _lock(out, pid, host=None):
+    """The lock file process `pid` would have written (its real start time: not a reused pid)."""
+    import socket
+
+    from mmin_plugin.atomic import _process_start
+    from mmin_plugin.experiments.lock import LOCK_FILE
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "locked_at": 0,
+                                             "process_start": _process_start(pid),
+                                             "command": "python -m mmin_plugin compare"}))
+
+
+def _snapshot(out):
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.rglob("*"))}
+
+
+@pytest.mark.parametrize("other_host", [False, True])
+def test_an_out_in_use_by_a_live_process_is_refused_and_left_unchanged(fake, tmp_path, capsys, other_host):
+    import subprocess
+    import sys
+
+    from mmin_plugin.errors import MMINConfigError
+
+    calls, _ = fake
+    kw = dict(models=["mmin"], seeds=[1111], out_dir=tmp_path / "o")
+    _compare(capsys, **kw)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _lock(tmp_path / "o", holder.pid, "elsewhere.example" if other_host else None)
+        before, n = _snapshot(tmp_path / "o"), len(calls)
+        for opts in (sweep.SweepOptions(resume=True), sweep.SweepOptions(overwrite=True)):
+            with pytest.raises(MMINConfigError, match=f"in use by process {holder.pid} on "
+                               + ("host 'elsewhere.example'" if other_host else "this host")):
+                compare.run_comparison(sweep=opts, **kw)
+        assert _snapshot(tmp_path / "o") == before and len(calls) == n
+    finally:
+        holder.kill()
+        holder.wait()
+    if not other_host:  # its holder is dead now: the lock is stale and taken over
+        rows, _ = _compare(capsys, sweep=sweep.SweepOptions(overwrite=True), **kw)
+        assert rows[0]["status"] == "ok" and len(calls) == n + 1
+        assert not (tmp_path / "o" / ".mmin-out.lock").exists()  # released at the end

@@ -244,15 +244,18 @@ class Session:
 
     def run(self) -> List[Dict]:
         trials = self.trials()
-        prepare_out(self.out, self.sweep.resume, self.sweep.overwrite)
-        for ds in self.datasets:
-            self.write(ds, figure=False)
-            self._figure_time[ds] = time.monotonic()
+        lock = prepare_out(self.out, self.sweep.resume, self.sweep.overwrite)
         try:
-            rows = run_trials(trials, self.sweep, desc=f"{self.kind} {' '.join(self.datasets)}",
-                              on_row=self._after_trial)
-        finally:  # also on KeyboardInterrupt: the files show every finished trial
-            mds = [self.write(ds) for ds in self.datasets]
+            for ds in self.datasets:
+                self.write(ds, figure=False)
+                self._figure_time[ds] = time.monotonic()
+            try:
+                rows = run_trials(trials, self.sweep, desc=f"{self.kind} {' '.join(self.datasets)}",
+                                  on_row=self._after_trial)
+            finally:  # also on KeyboardInterrupt: the files show every finished trial
+                mds = [self.write(ds) for ds in self.datasets]
+        finally:
+            lock.release()
         for ds, md in zip(self.datasets, mds):
             p = self.paths(ds)
             print()

@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from ..atomic import atomic_write_text
 from ..errors import MMINConfigError
 from .backends import make_backend
+from .lock import LOCK_FILE, OutLock, lock_out
 from .trial import ROW_FILE, Trial, read_row, read_row_checked
 
 logger = logging.getLogger("MMSA." + __name__)
@@ -45,15 +46,20 @@ class SweepOptions:
     reuse_workers: bool = False
 
 
-def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
-    """A non-empty `out` is refused unless `resume` (keep it, finished trials are skipped) or
-    `overwrite` (its `runs/` and this package's tables are removed first; other files stay)."""
+def prepare_out(out: Path, resume: bool, overwrite: bool) -> OutLock:
+    """Take `out`'s lock (lock.py: refused, nothing changed, while another live process holds it),
+    then: a non-empty `out` is refused unless `resume` (keep it, finished trials are skipped) or
+    `overwrite` (its `runs/` and this package's tables are removed first; other files stay).
+    Returns the held lock: the caller releases it when its sweep ends (else it is released when
+    the process exits)."""
     if resume and overwrite:
         raise MMINConfigError("resume and overwrite: expected at most one of them; found both")
-    if out.exists() and not out.is_dir():
-        raise MMINConfigError(f"output folder {out}: expected a folder; found a file")
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    out = Path(out)
+    existed = out.is_dir()
+    lock = lock_out(out)
+    entries = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) if existed else []
     if entries and not (resume or overwrite):
+        lock.release()
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise MMINConfigError(f"output folder {out}: expected an empty or new folder; found {len(entries)} "
                               f"entries ({shown}). Pass --resume to continue it (finished trials are skipped) "
@@ -64,7 +70,7 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
             for p in out.glob(pattern):
                 if p.is_file():
                     p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    return lock
 
 
 class _Progress:
