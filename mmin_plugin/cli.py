@@ -205,7 +205,10 @@ def _experiment_options(p, name):
     g.add_argument("--retries", type=_workers, default=0, help="re-run a failed trial up to N times")
     g.add_argument("--reuse-workers", action="store_true",
                    help="ray: a worker process runs several trials (saves its start-up; default: one process a trial)")
-    g.add_argument("--resume", action="store_true", help="skip trials whose row.json says finished")
+    g.add_argument("--resume", action="store_true",
+                   help="skip finished trials whose fingerprint (config, data, code versions...) is unchanged")
+    g.add_argument("--resume-across-code-versions", action="store_true",
+                   help="with --resume: also keep rows made by another version of this package, MMSA or torch")
     g.add_argument("--overwrite", action="store_true", help="replace the results in a non-empty --out")
 
 
@@ -214,7 +217,8 @@ def _sweep_options(a):
 
     return SweepOptions(backend=a.backend, address=a.address, cpus_per_trial=a.cpus_per_trial,
                         gpus_per_trial=a.gpus_per_trial, max_concurrent=a.max_concurrent, retries=a.retries,
-                        resume=a.resume, overwrite=a.overwrite, reuse_workers=a.reuse_workers)
+                        resume=a.resume, overwrite=a.overwrite, reuse_workers=a.reuse_workers,
+                        resume_across_code_versions=a.resume_across_code_versions)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -153,3 +153,68 @@ def test_an_out_in_use_by_a_live_process_is_refused_and_left_unchanged(fake, tmp
         rows, _ = _compare(capsys, sweep=sweep.SweepOptions(overwrite=True), **kw)
         assert rows[0]["status"] == "ok" and len(calls) == n + 1
         assert not (tmp_path / "o" / ".mmin-out.lock").exists()  # released at the end
+
+
+@pytest.fixture
+def cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("MMIN_PLUGIN_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_resume_reruns_a_trial_whose_fingerprint_changed_and_says_why(fake, tmp_path, capsys, cache, monkeypatch):
+    from mmin_plugin.experiments import fingerprint as fp
+    from mmin_plugin.experiments import tune
+
+    calls, _ = fake
+    data, cfg = tmp_path / "features.pkl", tmp_path / "tuned.json"
+    data.write_bytes(b"features v1")
+    cfg.write_text(json.dumps(tune.mmsa_config_file("mmin", "mosi", {"d_model": 32})))
+    kw = dict(models=["mmin", "misa"], seeds=[1111], out_dir=tmp_path / "o", feature_path=data, config_files=[cfg])
+    resume = sweep.SweepOptions(resume=True)
+    _compare(capsys, **kw)
+    row = read_row(trial_dir(tmp_path / "o", "mmin", "mosi", 1111))
+    assert set(row["fingerprint"]["parts"]) == set(fp.PARTS) and len(row["fingerprint"]["sha256"]) == 64
+
+    def rerun(**extra):
+        n = len(calls)
+        _, out = _compare(capsys, **{**kw, **extra})
+        return [c["model"] for c in calls[n:]], out
+
+    assert rerun(sweep=resume)[0] == []  # nothing changed: nothing runs
+    cfg.write_text(json.dumps(tune.mmsa_config_file("mmin", "mosi", {"d_model": 64})))  # same path, new contents
+    ran, out = rerun(sweep=resume)
+    assert ran == ["mmin"] and "mmin mosi seed 1111 runs again: changed since it ran: config, config_file" in out
+    data.write_bytes(b"features v2, regenerated")
+    ran, out = rerun(sweep=resume)
+    assert ran == ["mmin", "misa"] and "changed since it ran: data" in out
+    real = fp.code_versions()
+    monkeypatch.setattr(fp, "code_versions", lambda: {**real, "git_commit": "0123abc"})
+    ran, out = rerun(sweep=resume)
+    assert ran == ["mmin", "misa"] and f"code (git_commit {real['git_commit']} -> 0123abc)" in out
+    monkeypatch.setattr(fp, "code_versions", lambda: {**real, "git_commit": "4567def"})
+    assert rerun(sweep=sweep.SweepOptions(resume=True, resume_across_code_versions=True))[0] == []
+    # a row of an older version (no fingerprint) is rerun, unless the flag says keep it
+    path = trial_dir(tmp_path / "o", "misa", "mosi", 1111) / "row.json"
+    old = json.loads(path.read_text())
+    del old["fingerprint"]
+    path.write_text(json.dumps(old))
+    assert rerun(sweep=sweep.SweepOptions(resume=True, resume_across_code_versions=True))[0] == []
+    monkeypatch.setattr(fp, "code_versions", lambda: {**real, "git_commit": "0123abc"})  # mmin's row's code
+    ran, out = rerun(sweep=resume)
+    assert ran == ["misa"] and "no fingerprint" in out
+
+
+def test_data_content_hash_is_computed_once_and_cached(tmp_path, cache):
+    from mmin_plugin.experiments.fingerprint import data_hash
+
+    f = tmp_path / "x.pkl"
+    f.write_bytes(b"abc")
+    first = data_hash(f)
+    assert first["sha256"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    known = json.loads((cache / "file-hashes.json").read_text())
+    key = next(iter(known))
+    known[key] = "from-the-cache"
+    (cache / "file-hashes.json").write_text(json.dumps(known))
+    assert data_hash(f)["sha256"] == "from-the-cache"  # read, not recomputed
+    f.write_bytes(b"abcd")  # size/mtime changed: hashed again
+    assert data_hash(f)["sha256"] not in ("from-the-cache", first["sha256"])

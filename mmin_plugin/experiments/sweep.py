@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from ..atomic import atomic_write_text
 from ..errors import MMINConfigError
 from .backends import make_backend
+from .fingerprint import changed_parts, fingerprint
 from .lock import LOCK_FILE, OutLock, lock_out
 from .trial import ROW_FILE, Trial, read_row, read_row_checked
 
@@ -30,6 +31,8 @@ OUTPUT_GLOBS = ("compare-*", "ablation-*", "tune-*", "curves-*")
 class SweepOptions:
     """How trials run: `backend` ('serial' | 'ray'), Ray's `address`, resources per trial,
     `max_concurrent`, `retries` (extra attempts of a failed trial), `resume` / `overwrite`,
+    `resume_across_code_versions` (resume keeps rows whose fingerprint differs only in the code
+    versions, and older rows without a fingerprint whose overrides match),
     `reuse_workers` (Ray: a worker process runs several trials), and (for
     tests) `num_cpus` of a local Ray instance and `trial_fn` (default trial.run_trial)."""
 
@@ -44,6 +47,7 @@ class SweepOptions:
     num_cpus: Optional[int] = None
     trial_fn: Optional[Callable] = None
     reuse_workers: bool = False
+    resume_across_code_versions: bool = False
 
 
 def prepare_out(out: Path, resume: bool, overwrite: bool) -> OutLock:
@@ -128,12 +132,23 @@ def _line(row: Dict) -> str:
 
 
 def _same_config(row: Dict, trial: Trial) -> bool:
-    """Whether a finished row was made with the config `trial` would run (else resume reruns it)."""
-    same = row.get("overrides") == json.loads(json.dumps(trial.config, default=str))
-    same = same and (row.get("config_file") or None) == (trial.config_file or None)
-    if not same:
-        logger.warning("resume: %s was finished with another config; it runs again", trial.directory)
-    return same
+    """Whether a row without a fingerprint (an older version's) was made with `trial`'s overrides
+    and config file path (all an older row records)."""
+    return (row.get("overrides") == json.loads(json.dumps(trial.config, default=str))
+            and (row.get("config_file") or None) == (trial.config_file or None))
+
+
+def _why_rerun(row: Dict, trial: Trial, opts: SweepOptions) -> Optional[str]:
+    """Why a finished row cannot stand for `trial` (its fingerprint differs: which parts), or None."""
+    changed = changed_parts(row.get("fingerprint"), fingerprint(trial))
+    if changed is None:
+        if opts.resume_across_code_versions and _same_config(row, trial):
+            return None
+        return ("its row has no fingerprint (written by an older version); --resume-across-code-versions keeps "
+                "such a row when its overrides and config file are the same")
+    if opts.resume_across_code_versions:
+        changed = [c for c in changed if not c.startswith("code")]
+    return f"changed since it ran: {', '.join(changed)}" if changed else None
 
 
 def _keep_row(trial: Trial, row: Dict) -> None:
@@ -161,9 +176,12 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
             print(f"[{desc}] resume: {t.path / ROW_FILE} is the row of {old['run']}/{old['dataset']}/seed"
                   f"{old['seed']}, not of this trial; runs again", flush=True)
             old = None
-        if old is not None and old.get("status") == "ok" and _same_config(old, t):
+        why = _why_rerun(old, t, opts) if old is not None and old.get("status") == "ok" else "not finished"
+        if why is None:
             rows[t.key] = old
         else:
+            if old is not None and old.get("status") == "ok":
+                print(f"[{desc}] resume: {t.label or t.run} {t.dataset} seed {t.seed} runs again: {why}", flush=True)
             todo.append(t)
     if opts.resume:
         print(f"[{desc}] resume: {len(rows)} of {len(trials)} trial(s) already finished, skipped; "

@@ -77,7 +77,7 @@ ROW_FIELDS = {
     "early_stop": ((int, type(None)), False), "stopped_by": ((str, type(None)), False),
     "model": (str, False), "ablation": (str, False), "label": (str, False), "feature_path": (str, False),
     "pretrained": (str, False), "checkpoint": (str, False), "predictions": (str, False),
-    "overrides": (dict, False), "config_file": ((str, type(None)), False), "fingerprint": (dict, False),
+    "overrides": (dict, False), "config_file": ((str, type(None)), False), "fingerprint": ((dict, type(None)), False),
 }
 
 
@@ -295,6 +295,7 @@ def run_trial(trial: Trial) -> Dict:
     A failure is recorded in the row (status 'failed', the traceback in `error.txt`), not raised;
     KeyboardInterrupt is raised."""
     from ..integration import runner
+    from .fingerprint import fingerprint
 
     d = trial.path
     attempt = archive_previous_attempt(d)
@@ -305,6 +306,11 @@ def run_trial(trial: Trial) -> Dict:
     history = ckpt.with_name(ckpt.stem + ".history.json")
     row = _row_skeleton(trial)
     row["attempt"] = attempt
+    try:
+        row["fingerprint"] = fingerprint(trial)
+    except Exception as exc:  # e.g. an unreadable feature file: the trial reports it; resume reruns this row
+        row["fingerprint"] = None
+        logger.warning("no fingerprint for %s: %s", d, _error_text(exc))
     row["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     row["t_start"] = time.time()
     row["environment"] = environment()
