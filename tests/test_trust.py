@@ -115,10 +115,9 @@ def _lock(out, pid, host=None):
     import socket
 
     from mmin_plugin.atomic import _process_start
-    from mmin_plugin.experiments.lock import LOCK_FILE
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "locked_at": 0,
+    (out / ".mmin-out.lock").write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "locked_at": 0,
                                              "process_start": _process_start(pid),
                                              "command": "python -m mmin_plugin compare"}))
 
@@ -162,7 +161,6 @@ def cache(monkeypatch, tmp_path):
 
 
 def test_resume_reruns_a_trial_whose_fingerprint_changed_and_says_why(fake, tmp_path, capsys, cache, monkeypatch):
-    from mmin_plugin.experiments import fingerprint as fp
     from mmin_plugin.experiments import tune
 
     calls, _ = fake
@@ -172,8 +170,6 @@ def test_resume_reruns_a_trial_whose_fingerprint_changed_and_says_why(fake, tmp_
     kw = dict(models=["mmin", "misa"], seeds=[1111], out_dir=tmp_path / "o", feature_path=data, config_files=[cfg])
     resume = sweep.SweepOptions(resume=True)
     _compare(capsys, **kw)
-    row = read_row(trial_dir(tmp_path / "o", "mmin", "mosi", 1111))
-    assert set(row["fingerprint"]["parts"]) == set(fp.PARTS) and len(row["fingerprint"]["sha256"]) == 64
 
     def rerun(**extra):
         n = len(calls)
@@ -184,6 +180,10 @@ def test_resume_reruns_a_trial_whose_fingerprint_changed_and_says_why(fake, tmp_
     cfg.write_text(json.dumps(tune.mmsa_config_file("mmin", "mosi", {"d_model": 64})))  # same path, new contents
     ran, out = rerun(sweep=resume)
     assert ran == ["mmin"] and "mmin mosi seed 1111 runs again: changed since it ran: config, config_file" in out
+    from mmin_plugin.experiments import fingerprint as fp  # (imported here: the test runs on main up to this line)
+
+    row = read_row(trial_dir(tmp_path / "o", "mmin", "mosi", 1111))
+    assert set(row["fingerprint"]["parts"]) == set(fp.PARTS) and len(row["fingerprint"]["sha256"]) == 64
     data.write_bytes(b"features v2, regenerated")
     ran, out = rerun(sweep=resume)
     assert ran == ["mmin", "misa"] and "changed since it ran: data" in out
