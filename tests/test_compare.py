@@ -237,6 +237,38 @@ def test_cli_ablate_all_table2_variants(demo, tmp_path, capsys):
 
 
 @pytest.mark.e2e
+def test_cli_compare_reports_statistics_against_the_reference(demo, tmp_path, capsys):
+    """Issue 16's acceptance on the demo data: `compare --models mmin tfn --seeds ...` writes a CSV
+    with the difference, CI bounds and p per metric against the reference, from saved predictions."""
+    from mmin_plugin import cli
+    from mmin_plugin.experiments import stats
+    from mmin_plugin.experiments.trial import read_predictions
+
+    out = tmp_path / "st"
+    rc = cli.main(["compare", "--models", "mmin", "tfn", "--seeds", "1111", "1112", "--max-epochs", "1",
+                   "--feature-path", demo["feature_path"], "--pretrained", demo["bert_dir"], "--out", str(out),
+                   "--set", *_fast_set()])
+    assert rc == 0
+    fields, rows = read_csv(out / "compare-mosi.csv")
+    for k in ("MAE", "Corr", "Non0_acc_2"):
+        assert {f"{k}|diff", f"{k}|ci_low", f"{k}|ci_high", f"{k}|p"} <= set(fields)
+    tfn = [r for r in rows if r["run"] == "tfn"]
+    assert all(r["reference"] == "mmin" for r in rows) and len(tfn) == 2
+    lo, diff, hi = (float(tfn[0][f"MAE|{f}"]) for f in ("ci_low", "diff", "ci_high"))
+    assert lo <= diff <= hi and 0 <= float(tfn[0]["MAE|p"]) <= 1
+    # the difference is recomputed from the saved predictions and agrees with MMSA's rounded metrics
+    maes = {r["run"]: np.mean([float(x["MAE"]) for x in rows if x["run"] == r["run"]]) for r in rows}
+    assert diff == pytest.approx(maes["tfn"] - maes["mmin"], abs=2e-4)
+    pred = read_predictions(out / "runs" / "tfn" / "mosi" / "seed1111")
+    assert len(pred["ids"]) == 16 and stats.batch_metrics(pred["preds"], pred["labels"], "mosi")["MAE"][0] == \
+        pytest.approx(float(tfn[0]["MAE"]), abs=1e-4)
+    md = (out / "compare-mosi.md").read_text()
+    assert "## Against the reference: mmin" in md and "With 2 paired seeds" in md
+    assert "### Published number vs measured 95% interval" in md
+    capsys.readouterr()
+
+
+@pytest.mark.e2e
 def test_python_m_compare_subprocess_default_feature_path(demo, tmp_path):
     """`python -m mmin_plugin compare` without --feature-path: MMSA's configured featurePath
     (MOSI/Processed/unaligned_50.pkl), re-rooted by $MMSA_DATASET_ROOT."""
