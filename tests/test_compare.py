@@ -102,7 +102,10 @@ def comparison(demo, tmp_path_factory):
 def test_compare_csv_one_row_per_model_and_seed(comparison, demo):
     fields, rows = read_csv(comparison["out"] / "compare-mosi.csv")
     assert fields[:len(compare.CSV_BASE_COLUMNS)] == compare.CSV_BASE_COLUMNS
-    assert set(fields[len(compare.CSV_BASE_COLUMNS):]) == MOSI_METRICS
+    rest = fields[len(compare.CSV_BASE_COLUMNS):]
+    assert {f for f in rest if "|" not in f and f != "reference"} == MOSI_METRICS
+    # statistics against the reference (mmin) for every metric but Loss (not recomputable from predictions)
+    assert {f.split("|")[0] for f in rest if "|" in f} == MOSI_METRICS - {"Loss"}
     assert [r["run"] for r in rows] == ["mmin", "misa", "mult", "no_such_model"]
     by = {r["run"]: r for r in rows}
     for name in ("mmin", "misa", "mult"):
@@ -118,6 +121,13 @@ def test_compare_csv_one_row_per_model_and_seed(comparison, demo):
         assert r["feature_path"] == demo["feature_path"]
         assert Path(r["checkpoint"]).is_file()
         assert r["checkpoint"].endswith(f"runs/{name}/mosi/seed1111/models/{name}-mosi.pth")
+        # each model's TEST predictions were captured and reproduce MMSA's metrics
+        from mmin_plugin.experiments.stats import batch_metrics
+        from mmin_plugin.experiments.trial import read_predictions
+
+        pred = read_predictions(Path(r["checkpoint"]).parent.parent)
+        again = batch_metrics(pred["preds"], pred["labels"], "mosi")
+        assert all(round(float(again[k][0]), 4) == pytest.approx(float(r[k]), abs=1e-4) for k in again), name
     # pretrained goes to BERT-based models only (MulT reads the file's precomputed text features)
     assert by["mmin"]["pretrained"] == by["misa"]["pretrained"] == demo["bert_dir"]
     assert by["mult"]["pretrained"] == ""
