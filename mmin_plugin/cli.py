@@ -213,7 +213,11 @@ def _experiment_options(p, name):
 
 
 def _sweep_options(a):
+    from .errors import MMINConfigError
     from .experiments.sweep import SweepOptions
+
+    if a.resume_across_code_versions and not a.resume:
+        raise MMINConfigError("--resume-across-code-versions: expected together with --resume; found it alone")
 
     return SweepOptions(backend=a.backend, address=a.address, cpus_per_trial=a.cpus_per_trial,
                         gpus_per_trial=a.gpus_per_trial, max_concurrent=a.max_concurrent, retries=a.retries,

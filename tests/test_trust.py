@@ -218,3 +218,11 @@ def test_data_content_hash_is_computed_once_and_cached(tmp_path, cache):
     assert data_hash(f)["sha256"] == "from-the-cache"  # read, not recomputed
     f.write_bytes(b"abcd")  # size/mtime changed: hashed again
     assert data_hash(f)["sha256"] not in ("from-the-cache", first["sha256"])
+
+
+def test_keeping_rows_across_code_versions_needs_resume(tmp_path, capsys):
+    from mmin_plugin import cli
+
+    rc = cli.main(["compare", "--models", "mmin", "--out", str(tmp_path / "o"), "--resume-across-code-versions"])
+    assert rc == 2 and "expected together with --resume" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
