@@ -50,6 +50,14 @@ def test_metrics_equal_mmsa_metrics_top(dataset):
         assert set(ours) == set(theirs)
         for k, v in theirs.items():
             assert (np.isnan(v) and np.isnan(ours[k])) or round(ours[k], 4) == pytest.approx(v, abs=1e-12), k
+        # a bootstrap replicate as sample counts = MetricsTop on the resampled arrays
+        idx = rng.integers(0, N, size=(2, N))
+        counts = np.stack([np.bincount(i, minlength=N) for i in idx])
+        weighted = stats.batch_metrics(p, y, dataset, counts)
+        for row, i in enumerate(idx):
+            for k, v in mmsa(p[i], y[i]).items():
+                got = weighted[k][row]
+                assert (np.isnan(v) and np.isnan(got)) or round(got, 4) == pytest.approx(v, abs=1e-12), (k, row)
 
 
 def test_identical_predictions_give_zero_difference_and_no_significance():

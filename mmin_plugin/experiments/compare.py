@@ -143,7 +143,6 @@ class Session:
         self.gpu_ids, self.num_workers, self.verbose_level = list(gpu_ids or []), int(num_workers or 0), verbose_level
         self.out = Path(out_dir).resolve()
         self._figure_time: Dict[str, float] = {}
-        self._stats: Dict[str, object] = {}
         self._warned = set()
 
     def _reference(self, name: Optional[str]) -> str:
@@ -219,12 +218,10 @@ class Session:
         return {e: self.out / f"{self.kind}-{dataset}.{e}" for e in ("csv", "md", "tex", "png")}
 
     def write(self, dataset: str, figure: bool = True) -> str:
-        """Rebuild the tables; the statistics (a few seconds of bootstrap) are recomputed only with the
-        figure, i.e. at most every FIGURE_EVERY_S during a sweep and always at its end."""
+        """Rebuild the tables and the statistics (about a second of bootstrap for MOSI's or MOSEI's test
+        set); the figure only if `figure`."""
         rows, p = self.rows(dataset), self.paths(dataset)
-        if figure or dataset not in self._stats:
-            self._stats[dataset] = self.statistics(dataset)
-        st = self._stats[dataset]
+        st = self.statistics(dataset)
         aggregate.write_csv(rows, p["csv"], st)
         summary = aggregate.summarize(rows, [s.name for s in self.specs])
         md = render_markdown(rows, self.specs, self.kind, self.info(dataset), summary, st)
