@@ -181,6 +181,8 @@ def _experiment_options(p, name):
                        help="default: paper Table 2's nine; design variants ("
                        + ", ".join(v.name for v in DESIGN_VARIANTS) + ") only when named")
     if name != "tune":
+        p.add_argument("--reference", metavar="NAME",
+                       help="the model (compare) or variant (ablate) every other is compared with; default: the first")
         p.add_argument("--config-file", nargs="+", type=_existing_file, default=[], metavar="JSON",
                        help="MMSA config files (e.g. tune's output), each used for the models it configures")
     p.add_argument("--feature-path", type=_existing_file,
@@ -202,16 +204,24 @@ def _experiment_options(p, name):
     g.add_argument("--retries", type=_workers, default=0, help="re-run a failed trial up to N times")
     g.add_argument("--reuse-workers", action="store_true",
                    help="ray: a worker process runs several trials (saves its start-up; default: one process a trial)")
-    g.add_argument("--resume", action="store_true", help="skip trials whose row.json says finished")
+    g.add_argument("--resume", action="store_true",
+                   help="skip finished trials whose fingerprint (config, data, code versions...) is unchanged")
+    g.add_argument("--resume-across-code-versions", action="store_true",
+                   help="with --resume: also keep rows made by another version of this package, MMSA or torch")
     g.add_argument("--overwrite", action="store_true", help="replace the results in a non-empty --out")
 
 
 def _sweep_options(a):
+    from .errors import MMINConfigError
     from .experiments.sweep import SweepOptions
+
+    if a.resume_across_code_versions and not a.resume:
+        raise MMINConfigError("--resume-across-code-versions: expected together with --resume; found it alone")
 
     return SweepOptions(backend=a.backend, address=a.address, cpus_per_trial=a.cpus_per_trial,
                         gpus_per_trial=a.gpus_per_trial, max_concurrent=a.max_concurrent, retries=a.retries,
-                        resume=a.resume, overwrite=a.overwrite, reuse_workers=a.reuse_workers)
+                        resume=a.resume, overwrite=a.overwrite, reuse_workers=a.reuse_workers,
+                        resume_across_code_versions=a.resume_across_code_versions)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -349,7 +359,8 @@ def cmd_compare(a, ablate=False) -> int:
 
     kw = dict(dataset=a.datasets, seeds=a.seeds, feature_path=a.feature_path, pretrained=a.pretrained,
               max_epochs=a.max_epochs, out_dir=a.out, overrides=_parse_set(a.set), gpu_ids=list(a.gpu_ids),
-              num_workers=a.num_workers, config_files=a.config_file, sweep=_sweep_options(a))
+              num_workers=a.num_workers, config_files=a.config_file, sweep=_sweep_options(a),
+              reference=a.reference)
     if ablate:
         compare.run_ablation(variants=a.variants, **kw)
     else:

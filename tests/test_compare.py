@@ -102,7 +102,10 @@ def comparison(demo, tmp_path_factory):
 def test_compare_csv_one_row_per_model_and_seed(comparison, demo):
     fields, rows = read_csv(comparison["out"] / "compare-mosi.csv")
     assert fields[:len(compare.CSV_BASE_COLUMNS)] == compare.CSV_BASE_COLUMNS
-    assert set(fields[len(compare.CSV_BASE_COLUMNS):]) == MOSI_METRICS
+    rest = fields[len(compare.CSV_BASE_COLUMNS):]
+    assert {f for f in rest if "|" not in f and f != "reference"} == MOSI_METRICS
+    # statistics against the reference (mmin) for every metric but Loss (not recomputable from predictions)
+    assert {f.split("|")[0] for f in rest if "|" in f} == MOSI_METRICS - {"Loss"}
     assert [r["run"] for r in rows] == ["mmin", "misa", "mult", "no_such_model"]
     by = {r["run"]: r for r in rows}
     for name in ("mmin", "misa", "mult"):
@@ -118,6 +121,13 @@ def test_compare_csv_one_row_per_model_and_seed(comparison, demo):
         assert r["feature_path"] == demo["feature_path"]
         assert Path(r["checkpoint"]).is_file()
         assert r["checkpoint"].endswith(f"runs/{name}/mosi/seed1111/models/{name}-mosi.pth")
+        # each model's TEST predictions were captured and reproduce MMSA's metrics
+        from mmin_plugin.experiments.stats import batch_metrics
+        from mmin_plugin.experiments.trial import read_predictions
+
+        pred = read_predictions(Path(r["checkpoint"]).parent.parent)
+        again = batch_metrics(pred["preds"], pred["labels"], "mosi")
+        assert all(round(float(again[k][0]), 4) == pytest.approx(float(r[k]), abs=1e-4) for k in again), name
     # pretrained goes to BERT-based models only (MulT reads the file's precomputed text features)
     assert by["mmin"]["pretrained"] == by["misa"]["pretrained"] == demo["bert_dir"]
     assert by["mult"]["pretrained"] == ""
@@ -234,6 +244,38 @@ def test_cli_ablate_all_table2_variants(demo, tmp_path, capsys):
     assert len(paper_rows) == 9 and paper_rows[2][:3] == ["w/o Text", "1.313", "0.554"]
     assert_png(out / "ablation-mosi.png")
     assert "| MMIN (full) |" in capsys.readouterr().out
+
+
+@pytest.mark.e2e
+def test_cli_compare_reports_statistics_against_the_reference(demo, tmp_path, capsys):
+    """Issue 16's acceptance on the demo data: `compare --models mmin tfn --seeds ...` writes a CSV
+    with the difference, CI bounds and p per metric against the reference, from saved predictions."""
+    from mmin_plugin import cli
+    from mmin_plugin.experiments import stats
+    from mmin_plugin.experiments.trial import read_predictions
+
+    out = tmp_path / "st"
+    rc = cli.main(["compare", "--models", "mmin", "tfn", "--seeds", "1111", "1112", "--max-epochs", "1",
+                   "--feature-path", demo["feature_path"], "--pretrained", demo["bert_dir"], "--out", str(out),
+                   "--set", *_fast_set()])
+    assert rc == 0
+    fields, rows = read_csv(out / "compare-mosi.csv")
+    for k in ("MAE", "Corr", "Non0_acc_2"):
+        assert {f"{k}|diff", f"{k}|ci_low", f"{k}|ci_high", f"{k}|p"} <= set(fields)
+    tfn = [r for r in rows if r["run"] == "tfn"]
+    assert all(r["reference"] == "mmin" for r in rows) and len(tfn) == 2
+    lo, diff, hi = (float(tfn[0][f"MAE|{f}"]) for f in ("ci_low", "diff", "ci_high"))
+    assert lo <= diff <= hi and 0 <= float(tfn[0]["MAE|p"]) <= 1
+    # the difference is recomputed from the saved predictions and agrees with MMSA's rounded metrics
+    maes = {r["run"]: np.mean([float(x["MAE"]) for x in rows if x["run"] == r["run"]]) for r in rows}
+    assert diff == pytest.approx(maes["tfn"] - maes["mmin"], abs=2e-4)
+    pred = read_predictions(out / "runs" / "tfn" / "mosi" / "seed1111")
+    assert len(pred["ids"]) == 16 and stats.batch_metrics(pred["preds"], pred["labels"], "mosi")["MAE"][0] == \
+        pytest.approx(float(tfn[0]["MAE"]), abs=1e-4)
+    md = (out / "compare-mosi.md").read_text()
+    assert "## Against the reference: mmin" in md and "With 2 paired seeds" in md
+    assert "### Published number vs measured 95% interval" in md
+    capsys.readouterr()
 
 
 @pytest.mark.e2e

@@ -5,9 +5,8 @@ std is numpy's (ddof=0), as in MMSA's own results CSV.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -15,7 +14,7 @@ import pandas as pd
 from ..atomic import atomic_write_text
 from ..constants import METRIC_ORDER
 
-__all__ = ["CSV_BASE_COLUMNS", "metric_keys", "tidy_frame", "write_csv", "read_rows", "summarize",
+__all__ = ["CSV_BASE_COLUMNS", "CSV_STAT_FIELDS", "metric_keys", "tidy_frame", "write_csv", "read_rows", "summarize",
            "rows_from_trial_dirs"]
 
 CSV_BASE_COLUMNS = ["run", "model", "ablation", "dataset", "seed", "status", "error", "wall_time_s", "epochs",
@@ -40,15 +39,27 @@ def tidy_frame(rows: Sequence[Dict]) -> pd.DataFrame:
     return pd.concat([base, metrics], axis=1)
 
 
-def write_csv(rows: Sequence[Dict], path) -> None:
-    """The tidy frame as CSV (empty cell = none), written atomically."""
-    atomic_write_text(path, tidy_frame(rows).to_csv(index=False, na_rep="", lineterminator="\n"))
+#: per-metric columns `<metric>|<field>` the CSV gains from `stats.compare_to_reference` (run-level
+#: values, repeated on each seed's line of the run): difference vs the reference, its 95% CI, p
+CSV_STAT_FIELDS = ("diff", "ci_low", "ci_high", "p")
+
+
+def write_csv(rows: Sequence[Dict], path, stats: Optional[pd.DataFrame] = None) -> None:
+    """The tidy frame as CSV (empty cell = none), written atomically; with `stats` (indexed by run,
+    `stats.attrs['reference']`), a `reference` column and `<metric>|diff|ci_low|ci_high|p` columns."""
+    df = tidy_frame(rows)
+    if stats is not None and len(df):
+        df["reference"] = stats.attrs.get("reference")
+        keys = [k for k in df.columns if f"{k}|diff" in stats.columns]
+        cols = [f"{k}|{f}" for k in keys for f in CSV_STAT_FIELDS]
+        df = df.join(stats[cols], on="run")
+    atomic_write_text(path, df.to_csv(index=False, na_rep="", lineterminator="\n"))
 
 
 def read_rows(csv_path) -> List[Dict]:
     """A `<kind>-<dataset>.csv` back as rows (metrics as floats; an empty cell is left out)."""
     df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    metric_cols = [c for c in df.columns if c not in CSV_BASE_COLUMNS]
+    metric_cols = [c for c in df.columns if c not in CSV_BASE_COLUMNS and c != "reference" and "|" not in c]
     out = []
     for rec in df.to_dict("records"):
         row = {k: rec[k] for k in CSV_BASE_COLUMNS if k in rec}
@@ -92,8 +103,9 @@ def measured_metrics(summary: pd.DataFrame) -> List[str]:
 
 
 def rows_from_trial_dirs(root) -> List[Dict]:
-    """Every `row.json` under `root` (`runs/<run>/<dataset>/seed<seed>/row.json`), as rows."""
-    out = []
-    for p in sorted(Path(root).glob("runs/*/*/seed*/row.json")):
-        out.append(json.loads(p.read_text(encoding="utf-8")))
-    return out
+    """Every sound `row.json` under `root` (`runs/<run>/<dataset>/seed<seed>/row.json`), as rows; a
+    malformed one is logged and left out (trial.read_row)."""
+    from .trial import read_row
+
+    rows = (read_row(p.parent) for p in sorted(Path(root).glob("runs/*/*/seed*/row.json")))
+    return [r for r in rows if r is not None]

@@ -16,11 +16,11 @@ from typing import Dict, List, Optional, Sequence
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..constants import DATASETS, DEFAULT_SEEDS
 from ..errors import MMINConfigError, MMINDataError
-from . import aggregate, report
+from . import aggregate, report, stats
 from .aggregate import CSV_BASE_COLUMNS, read_rows
 from .report import plot_training_curves, render_figure, render_markdown
 from .sweep import SweepOptions, prepare_out, run_trials
-from .trial import Trial, read_row, trial_dir
+from .trial import Trial, read_predictions, read_row, trial_dir
 from .variants import ABLATION_VARIANTS, VARIANTS, RunSpec
 
 logger = logging.getLogger("MMSA." + __name__)
@@ -121,10 +121,11 @@ class Session:
 
     def __init__(self, kind, specs, datasets, seeds, feature_path=None, pretrained=None, max_epochs=None,
                  out_dir="mmin-results", overrides=None, gpu_ids=(), num_workers=0, verbose_level=0,
-                 config_files=(), sweep: Optional[SweepOptions] = None):
+                 config_files=(), sweep: Optional[SweepOptions] = None, reference: Optional[str] = None):
         import mmin_plugin  # noqa: F401  (MMIN registered, compatibility layer applied)
 
         self.kind, self.specs = kind, list(specs)
+        self.reference = self._reference(reference)
         self.datasets, self.seeds = check_datasets(datasets), check_seeds(seeds)
         self.max_epochs = check_max_epochs(max_epochs)
         self.feature_path = check_file(feature_path, "feature file")
@@ -143,6 +144,16 @@ class Session:
         self.out = Path(out_dir).resolve()
         self._figure_time: Dict[str, float] = {}
         self._warned = set()
+
+    def _reference(self, name: Optional[str]) -> str:
+        """The run every other is compared with: `name` (a run name, or for `ablate` a variant name)
+        or the first run."""
+        if name is None:
+            return self.specs[0].name
+        for spec in self.specs:
+            if str(name).lower() in (spec.name, spec.name.removeprefix("mmin-")):
+                return spec.name
+        raise MMINConfigError(f"reference: expected one of the runs {[s.name for s in self.specs]}; found {name!r}")
 
     def config_for(self, spec: RunSpec, dataset: str) -> Dict:
         """featurePath/pretrained/max_epochs < common overrides < model-scoped overrides < the run's own."""
@@ -180,6 +191,23 @@ class Session:
                     out.append(row)
         return out
 
+    def statistics(self, dataset: str):
+        """`stats.compare_to_reference` on the saved test predictions of the finished trials, or None
+        (no predictions of the reference yet, or predictions that do not line up: logged)."""
+        data: Dict[str, Dict[int, Dict]] = {}
+        for row in self.rows(dataset):
+            if row.get("status") == "ok" and row.get("predictions"):
+                pred = read_predictions(trial_dir(self.out, row["run"], dataset, row["seed"]))
+                if pred is not None:
+                    data.setdefault(row["run"], {})[int(row["seed"])] = pred
+        if not data.get(self.reference) or len(data) < 2:
+            return None
+        try:
+            return stats.compare_to_reference(data, self.reference, dataset)
+        except MMINDataError as exc:
+            logger.warning("[%s] no statistics for %s: %s", self.kind, dataset, exc)
+            return None
+
     def info(self, dataset: str) -> Dict:
         return {"dataset": dataset, "seeds": self.seeds, "feature_path": self.feature_path,
                 "max_epochs": self.max_epochs, "pretrained": self.pretrained, "overrides": self.overrides,
@@ -190,12 +218,15 @@ class Session:
         return {e: self.out / f"{self.kind}-{dataset}.{e}" for e in ("csv", "md", "tex", "png")}
 
     def write(self, dataset: str, figure: bool = True) -> str:
+        """Rebuild the tables and the statistics (about a second of bootstrap for MOSI's or MOSEI's test
+        set); the figure only if `figure`."""
         rows, p = self.rows(dataset), self.paths(dataset)
-        aggregate.write_csv(rows, p["csv"])
+        st = self.statistics(dataset)
+        aggregate.write_csv(rows, p["csv"], st)
         summary = aggregate.summarize(rows, [s.name for s in self.specs])
-        md = render_markdown(rows, self.specs, self.kind, self.info(dataset), summary)
+        md = render_markdown(rows, self.specs, self.kind, self.info(dataset), summary, st)
         atomic_write_text(p["md"], md)
-        atomic_write_text(p["tex"], report.render_latex(rows, self.specs, self.kind, dataset, summary))
+        atomic_write_text(p["tex"], report.render_latex(rows, self.specs, self.kind, dataset, summary, st))
         if figure:
             self._figure_time[dataset] = time.monotonic()
             try:
@@ -210,15 +241,18 @@ class Session:
 
     def run(self) -> List[Dict]:
         trials = self.trials()
-        prepare_out(self.out, self.sweep.resume, self.sweep.overwrite)
-        for ds in self.datasets:
-            self.write(ds, figure=False)
-            self._figure_time[ds] = time.monotonic()
+        lock = prepare_out(self.out, self.sweep.resume, self.sweep.overwrite)
         try:
-            rows = run_trials(trials, self.sweep, desc=f"{self.kind} {' '.join(self.datasets)}",
-                              on_row=self._after_trial)
-        finally:  # also on KeyboardInterrupt: the files show every finished trial
-            mds = [self.write(ds) for ds in self.datasets]
+            for ds in self.datasets:
+                self.write(ds, figure=False)
+                self._figure_time[ds] = time.monotonic()
+            try:
+                rows = run_trials(trials, self.sweep, desc=f"{self.kind} {' '.join(self.datasets)}",
+                                  on_row=self._after_trial)
+            finally:  # also on KeyboardInterrupt: the files show every finished trial
+                mds = [self.write(ds) for ds in self.datasets]
+        finally:
+            lock.release()
         for ds, md in zip(self.datasets, mds):
             p = self.paths(ds)
             print()
@@ -230,18 +264,19 @@ class Session:
 def run_comparison(models=("mmin", "misa", "mult"), dataset="mosi", seeds=DEFAULT_SEEDS, feature_path=None,
                    pretrained=None, max_epochs=None, out_dir="mmin-results", overrides=None, gpu_ids=(),
                    num_workers=0, verbose_level=0, config_files=(), sweep: Optional[SweepOptions] = None,
-                   ) -> List[Dict]:
+                   reference: Optional[str] = None) -> List[Dict]:
     """Train and test every model of `models` (MMIN or any MMSA model name) with `MMSA_run`, one trial
     per (model, dataset, seed) on the same feature file and seeds. `dataset`: a name or a list;
     `overrides` keys `model.key` apply to one model; `config_files`: MMSA config JSONs (e.g. `tune`'s),
-    each used for the models it configures; `sweep`: backend, resume/overwrite, retries.
+    each used for the models it configures; `sweep`: backend, resume/overwrite, retries;
+    `reference`: the model every other is compared with (default: the first).
     Writes `compare-<dataset>.{csv,md,tex,png}` under `out_dir`; returns the per-trial rows."""
     names = list(dict.fromkeys(str(m).lower() for m in models or []))
     if not names:
         raise MMINConfigError("models: expected at least one model name")
     specs = [RunSpec(name=m, model=m, label=m) for m in names]
     return Session("compare", specs, dataset, seeds, feature_path, pretrained, max_epochs, out_dir, overrides,
-                   gpu_ids, num_workers, verbose_level, config_files, sweep).run()
+                   gpu_ids, num_workers, verbose_level, config_files, sweep, reference).run()
 
 
 def ablation_specs(variants=None) -> List[RunSpec]:
@@ -256,8 +291,10 @@ def ablation_specs(variants=None) -> List[RunSpec]:
 
 def run_ablation(dataset="mosi", seeds=DEFAULT_SEEDS, feature_path=None, pretrained=None, max_epochs=None,
                  out_dir="mmin-results", overrides=None, gpu_ids=(), num_workers=0, verbose_level=0,
-                 variants=None, config_files=(), sweep: Optional[SweepOptions] = None) -> List[Dict]:
+                 variants=None, config_files=(), sweep: Optional[SweepOptions] = None,
+                 reference: Optional[str] = None) -> List[Dict]:
     """Full MMIN and the Table 2 variants (or the named `variants`, design variants included), as
-    `run_comparison`; writes `ablation-<dataset>.{csv,md,tex,png}` under `out_dir`."""
+    `run_comparison` (`reference`: a variant name, default the first);
+    writes `ablation-<dataset>.{csv,md,tex,png}` under `out_dir`."""
     return Session("ablation", ablation_specs(variants), dataset, seeds, feature_path, pretrained, max_epochs,
-                   out_dir, overrides, gpu_ids, num_workers, verbose_level, config_files, sweep).run()
+                   out_dir, overrides, gpu_ids, num_workers, verbose_level, config_files, sweep, reference).run()

@@ -69,14 +69,27 @@ def _is_best(mean: float, best: Optional[float]) -> bool:
     return best is not None and math.isfinite(mean) and abs(mean - best) <= 1e-12
 
 
-def _fmt_cell(summary, run, key, best, pm=" ± ", bold=("**", "**")) -> str:
+#: appended to a mean whose difference from the reference is significant (stats.py: p < alpha, CI excludes 0)
+SIG_MARK = "†"
+
+
+def _significant(stats: Optional[pd.DataFrame], run: str, key: str) -> bool:
+    col = f"{key}|significant"
+    if stats is None or col not in stats.columns or run not in stats.index:
+        return False
+    v = stats.at[run, col]
+    return isinstance(v, (bool, np.bool_)) and bool(v)
+
+
+def _fmt_cell(summary, run, key, best, pm=" ± ", bold=("**", "**"), stats=None, mark=SIG_MARK) -> str:
     st = _stat(summary, run, key)
     if st is None:
         return "–"
     mean, std, n = st
     d = 3 if key in NOT_PERCENT else 2
     text = f"{_scale(key, mean):.{d}f}" + (f"{pm}{_scale(key, std):.{d}f}" if n > 1 else "")
-    return f"{bold[0]}{text}{bold[1]}" if _is_best(mean, best) else text
+    text = f"{bold[0]}{text}{bold[1]}" if _is_best(mean, best) else text
+    return text + (mark if _significant(stats, run, key) else "")
 
 
 def fmt_time(seconds: float) -> str:
@@ -124,7 +137,7 @@ def _status(summary, run) -> str:
     return "ok"
 
 
-def measured_table(summary: pd.DataFrame, specs: Sequence, kind: str) -> List[str]:
+def measured_table(summary: pd.DataFrame, specs: Sequence, kind: str, stats=None) -> List[str]:
     cols = _display_columns(summary)
     header = (["Model" if kind == "compare" else "Variant"] + ([] if kind == "compare" else ["`ablation`"])
               + [h for h, _ in cols] + ["Seeds ok", "Epochs", "Wall time", "Status"])
@@ -133,7 +146,7 @@ def measured_table(summary: pd.DataFrame, specs: Sequence, kind: str) -> List[st
     for spec in specs:
         run = spec.name
         cells = [spec.label] + ([",".join(spec.ablation or []) or "[]"] if kind != "compare" else [])
-        cells += [" / ".join(_fmt_cell(summary, run, k, bests[k]) for k in keys) for _, keys in cols]
+        cells += [" / ".join(_fmt_cell(summary, run, k, bests[k], stats=stats) for k in keys) for _, keys in cols]
         epochs = summary.at[run, "epochs"]
         ep = "–" if not epochs else (str(epochs[0]) if min(epochs) == max(epochs) else f"{min(epochs)}–{max(epochs)}")
         n_run = int(summary.at[run, "n_run"])
@@ -143,12 +156,94 @@ def measured_table(summary: pd.DataFrame, specs: Sequence, kind: str) -> List[st
     return lines
 
 
+def _signed(key: str, v: float) -> str:
+    d = 3 if key in NOT_PERCENT else 2
+    return f"{_scale(key, v):+.{d}f}"
+
+
+def _stat_keys(summary: pd.DataFrame, stats: pd.DataFrame) -> List[str]:
+    return [k for _, keys in _display_columns(summary) for k in keys if f"{k}|diff" in stats.columns]
+
+
+def stats_block(summary: pd.DataFrame, specs: Sequence, kind: str, stats: Optional[pd.DataFrame]) -> List[str]:
+    """The markdown section 'against the reference': per run and metric the paired difference, its
+    95% CI and p (docs/design/experiments.md, 'Statistics'), significant ones in bold with †."""
+    from .stats import ALPHA, mdd_line
+
+    if stats is None:
+        return ["## Against the reference", "",
+                "No statistics yet: they need the reference run and at least one other run with saved test "
+                "predictions (`predictions.npz`, written by each finished trial).", ""]
+    ref = stats.attrs["reference"]
+    label = {s.name: s.label for s in specs}
+    keys = _stat_keys(summary, stats)
+    lines = [f"## Against the reference: {label.get(ref, ref)}", "",
+             f"Difference = run − reference (accuracies/F1 in points), mean over the seeds both finished; "
+             f"[95% CI] from a bootstrap over seeds and test samples; p from a paired t-test across seeds. "
+             f"**Bold** {SIG_MARK}: significant (p < {ALPHA} and the CI excludes 0); the same {SIG_MARK} marks "
+             "those means in the table above. Method: docs/design/experiments.md, 'Statistics'.", "",
+             "| " + " | ".join(["Model" if kind == "compare" else "Variant", "Seeds"]
+                                + [SHORT_NAMES.get(k, k) + (" ↓" if k in LOWER_IS_BETTER else "") for k in keys])
+             + " |", "|" + "---|" * (len(keys) + 2)]
+    for spec in specs:
+        if spec.name not in stats.index or spec.name == ref:
+            continue
+        cells = [spec.label, str(int(stats.at[spec.name, "n_seeds"]))]
+        for k in keys:
+            diff = stats.at[spec.name, f"{k}|diff"] if f"{k}|diff" in stats.columns else np.nan
+            if pd.isna(diff):
+                cells.append("–")
+                continue
+            p = stats.at[spec.name, f"{k}|p"]
+            text = (f"{_signed(k, diff)} [{_signed(k, stats.at[spec.name, f'{k}|ci_low'])}, "
+                    f"{_signed(k, stats.at[spec.name, f'{k}|ci_high'])}]" + ("" if pd.isna(p) else f" p={p:.2g}"))
+            cells.append(f"**{text}** {SIG_MARK}" if _significant(stats, spec.name, k) else text)
+        lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+    lines += ["", "What this run can show: " + mdd_line(stats, "MAE", _scale), ""]
+    return lines
+
+
+def paper_check_block(specs: Sequence, kind: str, dataset: str, stats: Optional[pd.DataFrame]) -> List[str]:
+    """Per run with a published row: is the published number inside the run's own 95% interval
+    (bootstrap over seeds and test samples of its mean)?"""
+    if stats is None:
+        return []
+    lines, keys = [], [k for k in ("MAE", "Corr", "Has0_acc_2", "Non0_acc_2", "Has0_F1_score", "Non0_F1_score")
+                       if f"{k}|own_low" in stats.columns]
+    for spec in specs:
+        if spec.name not in stats.index:
+            continue
+        cells = []
+        for k in keys:
+            pv = _paper_value_for(spec, kind, dataset, k)
+            lo, hi = stats.at[spec.name, f"{k}|own_low"], stats.at[spec.name, f"{k}|own_high"]
+            if pv is None or pd.isna(lo):
+                cells.append("–")
+                continue
+            lo, hi = _scale(k, lo), _scale(k, hi)
+            inside = lo <= pv <= hi
+            d = 3 if k in NOT_PERCENT else 2
+            cells.append(f"{pv:g} {'in' if inside else 'NOT in'} [{lo:.{d}f}, {hi:.{d}f}]")
+        if any(c != "–" for c in cells):
+            lines.append("| " + " | ".join([_md_escape(spec.label)] + cells) + " |")
+    if not lines:
+        return []
+    head = ["", "### Published number vs measured 95% interval", "",
+            "Is the paper's number inside this run's 95% interval of its own mean (bootstrap over seeds and test "
+            "samples)? 'NOT in' means the measurement disagrees with the published number beyond seed and "
+            "test-sample noise (other data, features or settings can explain it).", "",
+            "| " + " | ".join(["Model" if kind == "compare" else "Variant"] + [SHORT_NAMES.get(k, k) for k in keys])
+            + " |", "|" + "---|" * (len(keys) + 1)]
+    return head + lines
+
+
 def _summary(rows, specs, summary):
     return summary if summary is not None else summarize(rows, [s.name for s in specs])
 
 
-def render_markdown(rows: List[Dict], specs: Sequence, kind: str, info: Dict, summary=None) -> str:
-    """The `<kind>-<dataset>.md` text: run facts, the measured table, the paper's block (`summary`:
+def render_markdown(rows: List[Dict], specs: Sequence, kind: str, info: Dict, summary=None, stats=None) -> str:
+    """The `<kind>-<dataset>.md` text: run facts, the measured table, the statistics against the
+    reference (`stats`: `stats.compare_to_reference`, or None), the paper's block (`summary`:
     `aggregate.summarize(rows, runs)` if already computed)."""
     summary = _summary(rows, specs, summary)
     dataset = info["dataset"]
@@ -168,10 +263,12 @@ def render_markdown(rows: List[Dict], specs: Sequence, kind: str, info: Dict, su
              "accuracies and F1 in %; best mean per column in **bold** (lowest MAE, highest otherwise). "
              "Acc-2/F1 has-0 = negative/non-negative, non-0 = negative/positive (zeros excluded). "
              "Wall time: total over seeds, data loading and MMSA's own 1 s pause per run included.", ""]
-    lines += measured_table(summary, specs, kind)
-    lines += ["", f"Per-seed numbers: `{kind}-{dataset}.csv`; LaTeX: `{kind}-{dataset}.tex`; "
-                  f"figure: `{kind}-{dataset}.png`.", ""]
+    lines += measured_table(summary, specs, kind, stats)
+    lines += ["", f"Per-seed numbers (and the statistics per metric): `{kind}-{dataset}.csv`; "
+                  f"LaTeX: `{kind}-{dataset}.tex`; figure: `{kind}-{dataset}.png`.", ""]
+    lines += stats_block(summary, specs, kind, stats)
     lines += _paper_block(kind, dataset)
+    lines += paper_check_block(specs, kind, dataset, stats)
     return "\n".join(lines) + "\n"
 
 
@@ -183,20 +280,26 @@ def _tex_escape(text: str) -> str:
     return text.replace("\0", r"\textbackslash{}")
 
 
-def render_latex(rows: List[Dict], specs: Sequence, kind: str, dataset: str, summary=None) -> str:
-    """A booktabs table (mean $\\pm$ std, best in bold) of the measured runs, via pandas' Styler."""
+def render_latex(rows: List[Dict], specs: Sequence, kind: str, dataset: str, summary=None, stats=None) -> str:
+    """A booktabs table (mean $\\pm$ std, best in bold, $^\\dagger$ significantly different from the
+    reference per `stats`) of the measured runs, via pandas' Styler."""
     summary = _summary(rows, specs, summary)
     cols = _display_columns(summary)
     bests = {k: _best(summary, k) for _, keys in cols for k in keys}
     data = {}
     for head, keys in cols:
         name = _tex_escape(head.replace(" ↓", "")) + (r" $\downarrow$" if "↓" in head else "")
-        data[name] = [" / ".join(_fmt_cell(summary, s.name, k, bests[k], pm=r" $\pm$ ", bold=(r"\textbf{", "}"))
+        data[name] = [" / ".join(_fmt_cell(summary, s.name, k, bests[k], pm=r" $\pm$ ", bold=(r"\textbf{", "}"),
+                                           stats=stats, mark=r"$^\dagger$")
                                  for k in keys).replace("–", "--") for s in specs]
     frame = pd.DataFrame(data, index=pd.Index([_tex_escape(s.label) for s in specs],
                                               name="Model" if kind == "compare" else "Variant"))
     caption = (f"{'MMIN vs MMSA baselines' if kind == 'compare' else 'MMIN ablations'} on {dataset.upper()} "
-               r"(measured; mean $\pm$ std over seeds, accuracies and F1 in \%, best in bold).")
+               r"(measured; mean $\pm$ std over seeds, accuracies and F1 in \%, best in bold"
+               + ("" if stats is None else
+                  r"; $^\dagger$: differs from " + _tex_escape(str(stats.attrs.get("reference")))
+                  + r" significantly (paired t-test across seeds $p<0.05$ and bootstrap 95\% CI excluding 0)")
+               + ").")
     return frame.style.to_latex(hrules=True, caption=caption, label=f"tab:{kind}-{dataset}",
                                 column_format="l" + "c" * len(frame.columns), position="t")
 

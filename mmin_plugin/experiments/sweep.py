@@ -15,7 +15,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 from ..atomic import atomic_write_text
 from ..errors import MMINConfigError
 from .backends import make_backend
-from .trial import ROW_FILE, Trial, read_row
+from .fingerprint import changed_parts, fingerprint
+from .lock import LOCK_FILE, OutLock, lock_out
+from .trial import ROW_FILE, Trial, read_row, read_row_checked
 
 logger = logging.getLogger("MMSA." + __name__)
 
@@ -29,6 +31,8 @@ OUTPUT_GLOBS = ("compare-*", "ablation-*", "tune-*", "curves-*")
 class SweepOptions:
     """How trials run: `backend` ('serial' | 'ray'), Ray's `address`, resources per trial,
     `max_concurrent`, `retries` (extra attempts of a failed trial), `resume` / `overwrite`,
+    `resume_across_code_versions` (resume keeps rows whose fingerprint differs only in the code
+    versions, and older rows without a fingerprint whose overrides match),
     `reuse_workers` (Ray: a worker process runs several trials), and (for
     tests) `num_cpus` of a local Ray instance and `trial_fn` (default trial.run_trial)."""
 
@@ -43,17 +47,23 @@ class SweepOptions:
     num_cpus: Optional[int] = None
     trial_fn: Optional[Callable] = None
     reuse_workers: bool = False
+    resume_across_code_versions: bool = False
 
 
-def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
-    """A non-empty `out` is refused unless `resume` (keep it, finished trials are skipped) or
-    `overwrite` (its `runs/` and this package's tables are removed first; other files stay)."""
+def prepare_out(out: Path, resume: bool, overwrite: bool) -> OutLock:
+    """Take `out`'s lock (lock.py: refused, nothing changed, while another live process holds it),
+    then: a non-empty `out` is refused unless `resume` (keep it, finished trials are skipped) or
+    `overwrite` (its `runs/` and this package's tables are removed first; other files stay).
+    Returns the held lock: the caller releases it when its sweep ends (else it is released when
+    the process exits)."""
     if resume and overwrite:
         raise MMINConfigError("resume and overwrite: expected at most one of them; found both")
-    if out.exists() and not out.is_dir():
-        raise MMINConfigError(f"output folder {out}: expected a folder; found a file")
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    out = Path(out)
+    existed = out.is_dir()
+    lock = lock_out(out)
+    entries = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) if existed else []
     if entries and not (resume or overwrite):
+        lock.release()
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise MMINConfigError(f"output folder {out}: expected an empty or new folder; found {len(entries)} "
                               f"entries ({shown}). Pass --resume to continue it (finished trials are skipped) "
@@ -64,7 +74,7 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
             for p in out.glob(pattern):
                 if p.is_file():
                     p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    return lock
 
 
 class _Progress:
@@ -122,12 +132,23 @@ def _line(row: Dict) -> str:
 
 
 def _same_config(row: Dict, trial: Trial) -> bool:
-    """Whether a finished row was made with the config `trial` would run (else resume reruns it)."""
-    same = row.get("overrides") == json.loads(json.dumps(trial.config, default=str))
-    same = same and (row.get("config_file") or None) == (trial.config_file or None)
-    if not same:
-        logger.warning("resume: %s was finished with another config; it runs again", trial.directory)
-    return same
+    """Whether a row without a fingerprint (an older version's) was made with `trial`'s overrides
+    and config file path (all an older row records)."""
+    return (row.get("overrides") == json.loads(json.dumps(trial.config, default=str))
+            and (row.get("config_file") or None) == (trial.config_file or None))
+
+
+def _why_rerun(row: Dict, trial: Trial, opts: SweepOptions) -> Optional[str]:
+    """Why a finished row cannot stand for `trial` (its fingerprint differs: which parts), or None."""
+    changed = changed_parts(row.get("fingerprint"), fingerprint(trial))
+    if changed is None:
+        if opts.resume_across_code_versions and _same_config(row, trial):
+            return None
+        return ("its row has no fingerprint (written by an older version); --resume-across-code-versions keeps "
+                "such a row when its overrides and config file are the same")
+    if opts.resume_across_code_versions:
+        changed = [c for c in changed if not c.startswith("code")]
+    return f"changed since it ran: {', '.join(changed)}" if changed else None
 
 
 def _keep_row(trial: Trial, row: Dict) -> None:
@@ -141,15 +162,26 @@ def _keep_row(trial: Trial, row: Dict) -> None:
 def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials",
                on_row: Optional[Callable[[Trial, Dict], None]] = None) -> List[Dict]:
     """Run every trial not yet finished (with `opts.resume`, a trial whose row.json says 'ok' is
-    skipped), at most `backend.slots` at once, a failed one up to `opts.retries` more times;
+    skipped), at most `backend.slots` at once, a failed one up to `opts.retries` more times unless
+    its error is deterministic (trial.DETERMINISTIC_ERRORS; each attempt in a clean folder, the
+    previous one's files in `attempt-<k>/`);
     `on_row(trial, row)` after each finished attempt. Returns the rows in `trials` order."""
     rows: Dict[tuple, Dict] = {}
     todo = []
     for t in trials:
-        old = read_row(t.directory) if opts.resume else None
-        if old is not None and old.get("status") == "ok" and _same_config(old, t):
+        old, problem = read_row_checked(t.directory) if opts.resume else (None, None)
+        if problem:
+            print(f"[{desc}] resume: {problem}; counted as not finished, runs again", flush=True)
+        elif old is not None and (old["run"], old["dataset"], old["seed"]) != t.key:
+            print(f"[{desc}] resume: {t.path / ROW_FILE} is the row of {old['run']}/{old['dataset']}/seed"
+                  f"{old['seed']}, not of this trial; runs again", flush=True)
+            old = None
+        why = _why_rerun(old, t, opts) if old is not None and old.get("status") == "ok" else "not finished"
+        if why is None:
             rows[t.key] = old
         else:
+            if old is not None and old.get("status") == "ok":
+                print(f"[{desc}] resume: {t.label or t.run} {t.dataset} seed {t.seed} runs again: {why}", flush=True)
             todo.append(t)
     if opts.resume:
         print(f"[{desc}] resume: {len(rows)} of {len(trials)} trial(s) already finished, skipped; "
@@ -177,12 +209,15 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
                 progress.started()
             t, row = backend.wait()
             in_flight -= 1
-            again = row.get("status") != "ok" and attempts[t.key] <= opts.retries
+            again = (row.get("status") != "ok" and attempts[t.key] <= opts.retries
+                     and row.get("deterministic") is not True)  # bad data/config, NaN loss: same again
             if row.get("status") != "ok" and not again:
                 progress.failed_one()
             progress.finished(time.monotonic() - submitted[t.key], final=not again)
             progress.write(f"[{desc}] {t.label or t.run} {t.dataset} seed {t.seed}: {_line(row)}"
-                           + ("; retrying" if again else ""))
+                           + ("; retrying" if again else "")
+                           + ("; not retried (the same inputs fail the same way)" if row.get("deterministic") is True
+                              and attempts[t.key] <= opts.retries else ""))
             if again:
                 logger.warning("trial %s/%s/seed%s failed (attempt %d of %d), retrying: %s", t.run, t.dataset,
                                t.seed, attempts[t.key], opts.retries + 1, row.get("error"))

@@ -19,12 +19,19 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..atomic import atomic_write_text
+from ..errors import MMINConfigError, MMINDataError, NonFiniteLossError
 
 logger = logging.getLogger("MMSA." + __name__)
 
-__all__ = ["Trial", "run_trial", "read_row", "environment", "trial_dir"]
+__all__ = ["Trial", "run_trial", "read_row", "environment", "trial_dir", "read_predictions", "PREDICTIONS_FILE"]
 
 ROW_FILE = "row.json"
+#: a previous attempt's files move to `<trial>/attempt-<k>/` (k = 1, 2, ...) before the trial runs again
+ATTEMPT_PREFIX = "attempt-"
+#: errors that recur on every attempt with the same inputs (not retried): bad data, bad config, NaN loss
+DETERMINISTIC_ERRORS = (MMINDataError, MMINConfigError, NonFiniteLossError)
+#: the TEST pass's per-sample predictions: arrays `ids` (str), `labels`, `preds` (float64), one entry a sample
+PREDICTIONS_FILE = "predictions.npz"
 
 
 def trial_dir(out, run: str, dataset: str, seed: int) -> Path:
@@ -60,12 +67,97 @@ class Trial:
         return Path(self.directory)
 
 
-def read_row(directory) -> Optional[Dict]:
-    """The trial's `row.json`, or None if absent or unreadable."""
+_NUMBER = (int, float)
+#: row.json fields the tables and `--resume` rely on: field -> (accepted types, required); bool is
+#: never accepted where a number is expected
+ROW_FIELDS = {
+    "run": (str, True), "dataset": (str, True), "seed": (int, True), "status": (str, True),
+    "metrics": (dict, True), "error": (str, False), "wall_time_s": (_NUMBER, False),
+    "epochs": ((int, type(None)), False), "max_epochs": ((int, type(None)), False),
+    "early_stop": ((int, type(None)), False), "stopped_by": ((str, type(None)), False),
+    "model": (str, False), "ablation": (str, False), "label": (str, False), "feature_path": (str, False),
+    "pretrained": (str, False), "checkpoint": (str, False), "predictions": (str, False),
+    "overrides": (dict, False), "config_file": ((str, type(None)), False), "fingerprint": ((dict, type(None)), False),
+}
+
+
+def row_problem(row) -> Optional[str]:
+    """Why `row` (parsed row.json) cannot be trusted as a trial's record, or None: not a JSON object,
+    a required field missing, a field of the wrong type, a metric that is not a number."""
+    if not isinstance(row, dict):
+        return f"expected a JSON object; found {type(row).__name__}"
+    for key, (types, required) in ROW_FIELDS.items():
+        if key not in row:
+            if required:
+                return f"field '{key}' missing"
+            continue
+        v = row[key]
+        if (isinstance(v, bool) and bool not in (types if isinstance(types, tuple) else (types,))) \
+                or not isinstance(v, types):
+            return f"field '{key}': expected {_type_names(types)}; found {type(v).__name__} {str(v)[:40]!r}"
+    for k, v in row["metrics"].items():
+        if isinstance(v, bool) or not isinstance(v, _NUMBER):
+            return f"metric '{k}': expected a number; found {type(v).__name__} {str(v)[:40]!r}"
+    return None
+
+
+def _type_names(types) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def read_row_checked(directory) -> tuple:
+    """(row, problem): (the trial's row.json, None) if it is a sound row; (None, None) if absent;
+    (None, why) if unreadable or malformed (`row_problem`)."""
+    path = Path(directory) / ROW_FILE
     try:
-        return json.loads((Path(directory) / ROW_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        row = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        return None, f"{path}: unreadable ({_error_text(exc)})"
+    problem = row_problem(row)
+    return (None, f"{path}: {problem}") if problem else (row, None)
+
+
+def read_row(directory) -> Optional[Dict]:
+    """The trial's `row.json`, or None if absent, unreadable or malformed (logged: counted as not
+    finished, so `--resume` runs it again and the tables leave it out)."""
+    row, problem = read_row_checked(directory)
+    if problem:
+        logger.warning("%s; counted as not finished", problem)
+    return row
+
+
+def write_predictions(directory, pred: Dict) -> None:
+    """`pred` ({"ids", "labels", "preds"}) as `predictions.npz` in `directory` (atomic, no pickle)."""
+    import io
+
+    import numpy as np
+
+    from ..atomic import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, ids=np.asarray(pred["ids"], dtype=str), labels=np.asarray(pred["labels"], float),
+                        preds=np.asarray(pred["preds"], float))
+    atomic_write_bytes(Path(directory) / PREDICTIONS_FILE, buf.getvalue())
+
+
+def read_predictions(directory) -> Optional[Dict]:
+    """The trial's `predictions.npz` as {"ids", "labels", "preds"} numpy arrays of one length, or None
+    if absent, unreadable or malformed (read without pickle)."""
+    import numpy as np
+
+    try:
+        with np.load(Path(directory) / PREDICTIONS_FILE, allow_pickle=False) as z:
+            out = {k: z[k] for k in ("ids", "labels", "preds")}
+    except (OSError, ValueError, KeyError):
         return None
+    n = len(out["ids"])
+    if n == 0 or any(v.ndim != 1 or len(v) != n for v in out.values()):
+        return None
+    out["labels"], out["preds"] = out["labels"].astype(float), out["preds"].astype(float)
+    return out
 
 
 def _version(dist: str) -> Optional[str]:
@@ -154,12 +246,35 @@ def _history_scalars(scalars: _Scalars, history_path: Path) -> Optional[List[Dic
     return history
 
 
+def archive_previous_attempt(directory) -> int:
+    """Move everything in the trial folder (a previous attempt's checkpoint, results, logs, TensorBoard
+    events, row.json) into a new `attempt-<k>/`, so that nothing of it can be mistaken for this
+    attempt's (MMSA's `assert Path(model_save_path).exists()` would otherwise pass on the old
+    checkpoint when a retry never beats the trainer's initial best, and test it). Returns this
+    attempt's number (1 for a fresh folder)."""
+    d = Path(directory)
+    if not d.is_dir():
+        return 1
+    done = [int(p.name[len(ATTEMPT_PREFIX):]) for p in d.iterdir()
+            if p.name.startswith(ATTEMPT_PREFIX) and p.name[len(ATTEMPT_PREFIX):].isdigit()]
+    entries = [p for p in d.iterdir() if not (p.name.startswith(ATTEMPT_PREFIX) and p.is_dir())]
+    if not entries:
+        return max(done, default=0) + 1
+    k = max(done, default=0) + 1
+    target = d / f"{ATTEMPT_PREFIX}{k}"
+    target.mkdir()
+    for p in entries:
+        p.rename(target / p.name)
+    logger.info("%s: the previous attempt's files moved to %s", d, target.name)
+    return k + 1
+
+
 def _row_skeleton(trial: Trial) -> Dict:
     return {"run": trial.run, "model": trial.model, "ablation": ",".join(trial.ablation or []),
             "dataset": trial.dataset, "seed": int(trial.seed), "status": "running", "error": "",
             "wall_time_s": 0.0, "epochs": None, "stopped_by": None, "max_epochs": trial.config.get("max_epochs"),
             "early_stop": None, "feature_path": str(trial.config.get("featurePath") or ""),
-            "pretrained": str(trial.config.get("pretrained") or ""), "checkpoint": "", "metrics": {},
+            "pretrained": str(trial.config.get("pretrained") or ""), "checkpoint": "", "predictions": "", "metrics": {},
             "label": trial.label or trial.run, "kind": "search" if trial.skip_test else "train",
             "directory": str(trial.path), "config_file": trial.config_file, "overrides": _jsonable(trial.config),
             "gpu_ids": list(trial.gpu_ids)}
@@ -180,16 +295,22 @@ def run_trial(trial: Trial) -> Dict:
     A failure is recorded in the row (status 'failed', the traceback in `error.txt`), not raised;
     KeyboardInterrupt is raised."""
     from ..integration import runner
+    from .fingerprint import fingerprint
 
     d = trial.path
+    attempt = archive_previous_attempt(d)
     dirs = {"model_save_dir": d / "models", "res_save_dir": d / "results", "log_dir": d / "logs"}
     for p in dirs.values():
         p.mkdir(parents=True, exist_ok=True)
     ckpt = dirs["model_save_dir"] / f"{trial.model.lower()}-{trial.dataset}.pth"
     history = ckpt.with_name(ckpt.stem + ".history.json")
-    (d / "error.txt").unlink(missing_ok=True)
-    history.unlink(missing_ok=True)
     row = _row_skeleton(trial)
+    row["attempt"] = attempt
+    try:
+        row["fingerprint"] = fingerprint(trial)
+    except Exception as exc:  # e.g. an unreadable feature file: the trial reports it; resume reruns this row
+        row["fingerprint"] = None
+        logger.warning("no fingerprint for %s: %s", d, _error_text(exc))
     row["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     row["t_start"] = time.time()
     row["environment"] = environment()
@@ -213,8 +334,11 @@ def run_trial(trial: Trial) -> Dict:
             row["metrics"] = {}
         else:
             row["metrics"] = final
+            if probe.test_predictions is not None:
+                write_predictions(d, probe.test_predictions)
+                row["predictions"] = PREDICTIONS_FILE
     except Exception as exc:  # recorded; the sweep goes on
-        row.update(status="failed", error=_error_text(exc))
+        row.update(status="failed", error=_error_text(exc), deterministic=isinstance(exc, DETERMINISTIC_ERRORS))
         with contextlib.suppress(OSError):
             (d / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
     finally:

@@ -14,7 +14,8 @@ from ..constants import LOWER_IS_BETTER
 
 logger = logging.getLogger("MMSA." + __name__)
 
-__all__ = ["own_mmsa_handlers", "capture_results", "TrialProbe", "instrument_trainers", "epoch_cap", "mmsa_run"]
+__all__ = ["own_mmsa_handlers", "capture_results", "TrialProbe", "instrument_trainers", "epoch_cap", "mmsa_run",
+           "capture_predictions", "test_metrics"]
 
 
 @contextlib.contextmanager
@@ -55,6 +56,73 @@ def _numbers(result) -> Dict[str, float]:
     return {k: float(v) for k, v in (result or {}).items() if isinstance(v, (int, float))}
 
 
+class _RecordingLoader:
+    """Iterates `loader` like `do_test` does, keeping each batch's sample ids and labels ('M')."""
+
+    def __init__(self, loader):
+        self.loader, self.ids, self.labels, self.broken = loader, [], [], False
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            try:
+                self.ids.extend(str(i) for i in batch["id"])
+                self.labels.append(batch["labels"]["M"].detach().cpu().reshape(-1).double().numpy())
+            except Exception:  # a batch without ids/labels: no predictions file, never a failed trial
+                self.broken = True
+            yield batch
+
+
+def capture_predictions(do_test, model, dataloader, mode, *a, **kw):
+    """Run `do_test(model, dataloader, mode, ...)` while recording, per sample, its id, its label
+    and the model's output 'M' (a forward hook on `model`, a recording wrapper on the loader).
+    Returns (result, {"ids", "labels", "preds"} or None). None (with a warning) when the capture
+    does not line up: not one forward call per batch, or a MAE recomputed from the captured
+    arrays that differs from the trainer's own (MetricsTop rounds to 4 decimals) by more than 1e-4."""
+    import numpy as np
+
+    loader, outs = _RecordingLoader(dataloader), []
+
+    def hook(_module, _inputs, output):
+        if isinstance(output, dict) and "M" in output:
+            outs.append(output["M"].detach().cpu().reshape(-1).double().numpy())
+
+    if not hasattr(model, "register_forward_hook"):
+        return do_test(model, dataloader, mode, *a, **kw), None
+    handle = model.register_forward_hook(hook)
+    try:
+        result = do_test(model, loader, mode, *a, **kw)
+    finally:
+        handle.remove()
+    if loader.broken or len(outs) != len(loader.labels) or not outs:
+        logger.warning("test predictions not captured: %d forward call(s) for %d batch(es)", len(outs),
+                       len(loader.labels))
+        return result, None
+    preds, labels = np.concatenate(outs), np.concatenate(loader.labels)
+    mae = (result or {}).get("MAE")
+    if len(preds) != len(labels) or len(loader.ids) != len(labels) or (
+            mae is not None and not abs(float(np.mean(np.abs(preds - labels))) - float(mae)) <= 1e-4):
+        logger.warning("test predictions not captured: they do not reproduce the trainer's MAE %s", mae)
+        return result, None
+    return result, {"ids": np.asarray(loader.ids, dtype=str), "labels": labels, "preds": preds}
+
+
+def test_metrics(dataset: str):
+    """MMSA's own regression metric function for `dataset` (`MetricsTop('regression').getMetics`),
+    taking numpy arrays (predictions, labels) instead of tensors."""
+    import torch
+    from MMSA.utils.metricsTop import MetricsTop
+
+    fn = MetricsTop("regression").getMetics(dataset)
+
+    def metrics(preds, labels) -> Dict[str, float]:
+        return {k: float(v) for k, v in fn(torch.as_tensor(preds), torch.as_tensor(labels)).items()}
+
+    return metrics
+
+
 class TrialProbe:
     """Instruments the trainer MMSA builds for one run (every MMSA 2.2.1 trainer runs: train an
     epoch, `do_test(valid, "VAL")`, keep the best checkpoint, `if epochs - best_epoch >= early_stop:
@@ -67,7 +135,8 @@ class TrialProbe:
       epoch (`valid`), the `do_test` calls that ran, by mode (`modes`), and the args the trainer got;
     * `skip_test=True` (tuning): `do_test(..., mode="TEST")` is NOT run; it returns the best
       validation result instead (the epoch whose checkpoint the trainer kept), so the test split is
-      never read and MMSA's `_run` hands back the validation score;
+      never read and MMSA's `_run` hands back the validation score; otherwise the TEST pass's
+      per-sample predictions are kept in `test_predictions` (see `capture_predictions`);
     * `on_valid(epoch, result)` is called after each validation pass (TensorBoard).
     """
 
@@ -78,6 +147,7 @@ class TrialProbe:
         self.valid: List[Dict[str, float]] = []
         self.modes: Counter = Counter()
         self.args = None
+        self.test_predictions = None  # {"ids", "labels", "preds"} of the TEST pass (capture_predictions)
 
     @property
     def key_eval(self) -> str:
@@ -109,7 +179,10 @@ class TrialProbe:
                     raise RuntimeError("tuning: no validation result to report instead of TEST")
                 self.modes["TEST (skipped)"] += 1
                 return dict(best)
-            result = orig_test(model, dataloader, mode, *a, **kw)
+            if tag.startswith("TEST"):
+                result, self.test_predictions = capture_predictions(orig_test, model, dataloader, mode, *a, **kw)
+            else:
+                result = orig_test(model, dataloader, mode, *a, **kw)
             self.modes[tag] += 1
             if state["training"] and tag.startswith("VAL"):
                 self.epochs += 1
