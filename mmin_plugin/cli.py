@@ -159,7 +159,7 @@ def _common_run_options(p):
 
 def _experiment_options(p, name):
     """Options of `compare` / `ablate` / `tune` (choices from mmin_plugin.constants and experiments.variants)."""
-    from .constants import DEFAULT_SEEDS
+    from .constants import DEFAULT_SEEDS, TUNE_SEED
     from .experiments.backends import BACKENDS
     from .experiments.variants import DESIGN_VARIANTS, PAPER_VARIANTS
 
@@ -169,8 +169,8 @@ def _experiment_options(p, name):
         p.add_argument("--trials", type=_positive, default=20, help="number of search trials")
         p.add_argument("--search", default="random", choices=("random", "optuna"),
                        help="optuna: pip install -e .[tune]")
-        p.add_argument("--seed", type=_seed, default=DEFAULT_SEEDS[0],
-                       help="sampler seed and search-trial training seed")
+        p.add_argument("--seed", type=_seed, default=TUNE_SEED,
+                       help="sampler seed and search-trial training seed (not one of the final seeds)")
         p.add_argument("--final-seeds", type=_seed, nargs="+", default=list(DEFAULT_SEEDS))
     else:
         p.add_argument("--dataset", "--datasets", dest="datasets", nargs="+", default=["mosi"], type=_dataset)

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 from collections import deque
 from typing import Callable, Dict, Optional, Tuple
 
@@ -58,13 +59,23 @@ def _ray_entry(trial_data: Dict, trial_fn, use_gpu: bool, threads: int) -> Dict:
     """Runs in the Ray worker: one torch thread per CPU given; on a GPU the trial's device is cuda:0
     of the devices Ray assigned (CUDA_VISIBLE_DEVICES), since MMSA's own free-GPU pick reads NVML
     and would ignore the assignment."""
+    import ray
+
+    trial = Trial(**trial_data)
+    place_devices(trial, ray.get_gpu_ids() if use_gpu else [])
     import torch
 
     torch.set_num_threads(max(1, threads))
-    trial = Trial(**trial_data)
-    if use_gpu:
-        trial.gpu_ids = [0]
     return (trial_fn or run_trial)(trial)
+
+
+def place_devices(trial: Trial, gpus) -> None:
+    """Make the trial see only the GPUs it was given (`gpus`, as the scheduler numbers them; none: no
+    GPU at all): CUDA_VISIBLE_DEVICES is set before CUDA is initialised (Ray no longer blanks it for
+    num_gpus=0, and MMSA's own pick of the freest GPU reads NVML, outside any scheduler's
+    accounting), and the trial's device is cuda:0 of what it sees."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+    trial.gpu_ids = [0] if gpus else []
 
 
 def _import_ray():

@@ -211,6 +211,9 @@ def run_trial(trial: Trial) -> Dict:
                    checkpoint=str(ckpt) if ckpt.is_file() else "")
         if trial.skip_test:  # what _run handed back is the best validation result, not a test score
             row["metrics"] = {}
+            if ckpt.is_file():  # a search trial is scored: its weights are never tested, so not kept
+                ckpt.unlink()
+                row["checkpoint"] = ""
         else:
             row["metrics"] = final
     except Exception as exc:  # recorded; the sweep goes on
@@ -220,7 +223,7 @@ def run_trial(trial: Trial) -> Dict:
     finally:
         row["wall_time_s"], row["t_end"] = round(time.perf_counter() - t0, 3), time.time()
         best = probe.best_valid()
-        row.update(key_eval=probe.key_eval, valid_metrics=best or {},
+        row.update(key_eval=probe.key_eval, valid_lower_is_better=probe.lower_is_better, valid_metrics=best or {},
                    valid_score=(best or {}).get(probe.key_eval), valid_per_epoch=probe.valid,
                    do_test_calls=dict(probe.modes))
         if probe.args is not None:  # what MMSA's _run really used (after $MMSA_DATASET_ROOT re-rooting)

@@ -10,6 +10,7 @@ import copy
 import datetime as _dt
 import json
 import logging
+import math
 import random
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -17,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 import pandas as pd
 
 from ..atomic import atomic_write_text
-from ..constants import DEFAULT_SEEDS, LOWER_IS_BETTER
+from ..constants import DEFAULT_SEEDS, LOWER_IS_BETTER, TUNE_SEED
 from ..errors import MMINConfigError
 from . import report
 from .aggregate import summarize
@@ -154,7 +155,7 @@ def _flat(cfg: Dict) -> Dict:
     return out
 
 
-def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = "random", seed: int = 1111,
+def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = "random", seed: int = TUNE_SEED,
              final_seeds: Sequence[int] = DEFAULT_SEEDS, feature_path=None, pretrained=None, max_epochs=None,
              out_dir="mmin-results", overrides=None, gpu_ids=(), num_workers=0, verbose_level=0,
              sweep: Optional[SweepOptions] = None) -> Dict:
@@ -171,6 +172,9 @@ def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = 
     if trials < 1:
         raise MMINConfigError(f"trials: expected a positive integer; found {trials!r}")
     final_seeds, max_epochs = check_seeds(final_seeds), check_max_epochs(max_epochs)
+    if int(seed) in final_seeds:
+        raise MMINConfigError(f"seed: expected a search seed that is not one of the final seeds {list(final_seeds)} "
+                              f"(a final run would repeat the search run that won); found {seed}")
     feature_path = check_file(feature_path, "feature file")
     sweep = sweep or SweepOptions()
     common, scoped = split_overrides(overrides)
@@ -178,6 +182,7 @@ def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = 
     space = {k: v for k, v in search_space(model).items() if k not in fixed}
     key_eval = str(_key_eval(model, dataset, fixed))
     lower = key_eval in LOWER_IS_BETTER
+    _check_selection_rule(model, key_eval)
     base = dict(fixed)
     if feature_path:
         base["featurePath"] = feature_path
@@ -219,8 +224,7 @@ def _search_and_retrain(model, dataset, search, trials, seed, final_seeds, space
                 opt.tell(t, row.get("valid_score") if row.get("status") == "ok" else None)
             configs += [c for _, c in asked]
             search_rows += rows
-    scored = [(i, r["valid_score"]) for i, r in enumerate(search_rows)
-              if r.get("status") == "ok" and r.get("valid_score") is not None]
+    scored = [(i, r["valid_score"]) for i, r in enumerate(search_rows) if _score(r) is not None]
     if not scored:
         raise MMINConfigError(f"tune: expected at least one search trial to finish; all {len(search_rows)} failed "
                               f"(first error: {search_rows[0].get('error') if search_rows else 'none'})")
@@ -245,6 +249,25 @@ def _search_and_retrain(model, dataset, search, trials, seed, final_seeds, space
     print(md)
     print("written: " + "\n         ".join(str(paths[e]) for e in ("md", "csv", "json")), flush=True)
     return {"chosen": chosen, "search": search_rows, "final": final_rows, "paths": paths, "best_trial": best_i}
+
+
+def _score(row: Dict) -> Optional[float]:
+    """A search row's validation score, or None if the trial did not finish or its score is not finite
+    (NaN/inf count as failed: a NaN key would otherwise win `min()` when it comes first)."""
+    v = row.get("valid_score") if row.get("status") == "ok" else None
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def _check_selection_rule(model: str, key_eval: str) -> None:
+    """Ranking and the trainer's checkpoint choice must use the same quantity in the same direction.
+    MMSA's own trainers maximise every KeyEval but 'Loss' (MAE included), so with KeyEval=MAE they
+    keep the epoch of the *worst* validation MAE; such a search is refused."""
+    from ..integration.registry import registered
+
+    if model not in registered() and key_eval in LOWER_IS_BETTER and key_eval != "Loss":
+        raise MMINConfigError(f"KeyEval={key_eval} with model {model!r}: MMSA's trainer keeps the epoch of the "
+                              f"highest validation {key_eval} (it minimises only 'Loss'); expected KeyEval 'Loss' "
+                              "or a higher-is-better metric (e.g. Corr, Has0_acc_2)")
 
 
 def _key_eval(model: str, dataset: str, fixed: Dict) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections import Counter
 from typing import Callable, Dict, List, Optional
 from unittest import mock
@@ -14,7 +15,8 @@ from ..constants import LOWER_IS_BETTER
 
 logger = logging.getLogger("MMSA." + __name__)
 
-__all__ = ["own_mmsa_handlers", "capture_results", "TrialProbe", "instrument_trainers", "epoch_cap", "mmsa_run"]
+__all__ = ["own_mmsa_handlers", "capture_results", "TrialProbe", "selection_rule", "instrument_trainers", "epoch_cap",
+           "mmsa_run"]
 
 
 @contextlib.contextmanager
@@ -55,6 +57,16 @@ def _numbers(result) -> Dict[str, float]:
     return {k: float(v) for k, v in (result or {}).items() if isinstance(v, (int, float))}
 
 
+def selection_rule(trainer, key_eval: str):
+    """(lower_is_better, initial best) by which `trainer` keeps its checkpoint: MMSA 2.2.1's own
+    trainers minimise only KeyEval 'Loss' and maximise every other key (even MAE), starting from
+    1e8 / 0; trainers outside MMSA (MMIN's) minimise the keys in LOWER_IS_BETTER, from no best."""
+    if type(trainer).__module__.startswith("MMSA."):
+        lower = key_eval == "Loss"
+        return lower, (1e8 if lower else 0.0)
+    return key_eval in LOWER_IS_BETTER, None
+
+
 class TrialProbe:
     """Instruments the trainer MMSA builds for one run (every MMSA 2.2.1 trainer runs: train an
     epoch, `do_test(valid, "VAL")`, keep the best checkpoint, `if epochs - best_epoch >= early_stop:
@@ -65,10 +77,14 @@ class TrialProbe:
       the trainer's own patience test then ends training;
     * records `epochs`, `stopped_by` ('early_stop' / 'max_epochs'), the validation results of every
       epoch (`valid`), the `do_test` calls that ran, by mode (`modes`), and the args the trainer got;
+    * `best_valid()` is the epoch whose weights the trainer kept, by the trainer's own rule
+      (`selection_rule`; `lower_is_better` says which direction that was); a non-finite score never
+      becomes the best;
     * `skip_test=True` (tuning): `do_test(..., mode="TEST")` is NOT run; it returns the best
       validation result instead (the epoch whose checkpoint the trainer kept), so the test split is
       never read and MMSA's `_run` hands back the validation score;
-    * `on_valid(epoch, result)` is called after each validation pass (TensorBoard).
+    * `on_valid(epoch, result)` is called after each validation pass (TensorBoard, pruning: an
+      exception it raises, e.g. optuna.TrialPruned, ends the run).
     """
 
     def __init__(self, max_epochs: Optional[int] = None, skip_test: bool = False,
@@ -78,21 +94,27 @@ class TrialProbe:
         self.valid: List[Dict[str, float]] = []
         self.modes: Counter = Counter()
         self.args = None
+        self.rule: Optional[tuple] = None
 
     @property
     def key_eval(self) -> str:
         return str((self.args or {}).get("KeyEval") or "Loss")
 
+    @property
+    def lower_is_better(self) -> bool:
+        """The direction in which the trainer selected its weights by `key_eval`."""
+        return self.rule[0] if self.rule else self.key_eval in LOWER_IS_BETTER
+
     def best_valid(self) -> Optional[Dict[str, float]]:
-        """The validation result of the epoch the trainer kept (MMSA: 'Loss' is minimised, every other
-        KeyEval maximised, and a later epoch must beat the best by 1e-6)."""
-        key, best, best_val = self.key_eval, None, None
-        lower = key in LOWER_IS_BETTER
+        """The validation result of the epoch the trainer kept (a later epoch must beat the best by
+        1e-6, and the first the trainer's initial best; non-finite scores are skipped)."""
+        key, best = self.key_eval, None
+        lower, best_val = self.rule or (self.key_eval in LOWER_IS_BETTER, None)
         for res in self.valid:
             v = res.get(key)
-            if v is None:
+            if v is None or not math.isfinite(v):
                 continue
-            if best is None or (v <= best_val - 1e-6 if lower else v >= best_val + 1e-6):
+            if best_val is None or (v <= best_val - 1e-6 if lower else v >= best_val + 1e-6):
                 best, best_val = res, v
         return best
 
@@ -100,6 +122,7 @@ class TrialProbe:
         orig_train, orig_test = trainer.do_train, trainer.do_test
         state = {"training": False}
         self.args = trainer.args
+        self.rule = selection_rule(trainer, self.key_eval)
 
         def do_test(model, dataloader, mode="VAL", *a, **kw):
             tag = str(mode).upper()
