@@ -168,7 +168,12 @@ def _experiment_options(p, name):
         p.add_argument("-d", "--dataset", default="mosi", type=_dataset)
         p.add_argument("--trials", type=_positive, default=20, help="number of search trials")
         p.add_argument("--search", default="random", choices=("random", "optuna"),
-                       help="optuna: pip install -e .[tune]")
+                       help="Optuna's RandomSampler or TPESampler (constant_liar), both seeded")
+        p.add_argument("--prune", default="none", choices=("none", "median", "halving"),
+                       help="stop unpromising search trials by their per-epoch validation score")
+        p.add_argument("--rescore-top", type=_int_at_least(0, "a count"), default=0, metavar="K",
+                       help="re-score the K best configurations on --rescore-seeds more seeds (VALID) before choosing")
+        p.add_argument("--rescore-seeds", type=_positive, default=2)
         p.add_argument("--seed", type=_seed, default=TUNE_SEED,
                        help="sampler seed and search-trial training seed (not one of the final seeds)")
         p.add_argument("--final-seeds", type=_seed, nargs="+", default=list(DEFAULT_SEEDS))
@@ -364,7 +369,7 @@ def cmd_tune(a) -> int:
     run_tune(a.model, a.dataset, trials=a.trials, search=a.search, seed=a.seed, final_seeds=a.final_seeds,
              feature_path=a.feature_path, pretrained=a.pretrained, max_epochs=a.max_epochs, out_dir=a.out,
              overrides=_parse_set(a.set), gpu_ids=list(a.gpu_ids), num_workers=a.num_workers,
-             sweep=_sweep_options(a))
+             sweep=_sweep_options(a), prune=a.prune, rescore_top=a.rescore_top, rescore_seeds=a.rescore_seeds)
     return 0
 
 

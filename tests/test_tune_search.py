@@ -14,6 +14,7 @@ import pytest
 
 import mmin_plugin.integration.runner as runner
 from mmin_plugin.errors import MMINConfigError
+from mmin_plugin.experiments import study as study_mod
 from mmin_plugin.experiments import tune
 
 TINY = {"mmin.d_model": 16, "mmin.nheads": 4, "mmin.fine_layers": 1, "mmin.fusion_ff_dim": 32,
@@ -141,3 +142,139 @@ def test_probe_reports_the_epoch_an_mmsa_trainer_kept():
 def test_tune_refuses_a_key_eval_an_mmsa_trainer_selects_the_wrong_way(tmp_path):
     with pytest.raises(MMINConfigError, match="highest validation MAE"):
         tune.run_tune("tfn", "mosi", trials=1, out_dir=tmp_path, overrides={"KeyEval": "MAE"})
+
+
+# ---- issue 18: the Optuna study --------------------------------------------------------------------
+def _loss(args, seed):
+    """Validation Loss per epoch: lower with a larger learning rate, a few epochs of improvement."""
+    base = {0.001: 1.0, 0.0005: 2.0, 0.0001: 3.0}[args["learning_rate"]]
+    return [{"Loss": base + 1.0 / e} for e in range(1, 5)]
+
+
+def test_search_is_a_seeded_optuna_study_in_the_output_folder(scripted, tmp_path, capsys):
+    import optuna
+
+    scripted["script"] = _loss
+    runs = [_tune(tmp_path / name, capsys, search="optuna", seed=7, trials=5) for name in ("a", "b")]
+    space = tune.search_space("mmin")
+    assert [r["chosen"] for r in runs[0:1]] == [runs[1]["chosen"]]
+    assert [r["overrides"] for r in runs[0]["search"]] == [r["overrides"] for r in runs[1]["search"]]
+    for r in runs[0]["search"]:
+        assert all(r["overrides"][k] in space[k] for k in ("learning_rate", "batch_size", "dropout"))
+    study = optuna.load_study(study_name="mmin-mosi", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "a" / "tune-mmin-mosi.optuna.log"))))
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
+    assert study.best_trial.number == runs[0]["best_trial"]
+    assert study.best_value == pytest.approx(runs[0]["search"][runs[0]["best_trial"]]["valid_score"])
+
+
+def test_next_trial_is_asked_when_a_slot_frees_not_in_rounds(monkeypatch, tmp_path):
+    from mmin_plugin.experiments import sweep
+    from mmin_plugin.experiments.trial import Trial
+
+    events = []
+
+    class TwoSlots:  # finishes the newest trial first
+        slots = 2
+
+        def __init__(self):
+            self.running = []
+
+        def submit(self, t):
+            events.append(("submit", t.run))
+            self.running.append(t)
+
+        def wait(self):
+            t = self.running.pop()
+            events.append(("done", t.run))
+            return t, {"status": "ok", "run": t.run, "wall_time_s": 0.0, "epochs": 1, "stopped_by": "x"}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(sweep, "make_backend", lambda *a, **k: TwoSlots())
+    made = iter(range(5))
+
+    def source():
+        i = next(made, None)
+        return None if i is None else Trial(run=f"t{i}", model="m", dataset="mosi", seed=1,
+                                            directory=str(tmp_path / f"t{i}"))
+
+    finals = []
+    rows = sweep.run_trials([], sweep.SweepOptions(), source=source, total=5,
+                            on_final=lambda t, r: finals.append(t.run))
+    assert [r["run"] for r in rows] == ["t0", "t1", "t2", "t3", "t4"]
+    assert sorted(finals) == sorted(r["run"] for r in rows)
+    # two in flight from the start; every result frees a slot that is refilled before the next wait
+    assert events[:4] == [("submit", "t0"), ("submit", "t1"), ("done", "t1"), ("submit", "t2")]
+    assert events[4:6] == [("done", "t2"), ("submit", "t3")]
+
+
+def test_a_killed_tune_resumes_the_same_study(scripted, tmp_path, capsys, monkeypatch):
+    from mmin_plugin.experiments.sweep import SweepOptions
+
+    scripted["script"] = _loss
+    real = runner.mmsa_run
+
+    def killed_at_third(model, dataset, **kw):
+        if len(scripted["calls"]) == 2:
+            raise KeyboardInterrupt
+        return real(model, dataset, **kw)
+
+    monkeypatch.setattr(runner, "mmsa_run", killed_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        _tune(tmp_path, capsys, trials=4, search="optuna", seed=3)
+    monkeypatch.setattr(runner, "mmsa_run", real)
+    before = len(scripted["calls"])
+    res = _tune(tmp_path, capsys, trials=4, search="optuna", seed=3, sweep=SweepOptions(resume=True))
+    # trials 0 and 1 are not run again; trial 2 (killed) reruns in its own folder, then trial 3; then the final
+    assert len(scripted["calls"]) - before == 2 + 1
+    assert [r["run"] for r in res["search"]] == [f"mmin-trial-{i:03d}" for i in range(4)]
+    assert all(r["status"] == "ok" for r in res["search"])
+    fresh = _tune(tmp_path / "fresh", capsys, trials=4, search="optuna", seed=3)
+    assert [r["overrides"] for r in fresh["search"][:3]] == [r["overrides"] for r in res["search"][:3]]
+
+
+def test_pruned_trials_are_recorded_as_pruned_and_never_chosen(scripted, tmp_path, capsys):
+    import optuna
+
+    from mmin_plugin.experiments.sweep import SweepOptions
+
+    def script(args, seed):  # the first trial is the best; every later one is worse from epoch 1 on
+        n = len(scripted["calls"])
+        return [{"Loss": (1.0 if n == 1 else 5.0 + n) + 1.0 / e} for e in range(1, 7)]
+
+    scripted["script"] = script
+    res = _tune(tmp_path, capsys, trials=4, prune="median", sweep=SweepOptions(retries=2))
+    states = [r["status"] for r in res["search"]]
+    assert states == ["ok", "pruned", "pruned", "pruned"] and res["best_trial"] == 0
+    # pruned as soon as the median pruner may (after its warm-up epochs), instead of 6 epochs
+    assert res["search"][0]["epochs"] == 6
+    assert all(r["epochs"] == max(1, study_mod.MEDIAN_WARMUP_EPOCHS) for r in res["search"][1:])
+    assert len(scripted["calls"]) == 4 + 1  # no retry of a pruned trial; then the final run
+    assert all(not list(Path(r["directory"], "models").glob("*.pth")) for r in res["search"])
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "tune-mmin-mosi.optuna.log")))
+    study = optuna.load_study(study_name="mmin-mosi", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED", "PRUNED", "PRUNED"]
+    md = (tmp_path / "tune-mmin-mosi.md").read_text()
+    assert "1 finished, 3 pruned; pruner median" in md
+
+
+# ---- issue 16: --rescore-top ----------------------------------------------------------------------
+def test_rescore_top_chooses_the_config_that_holds_on_more_seeds(scripted, tmp_path, capsys):
+    def script(args, seed):  # lr 1e-3 is lucky on the search seed only; lr 5e-4 is steady
+        lr = args["learning_rate"]
+        v = {0.001: 1.0 if seed == 2222 else 4.0, 0.0005: 1.5, 0.0001: 3.0}[lr]
+        return [{"Loss": v}]
+
+    scripted["script"] = script
+    plain = _tune(tmp_path / "plain", capsys, trials=6, seed=2222)
+    lrs = [r["overrides"]["learning_rate"] for r in plain["search"]]
+    assert {0.001, 0.0005} <= set(lrs)  # both were drawn
+    assert plain["chosen"]["learning_rate"] == 0.001
+    res = _tune(tmp_path / "rescored", capsys, trials=6, seed=2222, rescore_top=3)
+    assert res["chosen"]["learning_rate"] == 0.0005
+    assert {r["seed"] for r in res["rescore"]} == {2223, 2224}
+    assert all(r["do_test_calls"].get("TEST", 0) == 0 and r["status"] == "ok" for r in res["rescore"])
+    assert not {r["seed"] for r in res["final"]} & {2222, 2223, 2224}

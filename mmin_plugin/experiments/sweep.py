@@ -111,6 +111,8 @@ class _Progress:
 
 
 def _line(row: Dict) -> str:
+    if row.get("status") == "pruned":
+        return f"pruned after {row.get('epochs')} epoch(s) ({float(row.get('wall_time_s') or 0):.1f} s)"
     if row.get("status") == "ok":
         m = row.get("metrics") or {}
         brief = " ".join(f"{k} {m[k]:.4f}" for k in ("MAE", "Corr") if k in m)
@@ -138,34 +140,57 @@ def _keep_row(trial: Trial, row: Dict) -> None:
         atomic_write_text(trial.path / ROW_FILE, json.dumps(row, indent=1, default=str))
 
 
+#: row statuses that end a trial: 'pruned' (stopped by tune's pruner) is final but not a result
+FINAL = ("ok", "pruned")
+
+
 def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials",
-               on_row: Optional[Callable[[Trial, Dict], None]] = None) -> List[Dict]:
+               on_row: Optional[Callable[[Trial, Dict], None]] = None,
+               source: Optional[Callable[[], Optional[Trial]]] = None, total: Optional[int] = None,
+               on_final: Optional[Callable[[Trial, Dict], None]] = None) -> List[Dict]:
     """Run every trial not yet finished (with `opts.resume`, a trial whose row.json says 'ok' is
     skipped), at most `backend.slots` at once, a failed one up to `opts.retries` more times;
-    `on_row(trial, row)` after each finished attempt. Returns the rows in `trials` order."""
+    `on_row(trial, row)` after each finished attempt, `on_final(trial, row)` once per trial with its
+    last row (a skipped one included). `source()`, when given, is asked for another trial whenever a
+    slot is free and `trials` are all out (None: no more), so a search can ask for its next trial
+    knowing every result so far (`total`: its expected count, for the progress bar). Returns the
+    rows in `trials` order, then the source's."""
     rows: Dict[tuple, Dict] = {}
-    todo = []
+    todo, order = [], list(trials)
     for t in trials:
         old = read_row(t.directory) if opts.resume else None
-        if old is not None and old.get("status") == "ok" and _same_config(old, t):
+        if old is not None and old.get("status") in FINAL and _same_config(old, t):
             rows[t.key] = old
+            if on_final is not None:
+                on_final(t, old)
         else:
             todo.append(t)
     if opts.resume:
         print(f"[{desc}] resume: {len(rows)} of {len(trials)} trial(s) already finished, skipped; "
               f"running {len(todo)}", flush=True)
-    if not todo:
+    if not todo and source is None:
         return [rows[t.key] for t in trials]
     backend = make_backend(opts.backend, opts.address, opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent,
                            opts.num_cpus, opts.trial_fn, opts.reuse_workers)
-    progress = _Progress(len(trials), len(rows), backend.slots, desc)
+    progress = _Progress(max(total or 0, len(trials)), len(rows), backend.slots, desc)
     attempts: Dict[tuple, int] = {}
     submitted: Dict[tuple, float] = {}
     queue, in_flight, n = list(todo), 0, 0
+
+    def next_trial() -> Optional[Trial]:
+        if queue:
+            return queue.pop(0)
+        t = source() if source is not None else None
+        if t is not None:
+            order.append(t)
+        return t
+
     try:
-        while queue or in_flight:
-            while queue and in_flight < backend.slots:
-                t = queue.pop(0)
+        while True:
+            while in_flight < backend.slots:
+                t = next_trial()
+                if t is None:
+                    break
                 attempts[t.key] = attempts.get(t.key, 0) + 1
                 n += attempts[t.key] == 1
                 retry = f" (attempt {attempts[t.key]})" if attempts[t.key] > 1 else ""
@@ -175,10 +200,12 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
                 submitted[t.key] = time.monotonic()
                 in_flight += 1
                 progress.started()
+            if not in_flight:
+                break
             t, row = backend.wait()
             in_flight -= 1
-            again = row.get("status") != "ok" and attempts[t.key] <= opts.retries
-            if row.get("status") != "ok" and not again:
+            again = row.get("status") not in FINAL and attempts[t.key] <= opts.retries
+            if row.get("status") not in FINAL and not again:
                 progress.failed_one()
             progress.finished(time.monotonic() - submitted[t.key], final=not again)
             progress.write(f"[{desc}] {t.label or t.run} {t.dataset} seed {t.seed}: {_line(row)}"
@@ -191,7 +218,9 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
             _keep_row(t, row)
             if on_row is not None:
                 on_row(t, row)
+            if on_final is not None and not again:
+                on_final(t, row)
     finally:
         progress.close()
         backend.close()
-    return [rows[t.key] for t in trials if t.key in rows]
+    return [rows[t.key] for t in order if t.key in rows]

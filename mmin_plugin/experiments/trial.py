@@ -50,6 +50,7 @@ class Trial:
     gpu_ids: List[int] = dataclasses.field(default_factory=list)
     num_workers: int = 0
     verbose_level: int = 0
+    study: Optional[Dict] = None  # tune with pruning: where to report each epoch (study.epoch_reporter)
 
     @property
     def key(self) -> tuple:
@@ -195,8 +196,19 @@ def run_trial(trial: Trial) -> Dict:
     row["environment"] = environment()
     atomic_write_text(d / ROW_FILE, json.dumps(row, indent=1, default=str))
     scalars = _Scalars(d / "tb")
+    report = None
+    if trial.study:
+        from .study import epoch_reporter
+
+        report = epoch_reporter(trial.study, lambda: probe.key_eval)
+
+    def on_valid(epoch, res):
+        scalars.add("valid", epoch, res)
+        if report is not None:
+            report(epoch, res)  # may raise optuna.TrialPruned
+
     probe = runner.TrialProbe(max_epochs=trial.config.get("max_epochs"), skip_test=trial.skip_test,
-                              on_valid=lambda epoch, res: scalars.add("valid", epoch, res))
+                              on_valid=on_valid)
     t0 = time.perf_counter()
     try:
         with runner.own_mmsa_handlers(), runner.instrument_trainers(probe):
@@ -217,9 +229,16 @@ def run_trial(trial: Trial) -> Dict:
         else:
             row["metrics"] = final
     except Exception as exc:  # recorded; the sweep goes on
-        row.update(status="failed", error=_error_text(exc))
-        with contextlib.suppress(OSError):
-            (d / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        from .study import is_pruned
+
+        if is_pruned(exc):  # stopped by the study's pruner: neither failed nor a finished result
+            row.update(status="pruned", error=_error_text(exc), epochs=probe.epochs, stopped_by="pruned")
+            with contextlib.suppress(OSError):
+                ckpt.unlink(missing_ok=True)
+        else:
+            row.update(status="failed", error=_error_text(exc))
+            with contextlib.suppress(OSError):
+                (d / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
     finally:
         row["wall_time_s"], row["t_end"] = round(time.perf_counter() - t0, 3), time.time()
         best = probe.best_valid()
