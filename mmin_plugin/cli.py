@@ -206,8 +206,10 @@ def _experiment_options(p, name):
                    help="ray: fractions share a GPU (0.5 = 2 per GPU)")
     g.add_argument("--max-concurrent", type=_positive, help="ray: at most this many trials at once")
     g.add_argument("--retries", type=_workers, default=0, help="re-run a failed trial up to N times")
+    g.add_argument("--no-pool", dest="pool", action="store_false",
+                   help="ray: each trial a Ray task in a fresh worker (default: long-lived actors, a child each)")
     g.add_argument("--reuse-workers", action="store_true",
-                   help="ray: a worker process runs several trials (saves its start-up; default: one process a trial)")
+                   help="ray --no-pool: a worker process runs several trials (default: one process a trial)")
     g.add_argument("--resume", action="store_true", help="skip trials whose row.json says finished")
     g.add_argument("--overwrite", action="store_true", help="replace the results in a non-empty --out")
 
@@ -217,7 +219,8 @@ def _sweep_options(a):
 
     return SweepOptions(backend=a.backend, address=a.address, cpus_per_trial=a.cpus_per_trial,
                         gpus_per_trial=a.gpus_per_trial, max_concurrent=a.max_concurrent, retries=a.retries,
-                        resume=a.resume, overwrite=a.overwrite, reuse_workers=a.reuse_workers)
+                        resume=a.resume, overwrite=a.overwrite, reuse_workers=a.reuse_workers,
+                        pool=a.pool)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -278,3 +278,45 @@ def test_rescore_top_chooses_the_config_that_holds_on_more_seeds(scripted, tmp_p
     assert {r["seed"] for r in res["rescore"]} == {2223, 2224}
     assert all(r["do_test_calls"].get("TEST", 0) == 0 and r["status"] == "ok" for r in res["rescore"])
     assert not {r["seed"] for r in res["final"]} & {2222, 2223, 2224}
+
+
+# ---- issue 18: the Ray actor pool; issue 16 item 8: placement --------------------------------------
+_STATE = {"touched": 0}
+
+
+def _probe_trial(trial):
+    """A trial function that reports its process, what it sees, and whether an earlier trial's
+    module state leaked into it."""
+    import os
+
+    import torch
+
+    leaked = _STATE["touched"]
+    _STATE["touched"] += 1
+    torch.nn.Linear(2, 2)(torch.ones(1, 2))  # torch used in the trial (the parent never runs it)
+    return {"status": "ok", "run": trial.run, "seed": trial.seed, "pid": os.getpid(), "ppid": os.getppid(),
+            "leaked": leaked, "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu_ids": trial.gpu_ids,
+            "wall_time_s": 0.0, "epochs": 1, "stopped_by": "x", "metrics": {}}
+
+
+@pytest.mark.e2e
+def test_ray_pool_isolates_trials_and_hides_gpus_from_cpu_trials(tmp_path):
+    pytest.importorskip("ray")
+    from mmin_plugin.experiments import sweep
+    from mmin_plugin.experiments.backends import ray_session
+    from mmin_plugin.experiments.trial import Trial
+
+    def trials(tag, n):
+        return [Trial(run=f"{tag}{i}", model="m", dataset="mosi", seed=i, directory=str(tmp_path / f"{tag}{i}"))
+                for i in range(n)]
+
+    opts = sweep.SweepOptions(backend="ray", num_cpus=2, cpus_per_trial=1, trial_fn=_probe_trial)
+    with ray_session("ray", num_cpus=2):
+        first = sweep.run_trials(trials("a", 4), opts)
+        second = sweep.run_trials(trials("b", 2), opts)  # the same actors: the pool lives for the session
+        tasks = sweep.run_trials(trials("c", 1), sweep.SweepOptions(backend="ray", pool=False,
+                                                                    trial_fn=_probe_trial))
+    rows = first + second
+    assert all(r["leaked"] == 0 for r in rows)  # every trial in a process of its own
+    assert len({r["pid"] for r in rows}) == 6 and len({r["ppid"] for r in rows}) == 2  # 2 long-lived parents
+    assert all(r["cuda_visible"] == "" and r["gpu_ids"] == [] for r in rows + tasks)

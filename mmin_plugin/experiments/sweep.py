@@ -29,7 +29,8 @@ OUTPUT_GLOBS = ("compare-*", "ablation-*", "tune-*", "curves-*")
 class SweepOptions:
     """How trials run: `backend` ('serial' | 'ray'), Ray's `address`, resources per trial,
     `max_concurrent`, `retries` (extra attempts of a failed trial), `resume` / `overwrite`,
-    `reuse_workers` (Ray: a worker process runs several trials), and (for
+    `pool` (Ray: long-lived actors, a forked child per trial; else a Ray task per trial),
+    `reuse_workers` (Ray tasks: a worker process runs several trials), and (for
     tests) `num_cpus` of a local Ray instance and `trial_fn` (default trial.run_trial)."""
 
     backend: str = "serial"
@@ -43,6 +44,7 @@ class SweepOptions:
     num_cpus: Optional[int] = None
     trial_fn: Optional[Callable] = None
     reuse_workers: bool = False
+    pool: bool = True
 
 
 def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
@@ -171,7 +173,7 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
     if not todo and source is None:
         return [rows[t.key] for t in trials]
     backend = make_backend(opts.backend, opts.address, opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent,
-                           opts.num_cpus, opts.trial_fn, opts.reuse_workers)
+                           opts.num_cpus, opts.trial_fn, opts.reuse_workers, opts.pool)
     progress = _Progress(max(total or 0, len(trials)), len(rows), backend.slots, desc)
     attempts: Dict[tuple, int] = {}
     submitted: Dict[tuple, float] = {}

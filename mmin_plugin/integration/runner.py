@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections import Counter
 from typing import Callable, Dict, List, Optional
 from unittest import mock
@@ -35,9 +36,22 @@ def own_mmsa_handlers():
                     h.close()
 
 
+class _NoSleep:
+    """`MMSA.run`'s view of the `time` module without `sleep`: `_run` ends with `time.sleep(1)` (for
+    its optional database's sake), a second of every trial spent doing nothing."""
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds) -> None:
+        return None
+
+
 @contextlib.contextmanager
 def capture_results():
-    """Collect the result dict of every `MMSA.run._run` call made inside the block."""
+    """Collect the result dict of every `MMSA.run._run` call made inside the block (and skip the
+    one-second sleep at the end of each, see `_NoSleep`)."""
     import MMSA.run as mrun
 
     captured: List[Dict] = []
@@ -49,7 +63,7 @@ def capture_results():
             captured.append({k: v for k, v in result.items() if isinstance(v, (int, float))})
         return result
 
-    with mock.patch.object(mrun, "_run", _run):
+    with mock.patch.object(mrun, "_run", _run), mock.patch.object(mrun, "time", _NoSleep()):
         yield captured
 
 
