@@ -206,6 +206,8 @@ def _experiment_options(p, name):
                    help="ray: fractions share a GPU (0.5 = 2 per GPU)")
     g.add_argument("--max-concurrent", type=_positive, help="ray: at most this many trials at once")
     g.add_argument("--retries", type=_workers, default=0, help="re-run a failed trial up to N times")
+    g.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="slurm: a submitit executor parameter (e.g. slurm_partition=gpu, timeout_min=120)")
     g.add_argument("--no-pool", dest="pool", action="store_false",
                    help="ray: each trial a Ray task in a fresh worker (default: long-lived actors, a child each)")
     g.add_argument("--reuse-workers", action="store_true",
@@ -220,7 +222,7 @@ def _sweep_options(a):
     return SweepOptions(backend=a.backend, address=a.address, cpus_per_trial=a.cpus_per_trial,
                         gpus_per_trial=a.gpus_per_trial, max_concurrent=a.max_concurrent, retries=a.retries,
                         resume=a.resume, overwrite=a.overwrite, reuse_workers=a.reuse_workers,
-                        pool=a.pool)
+                        pool=a.pool, slurm_params=_parse_set(a.slurm_param))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -320,3 +320,31 @@ def test_ray_pool_isolates_trials_and_hides_gpus_from_cpu_trials(tmp_path):
     assert all(r["leaked"] == 0 for r in rows)  # every trial in a process of its own
     assert len({r["pid"] for r in rows}) == 6 and len({r["ppid"] for r in rows}) == 2  # 2 long-lived parents
     assert all(r["cuda_visible"] == "" and r["gpu_ids"] == [] for r in rows + tasks)
+
+
+# ---- issue 18: Slurm through submitit (its local executor) -----------------------------------------
+def test_slurm_job_requeues_the_same_trial():
+    pytest.importorskip("submitit")
+    from mmin_plugin.experiments.slurm import _Job
+
+    job = _Job()
+    again = job.checkpoint({"run": "r", "seed": 1}, None, 0)
+    assert again.function is job and again.args == ({"run": "r", "seed": 1}, None, 0)
+
+
+@pytest.mark.e2e
+def test_slurm_backend_on_the_local_executor_matches_serial(small_mosi, tmp_path, capsys):
+    pytest.importorskip("submitit")
+    from mmin_plugin.experiments import compare
+    from mmin_plugin.experiments.sweep import SweepOptions
+
+    kw = dict(models=["mmin"], dataset="mosi", seeds=[1111], feature_path=small_mosi["feature_path"],
+              pretrained=small_mosi["bert_dir"], max_epochs=1, overrides=dict(TINY))
+    serial = compare.run_comparison(out_dir=tmp_path / "serial", **kw)
+    opts = SweepOptions(backend="slurm", slurm_params={"cluster": "local", "timeout_min": 10})
+    slurm = compare.run_comparison(out_dir=tmp_path / "slurm", sweep=opts, **kw)
+    capsys.readouterr()
+    assert [r["status"] for r in slurm] == ["ok"]
+    assert slurm[0]["metrics"] == pytest.approx(serial[0]["metrics"], rel=1e-6, abs=1e-9)
+    assert slurm[0]["do_test_calls"] == {"VAL": 1, "TEST": 1}
+    assert list(Path(slurm[0]["directory"], "submitit").glob("*_result.pkl"))

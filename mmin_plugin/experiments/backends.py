@@ -23,7 +23,7 @@ logger = logging.getLogger("MMSA." + __name__)
 
 __all__ = ["SerialBackend", "RayBackend", "make_backend", "ray_session", "BACKENDS"]
 
-BACKENDS = ("serial", "ray")
+BACKENDS = ("serial", "ray", "slurm")
 
 
 def failed_row(trial: Trial, error: str) -> Dict:
@@ -217,9 +217,15 @@ class RayBackend:
 
 
 def make_backend(name: str = "serial", address=None, cpus_per_trial=1.0, gpus_per_trial=0.0, max_concurrent=None,
-                 num_cpus=None, trial_fn=None, reuse_workers=False, pool=True):
+                 num_cpus=None, trial_fn=None, reuse_workers=False, pool=True, slurm_params=None):
     if name == "serial":
         return SerialBackend(trial_fn)
+    if name == "slurm":
+        from .slurm import SlurmBackend
+
+        params = dict(slurm_params or {})
+        cluster = params.pop("cluster", None)  # 'local': submitit's LocalExecutor (tests, no Slurm)
+        return SlurmBackend(cpus_per_trial, gpus_per_trial, max_concurrent, trial_fn, cluster, params)
     if name == "ray":
         return RayBackend(address, cpus_per_trial, gpus_per_trial, max_concurrent, num_cpus, trial_fn, reuse_workers,
                           pool)

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from ..atomic import atomic_write_text
 from ..errors import MMINConfigError
 from .backends import make_backend
-from .trial import ROW_FILE, Trial, read_row
+from .trial import ROW_FILE, Trial, read_row, write_outputs
 
 logger = logging.getLogger("MMSA." + __name__)
 
@@ -27,10 +27,11 @@ OUTPUT_GLOBS = ("compare-*", "ablation-*", "tune-*", "curves-*")
 
 @dataclasses.dataclass
 class SweepOptions:
-    """How trials run: `backend` ('serial' | 'ray'), Ray's `address`, resources per trial,
+    """How trials run: `backend` ('serial' | 'ray' | 'slurm'), Ray's `address`, resources per trial,
     `max_concurrent`, `retries` (extra attempts of a failed trial), `resume` / `overwrite`,
     `pool` (Ray: long-lived actors, a forked child per trial; else a Ray task per trial),
-    `reuse_workers` (Ray tasks: a worker process runs several trials), and (for
+    `reuse_workers` (Ray tasks: a worker process runs several trials), `slurm_params` (submitit's
+    executor parameters; 'cluster': 'local' runs the jobs locally), and (for
     tests) `num_cpus` of a local Ray instance and `trial_fn` (default trial.run_trial)."""
 
     backend: str = "serial"
@@ -45,6 +46,7 @@ class SweepOptions:
     trial_fn: Optional[Callable] = None
     reuse_workers: bool = False
     pool: bool = True
+    slurm_params: Dict = dataclasses.field(default_factory=dict)
 
 
 def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
@@ -173,7 +175,7 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
     if not todo and source is None:
         return [rows[t.key] for t in trials]
     backend = make_backend(opts.backend, opts.address, opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent,
-                           opts.num_cpus, opts.trial_fn, opts.reuse_workers, opts.pool)
+                           opts.num_cpus, opts.trial_fn, opts.reuse_workers, opts.pool, opts.slurm_params)
     progress = _Progress(max(total or 0, len(trials)), len(rows), backend.slots, desc)
     attempts: Dict[tuple, int] = {}
     submitted: Dict[tuple, float] = {}
@@ -218,6 +220,7 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
                 queue.insert(0, t)
             rows[t.key] = row
             _keep_row(t, row)
+            write_outputs(t, row)  # TensorBoard and figures here on the driver, off the trial's time
             if on_row is not None:
                 on_row(t, row)
             if on_final is not None and not again:

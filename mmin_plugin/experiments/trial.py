@@ -22,7 +22,7 @@ from ..atomic import atomic_write_text
 
 logger = logging.getLogger("MMSA." + __name__)
 
-__all__ = ["Trial", "run_trial", "read_row", "environment", "trial_dir"]
+__all__ = ["Trial", "run_trial", "read_row", "environment", "trial_dir", "write_outputs"]
 
 ROW_FILE = "row.json"
 
@@ -195,20 +195,14 @@ def run_trial(trial: Trial) -> Dict:
     row["t_start"] = time.time()
     row["environment"] = environment()
     atomic_write_text(d / ROW_FILE, json.dumps(row, indent=1, default=str))
-    scalars = _Scalars(d / "tb")
     report = None
     if trial.study:
         from .study import epoch_reporter
 
         report = epoch_reporter(trial.study, lambda: probe.key_eval)
 
-    def on_valid(epoch, res):
-        scalars.add("valid", epoch, res)
-        if report is not None:
-            report(epoch, res)  # may raise optuna.TrialPruned
-
     probe = runner.TrialProbe(max_epochs=trial.config.get("max_epochs"), skip_test=trial.skip_test,
-                              on_valid=on_valid)
+                              on_valid=report)  # report may raise optuna.TrialPruned
     t0 = time.perf_counter()
     try:
         with runner.own_mmsa_handlers(), runner.instrument_trainers(probe):
@@ -251,18 +245,30 @@ def run_trial(trial: Trial) -> Dict:
             row["pretrained"] = str(a.get("pretrained") or "") if a.get("use_bert") else ""
             row["early_stop"] = a.get("early_stop")
             row["config"] = _jsonable(a)
-        try:
-            hist = _history_scalars(scalars, history)
-            row["has_history"] = bool(hist)
-            if hist:
-                _curves(trial, hist)
-        except Exception as exc:  # curves are a convenience; never lose a result over them
-            logger.warning("training curves of %s not written: %s", d, _error_text(exc))
-        scalars.close()
+        row["has_history"] = history.is_file()
         if row["status"] == "running":  # interrupted (KeyboardInterrupt): not finished
             row.update(status="interrupted", error="interrupted")
         atomic_write_text(d / ROW_FILE, json.dumps(row, indent=1, default=str))
     return row
+
+
+def write_outputs(trial: Trial, row: Dict) -> None:
+    """TensorBoard events (`tb/`: validation per epoch, MMIN's history) and `curves.png` of a finished
+    trial, from its row and history file. Run by the sweep on the driver after the trial, so neither
+    TensorBoard nor matplotlib is in the trial's process or time; a trial folder the driver cannot
+    see (a multi-node cluster without a shared file system) gets the validation events only."""
+    scalars = _Scalars(trial.path / "tb")
+    try:
+        for i, res in enumerate(row.get("valid_per_epoch") or []):
+            scalars.add("valid", i + 1, res)
+        ckpt = trial.path / "models" / f"{trial.model.lower()}-{trial.dataset}.pth"
+        hist = _history_scalars(scalars, ckpt.with_name(ckpt.stem + ".history.json"))
+        if hist:
+            _curves(trial, hist)
+    except Exception as exc:  # curves are a convenience; never lose a result over them
+        logger.warning("training curves of %s not written: %s", trial.path, _error_text(exc))
+    finally:
+        scalars.close()
 
 
 def main(argv=None) -> int:
@@ -271,7 +277,9 @@ def main(argv=None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    row = run_trial(Trial(**spec))
+    trial = Trial(**spec)
+    row = run_trial(trial)
+    write_outputs(trial, row)
     return 0 if row["status"] == "ok" else 1
 
 
