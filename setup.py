@@ -41,7 +41,9 @@ setup(
         "test": ["pytest", "hypothesis", "ruff"],
         "bench": ["entmax", "psutil"],
         "ray": ["ray[default]>=2.9"],
-        "tune": ["optuna>=3"],
+        "tune": ["optuna>=4"],
+        "dashboard": ["optuna-dashboard"],
+        "slurm": ["submitit>=1.5"],
     },
     entry_points={"console_scripts": ["mmin-plugin=mmin_plugin.cli:main"]},
 )

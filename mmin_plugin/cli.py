@@ -158,7 +158,7 @@ def _common_run_options(p):
 
 def _experiment_options(p, name):
     """Options of `compare` / `ablate` / `tune` (choices from mmin_plugin.constants and experiments.variants)."""
-    from .constants import DEFAULT_SEEDS
+    from .constants import DEFAULT_SEEDS, TUNE_SEED
     from .experiments.backends import BACKENDS
     from .experiments.variants import DESIGN_VARIANTS, PAPER_VARIANTS
 
@@ -167,9 +167,14 @@ def _experiment_options(p, name):
         p.add_argument("-d", "--dataset", default="mosi", type=_dataset)
         p.add_argument("--trials", type=_positive, default=20, help="number of search trials")
         p.add_argument("--search", default="random", choices=("random", "optuna"),
-                       help="optuna: pip install -e .[tune]")
-        p.add_argument("--seed", type=_seed, default=DEFAULT_SEEDS[0],
-                       help="sampler seed and search-trial training seed")
+                       help="Optuna's RandomSampler or TPESampler (constant_liar), both seeded")
+        p.add_argument("--prune", default="none", choices=("none", "median", "halving"),
+                       help="stop unpromising search trials by their per-epoch validation score")
+        p.add_argument("--rescore-top", type=_int_at_least(0, "a count"), default=0, metavar="K",
+                       help="re-score the K best configurations on --rescore-seeds more seeds (VALID) before choosing")
+        p.add_argument("--rescore-seeds", type=_positive, default=2)
+        p.add_argument("--seed", type=_seed, default=TUNE_SEED,
+                       help="sampler seed and search-trial training seed (not one of the final seeds)")
         p.add_argument("--final-seeds", type=_seed, nargs="+", default=list(DEFAULT_SEEDS))
     else:
         p.add_argument("--dataset", "--datasets", dest="datasets", nargs="+", default=["mosi"], type=_dataset)
@@ -202,8 +207,12 @@ def _experiment_options(p, name):
                    help="ray: fractions share a GPU (0.5 = 2 per GPU)")
     g.add_argument("--max-concurrent", type=_positive, help="ray: at most this many trials at once")
     g.add_argument("--retries", type=_workers, default=0, help="re-run a failed trial up to N times")
+    g.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="slurm: a submitit executor parameter (e.g. slurm_partition=gpu, timeout_min=120)")
+    g.add_argument("--no-pool", dest="pool", action="store_false",
+                   help="ray: each trial a Ray task in a fresh worker (default: long-lived actors, a child each)")
     g.add_argument("--reuse-workers", action="store_true",
-                   help="ray: a worker process runs several trials (saves its start-up; default: one process a trial)")
+                   help="ray --no-pool: a worker process runs several trials (default: one process a trial)")
     g.add_argument("--resume", action="store_true",
                    help="skip finished trials whose fingerprint (config, data, code versions...) is unchanged")
     g.add_argument("--resume-across-code-versions", action="store_true",
@@ -221,7 +230,8 @@ def _sweep_options(a):
     return SweepOptions(backend=a.backend, address=a.address, cpus_per_trial=a.cpus_per_trial,
                         gpus_per_trial=a.gpus_per_trial, max_concurrent=a.max_concurrent, retries=a.retries,
                         resume=a.resume, overwrite=a.overwrite, reuse_workers=a.reuse_workers,
-                        resume_across_code_versions=a.resume_across_code_versions)
+                        resume_across_code_versions=a.resume_across_code_versions,
+                        pool=a.pool, slurm_params=_parse_set(a.slurm_param))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -374,7 +384,7 @@ def cmd_tune(a) -> int:
     run_tune(a.model, a.dataset, trials=a.trials, search=a.search, seed=a.seed, final_seeds=a.final_seeds,
              feature_path=a.feature_path, pretrained=a.pretrained, max_epochs=a.max_epochs, out_dir=a.out,
              overrides=_parse_set(a.set), gpu_ids=list(a.gpu_ids), num_workers=a.num_workers,
-             sweep=_sweep_options(a))
+             sweep=_sweep_options(a), prune=a.prune, rescore_top=a.rescore_top, rescore_seeds=a.rescore_seeds)
     return 0
 
 

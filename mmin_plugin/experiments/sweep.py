@@ -17,7 +17,7 @@ from ..errors import MMINConfigError
 from .backends import make_backend
 from .fingerprint import changed_parts, fingerprint
 from .lock import LOCK_FILE, OutLock, lock_out
-from .trial import ROW_FILE, Trial, read_row, read_row_checked
+from .trial import ROW_FILE, Trial, read_row, read_row_checked, write_outputs
 
 logger = logging.getLogger("MMSA." + __name__)
 
@@ -29,11 +29,13 @@ OUTPUT_GLOBS = ("compare-*", "ablation-*", "tune-*", "curves-*")
 
 @dataclasses.dataclass
 class SweepOptions:
-    """How trials run: `backend` ('serial' | 'ray'), Ray's `address`, resources per trial,
+    """How trials run: `backend` ('serial' | 'ray' | 'slurm'), Ray's `address`, resources per trial,
     `max_concurrent`, `retries` (extra attempts of a failed trial), `resume` / `overwrite`,
     `resume_across_code_versions` (resume keeps rows whose fingerprint differs only in the code
     versions, and older rows without a fingerprint whose overrides match),
-    `reuse_workers` (Ray: a worker process runs several trials), and (for
+    `pool` (Ray: long-lived actors, a forked child per trial; else a Ray task per trial),
+    `reuse_workers` (Ray tasks: a worker process runs several trials), `slurm_params` (submitit's
+    executor parameters; 'cluster': 'local' runs the jobs locally), and (for
     tests) `num_cpus` of a local Ray instance and `trial_fn` (default trial.run_trial)."""
 
     backend: str = "serial"
@@ -48,6 +50,8 @@ class SweepOptions:
     trial_fn: Optional[Callable] = None
     reuse_workers: bool = False
     resume_across_code_versions: bool = False
+    pool: bool = True
+    slurm_params: Dict = dataclasses.field(default_factory=dict)
 
 
 def prepare_out(out: Path, resume: bool, overwrite: bool) -> OutLock:
@@ -121,6 +125,8 @@ class _Progress:
 
 
 def _line(row: Dict) -> str:
+    if row.get("status") == "pruned":
+        return f"pruned after {row.get('epochs')} epoch(s) ({float(row.get('wall_time_s') or 0):.1f} s)"
     if row.get("status") == "ok":
         m = row.get("metrics") or {}
         brief = " ".join(f"{k} {m[k]:.4f}" for k in ("MAE", "Corr") if k in m)
@@ -159,15 +165,25 @@ def _keep_row(trial: Trial, row: Dict) -> None:
         atomic_write_text(trial.path / ROW_FILE, json.dumps(row, indent=1, default=str))
 
 
+#: row statuses that end a trial: 'pruned' (stopped by tune's pruner) is final but not a result
+FINAL = ("ok", "pruned")
+
+
 def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials",
-               on_row: Optional[Callable[[Trial, Dict], None]] = None) -> List[Dict]:
+               on_row: Optional[Callable[[Trial, Dict], None]] = None,
+               source: Optional[Callable[[], Optional[Trial]]] = None, total: Optional[int] = None,
+               on_final: Optional[Callable[[Trial, Dict], None]] = None) -> List[Dict]:
     """Run every trial not yet finished (with `opts.resume`, a trial whose row.json says 'ok' is
     skipped), at most `backend.slots` at once, a failed one up to `opts.retries` more times unless
     its error is deterministic (trial.DETERMINISTIC_ERRORS; each attempt in a clean folder, the
     previous one's files in `attempt-<k>/`);
-    `on_row(trial, row)` after each finished attempt. Returns the rows in `trials` order."""
+    `on_row(trial, row)` after each finished attempt, `on_final(trial, row)` once per trial with its
+    last row (a skipped one included). `source()`, when given, is asked for another trial whenever a
+    slot is free and `trials` are all out (None: no more), so a search can ask for its next trial
+    knowing every result so far (`total`: its expected count, for the progress bar). Returns the
+    rows in `trials` order, then the source's."""
     rows: Dict[tuple, Dict] = {}
-    todo = []
+    todo, order = [], list(trials)
     for t in trials:
         old, problem = read_row_checked(t.directory) if opts.resume else (None, None)
         if problem:
@@ -176,9 +192,11 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
             print(f"[{desc}] resume: {t.path / ROW_FILE} is the row of {old['run']}/{old['dataset']}/seed"
                   f"{old['seed']}, not of this trial; runs again", flush=True)
             old = None
-        why = _why_rerun(old, t, opts) if old is not None and old.get("status") == "ok" else "not finished"
+        why = _why_rerun(old, t, opts) if old is not None and old.get("status") in FINAL else "not finished"
         if why is None:
             rows[t.key] = old
+            if on_final is not None:
+                on_final(t, old)
         else:
             if old is not None and old.get("status") == "ok":
                 print(f"[{desc}] resume: {t.label or t.run} {t.dataset} seed {t.seed} runs again: {why}", flush=True)
@@ -186,18 +204,29 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
     if opts.resume:
         print(f"[{desc}] resume: {len(rows)} of {len(trials)} trial(s) already finished, skipped; "
               f"running {len(todo)}", flush=True)
-    if not todo:
+    if not todo and source is None:
         return [rows[t.key] for t in trials]
     backend = make_backend(opts.backend, opts.address, opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent,
-                           opts.num_cpus, opts.trial_fn, opts.reuse_workers)
-    progress = _Progress(len(trials), len(rows), backend.slots, desc)
+                           opts.num_cpus, opts.trial_fn, opts.reuse_workers, opts.pool, opts.slurm_params)
+    progress = _Progress(max(total or 0, len(trials)), len(rows), backend.slots, desc)
     attempts: Dict[tuple, int] = {}
     submitted: Dict[tuple, float] = {}
     queue, in_flight, n = list(todo), 0, 0
+
+    def next_trial() -> Optional[Trial]:
+        if queue:
+            return queue.pop(0)
+        t = source() if source is not None else None
+        if t is not None:
+            order.append(t)
+        return t
+
     try:
-        while queue or in_flight:
-            while queue and in_flight < backend.slots:
-                t = queue.pop(0)
+        while True:
+            while in_flight < backend.slots:
+                t = next_trial()
+                if t is None:
+                    break
                 attempts[t.key] = attempts.get(t.key, 0) + 1
                 n += attempts[t.key] == 1
                 retry = f" (attempt {attempts[t.key]})" if attempts[t.key] > 1 else ""
@@ -207,11 +236,13 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
                 submitted[t.key] = time.monotonic()
                 in_flight += 1
                 progress.started()
+            if not in_flight:
+                break
             t, row = backend.wait()
             in_flight -= 1
-            again = (row.get("status") != "ok" and attempts[t.key] <= opts.retries
+            again = (row.get("status") not in FINAL and attempts[t.key] <= opts.retries
                      and row.get("deterministic") is not True)  # bad data/config, NaN loss: same again
-            if row.get("status") != "ok" and not again:
+            if row.get("status") not in FINAL and not again:
                 progress.failed_one()
             progress.finished(time.monotonic() - submitted[t.key], final=not again)
             progress.write(f"[{desc}] {t.label or t.run} {t.dataset} seed {t.seed}: {_line(row)}"
@@ -224,9 +255,12 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
                 queue.insert(0, t)
             rows[t.key] = row
             _keep_row(t, row)
+            write_outputs(t, row)  # TensorBoard and figures here on the driver, off the trial's time
             if on_row is not None:
                 on_row(t, row)
+            if on_final is not None and not again:
+                on_final(t, row)
     finally:
         progress.close()
         backend.close()
-    return [rows[t.key] for t in trials if t.key in rows]
+    return [rows[t.key] for t in order if t.key in rows]

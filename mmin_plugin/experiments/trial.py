@@ -23,7 +23,8 @@ from ..errors import MMINConfigError, MMINDataError, NonFiniteLossError
 
 logger = logging.getLogger("MMSA." + __name__)
 
-__all__ = ["Trial", "run_trial", "read_row", "environment", "trial_dir", "read_predictions", "PREDICTIONS_FILE"]
+__all__ = ["Trial", "run_trial", "read_row", "environment", "trial_dir", "read_predictions", "PREDICTIONS_FILE",
+           "write_outputs"]
 
 ROW_FILE = "row.json"
 #: a previous attempt's files move to `<trial>/attempt-<k>/` (k = 1, 2, ...) before the trial runs again
@@ -57,6 +58,7 @@ class Trial:
     gpu_ids: List[int] = dataclasses.field(default_factory=list)
     num_workers: int = 0
     verbose_level: int = 0
+    study: Optional[Dict] = None  # tune with pruning: where to report each epoch (study.epoch_reporter)
 
     @property
     def key(self) -> tuple:
@@ -315,9 +317,14 @@ def run_trial(trial: Trial) -> Dict:
     row["t_start"] = time.time()
     row["environment"] = environment()
     atomic_write_text(d / ROW_FILE, json.dumps(row, indent=1, default=str))
-    scalars = _Scalars(d / "tb")
+    report = None
+    if trial.study:
+        from .study import epoch_reporter
+
+        report = epoch_reporter(trial.study, lambda: probe.key_eval)
+
     probe = runner.TrialProbe(max_epochs=trial.config.get("max_epochs"), skip_test=trial.skip_test,
-                              on_valid=lambda epoch, res: scalars.add("valid", epoch, res))
+                              on_valid=report)  # report may raise optuna.TrialPruned
     t0 = time.perf_counter()
     try:
         with runner.own_mmsa_handlers(), runner.instrument_trainers(probe):
@@ -332,19 +339,30 @@ def run_trial(trial: Trial) -> Dict:
                    checkpoint=str(ckpt) if ckpt.is_file() else "")
         if trial.skip_test:  # what _run handed back is the best validation result, not a test score
             row["metrics"] = {}
+            if ckpt.is_file():  # a search trial is scored: its weights are never tested, so not kept
+                ckpt.unlink()
+                row["checkpoint"] = ""
         else:
             row["metrics"] = final
             if probe.test_predictions is not None:
                 write_predictions(d, probe.test_predictions)
                 row["predictions"] = PREDICTIONS_FILE
     except Exception as exc:  # recorded; the sweep goes on
-        row.update(status="failed", error=_error_text(exc), deterministic=isinstance(exc, DETERMINISTIC_ERRORS))
-        with contextlib.suppress(OSError):
-            (d / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        from .study import is_pruned
+
+        if is_pruned(exc):  # stopped by the study's pruner: neither failed nor a finished result
+            row.update(status="pruned", error=_error_text(exc), epochs=probe.epochs, stopped_by="pruned")
+            with contextlib.suppress(OSError):
+                ckpt.unlink(missing_ok=True)
+        else:
+            row.update(status="failed", error=_error_text(exc),
+                       deterministic=isinstance(exc, DETERMINISTIC_ERRORS))
+            with contextlib.suppress(OSError):
+                (d / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
     finally:
         row["wall_time_s"], row["t_end"] = round(time.perf_counter() - t0, 3), time.time()
         best = probe.best_valid()
-        row.update(key_eval=probe.key_eval, valid_metrics=best or {},
+        row.update(key_eval=probe.key_eval, valid_lower_is_better=probe.lower_is_better, valid_metrics=best or {},
                    valid_score=(best or {}).get(probe.key_eval), valid_per_epoch=probe.valid,
                    do_test_calls=dict(probe.modes))
         if probe.args is not None:  # what MMSA's _run really used (after $MMSA_DATASET_ROOT re-rooting)
@@ -353,18 +371,30 @@ def run_trial(trial: Trial) -> Dict:
             row["pretrained"] = str(a.get("pretrained") or "") if a.get("use_bert") else ""
             row["early_stop"] = a.get("early_stop")
             row["config"] = _jsonable(a)
-        try:
-            hist = _history_scalars(scalars, history)
-            row["has_history"] = bool(hist)
-            if hist:
-                _curves(trial, hist)
-        except Exception as exc:  # curves are a convenience; never lose a result over them
-            logger.warning("training curves of %s not written: %s", d, _error_text(exc))
-        scalars.close()
+        row["has_history"] = history.is_file()
         if row["status"] == "running":  # interrupted (KeyboardInterrupt): not finished
             row.update(status="interrupted", error="interrupted")
         atomic_write_text(d / ROW_FILE, json.dumps(row, indent=1, default=str))
     return row
+
+
+def write_outputs(trial: Trial, row: Dict) -> None:
+    """TensorBoard events (`tb/`: validation per epoch, MMIN's history) and `curves.png` of a finished
+    trial, from its row and history file. Run by the sweep on the driver after the trial, so neither
+    TensorBoard nor matplotlib is in the trial's process or time; a trial folder the driver cannot
+    see (a multi-node cluster without a shared file system) gets the validation events only."""
+    scalars = _Scalars(trial.path / "tb")
+    try:
+        for i, res in enumerate(row.get("valid_per_epoch") or []):
+            scalars.add("valid", i + 1, res)
+        ckpt = trial.path / "models" / f"{trial.model.lower()}-{trial.dataset}.pth"
+        hist = _history_scalars(scalars, ckpt.with_name(ckpt.stem + ".history.json"))
+        if hist:
+            _curves(trial, hist)
+    except Exception as exc:  # curves are a convenience; never lose a result over them
+        logger.warning("training curves of %s not written: %s", trial.path, _error_text(exc))
+    finally:
+        scalars.close()
 
 
 def main(argv=None) -> int:
@@ -373,7 +403,9 @@ def main(argv=None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    row = run_trial(Trial(**spec))
+    trial = Trial(**spec)
+    row = run_trial(trial)
+    write_outputs(trial, row)
     return 0 if row["status"] == "ok" else 1
 
 

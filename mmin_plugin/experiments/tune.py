@@ -1,8 +1,10 @@
-"""`tune`: an honest hyper-parameter search. Seeded sampling over the model's MMSA tune space
-(`debugParams.d_paras`); every search trial trains on TRAIN and is scored on its best VALID KeyEval,
-TEST is never evaluated during the search; the chosen config is retrained with the final seeds
-and tested once. Writes `tune-<model>-<dataset>.{csv,md,json}`. Design notes:
-docs/design/experiments.md.
+"""`tune`: an honest hyper-parameter search. An Optuna study (experiments/study.py: seeded random or
+TPE sampling, journal in `--out`, optional pruning) over the model's MMSA tune space
+(`debugParams.d_paras`), trials asynchronous with as many in flight as the backend has slots; every
+search trial trains on TRAIN and is scored on its best VALID KeyEval, TEST is never evaluated during
+the search; `rescore_top` re-scores the best configs on more seeds (VALID only); the chosen config is
+retrained with the final seeds (disjoint from the search seeds) and tested once. Writes
+`tune-<model>-<dataset>.{csv,md,json,optuna.log}`. Design notes: docs/design/experiments.md.
 """
 from __future__ import annotations
 
@@ -10,28 +12,31 @@ import copy
 import datetime as _dt
 import json
 import logging
-import random
+import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import pandas as pd
 
 from ..atomic import atomic_write_text
-from ..constants import DEFAULT_SEEDS, LOWER_IS_BETTER
+from ..constants import DEFAULT_SEEDS, LOWER_IS_BETTER, TUNE_SEED
 from ..errors import MMINConfigError
 from . import report
 from .aggregate import summarize
 from .backends import ray_session
 from .compare import check_datasets, check_file, check_max_epochs, check_seeds, split_overrides
+from .study import PRUNERS, SAMPLERS, journal_path, open_study, spec_for
 from .sweep import SweepOptions, prepare_out, run_trials
-from .trial import Trial, trial_dir
+from .trial import Trial, read_row, trial_dir
 from .variants import RunSpec
 
 logger = logging.getLogger("MMSA." + __name__)
 
-__all__ = ["search_space", "sample_random", "mmsa_config_file", "run_tune", "SEARCHES"]
+__all__ = ["search_space", "mmsa_config_file", "run_tune", "SEARCHES"]
 
-SEARCHES = ("random", "optuna")
+SEARCHES = SAMPLERS
+#: extra seeds each of the `rescore_top` best configurations is re-scored on
+RESCORE_SEEDS = 2
 #: config keys that are data/run options of the CLI, not hyper-parameters (kept out of the config file)
 RUN_OPTIONS = ("featurePath", "pretrained", "max_epochs")
 
@@ -91,50 +96,6 @@ def _assemble(space: Dict, picked: Dict[str, object]) -> Dict:
     return cfg
 
 
-def sample_random(space: Dict, n: int, seed: int) -> List[Dict]:
-    """`n` distinct configs drawn with `random.Random(seed)` (fewer if the space has fewer)."""
-    rng, dims = random.Random(seed), _choices(space)
-    out, seen = [], set()
-    for _ in range(n * 100):
-        if len(out) == n:
-            break
-        cfg = _assemble(space, {k: rng.choice(vals) for k, vals in dims.items()})
-        key = json.dumps(cfg, sort_keys=True, default=str)
-        if key not in seen:
-            seen.add(key)
-            out.append(cfg)
-    if len(out) < n:
-        logger.warning("tune: the search space has only %d distinct configurations; %d requested", len(out), n)
-    return out
-
-
-class _Optuna:
-    """Optuna's TPE sampler (seeded) through ask/tell over the same categorical dimensions."""
-
-    def __init__(self, space: Dict, seed: int, lower_is_better: bool):
-        try:
-            import optuna
-        except ImportError as exc:
-            raise MMINConfigError("search 'optuna': expected the optuna package; found it is not installed "
-                                  "(pip install -e \".[tune]\")") from exc
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.optuna, self.space, self.dims = optuna, space, _choices(space)
-        self.study = optuna.create_study(direction="minimize" if lower_is_better else "maximize",
-                                         sampler=optuna.samplers.TPESampler(seed=seed))
-        self.dists = {k: optuna.distributions.CategoricalDistribution(list(range(len(v))))
-                      for k, v in self.dims.items()}
-
-    def ask(self):
-        t = self.study.ask(self.dists)
-        return t, _assemble(self.space, {k: self.dims[k][t.params[k]] for k in self.dims})
-
-    def tell(self, t, score: Optional[float]) -> None:
-        if score is None:
-            self.study.tell(t, state=self.optuna.trial.TrialState.FAIL)
-        else:
-            self.study.tell(t, score)
-
-
 def mmsa_config_file(model: str, dataset: str, params: Dict) -> Dict:
     """An MMSA config (config_regression.json's schema) for `model` with `params` in
     `datasetParams[dataset]` (which MMSA merges last), for `MMSA_run(config_file=...)` and
@@ -154,14 +115,18 @@ def _flat(cfg: Dict) -> Dict:
     return out
 
 
-def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = "random", seed: int = 1111,
+def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = "random", seed: int = TUNE_SEED,
              final_seeds: Sequence[int] = DEFAULT_SEEDS, feature_path=None, pretrained=None, max_epochs=None,
              out_dir="mmin-results", overrides=None, gpu_ids=(), num_workers=0, verbose_level=0,
-             sweep: Optional[SweepOptions] = None) -> Dict:
+             sweep: Optional[SweepOptions] = None, prune: str = "none", rescore_top: int = 0,
+             rescore_seeds: int = RESCORE_SEEDS) -> Dict:
     """Search `trials` configs of `model`'s tune space on `dataset` (training seed `seed`, sampler
-    seed `seed`), each scored on its best validation KeyEval (TEST not evaluated), then retrain the
-    best with `final_seeds` and test once. Keys fixed by `overrides` are not searched.
-    Returns {'chosen': config, 'search': rows, 'final': rows, 'paths': {...}}."""
+    seed `seed`), each scored on its best validation KeyEval (TEST not evaluated; `prune`: 'median' or
+    'halving' stops unpromising trials by their per-epoch validation score); with `rescore_top` K,
+    the K best are trained again with `rescore_seeds` more seeds (seed+1, ...) and ranked by their
+    mean validation score; then retrain the best with `final_seeds` (disjoint from every search
+    seed) and test once. Keys fixed by `overrides` are not searched.
+    Returns {'chosen': config, 'search': rows, 'final': rows, 'rescore': rows, 'paths': {...}}."""
     import mmin_plugin  # noqa: F401  (MMIN registered, compatibility layer applied)
 
     model = str(model).lower()
@@ -171,6 +136,16 @@ def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = 
     if trials < 1:
         raise MMINConfigError(f"trials: expected a positive integer; found {trials!r}")
     final_seeds, max_epochs = check_seeds(final_seeds), check_max_epochs(max_epochs)
+    if prune not in PRUNERS:
+        raise MMINConfigError(f"prune: expected one of {list(PRUNERS)}; found {prune!r}")
+    if int(rescore_top) < 0 or int(rescore_seeds) < 1:
+        raise MMINConfigError(f"rescore_top / rescore_seeds: expected >= 0 / >= 1; found {rescore_top} / "
+                              f"{rescore_seeds}")
+    search_seeds = [int(seed)] + ([int(seed) + k for k in range(1, int(rescore_seeds) + 1)] if rescore_top else [])
+    if set(search_seeds) & set(final_seeds):
+        raise MMINConfigError(f"seed: expected search seeds {search_seeds} that are not one of the final seeds "
+                              f"{list(final_seeds)} (a final run would repeat a search run); found "
+                              f"{sorted(set(search_seeds) & set(final_seeds))} in both")
     feature_path = check_file(feature_path, "feature file")
     sweep = sweep or SweepOptions()
     common, scoped = split_overrides(overrides)
@@ -178,6 +153,7 @@ def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = 
     space = {k: v for k, v in search_space(model).items() if k not in fixed}
     key_eval = str(_key_eval(model, dataset, fixed))
     lower = key_eval in LOWER_IS_BETTER
+    _check_selection_rule(model, key_eval)
     base = dict(fixed)
     if feature_path:
         base["featurePath"] = feature_path
@@ -195,38 +171,85 @@ def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = 
                      num_workers=int(num_workers or 0), verbose_level=verbose_level)
 
     with ray_session(sweep.backend, sweep.address, sweep.num_cpus):
-        return _search_and_retrain(model, dataset, search, int(trials), seed, final_seeds, space, lower, key_eval,
-                                   fixed, sweep, stem, trial)
+        search_rows, configs = _search(model, dataset, search, int(trials), seed, space, lower, prune, sweep, stem,
+                                       trial)
+        return _choose_and_retrain(model, dataset, search, seed, final_seeds, lower, key_eval, fixed, sweep, stem,
+                                   trial, search_rows, configs, int(rescore_top), search_seeds[1:], prune)
 
 
-def _search_and_retrain(model, dataset, search, trials, seed, final_seeds, space, lower, key_eval, fixed, sweep,
-                        stem, trial) -> Dict:
-    # --- the search: validation only -----------------------------------------------------------
-    search_rows, configs = [], []
-    if search == "random":
-        configs = sample_random(space, trials, seed)
-        ts = [trial(f"{model}-trial-{i:03d}", seed, c, True, f"trial {i}") for i, c in enumerate(configs)]
-        search_rows = run_trials(ts, sweep, desc=f"tune {model} {dataset} search")
-    else:
-        opt = _Optuna(space, seed, lower)
-        batch = max(1, sweep.max_concurrent or 1)
-        while len(configs) < trials:
-            asked = [opt.ask() for _ in range(min(batch, trials - len(configs)))]
-            ts = [trial(f"{model}-trial-{len(configs) + j:03d}", seed, c, True, f"trial {len(configs) + j}")
-                  for j, (_, c) in enumerate(asked)]
-            rows = run_trials(ts, sweep, desc=f"tune {model} {dataset} search")
-            for (t, _), row in zip(asked, rows):
-                opt.tell(t, row.get("valid_score") if row.get("status") == "ok" else None)
-            configs += [c for _, c in asked]
-            search_rows += rows
-    scored = [(i, r["valid_score"]) for i, r in enumerate(search_rows)
-              if r.get("status") == "ok" and r.get("valid_score") is not None]
+def _search(model, dataset, search, n, seed, space, lower, prune, sweep, stem, trial):
+    """The study's trials, asked one at a time whenever the backend has a free slot (no rounds);
+    on resume, trials the study started but never got a result for run again in their own folders.
+    Returns (rows, configs) in trial-number order."""
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState
+
+    path = journal_path(stem)
+    study = open_study(path, f"{model}-{dataset}", search, seed, lower, prune)
+    dims = _choices(space)
+    dists = {k: CategoricalDistribution(list(range(len(v)))) for k, v in dims.items()}
+    numbers: Dict[tuple, int] = {}
+    searched: Dict[int, Dict] = {}  # trial number -> its config (the searched keys)
+
+    def as_trial(number: int, trial_id: int, params: Dict) -> Trial:
+        cfg = _assemble(space, {k: dims[k][params[k]] for k in dims})
+        t = trial(f"{model}-trial-{number:03d}", seed, cfg, True, f"trial {number}")
+        searched[number] = cfg
+        t.study = spec_for(path, study, trial_id, prune)
+        numbers[t.key] = number
+        return t
+
+    def source() -> Optional[Trial]:
+        if len(study.get_trials(deepcopy=False)) >= n:
+            return None
+        ot = study.ask(dists)
+        return as_trial(ot.number, ot._trial_id, ot.params)
+
+    def on_final(t: Trial, row: Dict) -> None:
+        number, score = numbers[t.key], _score(row)
+        if score is not None:
+            study.tell(number, score)
+        else:
+            study.tell(number, state=TrialState.PRUNED if row.get("status") == "pruned" else TrialState.FAIL)
+
+    unfinished = [as_trial(ft.number, ft._trial_id, ft.params) for ft in study.get_trials(deepcopy=False)
+                  if ft.state == TrialState.RUNNING]
+    run_trials(unfinished, sweep, desc=f"tune {model} {dataset} search", source=source, total=n, on_final=on_final)
+    rows, configs = [], []
+    for ft in sorted(study.get_trials(deepcopy=False), key=lambda ft: ft.number):
+        t = as_trial(ft.number, ft._trial_id, ft.params)
+        row = read_row(t.directory) or {"run": t.run, "seed": t.seed, "status": ft.state.name.lower()}
+        rows.append(row)
+        configs.append(searched[ft.number])
+    return rows, configs
+
+
+def _rank(scored, lower):
+    """Indices of `scored` [(i, score)] best first (ties: the earlier trial)."""
+    return [i for i, _ in sorted(scored, key=lambda t: (t[1] if lower else -t[1], t[0]))]
+
+
+def _choose_and_retrain(model, dataset, search, seed, final_seeds, lower, key_eval, fixed, sweep, stem, trial,
+                        search_rows, configs, rescore_top, rescore_seeds, prune) -> Dict:
+    scored = [(i, _score(r)) for i, r in enumerate(search_rows) if _score(r) is not None]
     if not scored:
-        raise MMINConfigError(f"tune: expected at least one search trial to finish; all {len(search_rows)} failed "
+        raise MMINConfigError(f"tune: expected at least one search trial to finish; none of {len(search_rows)} did "
                               f"(first error: {search_rows[0].get('error') if search_rows else 'none'})")
-    best_i = min(scored, key=lambda t: (t[1] if lower else -t[1], t[0]))[0]  # ties: the earlier trial
+    ranked = _rank(scored, lower)
+    best_i, rescore_rows, rescored = ranked[0], [], {}
+    if rescore_top:  # the K best, trained again on more seeds (VALID only); ranked by the mean over all seeds
+        top = ranked[:rescore_top]
+        ts = [trial(f"{model}-rescore-{i:03d}", s, configs[i], True, f"trial {i} (re-score)")
+              for i in top for s in rescore_seeds]
+        rescore_rows = run_trials(ts, sweep, desc=f"tune {model} {dataset} re-score")
+        for i in top:
+            extra = [_score(r) for r in rescore_rows if r.get("run") == f"{model}-rescore-{i:03d}"]
+            if all(v is not None for v in extra):  # a config that fails on another seed is not chosen
+                rescored[i] = (_score(search_rows[i]) + sum(extra)) / (1 + len(extra))
+        if rescored:
+            best_i = _rank(list(rescored.items()), lower)[0]
     chosen = configs[best_i]
-    test_runs = sum(int((r.get("do_test_calls") or {}).get("TEST", 0)) for r in search_rows)
+    test_runs = sum(int((r.get("do_test_calls") or {}).get("TEST", 0)) for r in search_rows + rescore_rows)
     if test_runs:
         raise RuntimeError(f"tune: the test split was evaluated {test_runs} time(s) during the search")
 
@@ -235,16 +258,36 @@ def _search_and_retrain(model, dataset, search, trials, seed, final_seeds, space
     paths = {e: Path(f"{stem}.{e}") for e in ("csv", "md", "json")}
     atomic_write_text(paths["json"], json.dumps(mmsa_config_file(model, dataset, file_params), indent=2,
                                                 default=str) + "\n")
-    _write_search_csv(paths["csv"], search_rows, configs, best_i)
+    _write_search_csv(paths["csv"], search_rows, configs, best_i, rescored)
     final = [trial(f"{model}-final", s, chosen, False, f"{model} (tuned)") for s in final_seeds]
     final_rows = run_trials(final, sweep, desc=f"tune {model} {dataset} final")
     md = _markdown(model, dataset, search, seed, key_eval, search_rows, configs, best_i, chosen, final_rows,
-                   final_seeds, paths, test_runs, sweep.backend)
+                   final_seeds, paths, test_runs, sweep.backend, prune, rescored, rescore_seeds)
     atomic_write_text(paths["md"], md)
     print()
     print(md)
     print("written: " + "\n         ".join(str(paths[e]) for e in ("md", "csv", "json")), flush=True)
-    return {"chosen": chosen, "search": search_rows, "final": final_rows, "paths": paths, "best_trial": best_i}
+    return {"chosen": chosen, "search": search_rows, "final": final_rows, "rescore": rescore_rows, "paths": paths,
+            "best_trial": best_i, "rescored": rescored}
+
+
+def _score(row: Dict) -> Optional[float]:
+    """A search row's validation score, or None if the trial did not finish or its score is not finite
+    (NaN/inf count as failed: a NaN key would otherwise win `min()` when it comes first)."""
+    v = row.get("valid_score") if row.get("status") == "ok" else None
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def _check_selection_rule(model: str, key_eval: str) -> None:
+    """Ranking and the trainer's checkpoint choice must use the same quantity in the same direction.
+    MMSA's own trainers maximise every KeyEval but 'Loss' (MAE included), so with KeyEval=MAE they
+    keep the epoch of the *worst* validation MAE; such a search is refused."""
+    from ..integration.registry import registered
+
+    if model not in registered() and key_eval in LOWER_IS_BETTER and key_eval != "Loss":
+        raise MMINConfigError(f"KeyEval={key_eval} with model {model!r}: MMSA's trainer keeps the epoch of the "
+                              f"highest validation {key_eval} (it minimises only 'Loss'); expected KeyEval 'Loss' "
+                              "or a higher-is-better metric (e.g. Corr, Has0_acc_2)")
 
 
 def _key_eval(model: str, dataset: str, fixed: Dict) -> str:
@@ -255,29 +298,35 @@ def _key_eval(model: str, dataset: str, fixed: Dict) -> str:
     return mmsa_config(model, dataset).get("KeyEval", "Loss")
 
 
-def _write_search_csv(path, rows, configs, best_i) -> None:
+def _write_search_csv(path, rows, configs, best_i, rescored) -> None:
     recs = []
     for i, (row, cfg) in enumerate(zip(rows, configs)):
         recs.append({"trial": i, "run": row.get("run"), "seed": row.get("seed"), "status": row.get("status"),
                      "error": row.get("error", ""), **_flat(cfg), "key_eval": row.get("key_eval"),
-                     "valid_score": row.get("valid_score"), "epochs": row.get("epochs"),
-                     "wall_time_s": row.get("wall_time_s"), "chosen": i == best_i})
+                     "valid_score": row.get("valid_score"), "rescored_mean": rescored.get(i),
+                     "epochs": row.get("epochs"), "wall_time_s": row.get("wall_time_s"), "chosen": i == best_i})
     atomic_write_text(path, pd.DataFrame(recs).to_csv(index=False, na_rep="", lineterminator="\n"))
 
 
 def _markdown(model, dataset, search, seed, key_eval, search_rows, configs, best_i, chosen, final_rows,
-              final_seeds, paths, test_runs, backend) -> str:
+              final_seeds, paths, test_runs, backend, prune, rescored, rescore_seeds) -> str:
     spec = RunSpec(name=f"{model}-final", model=model, label=f"{model} (tuned)")
     summary = summarize(final_rows, [spec.name])
     n_ok = sum(r.get("status") == "ok" for r in search_rows)
+    n_pruned = sum(r.get("status") == "pruned" for r in search_rows)
+    epochs = sum(int(r.get("epochs") or 0) for r in search_rows)
     best = search_rows[best_i]
     lines = [f"# Tuning {model} on {dataset.upper()}", "",
-             f"- search: {search}, {len(search_rows)} trial(s) ({n_ok} finished), sampler and training seed {seed}, "
-             f"backend {backend}; updated {_dt.datetime.now().isoformat(timespec='seconds')}",
+             f"- search: {search}, {len(search_rows)} trial(s) ({n_ok} finished, {n_pruned} pruned; pruner {prune}; "
+             f"{epochs} epoch(s) in all), sampler and training seed {seed}, backend {backend}; "
+             f"updated {_dt.datetime.now().isoformat(timespec='seconds')}; Optuna study "
+             f"`{journal_path(paths['json'].with_suffix('')).name}`",
              f"- score: best validation `{key_eval}` of each trial "
              f"({'lower' if key_eval in LOWER_IS_BETTER else 'higher'} is better); the test split was evaluated "
              f"{test_runs} time(s) during the search",
-             f"- chosen: trial {best_i} (validation {key_eval} {best['valid_score']:.4f})",
+             f"- chosen: trial {best_i} (validation {key_eval} {best['valid_score']:.4f}"
+             + (f"; mean {rescored[best_i]:.4f} with seeds {', '.join(map(str, rescore_seeds))}, the "
+                f"{len(rescored)} best re-scored" if best_i in rescored else "") + ")",
              f"- final: retrained with seeds {', '.join(map(str, final_seeds))}, tested once; "
              f"config file `{paths['json'].name}` (`compare --config-file {paths['json'].name}`)", "",
              "## Chosen configuration", "", "| key | value |", "|---|---|"]

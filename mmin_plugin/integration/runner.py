@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import time
 from collections import Counter
 from typing import Callable, Dict, List, Optional
 from unittest import mock
@@ -14,8 +16,8 @@ from ..constants import LOWER_IS_BETTER
 
 logger = logging.getLogger("MMSA." + __name__)
 
-__all__ = ["own_mmsa_handlers", "capture_results", "TrialProbe", "instrument_trainers", "epoch_cap", "mmsa_run",
-           "capture_predictions", "test_metrics"]
+__all__ = ["own_mmsa_handlers", "capture_results", "TrialProbe", "selection_rule", "instrument_trainers", "epoch_cap",
+           "mmsa_run", "capture_predictions", "test_metrics"]
 
 
 @contextlib.contextmanager
@@ -34,9 +36,22 @@ def own_mmsa_handlers():
                     h.close()
 
 
+class _NoSleep:
+    """`MMSA.run`'s view of the `time` module without `sleep`: `_run` ends with `time.sleep(1)` (for
+    its optional database's sake), a second of every trial spent doing nothing."""
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds) -> None:
+        return None
+
+
 @contextlib.contextmanager
 def capture_results():
-    """Collect the result dict of every `MMSA.run._run` call made inside the block."""
+    """Collect the result dict of every `MMSA.run._run` call made inside the block (and skip the
+    one-second sleep at the end of each, see `_NoSleep`)."""
     import MMSA.run as mrun
 
     captured: List[Dict] = []
@@ -48,7 +63,7 @@ def capture_results():
             captured.append({k: v for k, v in result.items() if isinstance(v, (int, float))})
         return result
 
-    with mock.patch.object(mrun, "_run", _run):
+    with mock.patch.object(mrun, "_run", _run), mock.patch.object(mrun, "time", _NoSleep()):
         yield captured
 
 
@@ -123,6 +138,16 @@ def test_metrics(dataset: str):
     return metrics
 
 
+def selection_rule(trainer, key_eval: str):
+    """(lower_is_better, initial best) by which `trainer` keeps its checkpoint: MMSA 2.2.1's own
+    trainers minimise only KeyEval 'Loss' and maximise every other key (even MAE), starting from
+    1e8 / 0; trainers outside MMSA (MMIN's) minimise the keys in LOWER_IS_BETTER, from no best."""
+    if type(trainer).__module__.startswith("MMSA."):
+        lower = key_eval == "Loss"
+        return lower, (1e8 if lower else 0.0)
+    return key_eval in LOWER_IS_BETTER, None
+
+
 class TrialProbe:
     """Instruments the trainer MMSA builds for one run (every MMSA 2.2.1 trainer runs: train an
     epoch, `do_test(valid, "VAL")`, keep the best checkpoint, `if epochs - best_epoch >= early_stop:
@@ -133,11 +158,15 @@ class TrialProbe:
       the trainer's own patience test then ends training;
     * records `epochs`, `stopped_by` ('early_stop' / 'max_epochs'), the validation results of every
       epoch (`valid`), the `do_test` calls that ran, by mode (`modes`), and the args the trainer got;
+    * `best_valid()` is the epoch whose weights the trainer kept, by the trainer's own rule
+      (`selection_rule`; `lower_is_better` says which direction that was); a non-finite score never
+      becomes the best;
     * `skip_test=True` (tuning): `do_test(..., mode="TEST")` is NOT run; it returns the best
       validation result instead (the epoch whose checkpoint the trainer kept), so the test split is
       never read and MMSA's `_run` hands back the validation score; otherwise the TEST pass's
       per-sample predictions are kept in `test_predictions` (see `capture_predictions`);
-    * `on_valid(epoch, result)` is called after each validation pass (TensorBoard).
+    * `on_valid(epoch, result)` is called after each validation pass (TensorBoard, pruning: an
+      exception it raises, e.g. optuna.TrialPruned, ends the run).
     """
 
     def __init__(self, max_epochs: Optional[int] = None, skip_test: bool = False,
@@ -148,21 +177,27 @@ class TrialProbe:
         self.modes: Counter = Counter()
         self.args = None
         self.test_predictions = None  # {"ids", "labels", "preds"} of the TEST pass (capture_predictions)
+        self.rule: Optional[tuple] = None
 
     @property
     def key_eval(self) -> str:
         return str((self.args or {}).get("KeyEval") or "Loss")
 
+    @property
+    def lower_is_better(self) -> bool:
+        """The direction in which the trainer selected its weights by `key_eval`."""
+        return self.rule[0] if self.rule else self.key_eval in LOWER_IS_BETTER
+
     def best_valid(self) -> Optional[Dict[str, float]]:
-        """The validation result of the epoch the trainer kept (MMSA: 'Loss' is minimised, every other
-        KeyEval maximised, and a later epoch must beat the best by 1e-6)."""
-        key, best, best_val = self.key_eval, None, None
-        lower = key in LOWER_IS_BETTER
+        """The validation result of the epoch the trainer kept (a later epoch must beat the best by
+        1e-6, and the first the trainer's initial best; non-finite scores are skipped)."""
+        key, best = self.key_eval, None
+        lower, best_val = self.rule or (self.key_eval in LOWER_IS_BETTER, None)
         for res in self.valid:
             v = res.get(key)
-            if v is None:
+            if v is None or not math.isfinite(v):
                 continue
-            if best is None or (v <= best_val - 1e-6 if lower else v >= best_val + 1e-6):
+            if best_val is None or (v <= best_val - 1e-6 if lower else v >= best_val + 1e-6):
                 best, best_val = res, v
         return best
 
@@ -170,6 +205,7 @@ class TrialProbe:
         orig_train, orig_test = trainer.do_train, trainer.do_test
         state = {"training": False}
         self.args = trainer.args
+        self.rule = selection_rule(trainer, self.key_eval)
 
         def do_test(model, dataloader, mode="VAL", *a, **kw):
             tag = str(mode).upper()

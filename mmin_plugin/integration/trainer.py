@@ -223,6 +223,8 @@ class MMINTrainer:
         return optim.Adam(groups)
 
     def _is_better(self, cur, best):
+        if not math.isfinite(cur):  # a NaN/inf epoch is never kept (else it would lock in: NaN compares False)
+            return False
         if best is None:
             return True
         if self.config.KeyEval in LOWER_IS_BETTER:
