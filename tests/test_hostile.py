@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 
 from mmin_plugin.errors import MMINDataError
 from mmin_plugin.features import safeformat as convert
+from mmin_plugin.features.limits import default_max_bytes
 from mmin_plugin.features.load import SafePickle, clear_cache, convert_file, safe_load, safe_loads
+from mmin_plugin.features.unpickle import SafeUnpickler
 
 from .hostile_files import HOSTILE, dup_bomb, feature_dict, mark_bomb
 from .strategies import examples
@@ -138,10 +140,15 @@ def test_stack_and_mark_growth_are_charged():
 
 
 def test_many_small_arrays_load_within_the_default_budget():
-    """Finding 6: a legitimate list of 100k small arrays (3.4 MB) passes; the memo bomb still fails."""
-    obj = [np.full(2, i, np.float32) for i in range(100_000)]
-    out = safe_loads(pickle.dumps(obj, protocol=4))
-    assert len(out) == 100_000 and out[-1][0] == 99_999 and out[5].dtype == np.float32
+    """Finding 6: a legitimate list of 100k small arrays (3.4 MB) exceeded the default budget.  The
+    charge is linear in the number of arrays, so 10k of them (fast) must use at most a tenth of the
+    default budget of the 100k file (main: 17.4 MB for 10k, twice that share); the memo bomb still fails."""
+    obj = [np.full(2, i, np.float32) for i in range(10_000)]
+    blob = pickle.dumps(obj, protocol=4)
+    u = SafeUnpickler(io.BytesIO(blob))
+    out = u.run()
+    assert len(out) == 10_000 and out[-1][0] == 9_999 and out[5].dtype == np.float32
+    assert 10 * u.budget.used <= default_max_bytes(10 * len(blob))
     with pytest.raises(MMINDataError, match="expand to"):
         safe_loads(HOSTILE["memo_reference_bomb"]())
 
