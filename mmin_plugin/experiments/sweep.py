@@ -154,7 +154,8 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
                on_final: Optional[Callable[[Trial, Dict], None]] = None) -> List[Dict]:
     """Run every trial not yet finished (with `opts.resume`, a trial whose row.json says 'ok' is
     skipped), at most `backend.slots` at once, a failed one up to `opts.retries` more times;
-    `on_row(trial, row)` after each finished attempt, `on_final(trial, row)` once per trial with its
+    `on_row(trial, row)` after each finished attempt (once the freed slots are refilled, like the
+    trial's TensorBoard events and figures), `on_final(trial, row)` once per trial with its
     last row (a skipped one included). `source()`, when given, is asked for another trial whenever a
     slot is free and `trials` are all out (None: no more), so a search can ask for its next trial
     knowing every result so far (`total`: its expected count, for the progress bar). Returns the
@@ -180,6 +181,7 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
     attempts: Dict[tuple, int] = {}
     submitted: Dict[tuple, float] = {}
     queue, in_flight, n = list(todo), 0, 0
+    finished: List[tuple] = []  # (trial, row) whose outputs and on_row are still to do
 
     def next_trial() -> Optional[Trial]:
         if queue:
@@ -204,6 +206,12 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
                 submitted[t.key] = time.monotonic()
                 in_flight += 1
                 progress.started()
+            # the driver's work on finished trials, while the refilled slots run
+            while finished:
+                ft, frow = finished.pop(0)
+                write_outputs(ft, frow)  # TensorBoard and figures here on the driver, off the trials' time
+                if on_row is not None:
+                    on_row(ft, frow)
             if not in_flight:
                 break
             t, row = backend.wait()
@@ -220,9 +228,7 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
                 queue.insert(0, t)
             rows[t.key] = row
             _keep_row(t, row)
-            write_outputs(t, row)  # TensorBoard and figures here on the driver, off the trial's time
-            if on_row is not None:
-                on_row(t, row)
+            finished.append((t, row))
             if on_final is not None and not again:
                 on_final(t, row)
     finally:
