@@ -245,20 +245,21 @@ def test_pruned_trials_are_recorded_as_pruned_and_never_chosen(scripted, tmp_pat
         return [{"Loss": (1.0 if n == 1 else 5.0 + n) + 1.0 / e} for e in range(1, 7)]
 
     scripted["script"] = script
-    res = _tune(tmp_path, capsys, trials=4, prune="median", sweep=SweepOptions(retries=2))
+    startup = study_mod.MEDIAN_STARTUP_TRIALS  # trials the median pruner lets finish before it prunes
+    res = _tune(tmp_path, capsys, trials=startup + 2, prune="median", sweep=SweepOptions(retries=2))
     states = [r["status"] for r in res["search"]]
-    assert states == ["ok", "pruned", "pruned", "pruned"] and res["best_trial"] == 0
+    assert states == ["ok"] * startup + ["pruned", "pruned"] and res["best_trial"] == 0
     # pruned as soon as the median pruner may (after its warm-up epochs), instead of 6 epochs
-    assert res["search"][0]["epochs"] == 6
-    assert all(r["epochs"] == max(1, study_mod.MEDIAN_WARMUP_EPOCHS) for r in res["search"][1:])
-    assert len(scripted["calls"]) == 4 + 1  # no retry of a pruned trial; then the final run
+    assert all(r["epochs"] == 6 for r in res["search"][:startup])
+    assert all(r["epochs"] == max(1, study_mod.MEDIAN_WARMUP_EPOCHS) for r in res["search"][startup:])
+    assert len(scripted["calls"]) == startup + 2 + 1  # no retry of a pruned trial; then the final run
     assert all(not list(Path(r["directory"], "models").glob("*.pth")) for r in res["search"])
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "tune-mmin-mosi.optuna.log")))
     study = optuna.load_study(study_name="mmin-mosi", storage=storage)
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED", "PRUNED", "PRUNED"]
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * startup + ["PRUNED", "PRUNED"]
     md = (tmp_path / "tune-mmin-mosi.md").read_text()
-    assert "1 finished, 3 pruned; pruner median" in md
+    assert f"{startup} finished, 2 pruned; pruner median" in md
 
 
 # ---- issue 16: --rescore-top ----------------------------------------------------------------------

@@ -31,6 +31,8 @@ SAMPLERS = ("random", "optuna")
 PRUNERS = ("none", "median", "halving")
 #: epochs every trial runs before the median pruner may stop it
 MEDIAN_WARMUP_EPOCHS = 1
+#: finished trials before the median pruner stops any (Optuna: 5; a median of fewer is noise)
+MEDIAN_STARTUP_TRIALS = 3
 
 
 def _optuna():
@@ -57,7 +59,7 @@ def _storage(path):
 def make_pruner(kind: str):
     optuna = _optuna()
     if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=MEDIAN_WARMUP_EPOCHS)
+        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=MEDIAN_WARMUP_EPOCHS)
     if kind == "halving":
         return optuna.pruners.SuccessiveHalvingPruner()
     if kind == "none":

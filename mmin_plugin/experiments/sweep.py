@@ -177,7 +177,8 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
     skipped), at most `backend.slots` at once, a failed one up to `opts.retries` more times unless
     its error is deterministic (trial.DETERMINISTIC_ERRORS; each attempt in a clean folder, the
     previous one's files in `attempt-<k>/`);
-    `on_row(trial, row)` after each finished attempt, `on_final(trial, row)` once per trial with its
+    `on_row(trial, row)` after each finished attempt (once the freed slots are refilled, like the
+    trial's TensorBoard events and figures), `on_final(trial, row)` once per trial with its
     last row (a skipped one included). `source()`, when given, is asked for another trial whenever a
     slot is free and `trials` are all out (None: no more), so a search can ask for its next trial
     knowing every result so far (`total`: its expected count, for the progress bar). Returns the
@@ -212,6 +213,7 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
     attempts: Dict[tuple, int] = {}
     submitted: Dict[tuple, float] = {}
     queue, in_flight, n = list(todo), 0, 0
+    finished: List[tuple] = []  # (trial, row) whose outputs and on_row are still to do
 
     def next_trial() -> Optional[Trial]:
         if queue:
@@ -220,6 +222,11 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
         if t is not None:
             order.append(t)
         return t
+
+    def finish(ft: Trial, frow: Dict) -> None:
+        write_outputs(ft, frow)  # TensorBoard and figures here on the driver, off the trials' time
+        if on_row is not None:
+            on_row(ft, frow)
 
     try:
         while True:
@@ -236,6 +243,9 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
                 submitted[t.key] = time.monotonic()
                 in_flight += 1
                 progress.started()
+            # the driver's work on finished trials, while the refilled slots run
+            while finished:
+                finish(*finished.pop(0))
             if not in_flight:
                 break
             t, row = backend.wait()
@@ -255,9 +265,10 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
                 queue.insert(0, t)
             rows[t.key] = row
             _keep_row(t, row)
-            write_outputs(t, row)  # TensorBoard and figures here on the driver, off the trial's time
-            if on_row is not None:
-                on_row(t, row)
+            if again:  # before the retry starts and moves this attempt's files to attempt-<k>/
+                finish(t, row)
+            else:
+                finished.append((t, row))
             if on_final is not None and not again:
                 on_final(t, row)
     finally:
