@@ -317,7 +317,8 @@ def markdown(summary, split, ridge=None) -> str:
 
 def figure(summary, path, title):
     """Per-epoch L_ac (train solid, valid dashed; one line per seed) of every MMIN run, divided by the
-    number of modalities (= mean cross-entropy per code) against its chance level ln 3."""
+    number of modalities (= mean cross-entropy per code) against its chance level ln 3 and the
+    trainer's sane band (``LAC_BAND``); one shared log-scale y axis."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -326,14 +327,20 @@ def figure(summary, path, title):
         return None
     fig = Figure(figsize=(4.6 * len(runs), 3.8), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
+    from mmin_plugin.integration.trainer import LAC_BAND
+
+    first = None
     for i, (_run, s) in enumerate(runs):
-        ax = fig.add_subplot(1, len(runs), i + 1)
+        ax = fig.add_subplot(1, len(runs), i + 1, sharey=first)
+        first = first or ax
         for j, (seed, h) in enumerate(s["history"].items()):
             ep = [e["epoch"] for e in h]
             c = f"C{j}"
             ax.plot(ep, [e["train_L_ac"] / 3 for e in h], "o-", color=c, ms=3, label=f"seed {seed} train")
             ax.plot(ep, [e["valid_L_ac"] / 3 for e in h], "s--", color=c, ms=3, label=f"seed {seed} valid")
         ax.axhline(math.log(3), color="k", lw=1, ls=":", label="chance ln 3")
+        ax.axhspan(LAC_BAND[0] * math.log(3), LAC_BAND[1] * math.log(3), color="tab:green", alpha=0.08,
+                   label=f"sane band {LAC_BAND[0]:g}-{LAC_BAND[1]:g} x chance")
         ax.set_yscale("log")
         ax.set_title(s["label"], fontsize=10)
         ax.set_xlabel("epoch")

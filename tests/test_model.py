@@ -116,7 +116,7 @@ def test_gradient_reversal_flips_and_scales():
 
 def test_common_encoder_receives_reversed_discriminator_gradient(tiny_bert):
     """Through L_ac, D's gradient pushes the common encoder the opposite way (eq. 3 + GRL)."""
-    model = _model(tiny_bert).eval()  # no dropout: both passes see the same D
+    model = _model(tiny_bert, adv_objective="reversal").eval()  # no dropout: both passes see the same D
     cin = model.cin
     h = {m: torch.randn(6, cin.common[0].in_features) for m in cin.modalities}
     _, _, losses = cin(h)
@@ -174,13 +174,14 @@ def test_loss_ablation_zeroes_its_weight_and_its_gradient(tiny_bert, name, weigh
     text, audio, video, al, vl, y = make_batch(seed=9)
     out = model(text, audio, video, audio_lengths=al, vision_lengths=vl)
     total, terms = model.total_loss(out, y)
-    rest = terms["L_senti"] + sum(model.weights[w] * terms[t] for w, t in
+    adv = {**terms, "L_ac": out["L_adv"]}  # beta weights L_adv (= L_ac under the literal 'reversal')
+    rest = terms["L_senti"] + sum(model.weights[w] * adv[t] for w, t in
                                   (("alpha", "L_sep"), ("beta", "L_ac"), ("gamma", "L_ap")) if w != weight)
     torch.testing.assert_close(total, rest)
 
 
 def test_total_loss_is_eq6(tiny_bert):
-    model = _model(tiny_bert, alpha=0.5, beta=0.25, gamma=2.0)
+    model = _model(tiny_bert, alpha=0.5, beta=0.25, gamma=2.0, adv_objective="reversal")  # eq. 3 literally
     text, audio, video, al, vl, y = make_batch(seed=10)
     out = model(text, audio, video, audio_lengths=al, vision_lengths=vl)
     total, t = model.total_loss(out, y)
