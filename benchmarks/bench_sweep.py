@@ -1,8 +1,8 @@
 """Sweeps at cluster speed (issue 18): the same sweep on every backend, and a search with and without
 pruning. Prints markdown tables and writes JSON.
 
-    python benchmarks/bench_sweep.py --out bench-results/bench_sweep.json            # full (~30 min, 2 cores)
-    python benchmarks/bench_sweep.py --quick --out bench-results/bench_sweep.json    # smaller (~8 min)
+    python benchmarks/bench_sweep.py --out bench-results/bench_sweep.json            # full (~15 min, 2 cores)
+    python benchmarks/bench_sweep.py --quick --out bench-results/bench_sweep.json    # smaller (~4 min)
 
 1. Backends. 4 trials (MMIN, seeds 1111-1114) of two sizes: *tiny* (1 epoch on 48 clips, ~3 s a
    trial) and *realistic* (`--realistic-epochs` epochs on `--realistic-train` clips, ~60 s a trial
@@ -118,7 +118,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", help="write the JSON results here")
     ap.add_argument("--ray-cpus", type=int, default=2, help="CPUs of the local Ray instance (= trials at once)")
-    ap.add_argument("--realistic-epochs", type=int, default=8)
+    ap.add_argument("--realistic-epochs", type=int, default=30, help="8 epochs: ~15 s a trial on 2 busy cores")
     ap.add_argument("--realistic-train", type=int, default=480, help="training clips of the realistic trials")
     ap.add_argument("--search-epochs", type=int, default=6, help="epochs of each search trial (pruning part)")
     ap.add_argument("--search-trials", type=int, default=12)
