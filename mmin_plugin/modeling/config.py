@@ -13,7 +13,7 @@ from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..constants import ABLATIONS, DATASETS, KEY_EVALS, MODALITIES
+from ..constants import ABLATIONS, DATASETS, KEY_EVALS, LENGTHS_FROM, MODALITIES
 from ..errors import MMINConfigError
 
 __all__ = ["MMINConfig", "MMSA_KEYS", "ADV_RECIPES", "normalize_ablation", "config_table"]
@@ -174,7 +174,7 @@ class MMINConfig:
     Defaults are MMSA's view in ``registry.json`` (``commonParams`` + MOSI's ``datasetParams`` and
     MOSI's dataset block), so ``MMINConfig()`` is the configuration of an MMSA run of MMIN on MOSI.
     Each field's ``metadata`` holds ``help`` (one line), ``range`` (text) and ``check`` (the
-    validator); :func:`config_table` renders them as the README's table.
+    validator); :func:`config_table` renders them as the table of docs/configuration.md.
 
     Construction validates (``__post_init__``): every value is type-checked (booleans must be real
     ``bool``, integers real ``int``; a float where an int is expected is an error) and range-checked,
@@ -290,7 +290,7 @@ class MMINConfig:
                                     "true / false", "data")
     need_normalized: bool = _key(False, _bool, "MMSA averages audio/video over time (MMIN needs "
                                  "sequences)", "true / false", "data")
-    lengths_from: str = _key("file", _choice("file", "nonzero"), "audio/video lengths: the file's "
+    lengths_from: str = _key("file", _choice(*LENGTHS_FROM), "audio/video lengths: the file's "
                              "*_lengths, or recomputed from the data (non-zero frames moved to the front)",
                              "'file' or 'nonzero'", "data")
 
@@ -372,7 +372,7 @@ ADV_RECIPES = {
 
 
 def config_table() -> str:
-    """Markdown table of every key: name, type, default, range, meaning (the README's table)."""
+    """Markdown table of every key: name, type, default, range, meaning (docs/configuration.md)."""
     rows = ["| key | type | default | range | meaning |", "|---|---|---|---|---|"]
     for f in dataclasses.fields(MMINConfig):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
