@@ -37,9 +37,13 @@ Phases (``--phase``):
   L_ac of every MMIN trial against its chance level).
 
 Needs the shared folder; not part of the test run (``tests/test_real_text.py`` smoke-tests the
-builder on a few fake rows). Usage::
+builder on a few fake rows). Usage (``--csv`` defaults to ``../shared/data/cmu-mosei-text/label.csv``
+beside the repository; ``--threads 1`` when several runs share the cores)::
 
-    python benchmarks/real_text.py --phase final --out real-text-results/
+    python benchmarks/real_text.py --phase recipe --out real-text-results/   # VALID: pick the recipe
+    python benchmarks/real_text.py --phase final --chosen stable --out real-text-results/
+
+Results, evidence and the choice: docs/design/adversarial.md.
 """
 from __future__ import annotations
 
