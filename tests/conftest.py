@@ -69,3 +69,26 @@ def run_dirs(tmp_path):
     """MMSA_run's output folders and CPU settings, inside the test's tmp_path."""
     return dict(model_save_dir=tmp_path / "models", res_save_dir=tmp_path / "results", log_dir=tmp_path / "logs",
                 gpu_ids=[], num_workers=0, verbose_level=0)
+
+
+@pytest.fixture
+def fake_mmsa_run(monkeypatch):
+    """`runner.mmsa_run` replaced by a fake that records each call and writes a checkpoint; returns
+    (calls, plan): `plan[(model, seed)] = action` runs `action(mmsa_run's keyword arguments)` first
+    (raise to fail the trial). The fake's MAE is 0.5 + (seed % 10) / 100."""
+    from pathlib import Path
+
+    import mmin_plugin.integration.runner as runner
+
+    calls, plan = [], {}
+
+    def fake_run(model, dataset, config=None, seeds=(), **kw):
+        calls.append({"model": model, "seed": seeds[0], **kw})
+        action = plan.get((model, seeds[0]))
+        if action is not None:
+            action(kw)
+        Path(kw["model_save_dir"], f"{model}-{dataset}.pth").write_bytes(b"x")
+        return [{"MAE": 0.5 + seeds[0] % 10 / 100, "Corr": 0.3, "Loss": 0.4}]
+
+    monkeypatch.setattr(runner, "mmsa_run", fake_run)
+    return calls, plan

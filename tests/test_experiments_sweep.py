@@ -19,19 +19,8 @@ TINY = {"mmin.d_model": 16, "mmin.nheads": 4, "mmin.fine_layers": 1, "mmin.fusio
 
 
 @pytest.fixture
-def fake(monkeypatch):
-    calls, plan = [], {}
-
-    def fake_run(model, dataset, config=None, seeds=(), **kw):
-        calls.append({"model": model, "seed": seeds[0], **kw})
-        action = plan.get((model, seeds[0]))
-        if action is not None:
-            action(len(calls))
-        Path(kw["model_save_dir"], f"{model}-{dataset}.pth").write_bytes(b"x")
-        return [{"MAE": 0.5 + seeds[0] % 10 / 100, "Corr": 0.3, "Loss": 0.4}]
-
-    monkeypatch.setattr(runner, "mmsa_run", fake_run)
-    return calls, plan
+def fake(fake_mmsa_run):
+    return fake_mmsa_run
 
 
 def _quiet_compare(capsys, **kw):
@@ -44,9 +33,9 @@ def test_failed_trial_is_retried(fake, tmp_path, capsys):
     calls, plan = fake
     failures = []
 
-    def fail_once(n):
+    def fail_once(kw):
         if not failures:
-            failures.append(n)
+            failures.append(kw)
             raise RuntimeError("worker hiccup")
 
     plan[("mmin", 1112)] = fail_once

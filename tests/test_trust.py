@@ -5,25 +5,13 @@ from pathlib import Path
 
 import pytest
 
-import mmin_plugin.integration.runner as runner
 from mmin_plugin.experiments import aggregate, compare, sweep
 from mmin_plugin.experiments.trial import read_row, trial_dir
 
 
 @pytest.fixture
-def fake(monkeypatch):
-    calls, plan = [], {}
-
-    def fake_run(model, dataset, config=None, seeds=(), **kw):
-        calls.append({"model": model, "seed": seeds[0], **kw})
-        action = plan.get((model, seeds[0]))
-        if action is not None:
-            action(kw)
-        Path(kw["model_save_dir"], f"{model}-{dataset}.pth").write_bytes(b"x")
-        return [{"MAE": 0.5 + seeds[0] % 10 / 100, "Corr": 0.3, "Loss": 0.4}]
-
-    monkeypatch.setattr(runner, "mmsa_run", fake_run)
-    return calls, plan
+def fake(fake_mmsa_run):
+    return fake_mmsa_run
 
 
 def _compare(capsys, **kw):
