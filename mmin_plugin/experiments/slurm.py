@@ -20,7 +20,7 @@ import time
 from typing import Callable, Dict, Optional, Tuple
 
 from ..errors import MMINConfigError
-from .trial import Trial, _error_text, run_trial
+from .trial import SCHEDULER_DIR, Trial, _error_text, run_trial
 
 logger = logging.getLogger("MMSA." + __name__)
 
@@ -79,7 +79,7 @@ class SlurmBackend:
         self._pending: Dict = {}
 
     def _executor(self, trial: Trial):
-        ex = self.submitit.AutoExecutor(folder=str(trial.path / "submitit"), cluster=self.cluster)
+        ex = self.submitit.AutoExecutor(folder=str(trial.path / SCHEDULER_DIR), cluster=self.cluster)
         ex.update_parameters(name=f"mmin-{trial.run}-{trial.dataset}-s{trial.seed}", cpus_per_task=self.cpus,
                              gpus_per_node=self.gpus, tasks_per_node=1, nodes=1, **self.params)
         return ex

@@ -33,6 +33,9 @@ ATTEMPT_PREFIX = "attempt-"
 DETERMINISTIC_ERRORS = (MMINDataError, MMINConfigError, NonFiniteLossError)
 #: the TEST pass's per-sample predictions: arrays `ids` (str), `labels`, `preds` (float64), one entry a sample
 PREDICTIONS_FILE = "predictions.npz"
+#: the scheduler's own files of the running job (slurm backend: submitit's pickled job and logs, named
+#: by job id); they stay in place across attempts, since the job that runs this attempt reads them
+SCHEDULER_DIR = "submitit"
 
 
 def trial_dir(out, run: str, dataset: str, seed: int) -> Path:
@@ -259,7 +262,8 @@ def archive_previous_attempt(directory) -> int:
         return 1
     done = [int(p.name[len(ATTEMPT_PREFIX):]) for p in d.iterdir()
             if p.name.startswith(ATTEMPT_PREFIX) and p.name[len(ATTEMPT_PREFIX):].isdigit()]
-    entries = [p for p in d.iterdir() if not (p.name.startswith(ATTEMPT_PREFIX) and p.is_dir())]
+    entries = [p for p in d.iterdir()
+               if not ((p.name.startswith(ATTEMPT_PREFIX) or p.name == SCHEDULER_DIR) and p.is_dir())]
     if not entries:
         return max(done, default=0) + 1
     k = max(done, default=0) + 1
