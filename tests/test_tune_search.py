@@ -166,6 +166,9 @@ def test_search_is_a_seeded_optuna_study_in_the_output_folder(scripted, tmp_path
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
     assert study.best_trial.number == runs[0]["best_trial"]
     assert study.best_value == pytest.approx(runs[0]["search"][runs[0]["best_trial"]]["valid_score"])
+    from mmin_plugin.experiments.lock import LOCK_FILE
+
+    assert not (tmp_path / "a" / LOCK_FILE).exists()  # a finished tune releases its --out
 
 
 def test_next_trial_is_asked_when_a_slot_frees_not_in_rounds(monkeypatch, tmp_path):

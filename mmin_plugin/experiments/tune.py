@@ -162,7 +162,6 @@ def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = 
     if pretrained and "pretrained" not in fixed and _model_config(model, "regression")["commonParams"].get("use_bert"):
         base["pretrained"] = str(pretrained)
     out = Path(out_dir).resolve()
-    prepare_out(out, sweep.resume, sweep.overwrite)
     stem = out / f"tune-{model}-{dataset}"
 
     def trial(run, s, cfg, skip_test, label):
@@ -170,7 +169,7 @@ def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = 
                      config={**cfg, **base}, label=label, skip_test=skip_test, gpu_ids=list(gpu_ids or []),
                      num_workers=int(num_workers or 0), verbose_level=verbose_level)
 
-    with ray_session(sweep.backend, sweep.address, sweep.num_cpus):
+    with prepare_out(out, sweep.resume, sweep.overwrite), ray_session(sweep.backend, sweep.address, sweep.num_cpus):
         search_rows, configs = _search(model, dataset, search, int(trials), seed, space, lower, prune, sweep, stem,
                                        trial)
         return _choose_and_retrain(model, dataset, search, seed, final_seeds, lower, key_eval, fixed, sweep, stem,
