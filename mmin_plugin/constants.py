@@ -10,8 +10,9 @@ DATASETS = ("mosi", "mosei", "sims")
 SPLITS = ("train", "valid", "test")
 #: MMIN's modality order, (L, V, A) as the paper's discriminator labels y_L, y_V, y_A
 MODALITIES = ("text", "video", "audio")
-#: paper Table 2 switches for the config key `ablation`
-ABLATIONS = ("cin", "fin", "text", "video", "audio", "sep", "ac", "ap")
+#: paper Table 2 switches of the fusion inputs for the config key `ablation` (the full list, with the
+#: modalities and the loss terms' switches, is `modeling.config.ABLATIONS`)
+FUSION_ABLATIONS = ("cin", "fin")
 #: MMSA's default seeds (its CLI and `MMSA_run` use 1111..1115)
 DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
 #: `tune`'s default sampler and first search-training seed: outside DEFAULT_SEEDS, so no final run

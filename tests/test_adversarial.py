@@ -18,7 +18,9 @@ MODS = ("text", "video", "audio")
 
 def _cin(objective, seed=0, modalities=MODS):
     torch.manual_seed(seed)
-    return CoarseInteraction(8, modalities, 16, 1.0, 0.0, "mean", objective)
+    ablation = [m for m in MODS if m not in modalities]
+    return CoarseInteraction(MMINConfig(d_model=8, disc_hidden=16, grl_lambda=1.0, dropout=0.0, sep_reduction="mean",
+                                        adv_objective=objective, ablation=ablation))
 
 
 def _codes(seed=1, n=6, modalities=MODS):

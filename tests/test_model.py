@@ -14,6 +14,11 @@ from mmin_plugin.modeling.model import MMIN, CrossAttention, MMINConfig, support
 from .builders import make_args, make_batch
 
 
+def _ca_config(**over):
+    """A small config for the CA modules: width 16, 4 heads, N = 2 layers, no dropout unless given."""
+    return MMINConfig(**{"d_model": 16, "nheads": 4, "fine_layers": 2, "dropout": 0.0, "attn_dropout": 0.0, **over})
+
+
 def _model(tiny_bert, seed=0, **over):
     torch.manual_seed(seed)
     return MMIN(make_args(tiny_bert, **over))
@@ -201,7 +206,7 @@ def test_pre_extracted_text_features_without_bert(tiny_bert):
 
 def test_ca_module_masks_padded_keys_exactly():
     torch.manual_seed(0)
-    ca = CrossAttention(16, 4).eval()
+    ca = CrossAttention(_ca_config()).eval()
     q, kv = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
     mask = torch.ones(2, 7, dtype=torch.bool)
     mask[0, 4:] = False
@@ -427,7 +432,7 @@ def _ca_by_hand(ca, x_q, x_kv, mask):
 
 def test_ca_module_off_is_fig_2b_with_its_parameter_names():
     torch.manual_seed(0)
-    ca = CrossAttention(16, 4, attn_dropout=0.1, dropout=0.1).eval()
+    ca = CrossAttention(_ca_config(attn_dropout=0.1, dropout=0.1)).eval()
     assert {n for n, _ in ca.named_parameters()} == CA_PARAMS  # old checkpoints load
     q, kv = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
     mask = torch.ones(2, 7, dtype=torch.bool)
@@ -438,11 +443,11 @@ def test_ca_module_off_is_fig_2b_with_its_parameter_names():
 
 def test_ca_ffn_is_a_pre_norm_residual_feed_forward_sublayer():
     torch.manual_seed(0)
-    ffn = CrossAttention(16, 4, ffn=True).eval()
+    ffn = CrossAttention(_ca_config(ca_ffn=True)).eval()
     assert {n for n, _ in ffn.named_parameters()} - CA_PARAMS == {
         "ffn_norm.weight", "ffn_norm.bias", "ffn_in.weight", "ffn_in.bias", "ffn_out.weight", "ffn_out.bias"}
     assert ffn.ffn_in.out_features == 4 * 16
-    plain = CrossAttention(16, 4).eval()
+    plain = CrossAttention(_ca_config()).eval()
     plain.load_state_dict({k: v for k, v in ffn.state_dict().items() if k in CA_PARAMS})
     q, kv, mask = torch.randn(2, 5, 16), torch.randn(2, 7, 16), torch.ones(2, 7, dtype=torch.bool)
     with torch.no_grad():
@@ -468,8 +473,8 @@ def test_ca_positions_add_scaled_positions_to_both_stack_inputs():
     from mmin_plugin.modeling.model import CALayerStack, sinusoidal_positions
 
     torch.manual_seed(0)
-    pos = CALayerStack(16, 4, 2, 0.0, 0.0, positions=True).eval()
-    plain = CALayerStack(16, 4, 2, 0.0, 0.0).eval()
+    pos = CALayerStack(_ca_config(ca_positions=True)).eval()
+    plain = CALayerStack(_ca_config()).eval()
     plain.load_state_dict(pos.state_dict())  # no parameters of its own: the same names
     q, kv, mask = torch.randn(2, 5, 16), torch.randn(2, 7, 16), torch.ones(2, 7, dtype=torch.bool)
     with torch.no_grad():

@@ -166,7 +166,7 @@ def test_separation_loss_autograd_matches_oracle_finite_differences(codes):
     common, private = codes
     leaves = [as_torch(x, np.float64, requires_grad=True) for x in common + private]
     k = len(common)
-    L.separation_loss(leaves[:k], leaves[k:]).backward()
+    L.separation_loss(leaves[:k], leaves[k:], "sum").backward()
     arrays = [x.copy() for x in common + private]
     h = 1e-2 * (1 + max(np.abs(x).max() for x in arrays))  # exact for quadratics: h may be large
     atol = 100 * np.finfo(np.float64).eps * (1 + eq5_scale(common, private)) / h
@@ -189,7 +189,7 @@ def test_separation_loss_autograd_matches_oracle_finite_differences(codes):
 def torch_discriminator(weights, dtype, dropout=0.0):
     """A ModalityDiscriminator holding `weights` (cast to dtype), in eval mode."""
     hidden, d = weights["fc1.weight"].shape
-    disc = L.ModalityDiscriminator(d, hidden, dropout=dropout).to(torch.from_numpy(np.zeros(1, dtype)).dtype)
+    disc = L.ModalityDiscriminator(d, hidden, 3, dropout).to(torch.from_numpy(np.zeros(1, dtype)).dtype)
     with torch.no_grad():
         for name, param in disc.named_parameters():
             param.copy_(torch.from_numpy(weights[name].astype(dtype)))

@@ -13,11 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from mmin_plugin.constants import ABLATIONS
 from mmin_plugin.errors import MMINConfigError, MMINDataError
 from mmin_plugin.features.validation import sanitize_features, validate_features, validate_run_features
 from mmin_plugin.integration.validation import looks_like_hub_id, validate_config
-from mmin_plugin.modeling.config import normalize_ablation
+from mmin_plugin.modeling.config import ABLATIONS, normalize_ablation
 
 from .builders import make_features
 from .strategies import examples

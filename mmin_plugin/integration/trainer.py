@@ -38,13 +38,15 @@ from ..constants import LOWER_IS_BETTER
 from ..errors import NonFiniteGradientError, NonFiniteLossError
 from ..modeling.config import MMINConfig
 from ..modeling.losses import dann_weight
+from ..modeling.terms import TERM_NAMES
 
 logger = logging.getLogger("MMSA." + __name__)
 
 __all__ = ["MMINTrainer", "atomic_save", "config_path", "nonfinite_gradients", "clip_gradients", "LacBandMonitor",
            "lac_chance", "LAC_BAND", "LAC_PATIENCE"]
 
-LOSS_TERMS = ("L_senti", "L_sep", "L_ac", "L_ap")
+#: the loss terms logged per epoch (train and valid) and kept in the history: the loss table's
+LOSS_TERMS = TERM_NAMES
 
 #: L_ac's sane band, as multiples of its chance level M ln M (M modalities; D's cross-entropy when it
 #: knows nothing, i.e. ln M per code): below 0.5x, D tells the common codes apart (they are not
@@ -126,7 +128,7 @@ def nonfinite_gradients(optimizer, names, limit=5):
             for gi, ns in sorted(bad.items())]
 
 
-def clip_gradients(parameters, grad_clip: float, mode: str = "value") -> None:
+def clip_gradients(parameters, grad_clip: float, mode: str) -> None:
     """Clip in place: ``'value'`` clamps every gradient entry to [-grad_clip, grad_clip] (MMSA's
     models; changes the direction), ``'norm'`` rescales all gradients together so their global L2
     norm is at most grad_clip (direction kept). ``grad_clip <= 0``: nothing."""
@@ -185,14 +187,17 @@ class MMINTrainer:
     validation metrics, attention support sizes) and the resolved config next to it. A non-finite
     loss or gradient raises `NonFiniteLossError` before any optimizer step or checkpoint write.
     `do_test(model, dataloader, mode)` returns MMSA's `MetricsTop` metrics plus `Loss` (the MSE), the
-    keys MMSA's results CSV expects. `args` is MMSA's merged config (an EasyDict).
+    keys MMSA's results CSV expects. `args` is MMSA's merged config (an EasyDict); `config` is the
+    run's :class:`MMINConfig` when the caller has parsed it already (the registry hands on the one
+    the pre-run check parsed; otherwise it is parsed from `args` here).
     """
 
-    def __init__(self, args):
+    def __init__(self, args, config: MMINConfig = None):
         from MMSA.utils import MetricsTop
 
         self.args = args
-        self.config = MMINConfig.from_args(args)  # MMIN's keys, validated; MMSA's run state stays in args
+        # MMIN's keys, validated; MMSA's run state stays in args
+        self.config = config if config is not None else MMINConfig.from_args(args)
         self.metrics = MetricsTop("regression").getMetics(self.config.dataset_name.upper())
         self.criterion = nn.MSELoss()
         self.history = []

@@ -13,10 +13,15 @@ from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..constants import ABLATIONS, DATASETS, KEY_EVALS, LENGTHS_FROM, MODALITIES
+from ..constants import DATASETS, FUSION_ABLATIONS, KEY_EVALS, LENGTHS_FROM, MODALITIES
 from ..errors import MMINConfigError
+from .terms import LOSS_ABLATIONS, LOSS_TERMS
 
-__all__ = ["MMINConfig", "MMSA_KEYS", "ADV_RECIPES", "normalize_ablation", "config_table"]
+__all__ = ["MMINConfig", "MMSA_KEYS", "ADV_RECIPES", "ABLATIONS", "normalize_ablation", "config_table"]
+
+#: paper Table 2 switches for the config key `ablation`: drop a fusion input, a modality, or a loss
+#: term's weight (the loss terms' switches come from their table, modeling/terms.py)
+ABLATIONS = FUSION_ABLATIONS + MODALITIES + LOSS_ABLATIONS
 
 #: keys of MMSA 2.2.1's own args that MMIN does not read (run.py, config.py, data_loader.py and the
 #: dataset block `datasetCommonParams`); accepted by :meth:`MMINConfig.from_args` and ignored.
@@ -350,10 +355,10 @@ class MMINConfig:
 
     @property
     def loss_weights(self) -> dict:
-        """alpha, beta, gamma of eq. 6, zeroed by the 'sep', 'ac', 'ap' ablations."""
-        return {"alpha": 0.0 if "sep" in self.ablation else self.alpha,
-                "beta": 0.0 if "ac" in self.ablation else self.beta,
-                "gamma": 0.0 if "ap" in self.ablation else self.gamma}
+        """The weights of eq. 6 by key (alpha, beta, gamma), each zeroed by its term's ablation
+        switch ('sep', 'ac', 'ap'): from the loss table, modeling/terms.py."""
+        return {t.weight: 0.0 if t.ablation in self.ablation else getattr(self, t.weight)
+                for t in LOSS_TERMS if t.weight}
 
     def to_dict(self) -> dict:
         """The keys and values (as MMSA would hold them: lists, not tuples)."""

@@ -1,12 +1,18 @@
 """MMIN's constraint module (paper section 2.2, Fig. 2a): eq. 3, 4, 5 (design notes, e.g. the eq. 5
 reduction: docs/design/model.md). Modalities are ordered (text, video, audio) = labels (0, 1, 2),
 as the paper's y_L = [1,0,0], y_V = [0,1,0], y_A = [0,0,1].
+
+The table of loss terms (:data:`LOSS_TERMS`: name, weight key, oracle, ablation switch, curve
+panel) lives in the torch-free ``modeling/terms.py`` and is re-exported here. The functions take
+every setting explicitly: the values come from :class:`~mmin_plugin.modeling.config.MMINConfig`.
 """
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .terms import LOSS_TERMS, LossTerm
 
 __all__ = [
     "separation_loss",
@@ -17,13 +23,14 @@ __all__ = [
     "modality_confusion",
     "dann_weight",
     "MODALITY_LABELS",
+    "LOSS_TERMS",
+    "LossTerm",
 ]
 
 MODALITY_LABELS = {"text": 0, "video": 1, "audio": 2}
 
 
-def separation_loss(common: Sequence[torch.Tensor], private: Sequence[torch.Tensor],
-                    reduction: str = "sum") -> torch.Tensor:
+def separation_loss(common: Sequence[torch.Tensor], private: Sequence[torch.Tensor], reduction: str) -> torch.Tensor:
     """Eq. 5: L_sep = sum_m ||H_m^C^T H_m^P||_F^2 + sum_{m1<m2} ||H_m1^P^T H_m2^P||_F^2.
 
     `common` and `private` are sequences of (n, d) tensors (n = batch) in the same modality order
@@ -64,12 +71,13 @@ class _GradReverse(torch.autograd.Function):
         return grad_out.neg() * ctx.lambd, None
 
 
-def grad_reverse(x: torch.Tensor, lambd: float = 1.0) -> torch.Tensor:
+def grad_reverse(x: torch.Tensor, lambd: float) -> torch.Tensor:
+    """Identity forward; the gradient times -lambd backward (MMIN: lambd = grl_lambda x the ramp)."""
     return _GradReverse.apply(x, float(lambd))
 
 
 class GradientReversal(nn.Module):
-    def __init__(self, lambd: float = 1.0):
+    def __init__(self, lambd: float):
         super().__init__()
         self.lambd = float(lambd)
 
@@ -88,7 +96,7 @@ class ModalityDiscriminator(nn.Module):
     Dropout (train mode only) sits on the hidden layer.
     """
 
-    def __init__(self, d_in: int, d_hidden: int, n_modalities: int = 3, dropout: float = 0.0):
+    def __init__(self, d_in: int, d_hidden: int, n_modalities: int, dropout: float):
         super().__init__()
         self.fc1 = nn.Linear(d_in, d_hidden)
         self.fc2 = nn.Linear(d_hidden, n_modalities)

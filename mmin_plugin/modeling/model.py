@@ -2,13 +2,16 @@
 modules named after the paper's section 2: FeatureExtractor (2.1), CoarseInteraction (2.2, CIN),
 CrossAttention / CALayerStack / FineInteraction (2.3, FIN), FusionLayer (2.4), MMIN (the network).
 
+Every module is built from the one :class:`MMINConfig` (nanoGPT's ``Block(config)``): no
+constructor has a default of its own that could disagree with the config's (a test checks).
+
 Modality order is always (text, video, audio) = (L, V, A); MMSA passes tensors as (text, audio, vision).
 The design notes, and every choice made where the paper is silent, are in docs/design/model.md.
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +23,7 @@ from .attention import support_sizes
 from .config import MMINConfig
 from .losses import ModalityDiscriminator, grad_reverse, modality_confusion, modality_cross_entropy, separation_loss
 from .sparsemax import sparsemax
+from .terms import LOSS_TERMS
 
 __all__ = [
     "MMINConfig",
@@ -32,6 +36,7 @@ __all__ = [
     "FineInteraction",
     "FusionLayer",
     "MMIN",
+    "fusion_tokens",
 ]
 
 def _full_lengths(x: torch.Tensor) -> torch.Tensor:
@@ -50,11 +55,12 @@ def _as_lengths(lengths, x: torch.Tensor) -> torch.Tensor:
 # 2.1 Feature extraction
 # --------------------------------------------------------------------------------------------
 class SequenceLSTM(nn.Module):
-    """LSTM over the real lengths (packed): returns the end state and the zero-padded outputs."""
+    """LSTM over the real lengths (packed): returns the end state and the zero-padded outputs.
+    ``d_in``: the modality's feature width; width ``config.d_model``, ``config.rnn_layers`` layers."""
 
-    def __init__(self, d_in: int, d_model: int, num_layers: int = 1):
+    def __init__(self, d_in: int, config: MMINConfig):
         super().__init__()
-        self.lstm = nn.LSTM(d_in, d_model, num_layers=num_layers, batch_first=True)
+        self.lstm = nn.LSTM(d_in, config.d_model, num_layers=config.rnn_layers, batch_first=True)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor):
         # x: (B, L, d_in), lengths: (B,) in [0, L]
@@ -71,11 +77,12 @@ class SequenceLSTM(nn.Module):
 
 class FeatureExtractor(nn.Module):
     """Section 2.1: BERT for text ([CLS] vector for CIN, token sequence for FIN); an LSTM over the
-    real lengths for video and for audio. Everything is projected / sized to width d_model."""
+    real lengths for video and for audio (the modalities ``config.modalities`` leaves). Everything is
+    projected / sized to width d_model."""
 
-    def __init__(self, config: MMINConfig, modalities: Sequence[str]):
+    def __init__(self, config: MMINConfig):
         super().__init__()
-        self.modalities = tuple(modalities)
+        self.modalities = config.modalities
         d = config.d_model
         self.use_bert = config.use_bert
         self.use_finetune = config.use_finetune
@@ -87,9 +94,9 @@ class FeatureExtractor(nn.Module):
                 text_dim = config.feature_dims[0]
             self.text_proj = nn.Linear(text_dim, d)
         if "audio" in self.modalities:
-            self.audio_rnn = SequenceLSTM(config.feature_dims[1], d, config.rnn_layers)
+            self.audio_rnn = SequenceLSTM(config.feature_dims[1], config)
         if "video" in self.modalities:
-            self.video_rnn = SequenceLSTM(config.feature_dims[2], d, config.rnn_layers)
+            self.video_rnn = SequenceLSTM(config.feature_dims[2], config)
 
     def encode_text(self, text: torch.Tensor):
         if self.use_bert:
@@ -149,20 +156,21 @@ class CoarseInteraction(nn.Module):
     divided by B^2), "L_ac": eq. 3, "L_ap": eq. 4}``. In L_ac the
     common codes pass a gradient-reversal layer (strength ``grl_lambda``) before D, so D descends on
     L_ac while the common encoder ascends; L_ap is plain (D and the private encoders both descend).
+    Reads ``d_model``, ``modalities``, ``disc_hidden``, ``dropout``, ``grl_lambda``,
+    ``sep_reduction`` and ``adv_objective`` of ``config``.
     """
 
-    def __init__(self, d_model: int, modalities: Sequence[str], disc_hidden: int, grl_lambda: float, dropout: float,
-                 sep_reduction: str = "sum", adv_objective: str = "reversal"):
+    def __init__(self, config: MMINConfig):
         super().__init__()
-        if adv_objective not in ("reversal", "confusion"):
-            raise ValueError(f"adv_objective must be 'reversal' or 'confusion', not {adv_objective!r}")
-        self.modalities = tuple(modalities)
-        self.private = nn.ModuleDict({m: nn.Sequential(nn.Linear(d_model, d_model), nn.Tanh()) for m in modalities})
+        d_model = config.d_model
+        self.modalities = config.modalities
+        self.private = nn.ModuleDict({m: nn.Sequential(nn.Linear(d_model, d_model), nn.Tanh())
+                                      for m in self.modalities})
         self.common = nn.Sequential(nn.Linear(d_model, d_model), nn.Tanh())  # shared by all modalities
-        self.discriminator = ModalityDiscriminator(d_model, disc_hidden, n_modalities=3, dropout=dropout)
-        self.grl_lambda = float(grl_lambda)
-        self.sep_reduction = sep_reduction
-        self.adv_objective = adv_objective
+        self.discriminator = ModalityDiscriminator(d_model, config.disc_hidden, len(MODALITIES), config.dropout)
+        self.grl_lambda = config.grl_lambda
+        self.sep_reduction = config.sep_reduction
+        self.adv_objective = config.adv_objective
         #: schedule factor of the adversarial weight (the trainer sets it each step: DANN ramp); the
         #: encoders' adversarial gradient is scaled by grl_lambda * adv_scale
         self.adv_scale = 1.0
@@ -192,11 +200,15 @@ class CoarseInteraction(nn.Module):
         * 'confusion': L_adv = L_ac(D on detached codes) + lam * L_conf(codes, D's weights
           detached): D descends L_ac and nothing else; the encoder descends the confusion
           cross-entropy (:func:`modality_confusion`) through a frozen copy of D.
+
+        ``L_conf`` (detached) is returned for logging with either objective; with 'reversal' it is
+        the confusion cross-entropy of the same logits as L_ac (no second pass through D).
         """
         lam = self.grl_lambda * self.adv_scale
         if self.adv_objective == "reversal":
-            l_ac = modality_cross_entropy([self.discriminator(grad_reverse(c, lam)) for c in codes], labels)
-            return {"L_ac": l_ac, "L_adv": l_ac}
+            logits = [self.discriminator(grad_reverse(c, lam)) for c in codes]
+            l_ac = modality_cross_entropy(logits, labels)
+            return {"L_ac": l_ac, "L_adv": l_ac, "L_conf": modality_confusion([lg.detach() for lg in logits], labels)}
         l_ac = modality_cross_entropy([self.discriminator(c.detach()) for c in codes], labels)
         frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
         conf = modality_confusion([torch.func.functional_call(self.discriminator, frozen, (c,)) for c in codes],
@@ -235,11 +247,12 @@ class CrossAttention(nn.Module):
 
     ``forward(x_q (B, Lq, d), x_kv (B, Lk, d), kv_mask (B, Lk) or None, return_attention=False)``
     -> Y (B, Lq, d), and the sparsemax weights (B, heads, Lq, Lk) when ``return_attention``.
+    Reads ``d_model``, ``nheads``, ``attn_dropout``, ``dropout`` and ``ca_ffn`` of ``config``.
     """
 
-    def __init__(self, d_model: int, nheads: int, attn_dropout: float = 0.0, dropout: float = 0.0,
-                 ffn: bool = False):
+    def __init__(self, config: MMINConfig):
         super().__init__()
+        d_model, nheads, ffn = config.d_model, config.nheads, config.ca_ffn
         self.nheads, self.d_head = nheads, d_model // nheads
         self.norm_q = nn.LayerNorm(d_model)
         self.norm_kv = nn.LayerNorm(d_model)
@@ -247,8 +260,8 @@ class CrossAttention(nn.Module):
         self.k = nn.Linear(d_model, d_model)
         self.v = nn.Linear(d_model, d_model)
         self.out = nn.Linear(d_model, d_model)
-        self.attn_dropout = nn.Dropout(attn_dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.attn_dropout = nn.Dropout(config.attn_dropout)
+        self.dropout = nn.Dropout(config.dropout)
         if ffn:
             self.ffn_norm = nn.LayerNorm(d_model)
             self.ffn_in = nn.Linear(d_model, 4 * d_model)
@@ -285,14 +298,14 @@ class CALayerStack(nn.Module):
     X <- sqrt(d_model) X + PE (:func:`sinusoidal_positions`), the key/value input of every layer being
     the positioned X_kv. ``forward(x_q, x_kv, kv_mask, return_attention=False)`` -> X_q (B, Lq, d), and
     the list of each layer's weights (B, heads, Lq, Lk) when ``return_attention``.
+    ``config.fine_layers`` layers (N), ``config.ca_positions``; the layers read ``config`` too.
     """
 
-    def __init__(self, d_model, nheads, n_layers, attn_dropout, dropout, ffn=False, positions=False):
+    def __init__(self, config: MMINConfig):
         super().__init__()
-        self.layers = nn.ModuleList(
-            CrossAttention(d_model, nheads, attn_dropout, dropout, ffn) for _ in range(n_layers))
-        self.positions = positions
-        self.embed_scale = math.sqrt(d_model)
+        self.layers = nn.ModuleList(CrossAttention(config) for _ in range(config.fine_layers))
+        self.positions = config.ca_positions
+        self.embed_scale = math.sqrt(config.d_model)
 
     def forward(self, x_q, x_kv, kv_mask, return_attention=False):
         if self.positions:
@@ -329,18 +342,15 @@ class FineInteraction(nn.Module):
     Returns ``{m: f_m (B, d)}``; with ``return_attention`` also ``(attention, query_masks)``: dicts
     ``"<a>_from_<b>/<layer index>"`` (layer index from 0) -> (B, heads, L_a, L_b) and
     ``"guided/<m>"`` -> (B, heads, 1, (M-1) L_m) (the row of a's own query, the one used), and
-    name -> (B, Lq) bool, True on real queries.
+    name -> (B, Lq) bool, True on real queries. The modalities are ``config.modalities``.
     """
 
-    def __init__(self, d_model, nheads, n_layers, modalities, attn_dropout, dropout, ffn=False, positions=False):
+    def __init__(self, config: MMINConfig):
         super().__init__()
-        self.modalities = tuple(modalities)
+        self.modalities = config.modalities
         self.pairs = [(a, b) for a in self.modalities for b in self.modalities if a != b]
-        self.cross = nn.ModuleDict({
-            f"{a}_from_{b}": CALayerStack(d_model, nheads, n_layers, attn_dropout, dropout, ffn, positions)
-            for a, b in self.pairs})
-        self.guided = nn.ModuleDict(
-            {m: CrossAttention(d_model, nheads, attn_dropout, dropout, ffn) for m in self.modalities})
+        self.cross = nn.ModuleDict({f"{a}_from_{b}": CALayerStack(config) for a, b in self.pairs})
+        self.guided = nn.ModuleDict({m: CrossAttention(config) for m in self.modalities})
 
     def forward(self, seqs: Dict[str, torch.Tensor], masks: Dict[str, torch.Tensor], common: Dict[str, torch.Tensor],
                 return_attention: bool = False):
@@ -376,13 +386,23 @@ class FineInteraction(nn.Module):
 # --------------------------------------------------------------------------------------------
 # 2.4 Fusion layer
 # --------------------------------------------------------------------------------------------
-class FusionLayer(nn.Module):
-    """Stack the representations, a transformer layer, concatenate, FC head -> sentiment score."""
+def fusion_tokens(config: MMINConfig) -> int:
+    """Tokens the fusion layer stacks: per modality left, its private and common codes (CIN) and
+    its fine vector (FIN), less what the 'cin' / 'fin' ablations drop."""
+    return len(config.modalities) * (2 * ("cin" not in config.ablation) + ("fin" not in config.ablation))
 
-    def __init__(self, d_model, nheads, n_tokens, n_layers, ff_dim, dropout):
+
+class FusionLayer(nn.Module):
+    """Stack the representations (:func:`fusion_tokens` of them), a transformer layer, concatenate,
+    FC head -> sentiment score. Reads ``d_model``, ``nheads``, ``fusion_layers``, ``fusion_ff_dim``,
+    ``dropout`` and the ablation of ``config``."""
+
+    def __init__(self, config: MMINConfig):
         super().__init__()
-        layer = nn.TransformerEncoderLayer(d_model, nheads, dim_feedforward=ff_dim, dropout=dropout, batch_first=True)
-        self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        d_model, dropout, n_tokens = config.d_model, config.dropout, fusion_tokens(config)
+        layer = nn.TransformerEncoderLayer(d_model, config.nheads, dim_feedforward=config.fusion_ff_dim,
+                                           dropout=dropout, batch_first=True)
+        self.transformer = nn.TransformerEncoder(layer, config.fusion_layers, enable_nested_tensor=False)
         self.head = nn.Sequential(
             nn.Linear(n_tokens * d_model, d_model), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d_model, 1)
         )
@@ -426,17 +446,13 @@ class MMIN(nn.Module):
         self.config = config = MMINConfig.from_args(args)
         self.ablation = list(config.ablation)
         self.modalities = config.modalities
-        d, h = config.d_model, config.nheads
         self.use_cin = "cin" not in self.ablation
         self.use_fin = "fin" not in self.ablation
         self.weights = config.loss_weights
-        self.features = FeatureExtractor(config, self.modalities)
-        self.cin = CoarseInteraction(d, self.modalities, config.disc_hidden, config.grl_lambda, config.dropout,
-                                     config.sep_reduction, config.adv_objective)
-        self.fin = FineInteraction(d, h, config.fine_layers, self.modalities, config.attn_dropout, config.dropout,
-                                   ffn=config.ca_ffn, positions=config.ca_positions) if self.use_fin else None
-        n_tokens = len(self.modalities) * (2 * self.use_cin + self.use_fin)
-        self.fusion = FusionLayer(d, h, n_tokens, config.fusion_layers, config.fusion_ff_dim, config.dropout)
+        self.features = FeatureExtractor(config)
+        self.cin = CoarseInteraction(config)
+        self.fin = FineInteraction(config) if self.use_fin else None
+        self.fusion = FusionLayer(config)
 
     def forward(self, text, audio, video, audio_lengths=None, vision_lengths=None, return_attention=False, **_):
         feats = self.features(text, audio, video, audio_lengths, vision_lengths)
@@ -463,12 +479,16 @@ class MMIN(nn.Module):
         return out
 
     def total_loss(self, outputs: Dict[str, torch.Tensor], labels: torch.Tensor):
-        """Eq. 6: L = L_senti + alpha L_sep + beta L_adv + gamma L_ap (L_senti = MSE); L_adv is L_ac
-        (with reversal, eq. 3) or D's L_ac plus the encoders' confusion term (``adv_objective``).
-        ``terms`` holds L_senti, L_sep, L_ac (D's cross-entropy, the logged value) and L_ap."""
-        terms = {"L_senti": F.mse_loss(outputs["M"], labels)}
-        terms.update({k: outputs[k] for k in ("L_sep", "L_ac", "L_ap")})
-        adv = outputs.get("L_adv", outputs["L_ac"])
-        total = (terms["L_senti"] + self.weights["alpha"] * terms["L_sep"]
-                 + self.weights["beta"] * adv + self.weights["gamma"] * terms["L_ap"])
+        """Eq. 6 from the loss table (modeling/terms.py): L = L_senti + alpha L_sep + beta L_adv +
+        gamma L_ap (L_senti = MSE); L_adv is L_ac (with reversal, eq. 3) or D's L_ac plus the
+        encoders' confusion term (``adv_objective``). Returns ``(total, terms)``, ``terms`` holding
+        every term of the table (L_ac: D's cross-entropy, the logged value; L_conf: logged only)."""
+        values = {**outputs, "L_senti": F.mse_loss(outputs["M"], labels)}
+        terms = {t.name: values[t.name] for t in LOSS_TERMS}
+        total = None
+        for t in LOSS_TERMS:
+            if t.in_total:
+                part = values.get(t.total_key, values[t.name])
+                part = part if t.weight is None else self.weights[t.weight] * part
+                total = part if total is None else total + part
         return total, terms
