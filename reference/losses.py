@@ -15,6 +15,11 @@ __all__ = [
     "modality_cross_entropy",
     "grad_reverse",
     "grad_reverse_vjp",
+    "sentiment_loss",
+    "modality_confusion",
+    "modality_confusion_grad",
+    "dann_weight",
+    "adversarial_scale",
 ]
 
 
@@ -82,3 +87,60 @@ def grad_reverse(x, lambd=1.0):
 def grad_reverse_vjp(g, lambd=1.0):
     """Gradient reversal layer backward: dL/dx = -lambda * dL/dy."""
     return -float(lambd) * _f64(g)
+
+
+def sentiment_loss(pred, labels):
+    """L_senti of eq. 6: the mean squared error over the batch, (1/n) sum_i (pred_i - y_i)^2."""
+    d = _f64(pred).reshape(-1) - _f64(labels).reshape(-1)
+    return float(np.mean(d * d))
+
+
+def modality_confusion(logits_list, labels):
+    """The confusion objective (Tzeng et al., ICCV 2015) on the common codes: the cross-entropy of
+    D's output against the uniform distribution over the M modalities present,
+
+        L_conf = -(1/n) sum_m sum_{i=1}^n (1/M) sum_{k in labels} log D(h_m,i)_k,
+
+    summed over modalities and averaged over the batch like eq. 3. `logits_list[m]`: (n, K)
+    logits of D on the codes of one modality; `labels`: the M class indices present. The target
+    does not depend on which modality a code came from, so `labels` only selects the classes.
+    """
+    present = [int(k) for k in labels]
+    u = np.zeros(_f64(logits_list[0]).shape[-1])
+    u[present] = 1.0 / len(present)  # the uniform target over the present modalities
+    loss = 0.0
+    for logits in logits_list:
+        logp = log_softmax(logits)
+        loss += -(logp @ u).sum() / logp.shape[0]
+    return float(loss)
+
+
+def modality_confusion_grad(logits_list, labels):
+    """d L_conf / d logits, closed form: for each code, (softmax(z) - u) / n, u the uniform target
+    over the present classes (the gradient of a cross-entropy with a soft target)."""
+    present = [int(k) for k in labels]
+    grads = []
+    for logits in logits_list:
+        z = _f64(logits)
+        u = np.zeros(z.shape[-1])
+        u[present] = 1.0 / len(present)
+        grads.append((np.exp(log_softmax(z)) - u) / z.shape[0])
+    return grads
+
+
+def dann_weight(progress, gamma=10.0):
+    """DANN's adaptation factor (Ganin & Lempitsky, ICML 2015, sec. 5.2.2):
+    2 / (1 + exp(-gamma p)) - 1 for the training progress p clipped to [0, 1], written here as
+    the identical tanh(gamma p / 2) (0 at p = 0, tanh(5) = 0.99991 at p = 1)."""
+    p = min(max(float(progress), 0.0), 1.0)
+    return float(np.tanh(gamma * p / 2.0))
+
+
+def adversarial_scale(epoch, step, n_batches, ramp_epochs):
+    """The factor on grl_lambda at training step `step` (1-based) of epoch `epoch` (1-based) with
+    `n_batches` steps per epoch: the DANN ramp at progress p = (epochs completed + fraction of this
+    epoch before the step) / ramp_epochs, so 0 at the very first step; 1 without a ramp (0 epochs)."""
+    if ramp_epochs <= 0:
+        return 1.0
+    done = (epoch - 1) + (step - 1) / max(n_batches, 1)
+    return dann_weight(done / ramp_epochs)

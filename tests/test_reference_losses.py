@@ -312,3 +312,135 @@ def test_reversed_adversarial_gradient_is_minus_lambda_oracle_gradient(case, lam
         expected = ref.grad_reverse_vjp(fd, lambd)
         scale = 1 + np.abs(fd).max()
         np.testing.assert_allclose(leaf.grad.numpy(), expected, rtol=0, atol=1e-5 * scale * (1 + lambd))
+
+
+# --- the confusion objective (L_conf) ----------------------------------------------------------
+#  Tolerances: L_conf averages log-softmax entries like eq. 3/4 (same per-code error bound, ce_tol);
+#  its gradient is (softmax - u) / n per code, each entry a rounded exp of a shifted logit:
+#  <= 8 eps / n in float64, plus the logits' own float32 rounding in float32 (1-Lipschitz softmax).
+
+def confusion_tol(logits_list, dtype):
+    return ce_tol(logits_list, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FAST
+@given(case=S.modality_logits())
+def test_modality_confusion_matches_oracle(dtype, case):
+    logits_list, labels = case
+    logits_list = [cast(lg, dtype) for lg in logits_list]
+    got = L.modality_confusion([as_torch(lg, dtype) for lg in logits_list], labels).item()
+    expected = ref.modality_confusion(logits_list, labels)
+    assert abs(got - expected) <= confusion_tol(logits_list, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FAST
+@given(case=S.modality_logits())
+def test_modality_confusion_gradient_matches_closed_form_oracle(dtype, case):
+    logits_list, labels = case
+    logits_list = [cast(lg, dtype) for lg in logits_list]
+    leaves = [as_torch(lg, dtype, requires_grad=True) for lg in logits_list]
+    L.modality_confusion(leaves, labels).backward()
+    for leaf, expected, lg in zip(leaves, ref.modality_confusion_grad(logits_list, labels), logits_list):
+        n = lg.shape[0]
+        atol = 8 * np.finfo(dtype).eps * (1 + np.abs(lg).max()) / n
+        np.testing.assert_allclose(leaf.grad.double().numpy(), expected, rtol=0, atol=atol)
+
+
+@FAST
+@given(case=S.modality_logits())
+def test_modality_confusion_is_bounded_below_by_m_ln_m_reached_at_uniform_logits(case):
+    """-(1/M) sum_{k present} log p_k >= -log((1/M) sum_{k present} p_k) >= ln M per code (Jensen),
+    so L_conf >= M ln M, with equality when D's logits are equal (every class 1/3 when M = 3)."""
+    logits_list, labels = case
+    M = len(labels)
+    bound = M * np.log(M)
+    assert ref.modality_confusion(logits_list, labels) >= bound - ce_tol(logits_list, np.float64)
+    got = L.modality_confusion([torch.from_numpy(lg) for lg in logits_list], labels).item()
+    assert got >= bound - ce_tol(logits_list, np.float64)
+    flat = [np.zeros_like(lg) for lg in logits_list]  # D outputs the uniform distribution over 3 classes
+    assert ref.modality_confusion(flat, labels) == pytest.approx(M * np.log(S.N_MODALITIES), rel=1e-12)
+    if M == S.N_MODALITIES:
+        assert ref.modality_confusion(flat, labels) == pytest.approx(bound, rel=1e-12)
+
+
+def test_modality_confusion_oracle_by_hand():
+    """One code, logits (0, ln 2, ln 3) -> p = (1, 2, 3) / 6; labels {0, 2}: -(log 1/6 + log 3/6) / 2."""
+    z = np.log(np.array([[1.0, 2.0, 3.0]]))
+    assert ref.modality_confusion([z], [0, 2]) == pytest.approx(-(np.log(1 / 6) + np.log(3 / 6)) / 2, rel=1e-14)
+    assert ref.modality_confusion([z, z], [0, 2]) == pytest.approx(-(np.log(1 / 6) + np.log(3 / 6)), rel=1e-14)
+
+
+# --- the DANN weight ramp ----------------------------------------------------------------------
+
+@FAST
+@given(p=st.floats(-10.0, 10.0, allow_nan=False), gamma=st.sampled_from([10.0, 1.0, 5.0, 25.0]))
+def test_dann_weight_matches_oracle(p, gamma):
+    """2 / (1 + exp(-gamma p)) - 1 (torch side) against tanh(gamma p / 2) (oracle), p clipped to [0, 1]:
+    the two forms agree to a few eps (the subtraction near 0 loses relative, not absolute, accuracy)."""
+    got, expected = L.dann_weight(p, gamma), ref.dann_weight(p, gamma)
+    assert abs(got - expected) <= 4 * np.finfo(np.float64).eps
+    assert 0.0 <= got <= 1.0
+
+
+@FEW
+@given(ps=st.lists(st.floats(0.0, 1.0), min_size=2, max_size=8))
+def test_dann_weight_is_monotone_from_zero_to_nearly_one(ps):
+    ps = sorted(ps)
+    ws = [L.dann_weight(p) for p in ps]
+    assert all(a <= b for a, b in zip(ws, ws[1:]))
+    assert L.dann_weight(0.0) == ref.dann_weight(0.0) == 0.0
+    assert L.dann_weight(1.0) == pytest.approx(np.tanh(5.0), abs=1e-15)
+
+
+@FAST
+@given(epoch=st.integers(1, 30), n_batches=st.integers(1, 50), data=st.data(),
+       ramp=st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.5, 10.0]))
+def test_adversarial_scale_schedule_matches_oracle(epoch, n_batches, data, ramp):
+    """The factor the trainer puts on grl_lambda at each step: the DANN ramp over adv_ramp_epochs
+    (0 at the first step, 1 once past the ramp or without one)."""
+    step = data.draw(st.integers(1, n_batches))
+    got = L.adversarial_scale(epoch, step, n_batches, ramp)
+    assert abs(got - ref.adversarial_scale(epoch, step, n_batches, ramp)) <= 4 * np.finfo(np.float64).eps
+    if ramp == 0.0:
+        assert got == 1.0
+    elif epoch == 1 and step == 1:
+        assert got == 0.0
+
+
+# --- the loss table: every term has an oracle, and L_senti agrees with its oracle ---------------------
+
+def test_every_loss_term_names_an_oracle_of_mmin_reference():
+    from mmin_plugin.modeling.terms import LOSS_TERMS
+
+    for t in LOSS_TERMS:
+        assert callable(getattr(ref, t.oracle, None)), f"{t.name}: no oracle mmin_reference.{t.oracle}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FEW
+@given(pairs=st.lists(st.tuples(S.bounded_floats(10.0), S.bounded_floats(10.0)), min_size=1, max_size=8),
+       values=st.lists(S.bounded_floats(100.0), min_size=5, max_size=5),
+       weights=st.lists(st.floats(0.0, 2.0), min_size=3, max_size=3))
+def test_total_loss_is_eq6_of_the_oracle_sentiment_loss(dtype, pairs, values, weights):
+    """`MMIN.total_loss` (driven by the loss table): L_senti against its oracle (MSE), and the
+    total = L_senti + alpha L_sep + beta L_adv + gamma L_ap, L_ac and L_conf only logged."""
+    import types
+
+    from mmin_plugin.modeling.model import MMIN
+
+    pred, y = (cast(np.array(c)[:, None], dtype) for c in zip(*pairs))
+    sep, ac, adv, ap, conf = (cast(v, dtype) for v in values)
+    outputs = {"M": as_torch(pred, dtype), **{k: as_torch(v, dtype) for k, v in
+                                              (("L_sep", sep), ("L_ac", ac), ("L_adv", adv), ("L_ap", ap),
+                                               ("L_conf", conf))}}
+    w = dict(zip(("alpha", "beta", "gamma"), weights))
+    total, terms = MMIN.total_loss(types.SimpleNamespace(weights=w), outputs, as_torch(y, dtype))
+    senti = ref.sentiment_loss(pred, y)
+    eps = np.finfo(dtype).eps
+    assert abs(terms["L_senti"].item() - senti) <= 4 * len(pairs) * eps * (1 + np.max((pred - y) ** 2))
+    assert set(terms) == {"L_senti", "L_sep", "L_ac", "L_ap", "L_conf"} and terms["L_ac"].item() == ac
+    expected = senti + w["alpha"] * sep + w["beta"] * adv + w["gamma"] * ap
+    scale = abs(senti) + w["alpha"] * abs(sep) + w["beta"] * abs(adv) + w["gamma"] * abs(ap)
+    assert abs(total.item() - expected) <= 16 * len(pairs) * eps * (1 + scale)

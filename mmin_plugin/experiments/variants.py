@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from ..modeling.terms import LOSS_TERMS
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -31,9 +33,8 @@ PAPER_VARIANTS: Tuple[Variant, ...] = (
     Variant("wo-text", {"ablation": ["text"]}, "w/o text"),
     Variant("wo-video", {"ablation": ["video"]}, "w/o video"),
     Variant("wo-audio", {"ablation": ["audio"]}, "w/o audio"),
-    Variant("wo-sep", {"ablation": ["sep"]}, "w/o L_sep"),
-    Variant("wo-ac", {"ablation": ["ac"]}, "w/o L_ac"),
-    Variant("wo-ap", {"ablation": ["ap"]}, "w/o L_ap"),
+    # one per loss term with an ablation switch (wo-sep, wo-ac, wo-ap): the loss table's
+    *(Variant(f"wo-{t.ablation}", {"ablation": [t.ablation]}, f"w/o {t.name}") for t in LOSS_TERMS if t.ablation),
 )
 
 #: this project's design choices (not the paper's); run only when named in `--variants`

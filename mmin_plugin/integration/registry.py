@@ -7,16 +7,25 @@ every other name: `AMIO.__init__`, `ATIO.getTrain`, `get_config_regression` / `g
 (MMSA's own reader runs on a temporary copy of the config file with the registered entry added,
 so defaults, `datasetCommonParams`, `featurePath` joining and tune sampling stay MMSA's), the
 feature-file `pickle` of MMSA's loader (the project's safe loader, for every model) and the
-pre-run checks. `import mmin_plugin` registers MMIN this way. How-to: README, "Register your own
-model"; design notes: docs/design/mmsa.md.
+pre-run checks. MMIN is registered this way when MMSA is imported (`autoregister`). How-to:
+docs/register.md; design notes: docs/design/mmsa.md.
+
+Once per run: MMSA's regression config merge is memoised (keyed by model, dataset and the config
+file's bytes; a deep copy is handed out each time), so the callers that read a run's merged config
+(compare, the trial fingerprint, `MMSA_run` itself) share one merge; a registered model with a
+``config_of`` parser (MMIN: :class:`MMINConfig`) has its config parsed once, by the pre-run check,
+and the same object handed to the model and the trainer.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import json
 import logging
 import os
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Union
@@ -37,6 +46,8 @@ class _Entry:
     trainer: type
     config: Dict[str, Any]  # {'regression': {...}, 'tune': {...}}: the model's entry in MMSA's schema
     pre_run: Optional[Callable[[Any], None]] = None  # checks before training, given MMSA's merged args
+    # the model's own config parsed from MMSA's args, once per run; model(config), trainer(args, config)
+    config_of: Optional[Callable[[Any], Any]] = None
 
 
 _REGISTERED: Dict[str, _Entry] = {}
@@ -69,6 +80,50 @@ def _mmsa_builtin_names():
     return {m.lower() for m in run.SUPPORTED_MODELS} - set(_REGISTERED)
 
 
+#: memo of MMSA's regression config merge: key -> merged args (handed out as deep copies)
+_MERGED: OrderedDict[tuple, Any] = OrderedDict()
+_MERGED_MAX = 64
+
+
+def _default_config_file(section: str) -> Path:
+    import MMSA.config as mc
+
+    return Path(mc.__file__).parent / "config" / ("config_regression.json" if section == "regression"
+                                                  else "config_tune.json")
+
+
+def _merge_key(model_name, dataset_name, config_file) -> Optional[tuple]:
+    """The memo key of a regression merge: names, the file and a hash of its bytes (a file
+    rewritten between two calls is merged again); None when the file cannot be read (the merge
+    then runs and reports it)."""
+    try:
+        digest = hashlib.sha256(Path(config_file).read_bytes()).hexdigest()
+    except OSError:
+        return None
+    entry = _REGISTERED.get(model_name)
+    return (str(model_name), str(dataset_name), os.path.abspath(str(config_file)), digest,
+            None if entry is None else id(entry))
+
+
+def _memoised(orig):
+    """MMSA's `get_config_regression` merged once per (model, dataset, config file contents):
+    a pure function of those, and read by several callers per run. `get_config_tune` samples at
+    random on each call, so it is never memoised."""
+    def get_config(model_name, dataset_name, config_file="", *rest, **kw):
+        key = None if rest or kw else _merge_key(model_name, dataset_name,
+                                                 config_file or _default_config_file("regression"))
+        if key is None:
+            return orig(model_name, dataset_name, config_file, *rest, **kw)
+        if key not in _MERGED:
+            _MERGED[key] = orig(model_name, dataset_name, config_file)
+            while len(_MERGED) > _MERGED_MAX:
+                _MERGED.popitem(last=False)
+        _MERGED.move_to_end(key)
+        return copy.deepcopy(_MERGED[key])  # MMSA and its callers mutate the args they get
+
+    return get_config
+
+
 def _wrap_config_reader(section: str):
     def make(orig):
         def get_config(model_name, dataset_name, config_file="", *rest, **kw):
@@ -76,10 +131,7 @@ def _wrap_config_reader(section: str):
             if entry is None:
                 return orig(model_name, dataset_name, config_file, *rest, **kw)
             if not config_file:
-                import MMSA.config as mc
-
-                name = "config_regression.json" if section == "regression" else "config_tune.json"
-                config_file = Path(mc.__file__).parent / "config" / name
+                config_file = _default_config_file(section)
             with open(config_file) as f:
                 config_all = json.load(f)
             if model_name not in config_all:
@@ -102,7 +154,7 @@ def _wrap_config_reader(section: str):
             finally:
                 os.unlink(tmp)
 
-        return get_config
+        return _memoised(get_config) if section == "regression" else get_config
 
     return make
 
@@ -122,7 +174,8 @@ def _amio_init(orig):
             self.alignNet = AlignSubNet(args, "avg_pool")
             if "seq_lens" in args.keys():
                 args["seq_lens"] = self.alignNet.get_seq_len()
-        self.Model = entry.model(args)  # same state-dict layout ('Model.' prefix) as MMSA's models
+        # same state-dict layout ('Model.' prefix) as MMSA's models
+        self.Model = entry.model(entry.config_of(args) if entry.config_of is not None else args)
 
     return __init__
 
@@ -130,7 +183,9 @@ def _amio_init(orig):
 def _get_train(orig):
     def getTrain(self, args):
         entry = _REGISTERED.get(args["model_name"])
-        return entry.trainer(args) if entry is not None else orig(self, args)
+        if entry is None:
+            return orig(self, args)
+        return entry.trainer(args, entry.config_of(args)) if entry.config_of is not None else entry.trainer(args)
 
     return getTrain
 
@@ -183,6 +238,29 @@ def _install_patches() -> None:
         hooks.PRE_RUN_HOOKS.append(_run_registered_checks)
 
 
+#: the run in progress: MMSA's args object and MMIN's config parsed from it (one slot: MMSA runs one
+#: at a time per process; the identity check below keeps a stale slot from serving another run)
+_RUN: Dict[str, Any] = {}
+
+
+def _mmin_run_config(args):
+    """MMIN's :class:`MMINConfig` of the run `args` belongs to, parsed once.
+
+    The pre-run check parses it (before the data is loaded) and keeps it here; the model and the
+    trainer get that object. MMSA's data loader sets `feature_dims` from the file in between: that
+    one key is applied with :func:`dataclasses.replace` (validated again, not parsed again). Without a
+    pre-run check (MMSA_test, AMIO built by hand) the config is parsed here, once for model and trainer.
+    """
+    from ..modeling.config import MMINConfig
+
+    config = _RUN["config"] if _RUN.get("args") is args else MMINConfig.from_args(args)
+    dims = args.get("feature_dims")
+    if dims is not None and tuple(dims) != config.feature_dims:
+        config = dataclasses.replace(config, feature_dims=tuple(dims))
+    _RUN.update(args=args, config=config)
+    return config
+
+
 def _validate_registered_run(args) -> None:
     """Before any training: config and feature file checks for runs of a registered model.
 
@@ -201,7 +279,7 @@ def _validate_registered_run(args) -> None:
     from . import compat
     from .validation import validate_config
 
-    validate_config(args)
+    _RUN.update(args=args, config=validate_config(args))  # the run's one parse (_mmin_run_config)
     main = args.get("custom_feature") or args["featurePath"]
     extra_keys = [key for key in ("feature_T", "feature_A", "feature_V") if args.get(key)]
     for path in [main] + [args[key] for key in extra_keys]:
@@ -283,8 +361,10 @@ def register(name: str = "mmin", model: Optional[type] = None, trainer: Optional
         from .trainer import MMINTrainer
 
         reg = load_registry()
-        model, trainer, pre_run = MMIN, MMINTrainer, _validate_registered_run
+        model, trainer, pre_run, config_of = MMIN, MMINTrainer, _validate_registered_run, _mmin_run_config
         config = {s: reg[s]["mmin"] for s in SECTIONS}
+    else:
+        config_of = None
     if name in _REGISTERED:
         old = _REGISTERED[name]
         if old.model is model and old.trainer is trainer:
@@ -296,7 +376,7 @@ def register(name: str = "mmin", model: Optional[type] = None, trainer: Optional
     _install_patches()
     if name in _mmsa_builtin_names():
         raise MMINError(f"model name '{name}' is one of MMSA's own models; choose another name")
-    _REGISTERED[name] = _Entry(model, trainer, sections, pre_run)
+    _REGISTERED[name] = _Entry(model, trainer, sections, pre_run, config_of)
     from MMSA import run
 
     if name.upper() not in run.SUPPORTED_MODELS:

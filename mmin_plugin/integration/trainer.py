@@ -37,7 +37,7 @@ from ..atomic import atomic_write, atomic_write_text, remove_stale_temps
 from ..constants import LOWER_IS_BETTER
 from ..errors import NonFiniteGradientError, NonFiniteLossError
 from ..modeling.config import MMINConfig
-from ..modeling.losses import dann_weight
+from ..modeling.losses import adversarial_scale
 from ..modeling.terms import TERM_NAMES
 
 logger = logging.getLogger("MMSA." + __name__)
@@ -265,8 +265,8 @@ class MMINTrainer:
             n_batches = len(dataloader["train"])
             with tqdm(dataloader["train"], desc=f"MMIN train epoch {epochs}", leave=False) as bar:
                 for step, batch in enumerate(bar, start=1):
-                    if ramp > 0:  # DANN schedule over the first adv_ramp_epochs epochs (0 at the first step)
-                        net.cin.adv_scale = dann_weight((epochs - 1 + (step - 1) / max(n_batches, 1)) / ramp)
+                    # DANN schedule over the first adv_ramp_epochs epochs (0 at the first step)
+                    net.cin.adv_scale = adversarial_scale(epochs, step, n_batches, ramp)
                     inputs, kwargs, labels = _batch_inputs(batch, device)
                     optimizer.zero_grad()
                     outputs = model(*inputs, **kwargs)

@@ -22,6 +22,7 @@ __all__ = [
     "modality_cross_entropy",
     "modality_confusion",
     "dann_weight",
+    "adversarial_scale",
     "MODALITY_LABELS",
     "LOSS_TERMS",
     "LossTerm",
@@ -142,3 +143,13 @@ def dann_weight(progress: float, gamma: float = 10.0) -> float:
 
     p = min(max(float(progress), 0.0), 1.0)
     return 2.0 / (1.0 + math.exp(-gamma * p)) - 1.0
+
+
+def adversarial_scale(epoch: int, step: int, n_batches: int, ramp_epochs: float) -> float:
+    """The factor on grl_lambda (``CoarseInteraction.adv_scale``) at step ``step`` of epoch ``epoch``
+    (both from 1), ``n_batches`` steps per epoch: :func:`dann_weight` at the progress
+    p = (epoch - 1 + (step - 1) / n_batches) / ramp_epochs (0 at the first step); 1 when
+    ``ramp_epochs`` <= 0 (no ramp)."""
+    if ramp_epochs <= 0:
+        return 1.0
+    return dann_weight((epoch - 1 + (step - 1) / max(n_batches, 1)) / ramp_epochs)

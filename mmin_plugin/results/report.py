@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..constants import LOWER_IS_BETTER, METRIC_ORDER
+from ..modeling.terms import curve_panels
 from . import paper
 from .aggregate import measured_metrics, summarize
 
@@ -371,13 +372,7 @@ def render_figure(rows: List[Dict], specs: Sequence, kind: str, dataset: str, su
     return _png(fig)
 
 
-CURVE_PANELS = (
-    ("L_senti (MSE)", "train_L_senti", "valid_Loss"),
-    ("L_sep", "train_L_sep", "valid_L_sep"),
-    ("L_ac", "train_L_ac", "valid_L_ac"),
-    ("L_ap", "train_L_ap", "valid_L_ap"),
-    ("total loss (eq. 6)", "train_Loss", None),
-)
+CURVE_PANELS = curve_panels()  # (title, train key, valid key): one per loss term of modeling/terms.py, then the total
 
 
 def plot_training_curves(history: List[Dict], title: str) -> bytes:
