@@ -35,6 +35,43 @@ def test_registry_common_params_are_the_config_defaults(section):
     assert {k: v for k, v in common.items()} == {k: MMINConfig().to_dict()[k] for k in common}
 
 
+#: the keys MMSA sets from the dataset (its datasetCommonParams and its data loader), not registry.json
+SET_BY_MMSA = {"dataset_name", "feature_dims", "KeyEval"}
+
+
+@pytest.mark.parametrize("section", ["regression", "tune"])
+def test_registry_names_every_config_key_exactly_once(section):
+    """registry.json is MMINConfig in MMSA's schema: every key MMSA does not set itself is in it,
+    in exactly one place (commonParams, datasetParams, or the tune grid `d_paras`)."""
+    entry = REGISTRY[section]["mmin"]
+    places = [set(entry["commonParams"]), set(entry["datasetParams"]["mosi"]),
+              set(entry.get("debugParams", {}).get("d_paras", []))]
+    assert set().union(*places) == set(FIELDS) - SET_BY_MMSA, set(FIELDS) ^ set().union(*places)
+    assert sum(len(p) for p in places) == len(set().union(*places)), "a key in two places"
+    for dataset in DATASETS:
+        assert set(entry["datasetParams"][dataset]) == places[1], dataset
+
+
+def test_tune_grid_holds_every_default_and_the_rest_are_defaults():
+    """The tune section searches around the defaults: each grid holds the default value, and every
+    key it does not search has the default (so a tuned run differs from the default only where searched)."""
+    debug = TUNE["debugParams"]
+    for key in debug["d_paras"]:
+        assert _default(key) in debug[key], (key, debug[key])
+    assert {k: _default(k) for k in TUNE["datasetParams"]["mosi"]} == TUNE["datasetParams"]["mosi"]
+    for dataset in DATASETS:  # tune's per-dataset keys are the regression section's values
+        assert {k: REG["datasetParams"][dataset][k] for k in TUNE["datasetParams"][dataset]} == \
+            TUNE["datasetParams"][dataset]
+
+
+def test_mmsa_merged_mosi_config_is_the_default_config():
+    """MMINConfig() is what MMSA hands MMIN for MOSI (registry.json merged with MMSA's own dataset
+    block): the defaults cannot drift from the registry or from MMSA's KeyEval / feature widths."""
+    from mmin_plugin.integration.runner import mmsa_config
+
+    assert MMINConfig.from_args(mmsa_config("mmin", "mosi")) == MMINConfig()
+
+
 def test_registry_mosi_params_are_the_config_defaults():
     mosi = REG["datasetParams"]["mosi"]
     assert {k: _default(k) for k in mosi} == mosi

@@ -532,3 +532,82 @@ def test_mmsa_run_with_the_mean_default_trains_exactly_as_the_sum(small_mosi, tm
     assert [h["train_L_senti"] for h in hist_s] == [h["train_L_senti"] for h in hist_m]
     assert [h["train_L_sep"] / 256 for h in hist_s] == pytest.approx([h["train_L_sep"] for h in hist_m], rel=1e-12)
     assert ckpt_s.keys() == ckpt_m.keys() and all(torch.equal(ckpt_s[k], ckpt_m[k]) for k in ckpt_s)
+
+
+# --- one source of truth: every module is built from MMINConfig, no default of its own -------------
+
+#: parameters that may have a default: not configuration (forward-time switches, DANN's constant, tensor
+#: placement); anything else with a default could silently disagree with MMINConfig
+NOT_CONFIG_DEFAULTS = {("dann_weight", "gamma"), ("sinusoidal_positions", "device"),
+                       ("sinusoidal_positions", "dtype")}
+
+
+def _constructors():
+    import inspect
+
+    from mmin_plugin.integration import trainer
+    from mmin_plugin.modeling import losses, model
+
+    for module in (model, losses):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.isclass(obj) and issubclass(obj, torch.nn.Module):
+                yield name, obj.__init__
+            elif inspect.isfunction(obj):
+                yield name, obj
+    yield "SequenceLSTM", model.SequenceLSTM.__init__
+    yield "clip_gradients", trainer.clip_gradients
+    yield "MMINTrainer", trainer.MMINTrainer.__init__
+
+
+def test_no_constructor_or_loss_function_has_a_default_of_its_own():
+    import inspect
+
+    defaults = {(name, p.name): p.default for name, fn in _constructors()
+                for p in inspect.signature(fn).parameters.values()
+                if p.default is not inspect.Parameter.empty and (name, p.name) not in NOT_CONFIG_DEFAULTS}
+    # MMINTrainer(args, config=None): None = parse MMSA's args (not a value that could disagree)
+    assert defaults == {("MMINTrainer", "config"): None}, defaults
+
+
+FLIPPED = dict(d_model=24, nheads=3, fine_layers=3, fusion_layers=2, fusion_ff_dim=40, rnn_layers=2, disc_hidden=12,
+               dropout=0.2, attn_dropout=0.3, ca_ffn=True, ca_positions=True, grl_lambda=0.5, sep_reduction="sum",
+               adv_objective="reversal")
+
+
+@pytest.mark.parametrize("over", [{}, FLIPPED], ids=["defaults", "every-model-key-changed"])
+def test_every_module_is_built_as_the_config_says(over):
+    """Build MMIN from a config (the defaults, then every model key changed) and read each module's
+    settings back: a module with a default of its own would keep it here."""
+    from mmin_plugin.modeling.model import CALayerStack, CoarseInteraction, FusionLayer, SequenceLSTM
+
+    cfg = MMINConfig(use_bert=False, **over)
+    net = MMIN(cfg)
+    assert net.config is cfg
+    d = cfg.d_model
+    cas = [m for m in net.modules() if isinstance(m, CrossAttention)]
+    assert len(cas) == 6 * cfg.fine_layers + 3  # 6 ordered pairs x N, and the coarse-guided step
+    for ca in cas:
+        assert (ca.nheads, ca.d_head, ca.has_ffn) == (cfg.nheads, d // cfg.nheads, cfg.ca_ffn)
+        assert (ca.attn_dropout.p, ca.dropout.p) == (cfg.attn_dropout, cfg.dropout)
+    for stack in (m for m in net.modules() if isinstance(m, CALayerStack)):
+        assert (len(stack.layers), stack.positions) == (cfg.fine_layers, cfg.ca_positions)
+    for rnn in (m for m in net.modules() if isinstance(m, SequenceLSTM)):
+        assert (rnn.lstm.hidden_size, rnn.lstm.num_layers) == (d, cfg.rnn_layers)
+    assert net.features.audio_rnn.lstm.input_size == cfg.feature_dims[1]
+    assert net.features.video_rnn.lstm.input_size == cfg.feature_dims[2]
+    (cin,) = [m for m in net.modules() if isinstance(m, CoarseInteraction)]
+    assert (cin.grl_lambda, cin.sep_reduction, cin.adv_objective) == (cfg.grl_lambda, cfg.sep_reduction,
+                                                                      cfg.adv_objective)
+    disc = cin.discriminator
+    assert (disc.fc1.in_features, disc.fc1.out_features, disc.fc2.out_features, disc.dropout.p) == (
+        d, cfg.disc_hidden, len(MODALITIES), cfg.dropout)
+    (fusion,) = [m for m in net.modules() if isinstance(m, FusionLayer)]
+    assert len(fusion.transformer.layers) == cfg.fusion_layers
+    for layer in fusion.transformer.layers:
+        assert (layer.linear1.out_features, layer.self_attn.num_heads, layer.dropout.p) == (
+            cfg.fusion_ff_dim, cfg.nheads, cfg.dropout)
+    assert fusion.head[0].in_features == 3 * len(cfg.modalities) * d and fusion.head[2].p == cfg.dropout
+    assert net.weights == {"alpha": cfg.alpha, "beta": cfg.beta, "gamma": cfg.gamma}
+    every_dropout = {m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)}
+    assert every_dropout <= {cfg.dropout, cfg.attn_dropout}, every_dropout
