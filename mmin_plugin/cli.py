@@ -389,9 +389,10 @@ def cmd_tune(a) -> int:
 
 
 def cmd_patches(a) -> int:
-    import mmin_plugin  # noqa: F401  (registration installs every patch)
-
     from .integration.patching import describe
+    from .integration.registry import register
+
+    register()  # installs every patch (importing mmin_plugin alone changes nothing in MMSA)
 
     print(describe())
     return 0
