@@ -81,7 +81,9 @@ print(json.dumps({"culprit": culprit, "skipped": skipped, "n": len(names),
 @pytest.mark.e2e
 def test_importing_mmsa_afterwards_registers_mmin_and_removes_the_hook():
     out = fresh("import json, sys\n" + """
+import importlib.util
 import mmin_plugin
+assert importlib.util.find_spec("MMSA") is not None and "MMSA" not in sys.modules  # a look-up only: hook stays
 from MMSA.config import get_config_regression   # a submodule first: MMSA's __init__ runs, then the hook
 from MMSA import run
 args = get_config_regression("mmin", "mosi")      # the patched reader (a from-import made after registering)

@@ -7,7 +7,8 @@ MMSA_run; MMSA_run('mmin', ...)` to work. So the package root calls :func:`insta
 * if MMSA is already imported, MMIN is registered at once (MMSA has loaded torch already);
 * otherwise a finder on ``sys.meta_path`` waits for the first ``import MMSA`` (by anyone), lets
   the normal finders find and load it, and registers MMIN right after MMSA's ``__init__`` has run,
-  before the importing statement gets the module. The finder then removes itself.
+  before the importing statement gets the module. The finder then removes itself (a lookup that
+  never executes MMSA, such as ``importlib.util.find_spec("MMSA")``, leaves it in place).
 
 This module imports nothing heavy; registration itself is :func:`~.registry.register`.
 """
@@ -38,8 +39,11 @@ class _RegisterOnImport(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
         if fullname != TARGET:
             return None
-        uninstall()  # one shot; the search below must not find this finder again
+        # not removed yet: a find_spec whose module is never executed (importlib.util.find_spec("MMSA"),
+        # an availability check) must leave the hook in place for the real import
         for finder in sys.meta_path:
+            if finder is self:
+                continue
             find = getattr(finder, "find_spec", None)
             spec = find(fullname, path, target) if find is not None else None
             if spec is not None:
@@ -53,6 +57,7 @@ class _RegisterOnImport(importlib.abc.MetaPathFinder):
 
         def exec_then_register(module):
             exec_module(module)
+            uninstall()  # one shot
             _register()
 
         loader.exec_module = exec_then_register  # this loader instance serves this one import
