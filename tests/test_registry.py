@@ -95,3 +95,8 @@ def test_mmsa_run_parses_mmins_config_once(small_mosi, tmp_path, monkeypatch):
              log_dir=tmp_path / "l", gpu_ids=[], num_workers=0, verbose_level=0)
     assert len(calls) == 1
     assert seen["model"] is seen["trainer"] and seen["model"].d_model == 16
+    # every term of the loss table is logged, L_conf included, for training and validation
+    from mmin_plugin.modeling.terms import TERM_NAMES
+
+    (record,) = json.loads((tmp_path / "m" / "mmin-mosi.history.json").read_text())
+    assert {f"train_{t}" for t in TERM_NAMES} | {f"valid_{t}" for t in TERM_NAMES if t != "L_senti"} <= set(record)
