@@ -183,9 +183,9 @@ class Dataset:
 
     def to_dict(self) -> Dict:
         """Plain JSON data; ``Dataset.from_dict(spec.to_dict()) == spec``."""
-        d = dataclasses.asdict(self)
-        d["sizes"], d["override_files"] = dict(self.sizes), dict(self.override_files)
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: (list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v)
+                for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> Dataset:
