@@ -168,8 +168,8 @@ def build_features(clips, out, *, encoder, audio_dir=None, video_dir=None, max_t
     layout = datasets.MMSA_STANDARD
     table = read_clips(clips, label_range)
     ids = [c["id"] for s in SPLITS for c in table[s]]
-    arrays = {key: (_Arrays(folder, key, ids) if folder else None)
-              for key, folder in zip(layout.modality_keys[1:], (audio_dir, video_dir))}
+    arrays = {key: (_Arrays(folder, what, ids) if folder else None)
+              for key, what, folder in zip(layout.modality_keys[1:], ("audio", "video"), (audio_dir, video_dir))}
     # pass 1, headers only: every array checked and the padded lengths known before anything is encoded
     lengths = {key: {cid: arr.header(cid)[0] for cid in ids} if arr else None for key, arr in arrays.items()}
     pad = {}
