@@ -13,7 +13,8 @@ Output (MMSA-Standard layout, the one :mod:`mmin_plugin.datasets` describes): pe
 ``raw_text``, ``text`` (N, L, d) the encoder's last hidden states, zero after the tokens;
 ``text_bert`` (N, 3, L) token ids / attention mask / segment ids; ``audio`` / ``vision`` (N, La, d)
 the arrays, zero after their real length; ``audio_lengths`` / ``vision_lengths`` the real lengths;
-``regression_labels`` (N,) float32. A modality without a folder gets one all-zero frame per clip of
+``regression_labels`` (N,) float32 and ``classification_labels`` (0 / 1 / 2 for negative / zero /
+positive). A modality without a folder gets one all-zero frame per clip of
 width 1 (no information, and no model divides by a zero length). The padded audio/video length is
 at least the text's, because MMSA's MISA packs its audio and video LSTMs with the text lengths.
 ``.pkl`` writes MMSA's pickle, any other suffix the pickle-free safe format
@@ -191,6 +192,8 @@ def build_features(clips, out, *, encoder, audio_dir=None, video_dir=None, max_t
                  layout.modality_keys[0]: np.zeros((n, L, d_text), np.float32),
                  layout.text_ids_key: np.zeros((n, 3, L), np.float32),
                  "regression_labels": np.array([c["label"] for c in rows], np.float32)}
+            # MMSA-Standard's 3 classes (0 negative, 1 neutral, 2 positive); MMSA's classification mode reads them
+            s["classification_labels"] = (np.sign(s["regression_labels"]) + 1).astype(np.float32)
             for i in range(0, n, batch_size):
                 chunk = rows[i:i + batch_size]
                 enc = tok([c["text"] for c in chunk], padding="max_length", truncation=True, max_length=L,
