@@ -395,6 +395,11 @@ def explain(checkpoint, feature_path, sample, out_dir=None, config_file=None, ov
 
     args = load_run_config(checkpoint, config_file, overrides)
     data = safe_load(feature_path)
+    name = args.get("dataset_name")
+    if isinstance(name, str) and datasets.lookup(name) is None:  # a run on a registered dataset, in another process
+        from ..features.infer import infer_dataset
+
+        datasets.add(infer_dataset(name, data, feature_path))
     _check_features(data, feature_path, args)
     split, i = find_sample(data, str(sample), feature_path)
     s = data[split]
