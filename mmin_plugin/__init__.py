@@ -11,6 +11,7 @@ trials: aggregation, statistics, reports), `mmin_plugin.experiments` (compare, a
 demo, explain), `mmin_plugin.cli`. Design notes: docs/design/.
 """
 from .errors import MMINConfigError, MMINDataError, MMINError, NonFiniteGradientError, NonFiniteLossError
+from .integration.datasets import register_dataset, unregister_dataset
 from .integration.registry import register, unregister
 from .modeling import losses
 from .modeling.config import MMINConfig
@@ -25,6 +26,8 @@ __all__ = [
     "losses",
     "register",
     "unregister",
+    "register_dataset",
+    "unregister_dataset",
     "MMINError",
     "MMINDataError",
     "MMINConfigError",
