@@ -109,3 +109,18 @@ def test_bad_inputs_name_the_clip(clips, tiny_bert, tmp_path, case, match):
     with pytest.raises(MMINDataError, match=match):
         _build(clips, tiny_bert, tmp_path / "f.pkl")
     assert not (tmp_path / "f.pkl").exists()
+
+
+def test_cli_features_build_writes_the_file_or_one_error_line(clips, tiny_bert, tmp_path, capsys):
+    from mmin_plugin import cli
+
+    argv = ["features", "build", "--clips", str(clips / "clips.csv"), "--audio", str(clips / "audio"),
+            "--encoder", tiny_bert, "--max-text-len", "8"]
+    assert cli.main(argv + ["--out", str(tmp_path / "f.mmin")]) == 0
+    out = capsys.readouterr().out
+    assert "train 6, valid 3, test 3 clips" in out and "safe format" in out
+    assert safe_load(tmp_path / "f.mmin")["test"]["text"].shape[1:] == (8, 32)
+    os.remove(clips / "audio" / "clip004.npy")
+    assert cli.main(argv + ["--out", str(tmp_path / "g.pkl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "clip 'clip004'" in err and err.count("\n") == 1

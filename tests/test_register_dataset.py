@@ -3,6 +3,7 @@ dataset through the recorded patches; `compare` / the CLI register a new --datas
 The end-to-end test is the issue's "Done when": a dataset built with `features build` from a CSV plus arrays
 (dimensions unlike MOSI's), registered, and MMIN, MISA and MulT trained and tested on it through `compare`."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,3 +176,53 @@ def test_own_dataset_end_to_end_through_compare(tmp_path, tiny_bert):
     assert "| mmin |" in md and "| misa |" in md and "| mult |" in md and "Against the reference: mmin" in md
     table = read_rows(tmp_path / "out" / "compare-ours.csv")
     assert len(table) == 6 and (tmp_path / "out" / "compare-ours.png").is_file()
+
+
+def test_a_trials_process_registers_the_handed_on_spec(mine, monkeypatch):
+    import MMSA
+
+    from mmin_plugin.integration import runner
+
+    seen = []
+    monkeypatch.setattr(MMSA, "MMSA_run", lambda model, dataset, config=None, **kw: seen.append((dataset, config)))
+    d = mine.to_dict()
+    unregister_dataset("mine")
+    runner.mmsa_run("mult", "mine", config={SPEC_KEY: d, "batch_size": 4}, seeds=[1])
+    assert seen == [("mine", {"batch_size": 4})] and datasets.lookup("mine") == mine
+
+
+def test_tune_registers_from_the_feature_file_and_every_trial_carries_the_spec(own_file, tmp_path, monkeypatch):
+    pytest.importorskip("optuna")
+    from MMSA.trains import ATIO
+
+    from mmin_plugin.experiments.tune import run_tune
+    from mmin_plugin.integration import runner
+
+    class Trainer:  # one epoch of MMSA's trainer protocol, scored
+        def __init__(self, args):
+            self.args = args
+
+        def do_train(self, model, dataloader, return_epoch_results=False):
+            self.do_test(model, dataloader, mode="VAL")
+
+        def do_test(self, model, dataloader, mode="VAL", return_sample_results=False):
+            return {"Loss": 0.4, "MAE": 0.5, "Corr": 0.3}
+
+    configs = []
+
+    def fake_run(model, dataset, config=None, seeds=(), **kw):
+        configs.append(dict(config))
+        trainer = ATIO().getTrain({"KeyEval": "Loss", "early_stop": 2, **config})  # instrumented by the trial
+        trainer.do_train(None, None)
+        Path(kw["model_save_dir"], f"{model}-{dataset}.pth").write_bytes(b"x")
+        return [trainer.do_test(None, None, mode="TEST")]
+
+    monkeypatch.setattr(ATIO, "getTrain", lambda self, args: Trainer(args))
+    monkeypatch.setattr(runner, "mmsa_run", fake_run)
+    try:
+        run_tune("mult", "tuned", trials=2, final_seeds=[1111], feature_path=own_file, max_epochs=1,
+                 out_dir=tmp_path / "tune", dataset_options={"language": "en"})
+        spec = datasets.get("tuned").to_dict()
+    finally:
+        unregister_dataset("tuned")
+    assert len(configs) == 3 and all(c[SPEC_KEY] == spec for c in configs)
