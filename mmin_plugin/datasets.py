@@ -114,6 +114,10 @@ class Dataset:
             if len(v) != 3 or min(v) < 1:
                 raise MMINConfigError(f"dataset '{name}': {key}: expected 3 positive integers; found {v}")
             object.__setattr__(self, key, v)
+        if not isinstance(self.sizes, Mapping) or any(
+                not isinstance(self.sizes.get(s), int) or self.sizes[s] < 1 for s in self.splits):
+            raise MMINConfigError(f"dataset '{name}': sizes: expected a positive sample count for each of "
+                                  f"{list(self.splits)}; found {self.sizes!r}")
         sizes = {s: int(self.sizes[s]) for s in self.splits}
         object.__setattr__(self, "sizes", MappingProxyType(sizes))
         object.__setattr__(self, "override_files", MappingProxyType(dict(self.override_files)))

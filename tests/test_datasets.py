@@ -56,7 +56,8 @@ def test_spec_refuses_bad_values():
     base = datasets.MOSI.to_dict()
     for change, match in (({"metric_family": "iemocap"}, "metric_family"), ({"label_range": [-4, 4]}, "label_range"),
                           ({"seq_lens": [0, 1, 1]}, "seq_lens"), ({"key_eval": "Mult_acc_3"}, "key_eval"),
-                          ({"name": "a/b"}, "dataset name"), ({"colour": 1}, "unknown keys")):
+                          ({"name": "a/b"}, "dataset name"), ({"colour": 1}, "unknown keys"),
+                          ({"sizes": {"train": 3, "valid": 1}}, "sizes")):
         with pytest.raises(MMINConfigError, match=match):
             datasets.Dataset.from_dict({**base, "name": "x", **change})
 
