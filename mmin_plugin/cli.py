@@ -1,9 +1,12 @@
-"""Command line: `python -m mmin_plugin {run,demo,demo-data,convert,explain,compare,ablate,tune,patches} ...`.
+"""Command line: `python -m mmin_plugin {run,demo,demo-data,convert,explain,compare,ablate,tune,patches,features} ...`.
 
 `run` mirrors MMSA's own CLI (`python -m MMSA -m misa -d mosi -s 1111 ...`) with MMIN registered
 and a few conveniences (`--feature-path`, `--pretrained`, `--max-epochs`, `--set key=value`).
 `convert IN.pkl OUT` rewrites a feature file in the safe format (no pickle) that every model's
-`featurePath` accepts.
+`featurePath` accepts. `features build` makes a feature file from a CSV of clips, per-clip audio/video
+arrays and a BERT-style encoder; `features register NAME FILE` checks a file as a new dataset and
+prints what was inferred (`run`/`compare`/`ablate`/`tune` register a new `--dataset` name from
+`--feature-path` themselves).
 
 Every user error ends as `error: ...` on stderr with exit status 2 and no traceback: argument
 values are checked by the parser's types (paths, seeds, worker counts, epoch caps, model and
@@ -20,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from .constants import DATASETS
+from . import datasets
 from .features.synthetic import DEMO_SIZES
 
 
@@ -95,10 +98,39 @@ _nonnegative_real = _real_at_least(0.0, False, "a number >= 0")
 
 
 def _dataset(text):
+    """A known dataset, or a new name (registered from --feature-path by the command)."""
     name = text.lower()
-    if name not in DATASETS:
-        raise argparse.ArgumentTypeError(f"expected a dataset in {list(DATASETS)}; found {text!r}")
+    if datasets.lookup(name) is None and not (name and all(c.isalnum() or c in "_-" for c in name)):
+        raise argparse.ArgumentTypeError(f"expected a dataset in {list(datasets.names())} or a new name of letters, "
+                                         f"digits, '_' and '-' (registered from --feature-path); found {text!r}")
     return name
+
+
+def _builtin_dataset(text):
+    name = text.lower()
+    if not datasets.is_builtin(name):
+        raise argparse.ArgumentTypeError(f"expected one of {[d.name for d in datasets.BUILTIN]}; found {text!r}")
+    return name
+
+
+def _dataset_options(p):
+    """How a dataset MMSA does not know is registered from its feature file (what cannot be inferred)."""
+    g = p.add_argument_group("a new dataset (registered from --feature-path; see docs/own-dataset.md)")
+    g.add_argument("--metric-family", choices=sorted(datasets.METRIC_FAMILIES),
+                   help="MMSA's metrics: 'mosi' (MOSI/MOSEI-style, labels in [-3, 3]) or 'sims' ([-1, 1]); "
+                        "default: inferred from the labels")
+    g.add_argument("--label-range", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="range of the regression labels (default: the metric family's)")
+    g.add_argument("--language", choices=("en", "cn"), help="default: inferred from the raw text")
+    g.add_argument("--text-dim", type=_positive, help="text width, for a file holding token ids only")
+    g.add_argument("--hyperparams-from", type=_builtin_dataset,
+                   help="whose datasetParams MMSA's models use (default: mosi, or sims for SIMS-style metrics)")
+
+
+def _dataset_overrides(a) -> dict:
+    out = {k: getattr(a, k, None) for k in ("metric_family", "label_range", "language", "text_dim",
+                                            "hyperparams_from")}
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in out.items() if v is not None}
 
 
 def known_models():
@@ -164,7 +196,8 @@ def _experiment_options(p, name):
 
     if name == "tune":
         p.add_argument("-m", "--model", required=True, type=_model, help="MMSA model name (mmin, misa, mult, ...)")
-        p.add_argument("-d", "--dataset", default="mosi", type=_dataset)
+        p.add_argument("-d", "--dataset", default="mosi", type=_dataset,
+                       help="a dataset name; a new one is registered from --feature-path")
         p.add_argument("--trials", type=_positive, default=20, help="number of search trials")
         p.add_argument("--search", default="random", choices=("random", "optuna"),
                        help="Optuna's RandomSampler or TPESampler (constant_liar), both seeded")
@@ -177,7 +210,8 @@ def _experiment_options(p, name):
                        help="sampler seed and search-trial training seed (not one of the final seeds)")
         p.add_argument("--final-seeds", type=_seed, nargs="+", default=list(DEFAULT_SEEDS))
     else:
-        p.add_argument("--dataset", "--datasets", dest="datasets", nargs="+", default=["mosi"], type=_dataset)
+        p.add_argument("--dataset", "--datasets", dest="datasets", nargs="+", default=["mosi"], type=_dataset,
+                       help="dataset names; a new one is registered from --feature-path")
         p.add_argument("--seeds", type=_seed, nargs="+", default=list(DEFAULT_SEEDS))
     if name == "compare":
         p.add_argument("--models", nargs="+", type=_model, default=["mmin", "misa", "mult"])
@@ -199,6 +233,7 @@ def _experiment_options(p, name):
                    help="overrides; model.key applies to one model")
     p.add_argument("-g", "--gpu-ids", type=_gpu, nargs="*", default=[], help="serial backend: MMSA's gpu_ids")
     p.add_argument("-n", "--num-workers", type=_workers, default=0)
+    _dataset_options(p)
     g = p.add_argument_group("where trials run")
     g.add_argument("--backend", default="serial", choices=BACKENDS)
     g.add_argument("--address", help="ray: 'auto' or 'ray://host:10001' joins a running cluster; default: local")
@@ -240,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="MMSA_run for any model (MMIN registered)")
     p.add_argument("-m", "--model", default="mmin", type=_model, help="an MMSA model name or 'mmin'")
-    p.add_argument("-d", "--dataset", default="mosi", type=_dataset, help=f"one of {list(DATASETS)}")
+    p.add_argument("-d", "--dataset", default="mosi", type=_dataset,
+                   help=f"one of {list(datasets.names())}, or a new name registered from --feature-path")
     p.add_argument("-c", "--config", default=None, type=_existing_file, help="your own MMSA config JSON file")
     p.add_argument("-t", "--tune", action="store_true")
     p.add_argument("-tt", "--tune-times", type=_positive, default=50)
@@ -253,10 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-Fa", "--feature-A", default=None, type=_existing_file)
     p.add_argument("-Fv", "--feature-V", default=None, type=_existing_file)
     _common_run_options(p)
+    _dataset_options(p)
 
     p = sub.add_parser("demo-data", help="write an MMSA-Standard-layout demo feature file and a tiny BERT")
     p.add_argument("--out", default="mmin-demo", type=_out_dir, help="output folder")
-    p.add_argument("--dataset", default="mosi", type=_dataset)
+    p.add_argument("--dataset", default="mosi", type=_builtin_dataset)
     p.add_argument("--n-train", type=_positive, default=DEMO_SIZES["n_train"])
     p.add_argument("--n-valid", type=_positive, default=DEMO_SIZES["n_valid"])
     p.add_argument("--n-test", type=_positive, default=DEMO_SIZES["n_test"])
@@ -267,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="make the demo data if missing and train/test MMIN on it with MMSA_run")
     p.add_argument("--out", default="mmin-demo", type=_out_dir, help="folder for data, weights, logs and results")
-    p.add_argument("--dataset", default="mosi", type=_dataset)
+    p.add_argument("--dataset", default="mosi", type=_builtin_dataset)
     p.add_argument("--max-epochs", type=_epochs, default=6)
     p.add_argument("--seed", type=_seed, default=1111)
     p.add_argument("--corrupt", action="store_true", help="use a demo file with NaN/inf and zero-length sequences")
@@ -295,10 +332,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bytes", type=_positive, default=None,
                    help="memory budget for reading INPUT (default: 4x its size + 64 MiB)")
 
+    _features_parser(sub)
+
     for name, text in (("compare", "head-to-head comparison"), ("ablate", "Table 2 ablations"),
                        ("tune", "seeded search on VALID, then the chosen config retrained and tested once")):
         _experiment_options(sub.add_parser(name, help=text), name)
     return parser
+
+
+def _features_parser(sub) -> None:
+    """`features build` (a feature file from clips) and `features register` (check a file as a dataset)."""
+    p = sub.add_parser("features", help="make a feature file from your own clips, or check one as a new dataset")
+    fsub = p.add_subparsers(dest="features_command", required=True)
+    b = fsub.add_parser("build", help="CSV of clips + audio/video arrays + a BERT-style encoder -> a feature file")
+    b.add_argument("--clips", required=True, type=_existing_file,
+                   help="CSV with columns id, text, label, split (train/valid/test)")
+    b.add_argument("--audio", type=_existing_dir, help="folder of <id>.npy arrays (T, d), one per clip")
+    b.add_argument("--video", type=_existing_dir, help="folder of <id>.npy arrays (T, d), one per clip")
+    b.add_argument("--encoder", required=True, type=_existing_dir,
+                   help="a BERT-style encoder folder (config.json, weights, vocab) read offline")
+    b.add_argument("--out", required=True, type=_out_file,
+                   help="the feature file; .pkl = MMSA's pickle, anything else the pickle-free safe format")
+    b.add_argument("--max-text-len", type=_positive, default=50, help="padded text length in tokens (MMSA: 50)")
+    b.add_argument("--max-audio-len", type=_positive, help="padded audio length (default: the longest array)")
+    b.add_argument("--max-video-len", type=_positive, help="padded video length (default: the longest array)")
+    b.add_argument("--label-range", type=float, nargs=2, metavar=("LO", "HI"), default=(-3.0, 3.0),
+                   help="labels outside are an error (default: MOSI's [-3, 3])")
+    b.add_argument("--batch-size", type=_positive, default=32, help="clips per encoder batch")
+    r = fsub.add_parser("register", help="check a feature file as a new dataset and print its inferred spec")
+    r.add_argument("name", type=_dataset)
+    r.add_argument("feature_path", type=_existing_file)
+    _dataset_options(r)
+
+
+def _existing_dir(text):
+    p = Path(text).expanduser()
+    if not p.is_dir():
+        raise argparse.ArgumentTypeError(f"expected an existing folder; found {text!r} "
+                                         f"({'a file' if p.exists() else 'no such folder'})")
+    return str(p)
+
+
+def cmd_features(a) -> int:
+    if a.features_command == "build":
+        from .integration.builder import build_features
+
+        info = build_features(a.clips, a.out, encoder=a.encoder, audio_dir=a.audio, video_dir=a.video,
+                              max_text_len=a.max_text_len, max_audio_len=a.max_audio_len,
+                              max_video_len=a.max_video_len, label_range=tuple(a.label_range),
+                              batch_size=a.batch_size)
+        sizes = ", ".join(f"{s} {n}" for s, n in info["sizes"].items())
+        print(f"wrote {a.out}: {sizes} clips; seq_lens {info['seq_lens']}, feature_dims {info['feature_dims']} "
+              f"({info['format']})")
+        return 0
+    from .integration.datasets import register_dataset
+
+    spec = register_dataset(a.name, a.feature_path, **_dataset_overrides(a))
+    print(json.dumps(spec.to_dict(), indent=1))
+    return 0
+
+
+def _ensure_dataset(name, feature_path, a) -> None:
+    """A --dataset name MMSA does not know: registered from --feature-path (else the error says so)."""
+    from .experiments.compare import check_datasets
+
+    check_datasets([name], feature_path, _dataset_overrides(a))
 
 
 def cmd_run(a) -> int:
@@ -308,6 +406,8 @@ def cmd_run(a) -> int:
     import mmin_plugin  # noqa: F401  (registers MMIN, applies the compatibility layer)
 
     from .integration.runner import epoch_cap
+
+    _ensure_dataset(a.dataset, a.feature_path, a)
 
     config = _parse_set(a.set)
     if a.feature_path:
@@ -370,7 +470,7 @@ def cmd_compare(a, ablate=False) -> int:
     kw = dict(dataset=a.datasets, seeds=a.seeds, feature_path=a.feature_path, pretrained=a.pretrained,
               max_epochs=a.max_epochs, out_dir=a.out, overrides=_parse_set(a.set), gpu_ids=list(a.gpu_ids),
               num_workers=a.num_workers, config_files=a.config_file, sweep=_sweep_options(a),
-              reference=a.reference)
+              reference=a.reference, dataset_options=_dataset_overrides(a))
     if ablate:
         compare.run_ablation(variants=a.variants, **kw)
     else:
@@ -384,7 +484,8 @@ def cmd_tune(a) -> int:
     run_tune(a.model, a.dataset, trials=a.trials, search=a.search, seed=a.seed, final_seeds=a.final_seeds,
              feature_path=a.feature_path, pretrained=a.pretrained, max_epochs=a.max_epochs, out_dir=a.out,
              overrides=_parse_set(a.set), gpu_ids=list(a.gpu_ids), num_workers=a.num_workers,
-             sweep=_sweep_options(a), prune=a.prune, rescore_top=a.rescore_top, rescore_seeds=a.rescore_seeds)
+             sweep=_sweep_options(a), prune=a.prune, rescore_top=a.rescore_top, rescore_seeds=a.rescore_seeds,
+             dataset_options=_dataset_overrides(a))
     return 0
 
 
@@ -405,7 +506,7 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     commands = {"run": cmd_run, "convert": cmd_convert, "demo-data": cmd_demo_data, "demo": cmd_demo,
                 "explain": cmd_explain, "compare": cmd_compare, "ablate": lambda a: cmd_compare(a, ablate=True),
-                "tune": cmd_tune, "patches": cmd_patches}
+                "tune": cmd_tune, "patches": cmd_patches, "features": cmd_features}
     try:
         return commands[a.command](a)
     except MMINError as e:

@@ -1,11 +1,12 @@
-"""The project's constants, each defined once (datasets, splits, modalities, ablations, metrics).
+"""The project's constants, each defined once (splits, modalities, ablations, metrics).
+
+What a dataset is (names, keys, dimensions, label ranges, metric families, KeyEval choices) lives
+in :mod:`mmin_plugin.datasets`, one spec per dataset.
 
 Layer-free: imported by the model, the MMSA integration, the experiments and the CLI alike.
 """
 from __future__ import annotations
 
-#: MMSA 2.2.1's regression datasets
-DATASETS = ("mosi", "mosei", "sims")
 #: the splits of an MMSA-Standard feature file
 SPLITS = ("train", "valid", "test")
 #: MMIN's modality order, (L, V, A) as the paper's discriminator labels y_L, y_V, y_A
@@ -23,14 +24,5 @@ METRIC_ORDER = ("MAE", "Corr", "Has0_acc_2", "Non0_acc_2", "Has0_F1_score", "Non
                 "Mult_acc_3", "Mult_acc_5", "Mult_acc_7", "F1_score", "Acc_2", "Loss")
 #: metrics where smaller is better (MMSA's KeyEval 'Loss' included)
 LOWER_IS_BETTER = frozenset({"MAE", "Loss"})
-#: the values `KeyEval` may take per dataset family (MMSA's MetricsTop keys plus 'Loss')
-KEY_EVALS = {
-    "mosi": ("Loss", "MAE", "Corr", "Has0_acc_2", "Non0_acc_2", "Has0_F1_score", "Non0_F1_score",
-             "Mult_acc_5", "Mult_acc_7"),
-    "sims": ("Loss", "MAE", "Corr", "Mult_acc_2", "Mult_acc_3", "Mult_acc_5", "F1_score"),
-}
-KEY_EVALS["mosei"] = KEY_EVALS["mosi"]
-#: |label| bound of each dataset's regression labels (MOSI/MOSEI: [-3, 3], SIMS: [-1, 1])
-LABEL_MAX = {"mosi": 3.0, "mosei": 3.0, "sims": 1.0}
 #: the values of the config key `lengths_from`: the file's lengths, or recomputed from non-zero frames
 LENGTHS_FROM = ("file", "nonzero")

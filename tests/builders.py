@@ -95,3 +95,31 @@ def make_features(n=(4, 3, 3), L=6, La=8, Lv=7, dt=768, da=5, dv=20, sims=False,
                 s["regression_labels_" + m] = rng.uniform(-1, 1, k).astype(np.float32)
         data[split] = s
     return data
+
+
+def make_clips(root, n=24, da=7, dv=11, seed=0, splits=(14, 5, 5)):
+    """Your own dataset as `features build` reads it: `root/clips.csv` (id, text, label, split) and
+    per-clip arrays `root/audio/<id>.npy` (T, da), `root/video/<id>.npy` (T, dv), lengths varying,
+    label-dependent (words of the demo vocabulary; audio up, video down with the label)."""
+    import csv
+
+    root = Path(root)
+    (root / "audio").mkdir(parents=True, exist_ok=True)
+    (root / "video").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pos, neg = "good great love happy".split(), "bad awful hate sad".split()
+    split_of = [s for s, k in zip(SPLITS, splits) for _ in range(k)]
+    rows = []
+    for i in range(n):
+        y = float(np.round(rng.uniform(-2.5, 2.5), 1))
+        words = rng.choice(pos if y > 0 else neg, 1 + int(abs(y)))
+        cid = f"clip{i:03d}"
+        rows.append({"id": cid, "text": "the movie was " + " ".join(words), "label": y,
+                     "split": split_of[i % len(split_of)]})
+        np.save(root / "audio" / f"{cid}.npy", (rng.normal(size=(int(rng.integers(3, 12)), da)) + y).astype(np.float32))
+        np.save(root / "video" / f"{cid}.npy", (rng.normal(size=(int(rng.integers(2, 9)), dv)) - y).astype(np.float32))
+    with open(root / "clips.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "text", "label", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    return root

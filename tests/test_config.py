@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmin_plugin.constants import DATASETS, KEY_EVALS
+from mmin_plugin import datasets
 from mmin_plugin.errors import MMINConfigError
 from mmin_plugin.integration.validation import validate_config
 from mmin_plugin.modeling.config import MMSA_KEYS, MMINConfig, config_table
@@ -77,7 +77,7 @@ def test_registry_mosi_params_are_the_config_defaults():
     assert {k: _default(k) for k in mosi} == mosi
 
 
-@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("dataset", [d.name for d in datasets.BUILTIN])
 def test_registry_dataset_params_are_accepted(dataset):
     cfg = MMINConfig.from_args(_registry_args(dataset))
     assert cfg.dataset_name == dataset
@@ -92,7 +92,7 @@ def test_every_tune_grid_value_is_accepted(key):
         assert getattr(MMINConfig.from_args({**base, key: value}), key) == value
 
 
-@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("dataset", [d.name for d in datasets.BUILTIN])
 @pytest.mark.parametrize("section", ["regression", "tune"])
 def test_mmsa_args_are_accepted(dataset, section):
     """What MMSA's run.py hands the model and the trainer: its config reader's output plus the keys
@@ -112,7 +112,7 @@ def test_mmsa_args_are_accepted(dataset, section):
 
 def test_defaults_describe_mosi_and_round_trip():
     cfg = MMINConfig()
-    assert cfg.dataset_name == "mosi" and cfg.KeyEval in KEY_EVALS["mosi"]
+    assert cfg.dataset_name == "mosi" and cfg.KeyEval in datasets.MOSI.key_evals
     assert MMINConfig.from_args(cfg.to_dict()) == cfg
     assert MMINConfig.from_args(cfg) is cfg
     with pytest.raises(dataclasses.FrozenInstanceError):

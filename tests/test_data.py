@@ -10,6 +10,7 @@ import stat  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from mmin_plugin import datasets  # noqa: E402
 from mmin_plugin.errors import MMINConfigError  # noqa: E402
 from mmin_plugin.experiments import demo as bundle  # noqa: E402
 from mmin_plugin.features import synthetic as demo  # noqa: E402
@@ -28,7 +29,7 @@ def berts(tmp_path_factory):
 
 
 def _lang(dataset):
-    return demo.LAYOUTS[dataset]["language"]
+    return datasets.get(dataset).language
 
 
 # --- tiny BERT ------------------------------------------------------------------------------------
@@ -85,8 +86,8 @@ def test_tiny_bert_seeded_and_leaves_global_rng(tmp_path):
 
 def _check_layout(data, dataset, seq_lens, n, tokenizer, corrupt=False):
     L, La, Lv = seq_lens
-    _, da, dv = demo.LAYOUTS[dataset]["dims"]
-    lab = demo.LAYOUTS[dataset]["label_max"]
+    _, da, dv = datasets.get(dataset).feature_dims
+    lab = datasets.get(dataset).label_max
     assert list(data) == list(SPLITS)
     for split, k in zip(SPLITS, n):
         s = data[split]
@@ -166,12 +167,12 @@ def test_real_layout_validates_roundtrips_and_loads_in_mmsa(berts, tmp_path, dat
     from easydict import EasyDict as edict
     from transformers import BertTokenizer
 
-    layout = demo.LAYOUTS[dataset]
-    p = demo.make_demo_features(tmp_path / layout["file"], dataset=dataset, n_train=4,
+    layout = datasets.get(dataset)
+    p = demo.make_demo_features(tmp_path / os.path.basename(layout.feature_path), dataset=dataset, n_train=4,
                                 n_valid=2, n_test=3, bert_dir=berts[_lang(dataset)])
     with open(p, "rb") as f:
         plain = pickle.load(f)
-    _check_layout(plain, dataset, layout["seq_lens"], (4, 2, 3),
+    _check_layout(plain, dataset, layout.seq_lens, (4, 2, 3),
                   BertTokenizer.from_pretrained(berts[_lang(dataset)]))
     clear_cache()
     safe = safe_load(p)
@@ -185,8 +186,8 @@ def test_real_layout_validates_roundtrips_and_loads_in_mmsa(berts, tmp_path, dat
     validate_features(safe, p, dataset_name=dataset)
     clear_cache()
 
-    L, La, Lv = layout["seq_lens"]
-    _, da, dv = layout["dims"]
+    L, La, Lv = layout.seq_lens
+    _, da, dv = layout.feature_dims
     args = edict(dataset_name=dataset, featurePath=str(p), custom_feature=None, feature_T=None,
                  feature_A="", feature_V="", use_bert=True, need_data_aligned=False,
                  feature_dims=[768, 0, 0], seq_lens=[0, 0, 0], batch_size=2)
@@ -355,7 +356,7 @@ def test_demo_data_cli_left_pad(tmp_path, capsys):
     fp = out / "MOSI" / "unaligned_50_leftpad.pkl"
     assert str(fp) in capsys.readouterr().out
     data = safe_load(fp)
-    La, Lv = demo.LAYOUTS["mosi"]["seq_lens"][1:]
+    La, Lv = datasets.MOSI.seq_lens[1:]
     for split in SPLITS:
         for key, L in (("audio", La), ("vision", Lv)):
             a, lens = data[split][key], data[split][key + "_lengths"]

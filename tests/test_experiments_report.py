@@ -64,12 +64,13 @@ def test_variants_defined_once_and_design_variants_only_when_named():
 
 def test_cli_choices_come_from_constants():
     from mmin_plugin import cli
-    from mmin_plugin.constants import DATASETS, DEFAULT_SEEDS
+    from mmin_plugin.constants import DEFAULT_SEEDS
+    from mmin_plugin.datasets import BUILTIN
 
     p = cli.build_parser()
     a = p.parse_args(["ablate", "--variants", "wo-cin", "sep-sum"])
     assert a.variants == ["wo-cin", "sep-sum"] and a.seeds == list(DEFAULT_SEEDS)
-    for ds in DATASETS:
+    for ds in (d.name for d in BUILTIN):
         assert p.parse_args(["compare", "--dataset", ds]).datasets == [ds]
         assert p.parse_args(["tune", "-m", "mmin", "-d", ds]).dataset == ds
     assert p.parse_args(["compare", "--datasets", "mosi", "mosei"]).datasets == ["mosi", "mosei"]

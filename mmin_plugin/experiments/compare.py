@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from .. import datasets as _datasets
 from ..atomic import atomic_write_bytes, atomic_write_text
-from ..constants import DATASETS, DEFAULT_SEEDS
+from ..constants import DEFAULT_SEEDS
 from ..errors import MMINConfigError, MMINDataError
 from ..results import aggregate, report, stats
 from ..results.aggregate import CSV_BASE_COLUMNS, read_rows
@@ -63,13 +64,38 @@ def _uses_bert(model: str, dataset: str, config: Dict, config_file: Optional[str
     return bool(merged.get("use_bert"))
 
 
-def check_datasets(datasets) -> List[str]:
+def check_datasets(datasets, feature_path=None, dataset_options: Optional[Dict] = None) -> List[str]:
+    """The dataset names, lower case, each known to `mmin_plugin.datasets`. A name MMSA has never heard of
+    is registered from `feature_path` (`register_dataset(name, feature_path, **dataset_options)`); so is a
+    registered one given a feature path other than its own, or options."""
     names = [datasets] if isinstance(datasets, str) else list(datasets or [])
     names = list(dict.fromkeys(str(d).lower() for d in names))
-    bad = [d for d in names if d not in DATASETS]
-    if not names or bad:
-        raise MMINConfigError(f"dataset: expected one or more of {list(DATASETS)}; found {bad or names!r}")
+    if not names:
+        raise MMINConfigError(f"dataset: expected one or more of {list(_datasets.names())}; found none")
+    for name in names:
+        if _datasets.is_builtin(name):
+            continue
+        spec = _datasets.lookup(name)
+        same_file = spec is not None and (feature_path is None or Path(os.path.expanduser(str(feature_path))).resolve()
+                                          == Path(spec.feature_path))
+        if spec is not None and same_file and not dataset_options:
+            continue
+        if feature_path is None:
+            raise MMINConfigError(f"dataset: expected one of {list(_datasets.names())}, or a new name with its "
+                                  f"feature file (--feature-path FILE) to register it from; found {name!r}")
+        from ..integration.datasets import register_dataset
+
+        register_dataset(name, feature_path, **(dataset_options or {}))
     return names
+
+
+def dataset_config(name: str) -> Dict:
+    """What a trial's config carries about its dataset: a registered dataset's spec (so that the process
+    that runs the trial registers it too; the spec is part of the trial's fingerprint), else nothing."""
+    from ..integration.datasets import SPEC_KEY
+
+    spec = None if _datasets.is_builtin(name) else _datasets.lookup(name)
+    return {SPEC_KEY: spec.to_dict()} if spec is not None else {}
 
 
 def check_seeds(seeds) -> List[int]:
@@ -121,12 +147,14 @@ class Session:
 
     def __init__(self, kind, specs, datasets, seeds, feature_path=None, pretrained=None, max_epochs=None,
                  out_dir="mmin-results", overrides=None, gpu_ids=(), num_workers=0, verbose_level=0,
-                 config_files=(), sweep: Optional[SweepOptions] = None, reference: Optional[str] = None):
+                 config_files=(), sweep: Optional[SweepOptions] = None, reference: Optional[str] = None,
+                 dataset_options: Optional[Dict] = None):
         import mmin_plugin  # noqa: F401  (MMIN registered, compatibility layer applied)
 
         self.kind, self.specs = kind, list(specs)
         self.reference = self._reference(reference)
-        self.datasets, self.seeds = check_datasets(datasets), check_seeds(seeds)
+        self.datasets = check_datasets(datasets, feature_path, dataset_options)
+        self.seeds = check_seeds(seeds)
         self.max_epochs = check_max_epochs(max_epochs)
         self.feature_path = check_file(feature_path, "feature file")
         self.pretrained = str(pretrained) if pretrained else None
@@ -157,7 +185,7 @@ class Session:
 
     def config_for(self, spec: RunSpec, dataset: str) -> Dict:
         """featurePath/pretrained/max_epochs < common overrides < model-scoped overrides < the run's own."""
-        cfg = {}
+        cfg = dataset_config(dataset)
         if self.feature_path:
             cfg["featurePath"] = self.feature_path
         if self.max_epochs:
@@ -264,19 +292,20 @@ class Session:
 def run_comparison(models=("mmin", "misa", "mult"), dataset="mosi", seeds=DEFAULT_SEEDS, feature_path=None,
                    pretrained=None, max_epochs=None, out_dir="mmin-results", overrides=None, gpu_ids=(),
                    num_workers=0, verbose_level=0, config_files=(), sweep: Optional[SweepOptions] = None,
-                   reference: Optional[str] = None) -> List[Dict]:
+                   reference: Optional[str] = None, dataset_options: Optional[Dict] = None) -> List[Dict]:
     """Train and test every model of `models` (MMIN or any MMSA model name) with `MMSA_run`, one trial
     per (model, dataset, seed) on the same feature file and seeds. `dataset`: a name or a list;
     `overrides` keys `model.key` apply to one model; `config_files`: MMSA config JSONs (e.g. `tune`'s),
     each used for the models it configures; `sweep`: backend, resume/overwrite, retries;
-    `reference`: the model every other is compared with (default: the first).
+    `reference`: the model every other is compared with (default: the first); a dataset MMSA does not know
+    is registered from `feature_path` with `dataset_options` (`register_dataset`'s keywords).
     Writes `compare-<dataset>.{csv,md,tex,png}` under `out_dir`; returns the per-trial rows."""
     names = list(dict.fromkeys(str(m).lower() for m in models or []))
     if not names:
         raise MMINConfigError("models: expected at least one model name")
     specs = [RunSpec(name=m, model=m, label=m) for m in names]
     return Session("compare", specs, dataset, seeds, feature_path, pretrained, max_epochs, out_dir, overrides,
-                   gpu_ids, num_workers, verbose_level, config_files, sweep, reference).run()
+                   gpu_ids, num_workers, verbose_level, config_files, sweep, reference, dataset_options).run()
 
 
 def ablation_specs(variants=None) -> List[RunSpec]:
@@ -292,9 +321,10 @@ def ablation_specs(variants=None) -> List[RunSpec]:
 def run_ablation(dataset="mosi", seeds=DEFAULT_SEEDS, feature_path=None, pretrained=None, max_epochs=None,
                  out_dir="mmin-results", overrides=None, gpu_ids=(), num_workers=0, verbose_level=0,
                  variants=None, config_files=(), sweep: Optional[SweepOptions] = None,
-                 reference: Optional[str] = None) -> List[Dict]:
+                 reference: Optional[str] = None, dataset_options: Optional[Dict] = None) -> List[Dict]:
     """Full MMIN and the Table 2 variants (or the named `variants`, design variants included), as
     `run_comparison` (`reference`: a variant name, default the first);
     writes `ablation-<dataset>.{csv,md,tex,png}` under `out_dir`."""
     return Session("ablation", ablation_specs(variants), dataset, seeds, feature_path, pretrained, max_epochs,
-                   out_dir, overrides, gpu_ids, num_workers, verbose_level, config_files, sweep, reference).run()
+                   out_dir, overrides, gpu_ids, num_workers, verbose_level, config_files, sweep, reference,
+                   dataset_options).run()

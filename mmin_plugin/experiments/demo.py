@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import datasets
 from ..atomic import atomic_write_text, tmp_sibling
 from ..constants import METRIC_ORDER
-from ..errors import MMINConfigError
-from ..features.synthetic import LAYOUTS, demo_vocab, make_demo_features
+from ..features.synthetic import demo_vocab, make_demo_features
 
 # Small enough to train in a few minutes on 2 CPU cores with full-length MOSI sequences.
 DEMO_CONFIG = {"d_model": 64, "nheads": 8, "fine_layers": 1, "fusion_ff_dim": 128, "batch_size": 16,
@@ -96,11 +96,10 @@ def ensure_demo(out_dir, dataset="mosi", **kw) -> dict:
     Keyword arguments go to :func:`make_demo_features` (``bert_dir`` defaults to the tiny BERT;
     ``bert_seed`` seeds the tiny BERT).  Returns ``{'feature_path': str, 'bert_dir': str}``.
     """
-    dataset = str(dataset).lower()
-    if dataset not in LAYOUTS:
-        raise MMINConfigError(f"dataset: expected one of {sorted(LAYOUTS)}; found {dataset!r}")
+    spec = datasets.get(dataset)
+    dataset = spec.name
     out_dir = Path(out_dir)
-    language = LAYOUTS[dataset]["language"]
+    language = spec.language
     bert_seed = kw.pop("bert_seed", 0)
     bert_dir = kw.pop("bert_dir", None)
     if bert_dir is None:
@@ -108,7 +107,7 @@ def ensure_demo(out_dir, dataset="mosi", **kw) -> dict:
         if not _bert_complete(bert_dir):
             make_tiny_bert(bert_dir, language=language, seed=bert_seed)
     seq_lens = kw.get("seq_lens")
-    L = LAYOUTS[dataset]["seq_lens"][0] if seq_lens is None else seq_lens[0]
+    L = spec.seq_lens[0] if seq_lens is None else seq_lens[0]
     name = f"unaligned_{L}" + ("_corrupt" if kw.get("corrupt") else "") + ("_leftpad" if kw.get("left_pad") else "") \
         + ".pkl"
     feature_path = out_dir / dataset.upper() / name

@@ -35,6 +35,7 @@ from typing import Dict, List
 
 import numpy as np
 
+from .. import datasets
 from ..constants import SPLITS
 from ..errors import MMINConfigError, MMINDataError, MMINError
 
@@ -175,7 +176,8 @@ def _check_features(data, path, args) -> None:
     config = MMINConfig.from_args(args)
     summary = validate_features(data, path, use_bert=config.use_bert, need_data_aligned=config.need_data_aligned,
                                 dataset_name=config.dataset_name)
-    keys = ("text_bert" if config.use_bert else "text", "audio", "vision")
+    spec = datasets.get(config.dataset_name)
+    keys = (spec.text_key(config.use_bert), *spec.modality_keys[1:])
     for split, s in summary.items():
         for m, (key, have, want) in enumerate(zip(keys, s["feature_dims"], config.feature_dims)):
             if have != want and (m or not config.use_bert):
@@ -205,24 +207,20 @@ def _sample_inputs(data, split, i, args, path):
     from ..features.validation import sanitize_features
 
     s = data[split]
-    text_key = "text_bert" if args.get("use_bert", True) else "text"
-    one = {"audio": np.array(s["audio"][i:i + 1], dtype=np.float32),
-           "vision": np.array(s["vision"][i:i + 1], dtype=np.float32)}
-    for key in ("audio_lengths", "vision_lengths"):
+    spec = datasets.get(args.get("dataset_name") or "mosi")
+    text_key = spec.text_key(bool(args.get("use_bert", True)))
+    seq_keys = spec.modality_keys[1:]
+    one = {key: np.array(s[key][i:i + 1], dtype=np.float32) for key in seq_keys}
+    for key in spec.lengths_keys:
         if key in s:
             one[key] = [int(s[key][i])]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one sample: the counts are for the user of a run, not here
-        sanitize_features({"test": one}, path)
-        check_lengths({"test": one}, path, args.get("lengths_from") or "file")
+        sanitize_features({"test": one}, path, keys=spec.sequence_keys)
+        check_lengths({"test": one}, path, args.get("lengths_from") or "file", keys=spec.sequence_keys)
     text = torch.as_tensor(np.array(s[text_key][i:i + 1], dtype=np.float32))
-    audio, vision = torch.from_numpy(one["audio"]), torch.from_numpy(one["vision"])
-    kw = {}
-    if "audio_lengths" in one:
-        kw["audio_lengths"] = torch.tensor(one["audio_lengths"])
-    if "vision_lengths" in one:
-        kw["vision_lengths"] = torch.tensor(one["vision_lengths"])
-    return (text, audio, vision), kw
+    kw = {key: torch.tensor(one[key]) for key in spec.lengths_keys if key in one}
+    return (text, *(torch.from_numpy(one[key]) for key in seq_keys)), kw
 
 
 def _tokens(args, text_bert_row, n):
@@ -397,6 +395,11 @@ def explain(checkpoint, feature_path, sample, out_dir=None, config_file=None, ov
 
     args = load_run_config(checkpoint, config_file, overrides)
     data = safe_load(feature_path)
+    name = args.get("dataset_name")
+    if isinstance(name, str) and datasets.lookup(name) is None:  # a run on a registered dataset, in another process
+        from ..features.infer import infer_dataset
+
+        datasets.add(infer_dataset(name, data, feature_path))
     _check_features(data, feature_path, args)
     split, i = find_sample(data, str(sample), feature_path)
     s = data[split]

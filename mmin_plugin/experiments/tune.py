@@ -27,7 +27,7 @@ from ..runs.backends import ray_session
 from ..runs.study import PRUNERS, SAMPLERS, journal_path, open_study, spec_for
 from ..runs.sweep import SweepOptions, prepare_out, run_trials
 from ..runs.trial import Trial, read_row, trial_dir
-from .compare import check_datasets, check_file, check_max_epochs, check_seeds, split_overrides
+from .compare import check_datasets, check_file, check_max_epochs, check_seeds, dataset_config, split_overrides
 from .variants import RunSpec
 
 logger = logging.getLogger("MMSA." + __name__)
@@ -119,18 +119,19 @@ def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = 
              final_seeds: Sequence[int] = DEFAULT_SEEDS, feature_path=None, pretrained=None, max_epochs=None,
              out_dir="mmin-results", overrides=None, gpu_ids=(), num_workers=0, verbose_level=0,
              sweep: Optional[SweepOptions] = None, prune: str = "none", rescore_top: int = 0,
-             rescore_seeds: int = RESCORE_SEEDS) -> Dict:
+             rescore_seeds: int = RESCORE_SEEDS, dataset_options: Optional[Dict] = None) -> Dict:
     """Search `trials` configs of `model`'s tune space on `dataset` (training seed `seed`, sampler
     seed `seed`), each scored on its best validation KeyEval (TEST not evaluated; `prune`: 'median' or
     'halving' stops unpromising trials by their per-epoch validation score); with `rescore_top` K,
     the K best are trained again with `rescore_seeds` more seeds (seed+1, ...) and ranked by their
     mean validation score; then retrain the best with `final_seeds` (disjoint from every search
-    seed) and test once. Keys fixed by `overrides` are not searched.
+    seed) and test once. Keys fixed by `overrides` are not searched. A dataset MMSA does not know is
+    registered from `feature_path` with `dataset_options` (`register_dataset`'s keywords).
     Returns {'chosen': config, 'search': rows, 'final': rows, 'rescore': rows, 'paths': {...}}."""
     import mmin_plugin  # noqa: F401  (MMIN registered, compatibility layer applied)
 
     model = str(model).lower()
-    (dataset,) = check_datasets([dataset])
+    (dataset,) = check_datasets([dataset], feature_path, dataset_options)
     if search not in SEARCHES:
         raise MMINConfigError(f"search: expected one of {list(SEARCHES)}; found {search!r}")
     if trials < 1:
@@ -154,7 +155,7 @@ def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = 
     key_eval = str(_key_eval(model, dataset, fixed))
     lower = key_eval in LOWER_IS_BETTER
     _check_selection_rule(model, key_eval)
-    base = dict(fixed)
+    base = {**dataset_config(dataset), **fixed}
     if feature_path:
         base["featurePath"] = feature_path
     if max_epochs:

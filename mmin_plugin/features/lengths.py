@@ -47,6 +47,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
+from .. import datasets
 from ..constants import LENGTHS_FROM, SPLITS
 from ..errors import MMINConfigError
 from .limits import CHUNK_ELEMENTS
@@ -55,8 +56,6 @@ logger = logging.getLogger("MMSA." + __name__)
 
 __all__ = ["frame_spans", "length_report", "recompute_lengths", "check_lengths"]
 
-#: the sequence modalities whose lengths MMSA passes to the model (text has its own mask)
-SEQUENCE_KEYS = ("audio", "vision")
 COUNT_KEYS = ("front_padded", "beyond_length", "zero_inside", "forced_to_one", "suspect")
 
 
@@ -140,10 +139,12 @@ def _as_lengths(v) -> np.ndarray:
     return np.asarray(list(v) if not isinstance(v, np.ndarray) else v).astype(np.int64).reshape(-1)
 
 
-def check_lengths(data, path, lengths_from: str = "file", keys=SEQUENCE_KEYS, warn=True):
+def check_lengths(data, path, lengths_from: str = "file", keys=None, warn=True):
     """Check (and with ``lengths_from="nonzero"`` recompute) the lengths of ``keys`` in every split.
 
-    ``data`` is a loaded feature file (validated and sanitized); splits or keys without
+    ``data`` is a loaded feature file (validated and sanitized); ``keys`` default to the sequence keys
+    of the MMSA-Standard layout (:data:`mmin_plugin.datasets.MMSA_STANDARD`: the modalities whose
+    lengths MMSA passes to the model; text has its own mask); splits or keys without
     ``<key>_lengths`` (aligned data) are skipped.  Returns ``{split: {key: counts}}`` (see
     :func:`length_report`; the counts describe the file as given).  When any sequence is suspect,
     emits ONE warning (unless not ``warn``) stating the counts per split and modality and what MMIN will read.  With
@@ -156,12 +157,13 @@ def check_lengths(data, path, lengths_from: str = "file", keys=SEQUENCE_KEYS, wa
     report, changed = {}, 0
     if not isinstance(data, Mapping):
         return report
+    keys = datasets.MMSA_STANDARD.sequence_keys if keys is None else keys
     for split in SPLITS:
         s = data.get(split)
         if not isinstance(s, Mapping):
             continue
         for key in keys:
-            x, lens = s.get(key), s.get(key + "_lengths")
+            x, lens = s.get(key), s.get(datasets.length_key(key))
             if not isinstance(x, np.ndarray) or x.ndim != 3 or lens is None:
                 continue
             file_lengths = _as_lengths(lens)
@@ -172,7 +174,7 @@ def check_lengths(data, path, lengths_from: str = "file", keys=SEQUENCE_KEYS, wa
                     s[key] = x  # type: ignore[index]
                 new = recompute_lengths(x)
                 changed += int(np.count_nonzero(new != file_lengths))
-                s[key + "_lengths"] = [int(v) for v in new]  # type: ignore[index]
+                s[datasets.length_key(key)] = [int(v) for v in new]  # type: ignore[index]
     if warn:
         _warn(report, path, lengths_from, changed)
     return report

@@ -2,7 +2,8 @@
 
 ``make_demo_features(path, dataset='mosi', ...) -> Path`` writes a pickle laid out like
 MMSA-Standard ``unaligned_50.pkl`` (MOSI/MOSEI) or ``unaligned_39.pkl`` (SIMS), with a learnable
-label signal in every modality; see :data:`LAYOUTS` and the function's docstring for the layout.
+label signal in every modality; the padded lengths, widths, label range and language come from the
+dataset's spec (:mod:`mmin_plugin.datasets`), the layout is in the function's docstring.
 Token ids come from the demo vocabulary (:func:`demo_vocab`), which the tiny BERT of
 :mod:`mmin_plugin.experiments.demo` shares.
 """
@@ -15,21 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import datasets
 from ..atomic import atomic_write
-from ..constants import LABEL_MAX
 from ..errors import MMINConfigError
 
-__all__ = ["LAYOUTS", "DEMO_SIZES", "demo_vocab", "make_demo_features"]
+__all__ = ["DEMO_SIZES", "demo_vocab", "make_demo_features"]
 
-#: Real MMSA-Standard layouts: (text L, audio La, vision Lv), (text d, audio d, vision d), label range.
-LAYOUTS = {
-    "mosi": {"seq_lens": (50, 500, 375), "dims": (768, 5, 20), "label_max": LABEL_MAX["mosi"],
-             "language": "en", "file": "unaligned_50.pkl"},
-    "mosei": {"seq_lens": (50, 500, 375), "dims": (768, 74, 35), "label_max": LABEL_MAX["mosei"],
-              "language": "en", "file": "unaligned_50.pkl"},
-    "sims": {"seq_lens": (39, 400, 55), "dims": (768, 33, 709), "label_max": LABEL_MAX["sims"],
-             "language": "cn", "file": "unaligned_39.pkl"},
-}
 #: Samples per split of the demo file (``demo`` and ``demo-data`` alike).
 DEMO_SIZES = {"n_train": 128, "n_valid": 32, "n_test": 32}
 
@@ -120,20 +112,22 @@ def _round_to(x, step):
     return np.round(np.asarray(x) / step) * step
 
 
-def _labels(rng, n, dataset):
-    """Regression labels as in the real data: MOSI/MOSEI averages of 3 annotators' integer
-    scores in [-3, 3] (multiples of 1/3); SIMS multiples of 0.2 in [-1, 1]."""
-    if dataset == "sims":
-        y = _round_to(np.clip(rng.normal(0.0, 0.55, n), -1, 1), 0.2)
-        y = np.clip(y, -1.0, 1.0)
+def _labels(rng, n, spec):
+    """Regression labels as in the real data, within the spec's label range: MOSI-style averages of
+    3 annotators' integer scores (multiples of 1/3, spread 1.5 on [-3, 3]); SIMS-style multiples of
+    0.2 (spread 0.55 on [-1, 1]), with unimodal labels near them when the spec has them."""
+    lo, hi = spec.label_range
+    sims = spec.metric_family == "sims"
+    scale = spec.label_max / (1.0 if sims else 3.0)
+    step, mean, sd = (0.2, 0.0, 0.55) if sims else (1.0 / 3.0, 0.2, 1.5)
+    y = np.clip(_round_to(np.clip(rng.normal(mean * scale, sd * scale, n), lo, hi), step * scale), lo, hi)
+    uni = None
+    if spec.unimodal_labels:
         uni = {}
         for m in "TAV":
-            u = _round_to(np.clip(y + rng.normal(0.0, 0.2, n), -1, 1), 0.2)
-            uni[m] = np.clip(u, -1.0, 1.0).astype(np.float32)
-        return y.astype(np.float32), uni
-    y = _round_to(np.clip(rng.normal(0.2, 1.5, n), -3, 3), 1.0 / 3.0)
-    y = np.clip(y, -3.0, 3.0)
-    return y.astype(np.float32), None
+            u = _round_to(np.clip(y + rng.normal(0.0, 0.2 * scale, n), lo, hi), step * scale)
+            uni[m] = np.clip(u, lo, hi).astype(np.float32)
+    return y.astype(np.float32), uni
 
 
 def _class3(y):
@@ -176,8 +170,8 @@ def _sentences(rng, strength, language, max_words):
     return out
 
 
-def _ids(rng, n, dataset):
-    if dataset == "sims":
+def _ids(rng, n, spec):
+    if spec.language == "cn":  # SIMS-style ids
         vids = rng.integers(1, 9999, n)
         clips = rng.integers(1, 9999, n)
         return [f"video_{v:04d}$_${c:04d}" for v, c in zip(vids, clips)]
@@ -329,8 +323,10 @@ def make_demo_features(path, dataset="mosi", n_train=DEMO_SIZES["n_train"], n_va
     classification_labels_{T,A,V}  ndarray float32      (N,), 0 / 1 / 2
     ======================  ==========================  ========================================
 
-    (L, La, Lv) / (768, da, dv): MOSI (50, 500, 375) / (768, 5, 20); MOSEI (50, 500, 375) /
-    (768, 74, 35); SIMS (39, 400, 55) / (768, 33, 709).  ``seq_lens=(L, La, Lv)`` shrinks the
+    ``dataset``: a name known to :mod:`mmin_plugin.datasets` or a
+    :class:`~mmin_plugin.datasets.Dataset`; (L, La, Lv), (da, dv), the label range, the language and
+    the unimodal labels are its spec's (MOSI (50, 500, 375) / (5, 20); MOSEI (50, 500, 375) /
+    (74, 35); SIMS (39, 400, 55) / (33, 709)).  ``seq_lens=(L, La, Lv)`` shrinks the
     sequences (fast tests).  Token ids come from the tokenizer in ``bert_dir`` (default: the
     demo vocabulary that :func:`make_tiny_bert` writes, so ids match a tiny BERT of the same
     language).  Every modality carries the label: sentiment words in ``raw_text``/ids/``text``,
@@ -349,20 +345,18 @@ def make_demo_features(path, dataset="mosi", n_train=DEMO_SIZES["n_train"], n_va
     the right-padded file's arrays and lengths exactly.
     The file is written atomically (temporary file + rename).
     """
-    dataset = str(dataset).lower()
-    if dataset not in LAYOUTS:
-        raise MMINConfigError(f"dataset: expected one of {sorted(LAYOUTS)}; found {dataset!r}")
-    layout = LAYOUTS[dataset]
-    L, La, Lv = layout["seq_lens"] if seq_lens is None else tuple(seq_lens)
+    spec = dataset if isinstance(dataset, datasets.Dataset) else datasets.get(dataset)
+    dataset = spec.name
+    L, La, Lv = spec.seq_lens if seq_lens is None else tuple(seq_lens)
     for name, v, lo in (("text L", L, 4), ("audio La", La, 1), ("vision Lv", Lv, 1)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
             raise MMINConfigError(f"seq_lens ({name}): expected an int >= {lo}; found {v!r}")
     for name, v in (("n_train", n_train), ("n_valid", n_valid), ("n_test", n_test)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
             raise MMINConfigError(f"{name}: expected an int >= 1; found {v!r}")
-    _, da, dv = layout["dims"]
-    language = layout["language"]
-    label_max = layout["label_max"]
+    _, da, dv = spec.feature_dims
+    language = spec.language
+    label_max = spec.label_max
 
     pos, neg, _, _ = _word_lists(language)
     if bert_dir is not None:
@@ -387,7 +381,7 @@ def make_demo_features(path, dataset="mosi", n_train=DEMO_SIZES["n_train"], n_va
     for split, n in (("train", n_train), ("valid", n_valid), ("test", n_test)):
         rng = np.random.default_rng([seed, zlib.crc32(dataset.encode()),
                                      zlib.crc32(split.encode())])
-        y, uni = _labels(rng, n, dataset)
+        y, uni = _labels(rng, n, spec)
         strength = {m: (uni[m] if uni is not None else y) / label_max for m in "TAV"}
         # per-modality view of the label (MOSI/MOSEI): the same sentiment, a little noise
         if uni is None:
@@ -407,7 +401,7 @@ def make_demo_features(path, dataset="mosi", n_train=DEMO_SIZES["n_train"], n_va
         vision = _sequence_features(rng, n, Lv, dv, v_len, strength["V"], signal, noise,
                                     *sig["vision"])
         s = {
-            "id": np.array(_ids(rng, n, dataset)),
+            "id": np.array(_ids(rng, n, spec)),
             "raw_text": np.array(raw_text),
             "text": text,
             "text_bert": text_bert,

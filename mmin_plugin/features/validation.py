@@ -23,14 +23,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..constants import LABEL_MAX, SPLITS
+from .. import datasets
+from ..constants import SPLITS
 from ..errors import MMINDataError
 from .limits import CHUNK_ELEMENTS
 
 __all__ = ["validate_features", "validate_run_features", "sanitize_features"]
 
 _F32_MAX = float(np.finfo(np.float32).max)
-_NONZERO_SPLITS = {"mosi": ("valid", "test"), "mosei": ("valid", "test")}
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 40, 40
 
@@ -224,23 +224,32 @@ def _check_labels(ctx, split, key, v, n, label_max, need_ndarray):
     return arr
 
 
+def _spec(dataset_name):
+    """The dataset's spec (its ranges are checked), or None: MMSA-Standard keys, no range checks."""
+    if dataset_name is None or isinstance(dataset_name, datasets.Dataset):
+        return dataset_name
+    return datasets.get(dataset_name)
+
+
 def validate_features(data, path, use_bert=True, need_data_aligned=False, *,
                       dataset_name=None, encoder=None, sources=None):
     """Check a loaded feature file (the dict MMSA unpickles) before any training.
 
     Per split ('train', 'valid', 'test'): keys ``'text_bert'`` (``use_bert``) or ``'text'``,
     ``'audio'``, ``'vision'``, ``'regression_labels'``, ``'id'``, ``'raw_text'`` and, when not
-    ``need_data_aligned``, ``'audio_lengths'``/``'vision_lengths'`` (and for
-    ``dataset_name='sims'`` the unimodal ``'regression_labels_T/A/V'`` MMSA reads); at least one
+    ``need_data_aligned``, ``'audio_lengths'``/``'vision_lengths'`` (the keys of the dataset's spec,
+    :mod:`mmin_plugin.datasets`; for a spec with ``unimodal_labels`` (SIMS) also
+    ``'regression_labels_T/A/V'``, which MMSA reads); ``dataset_name`` is a name known to
+    :mod:`mmin_plugin.datasets` or a :class:`~mmin_plugin.datasets.Dataset`; at least one
     sample and the same sample count N everywhere; numeric dtypes (bool/int/float); ``text_bert``
     (N, 3, L) with integral non-negative ids, a 0/1 mask row and 0/1 segment ids; ``text``
     (N, L, d) finite; ``audio``/``vision`` (N, L, d), L >= 1, d >= 1 and d equal across splits
     (as is the text feature dim); ``id``/``raw_text`` one str per sample; aligned data: one L
     for text, audio and vision; lengths integral (int, or integral floats) within [0, L];
-    labels finite, float32-representable and, with ``dataset_name``, in [-3, 3] (MOSI/MOSEI) or
-    [-1, 1] (SIMS); for MOSI/MOSEI the valid and test splits hold at least one non-zero label
-    (MMSA's ``Non0_acc_2`` / ``Non0_F1_score`` divide by their count and fail after training
-    otherwise).  ``encoder`` (``{'vocab_size', 'max_position_embeddings', 'type_vocab_size'}``,
+    labels finite, float32-representable and, with ``dataset_name``, within the spec's label range
+    (MOSI/MOSEI [-3, 3], SIMS [-1, 1]); for MOSI-style metrics the valid and test splits hold at least
+    one non-zero label (MMSA's ``Non0_acc_2`` / ``Non0_F1_score`` divide by their count and fail after
+    training otherwise).  ``encoder`` (``{'vocab_size', 'max_position_embeddings', 'type_vocab_size'}``,
     see ``compat.encoder_limits``; missing keys are not checked) bounds, with ``use_bert``, the
     token ids (< vocab_size), the text length L (<= max_position_embeddings) and the segment ids
     (< type_vocab_size): out-of-range values otherwise crash inside the embedding (a device-side
@@ -251,7 +260,9 @@ def validate_features(data, path, use_bert=True, need_data_aligned=False, *,
     Zero lengths are accepted (they occur in real files); the model must handle them.
 
     Returns a summary ``{split: {'n', 'seq_lens': (L, La, Lv), 'feature_dims': (dt, da, dv),
-    'zero_audio_lengths', 'zero_vision_lengths'}}``.  Raises one :class:`MMINDataError` on the
+    'zero_audio_lengths', 'zero_vision_lengths', 'label_min', 'label_max'}}``; with ``use_bert`` the
+    text width ``dt`` is that of the file's encoder states ``text`` when present, else None (the
+    encoder's hidden size decides it).  Raises one :class:`MMINDataError` on the
     first problem.
     """
     ctx = _Ctx(path, sources)
@@ -259,15 +270,17 @@ def validate_features(data, path, use_bert=True, need_data_aligned=False, *,
     if not isinstance(data, Mapping):
         ctx.fail(None, None, "a dict with the splits 'train', 'valid', 'test' (an MMSA feature file)",
                  _describe(data))
-    if dataset_name is not None:
-        dataset_name = str(dataset_name).lower()
-    label_max = LABEL_MAX.get(dataset_name)
-    text_key = "text_bert" if use_bert else "text"
-    required = [text_key, "audio", "vision", "regression_labels", "id", "raw_text"]
+    spec = _spec(dataset_name)
+    layout = spec or datasets.MMSA_STANDARD
+    label_max = spec.label_max if spec is not None else None
+    nonzero_splits = spec.nonzero_splits if spec is not None else ()
+    label_keys = spec.label_keys if spec is not None else ("regression_labels",)
+    text_key = layout.text_key(use_bert)
+    seq_keys = layout.modality_keys[1:]
+    required = [text_key, *seq_keys, "regression_labels", "id", "raw_text"]
     if not need_data_aligned:
-        required += ["audio_lengths", "vision_lengths"]
-    if dataset_name == "sims":
-        required += ["regression_labels_T", "regression_labels_A", "regression_labels_V"]
+        required += [datasets.length_key(k) for k in layout.sequence_keys]
+    required += list(label_keys[1:])
 
     dims_seen = {}
     summary = {}
@@ -289,14 +302,12 @@ def validate_features(data, path, use_bert=True, need_data_aligned=False, *,
         n = int(labels.shape[0])
         if n < 1:
             ctx.fail(split, "regression_labels", "at least one sample", "0 samples")
-        if split in _NONZERO_SPLITS.get(dataset_name, ()) and not np.any(labels != 0):
+        if split in nonzero_splits and not np.any(labels != 0):
             ctx.fail(split, "regression_labels", "at least one non-zero label (MMSA's Non0_acc_2 and "
                                                  "Non0_F1_score are computed over the non-zero labels)",
                      f"all {n} labels are 0")
-        if dataset_name == "sims":
-            for m in "TAV":
-                _check_labels(ctx, split, "regression_labels_" + m, s["regression_labels_" + m],
-                              n, label_max, need_ndarray=True)
+        for key in label_keys[1:]:
+            _check_labels(ctx, split, key, s[key], n, label_max, need_ndarray=True)
         for key in ("id", "raw_text"):
             _check_strings(ctx, split, key, s[key], n)
 
@@ -327,7 +338,8 @@ def validate_features(data, path, use_bert=True, need_data_aligned=False, *,
                     ctx.fail(split, text_key, f"{name} (row {row}) of 0/1 values",
                              f"{arr[tuple(i)].item()!r} at sample {int(i[0])}, step {int(i[1])}")
             _check_against_encoder(ctx, split, text_key, ids, seg, L_text, encoder)
-            d_text = 768
+            states = s.get(layout.modality_keys[0])
+            d_text = int(states.shape[2]) if isinstance(states, np.ndarray) and states.ndim == 3 else None
         else:
             L_text, d_text = int(t.shape[1]), int(t.shape[2])
             if L_text < 1 or d_text < 1:
@@ -344,7 +356,7 @@ def validate_features(data, path, use_bert=True, need_data_aligned=False, *,
 
         # --- audio / vision ---------------------------------------------------------------------
         seq, dims, zeros = {}, {}, {}
-        for key in ("audio", "vision"):
+        for key in seq_keys:
             a = _numeric_array(ctx, split, key, s[key], ndim=3)
             if a.shape[0] != n:
                 ctx.fail(split, key, f"{n} samples (the sample count of 'regression_labels')",
@@ -361,20 +373,24 @@ def validate_features(data, path, use_bert=True, need_data_aligned=False, *,
                 if seq[key] != L_text:
                     ctx.fail(split, key, f"aligned data: sequence length {L_text} (as the text)",
                              _describe(a))
-                if key + "_lengths" in s:
-                    _check_lengths(ctx, split, key + "_lengths", s[key + "_lengths"], n, seq[key])
+                if datasets.length_key(key) in s:
+                    _check_lengths(ctx, split, datasets.length_key(key), s[datasets.length_key(key)], n,
+                                   seq[key])
                 zeros[key] = 0
-            else:
-                lens = _check_lengths(ctx, split, key + "_lengths", s[key + "_lengths"], n,
+            elif key in layout.sequence_keys:
+                lens = _check_lengths(ctx, split, datasets.length_key(key), s[datasets.length_key(key)], n,
                                       seq[key])
                 zeros[key] = int(np.count_nonzero(lens == 0))
 
+        a_key, v_key = seq_keys
         summary[split] = {
             "n": n,
-            "seq_lens": (L_text, seq["audio"], seq["vision"]),
-            "feature_dims": (d_text, dims["audio"], dims["vision"]),
-            "zero_audio_lengths": zeros["audio"],
-            "zero_vision_lengths": zeros["vision"],
+            "seq_lens": (L_text, seq[a_key], seq[v_key]),
+            "feature_dims": (d_text, dims[a_key], dims[v_key]),
+            "zero_audio_lengths": zeros.get(a_key, 0),
+            "zero_vision_lengths": zeros.get(v_key, 0),
+            "label_min": float(labels.min()),
+            "label_max": float(labels.max()),
         }
     return summary
 
@@ -398,19 +414,6 @@ def _check_against_encoder(ctx, split, key, ids, seg, L_text, encoder):
                  f"{seg[tuple(i)].item():g} at sample {int(i[0])}, step {int(i[1])}")
 
 
-#: What MMSA's loader reads from each optional per-modality file (``need_data_aligned`` drops the
-#: lengths): see ``MMSA.data_loader.MMDataset.__init_mosi``.
-_MODALITY_FILE_KEYS = {"feature_T": ("text",), "feature_A": ("audio", "audio_lengths"),
-                       "feature_V": ("vision", "vision_lengths")}
-
-
-def _modality_keys(name, use_bert, need_data_aligned):
-    if name == "feature_T":
-        return ["text_bert" if use_bert else "text"]
-    keys = list(_MODALITY_FILE_KEYS[name])
-    return keys[:1] if need_data_aligned else keys
-
-
 def validate_run_features(main, main_path, extra=None, *, use_bert=True, need_data_aligned=False,
                           dataset_name=None, encoder=None):
     """Validate the data MMSA will train on: the main file with MMSA's per-modality overrides.
@@ -426,6 +429,7 @@ def validate_run_features(main, main_path, extra=None, *, use_bert=True, need_da
     :func:`validate_features`.
     """
     ctx = _Ctx(main_path)
+    layout = _spec(dataset_name) or datasets.MMSA_STANDARD
     if not isinstance(main, Mapping):
         ctx.fail(None, None, "a dict with the splits 'train', 'valid', 'test' (an MMSA feature file)",
                  _describe(main))
@@ -434,7 +438,8 @@ def validate_run_features(main, main_path, extra=None, *, use_bert=True, need_da
     sources = {}
     for name, (data, path) in sorted((extra or {}).items()):
         fctx = _Ctx(path)
-        keys = _modality_keys(name, use_bert, need_data_aligned)
+        # what MMSA's loader reads from that file (MMSA.data_loader.MMDataset.__init_mosi)
+        keys = list(layout.override_keys(name, use_bert, need_data_aligned))
         if not isinstance(data, Mapping):
             fctx.fail(None, None, f"a dict with the splits {list(SPLITS)} ({name} file)", _describe(data))
         for split in SPLITS:
@@ -453,8 +458,9 @@ def validate_run_features(main, main_path, extra=None, *, use_bert=True, need_da
                              dataset_name=dataset_name, encoder=encoder, sources=sources)
 
 
-def sanitize_features(data, path, warn=True):
-    """Replace NaN, +inf and -inf in every split's 'audio'/'vision' float arrays by 0, in place.
+def sanitize_features(data, path, warn=True, keys=None):
+    """Replace NaN, +inf and -inf in every split's 'audio'/'vision' float arrays (``keys``; default the
+    MMSA-Standard sequence keys) by 0, in place.
 
     Returns ``{split: {modality: {'nan': k, 'posinf': k, 'neginf': k}}}`` for the arrays that had
     any (empty when clean).  When something was replaced and ``warn``, emits ONE warning (``warnings.warn``
@@ -468,7 +474,7 @@ def sanitize_features(data, path, warn=True):
         s = data.get(split)
         if not isinstance(s, Mapping):
             continue
-        for key in ("audio", "vision"):
+        for key in keys or datasets.MMSA_STANDARD.sequence_keys:
             a = s.get(key)
             if not isinstance(a, np.ndarray) or a.dtype.kind != "f" or a.size == 0:
                 continue

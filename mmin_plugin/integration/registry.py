@@ -15,6 +15,13 @@ file's bytes; a deep copy is handed out each time), so the callers that read a r
 (compare, the trial fingerprint, `MMSA_run` itself) share one merge; a registered model with a
 ``config_of`` parser (MMIN: :class:`MMINConfig`) has its config parsed once, by the pre-run check,
 and the same object handed to the model and the trainer.
+
+The same wrappers make MMSA know the datasets of :mod:`mmin_plugin.datasets` that are not its own
+(added by :func:`mmin_plugin.integration.datasets.register_dataset`): the config readers add the
+dataset's `datasetCommonParams` block and, for every model in the file, its `datasetParams` (a copy
+of the spec's `hyperparams_from` dataset's); the data loader reads the file with the `DATASET_MAP`
+entry of the spec's `loader_name`; `MetricsTop.getMetics` answers with the spec's metric family.
+
 """
 from __future__ import annotations
 
@@ -30,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
+from .. import datasets
 from ..errors import MMINConfigError, MMINError
 from . import patching
 
@@ -101,8 +109,9 @@ def _merge_key(model_name, dataset_name, config_file) -> Optional[tuple]:
     except OSError:
         return None
     entry = _REGISTERED.get(model_name)
+    spec = _registered_dataset(dataset_name)  # a re-registered dataset is merged again
     return (str(model_name), str(dataset_name), os.path.abspath(str(config_file)), digest,
-            None if entry is None else id(entry))
+            None if entry is None else id(entry), None if spec is None else repr(spec))
 
 
 def _memoised(orig):
@@ -122,25 +131,43 @@ def _memoised(orig):
         return copy.deepcopy(_MERGED[key])  # MMSA and its callers mutate the args they get
 
     return get_config
+def _registered_dataset(name):
+    """The spec of a dataset MMSA does not know itself (registered with register_dataset), or None."""
+    name = str(name).lower()
+    return None if datasets.is_builtin(name) else datasets.lookup(name)
+
+
+def _add_dataset(config_all: Dict[str, Any], spec) -> None:
+    """Make a config file's contents (MMSA's schema) know the dataset `spec`, in place: its
+    `datasetCommonParams` block, and for every model whose `datasetParams` hold the spec's
+    `hyperparams_from` dataset, a copy of those under the spec's name (entries present are kept)."""
+    config_all.setdefault("datasetCommonParams", {}).setdefault(spec.name, spec.mmsa_block())
+    for key, entry in config_all.items():
+        params = entry.get("datasetParams") if isinstance(entry, dict) and key != "datasetCommonParams" else None
+        if isinstance(params, dict) and spec.hyperparams_from in params:
+            params.setdefault(spec.name, copy.deepcopy(params[spec.hyperparams_from]))
 
 
 def _wrap_config_reader(section: str):
     def make(orig):
         def get_config(model_name, dataset_name, config_file="", *rest, **kw):
             entry = _REGISTERED.get(model_name)
-            if entry is None:
+            spec = _registered_dataset(dataset_name)
+            if entry is None and spec is None:
                 return orig(model_name, dataset_name, config_file, *rest, **kw)
             if not config_file:
                 config_file = _default_config_file(section)
             with open(config_file) as f:
                 config_all = json.load(f)
-            if model_name not in config_all:
+            if entry is not None and model_name not in config_all:
                 if section not in entry.config:
                     raise MMINConfigError(f"model '{model_name}' was registered without a '{section}' config")
                 config_all[model_name] = copy.deepcopy(entry.config[section])
+            if spec is not None:
+                _add_dataset(config_all, spec)
             known = set(config_all.get("datasetCommonParams", {})) - {"dataset_root_dir"}
             if section == "regression":  # MMSA's regression reader requires datasetParams[dataset]
-                known &= set(config_all[model_name].get("datasetParams", {}))
+                known &= set(config_all.get(model_name, {}).get("datasetParams", {}))
             if dataset_name not in known:
                 raise MMINConfigError(
                     f"{config_file}: model '{model_name}' has no settings for dataset '{dataset_name}'; "
@@ -194,13 +221,30 @@ def _data_loader(orig):
     from ..features.load import clear_cache, clear_fixups
 
     def MMDataLoader(args, num_workers):
+        spec = _registered_dataset(args.get("dataset_name", ""))
         try:
-            return orig(args, num_workers)
+            if spec is None:
+                return orig(args, num_workers)
+            # MMSA's DATASET_MAP (a dict literal inside MMDataset.__init__) knows only its own names: the
+            # file is read by the entry of the same layout, under that name for the loader's call only
+            name, args["dataset_name"] = args["dataset_name"], spec.loader_name
+            try:
+                return orig(args, num_workers)
+            finally:
+                args["dataset_name"] = name
         finally:
             clear_cache()  # MMSA keeps its own float32 copies; drop the parsed file
             clear_fixups()  # the next run records its own
 
     return MMDataLoader
+
+
+def _metrics_getter(orig):
+    def getMetics(self, datasetName):
+        spec = _registered_dataset(datasetName)
+        return orig(self, spec.metric_family if spec is not None else datasetName)
+
+    return getMetics
 
 
 def _run_registered_checks(args) -> None:
@@ -216,6 +260,7 @@ def _install_patches() -> None:
     import MMSA.run as mrun
     from MMSA.models import AMIO
     from MMSA.trains import ATIO
+    from MMSA.utils.metricsTop import MetricsTop
 
     from ..features.load import SafePickle
     from . import compat, hooks
@@ -233,7 +278,10 @@ def _install_patches() -> None:
     reason = "feature files are untrusted input: the project's safe loader replaces pickle (every model)"
     patching.patch(mloader, "pickle", SafePickle, reason)
     patching.patch(mrun, "pickle", SafePickle, reason)
-    patching.wrap(mrun, "MMDataLoader", _data_loader, "drops the safe loader's parse cache once MMSA has its copy")
+    patching.wrap(mrun, "MMDataLoader", _data_loader, "drops the safe loader's parse cache once MMSA has its copy; "
+                  "reads a registered dataset's file with the DATASET_MAP entry of its layout")
+    patching.wrap(MetricsTop, "getMetics", _metrics_getter,
+                  "a registered dataset is scored with its metric family's MetricsTop function")
     if _run_registered_checks not in hooks.PRE_RUN_HOOKS:
         hooks.PRE_RUN_HOOKS.append(_run_registered_checks)
 
@@ -287,16 +335,16 @@ def _validate_registered_run(args) -> None:
     data = safe_load(main)
     extra = {key: (safe_load(args[key]), args[key]) for key in extra_keys}
     use_bert = bool(args.get("use_bert"))
+    spec = datasets.get(args.get("dataset_name"))
     validate_run_features(data, main, extra, use_bert=use_bert,
                           need_data_aligned=bool(args.get("need_data_aligned")),
-                          dataset_name=args.get("dataset_name"),
+                          dataset_name=spec,
                           encoder=compat.encoder_limits(args.get("pretrained")) if use_bert else None)
     lengths_from = args.get("lengths_from") or "file"
-    # the sequences whose lengths MMSA reads from each file
-    files = {main: tuple(key for key, extra_key in (("audio", "feature_A"), ("vision", "feature_V"))
-                         if not args.get(extra_key))}
-    files.update({args[key]: (seq,) for key, seq in (("feature_A", "audio"), ("feature_V", "vision"))
-                  if args.get(key)})
+    # the sequences whose lengths MMSA reads from each file (the main one, or the per-modality override)
+    override = {seq: option for option, seq in spec.override_files.items() if seq in spec.sequence_keys}
+    files = {main: tuple(seq for seq in spec.sequence_keys if not args.get(override[seq]))}
+    files.update({args[override[seq]]: (seq,) for seq in spec.sequence_keys if args.get(override[seq])})
     for path, keys in files.items():
         set_fixup(path, FixUp(nonfinite=True, lengths=keys if lengths_from == "nonzero" else ()))
         fixed = safe_load(path, warn_fixups=True)

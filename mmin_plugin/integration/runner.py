@@ -269,11 +269,20 @@ def epoch_cap(max_epochs: Optional[int]):
 
 
 def mmsa_run(model: str, dataset: str, **kwargs) -> List[Dict]:
-    """`MMSA_run(model, dataset, **kwargs)`, returning one result dict per seed."""
+    """`MMSA_run(model, dataset, **kwargs)`, returning one result dict per seed. A registered dataset's
+    spec in `config[datasets.SPEC_KEY]` (how `compare` / `tune` hand it to a trial's process) is
+    registered here first and taken out of the config."""
     from MMSA import MMSA_run
 
     import mmin_plugin  # noqa: F401  (registration and compatibility layer)
 
+    from .datasets import SPEC_KEY, ensure_dataset
+
+    config = kwargs.get("config")
+    if isinstance(config, dict) and SPEC_KEY in config:
+        config = dict(config)
+        ensure_dataset(config.pop(SPEC_KEY))
+        kwargs["config"] = config
     with own_mmsa_handlers(), capture_results() as results:
         MMSA_run(model, dataset, **kwargs)
     return results

@@ -33,6 +33,7 @@ import torch
 from torch import nn, optim
 from tqdm import tqdm
 
+from .. import datasets
 from ..atomic import atomic_write, atomic_write_text, remove_stale_temps
 from ..constants import LOWER_IS_BETTER
 from ..errors import NonFiniteGradientError, NonFiniteLossError
@@ -163,17 +164,14 @@ class SupportMeter:
         return {name: self.total[name] / self.count[name] for name in self.total if self.count[name] > 0}
 
 
-def _batch_inputs(batch, device):
-    text = batch["text"].to(device)
-    audio = batch["audio"].to(device)
-    vision = batch["vision"].to(device)
-    kwargs = {}
-    if "audio_lengths" in batch:
-        kwargs["audio_lengths"] = torch.as_tensor(batch["audio_lengths"]).to(device)
-    if "vision_lengths" in batch:
-        kwargs["vision_lengths"] = torch.as_tensor(batch["vision_lengths"]).to(device)
+def _batch_inputs(batch, device, layout=datasets.MMSA_STANDARD):
+    """One of MMSA's batches (the same keys for every dataset its loader reads) as MMIN's inputs: the
+    modalities in MMSA's order (text, audio, video), the sequence lengths as keyword arguments named
+    as in the batch (`audio_lengths`, `vision_lengths`; absent for aligned data), the labels 'M'."""
+    inputs = tuple(batch[key].to(device) for key in layout.modality_keys)
+    kwargs = {key: torch.as_tensor(batch[key]).to(device) for key in layout.lengths_keys if key in batch}
     labels = batch["labels"]["M"].to(device).view(-1, 1)
-    return (text, audio, vision), kwargs, labels
+    return inputs, kwargs, labels
 
 
 class MMINTrainer:

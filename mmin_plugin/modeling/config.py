@@ -13,7 +13,8 @@ from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..constants import DATASETS, FUSION_ABLATIONS, KEY_EVALS, LENGTHS_FROM, MODALITIES
+from .. import datasets
+from ..constants import FUSION_ABLATIONS, LENGTHS_FROM, MODALITIES
 from ..errors import MMINConfigError
 from .terms import LOSS_ABLATIONS, LOSS_TERMS
 
@@ -114,6 +115,13 @@ def _choice(*options: str, lower: bool = False) -> Callable:
     return check
 
 
+def _dataset_name(key, v):
+    """A dataset known to :mod:`mmin_plugin.datasets` (MMSA's own or registered), lower case."""
+    if not isinstance(v, str) or datasets.lookup(v) is None:
+        _cfail(key, f"one of {list(datasets.names())} (any case; others via mmin_plugin.register_dataset)", v)
+    return v.lower()
+
+
 def _str(key, v):
     if not isinstance(v, str):
         _cfail(key, "a string", v)
@@ -189,7 +197,7 @@ class MMINConfig:
     * ``d_model % nheads == 0`` (attention heads split d_model evenly);
     * the ``ablation`` leaves at least one modality, and at least one fusion input (not both
       ``cin`` and ``fin``);
-    * ``KeyEval`` is one of :data:`~mmin_plugin.constants.KEY_EVALS` of ``dataset_name``.
+    * ``KeyEval`` is one of the ``key_evals`` of ``dataset_name``'s spec (:mod:`mmin_plugin.datasets`).
 
     Raises :class:`~mmin_plugin.errors.MMINConfigError` naming the key, what was expected and what
     was found. Frozen: derive variants with :func:`dataclasses.replace` (validated again).
@@ -263,8 +271,8 @@ class MMINConfig:
     grad_clip: Optional[float] = _key(1.0, _finite_or_none, "clip every gradient entry to [-grad_clip, "
                                       "grad_clip]", "finite; <= 0 or None disables", "training")
     KeyEval: str = _key("Loss", _str,
-                        "validation metric that selects the best epoch", "one of KEY_EVALS[dataset_name]",
-                        "training")
+                        "validation metric that selects the best epoch",
+                        "one of the dataset's key_evals (mmin_plugin.datasets)", "training")
     # --- adversarial recipe (issue 19; docs/design/adversarial.md) ------------------------------------
     # Named settings of these keys: ADV_RECIPES ("paper" = the paper read literally; the defaults are
     # "stable", chosen on the real-text benchmark's VALID split).
@@ -284,8 +292,9 @@ class MMINConfig:
                                "to [-grad_clip, grad_clip] ('value', MMSA's models) or the global L2 norm of all "
                                "gradients to grad_clip ('norm', direction kept)", "'value' or 'norm'", "training")
     # --- data (set by MMSA from the dataset) --------------------------------------------------------
-    dataset_name: str = _key("mosi", _choice(*DATASETS, lower=True), "MMSA dataset (decides KeyEval's "
-                             "choices and the metrics)", "'mosi', 'mosei' or 'sims' (any case)", "data")
+    dataset_name: str = _key("mosi", _dataset_name, "MMSA dataset (decides KeyEval's "
+                             "choices and the metrics)", "'mosi', 'mosei', 'sims' or a registered name (any case)",
+                             "data")
     feature_dims: Tuple[int, int, int] = _key((768, 5, 20), _feature_dims, "feature widths (text, audio, "
                                               "video) in MMSA's order; MMSA sets them from the file",
                                               f"3 integers in 1..{MAX_FEATURE_DIM}", "data")
@@ -315,7 +324,7 @@ class MMINConfig:
         if "cin" in self.ablation and "fin" in self.ablation:
             _cfail("ablation", "at most one of 'cin' and 'fin' (the fusion layer needs the CIN or the "
                                "FIN tokens)", self.ablation)
-        choices = KEY_EVALS[self.dataset_name]
+        choices = datasets.get(self.dataset_name).key_evals
         if self.KeyEval not in choices:
             near = [k for k in choices if k.lower() == self.KeyEval.lower()]
             hint = f"; did you mean '{near[0]}'?" if near else ""
