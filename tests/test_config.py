@@ -48,7 +48,7 @@ def test_registry_names_every_config_key_exactly_once(section):
               set(entry.get("debugParams", {}).get("d_paras", []))]
     assert set().union(*places) == set(FIELDS) - SET_BY_MMSA, set(FIELDS) ^ set().union(*places)
     assert sum(len(p) for p in places) == len(set().union(*places)), "a key in two places"
-    for dataset in DATASETS:
+    for dataset in (d.name for d in datasets.BUILTIN):
         assert set(entry["datasetParams"][dataset]) == places[1], dataset
 
 
@@ -59,7 +59,7 @@ def test_tune_grid_holds_every_default_and_the_rest_are_defaults():
     for key in debug["d_paras"]:
         assert _default(key) in debug[key], (key, debug[key])
     assert {k: _default(k) for k in TUNE["datasetParams"]["mosi"]} == TUNE["datasetParams"]["mosi"]
-    for dataset in DATASETS:  # tune's per-dataset keys are the regression section's values
+    for dataset in (d.name for d in datasets.BUILTIN):  # tune's per-dataset keys are the regression section's values
         assert {k: REG["datasetParams"][dataset][k] for k in TUNE["datasetParams"][dataset]} == \
             TUNE["datasetParams"][dataset]
 
