@@ -47,12 +47,13 @@ CONTAINER = 160
 TUPLE = 40
 #: Bytes charged per ndarray on top of its data (the object header NumPy allocates).
 ARRAY_HEADER = 112
-#: Opcodes any pickle may use (a 5.6 MB MMSA file holding its labels and ids as lists of 300k
-#: entries uses 1.3M; the reader runs about 1-2 M opcodes a second on one busy core).
-OPS_FLOOR = 2_000_000
-#: File bytes per opcode beyond the floor (NumPy/MMSA pickles: array data dominates; a list of
-#: floats is 9 bytes per opcode, ids about 12).
-BYTES_PER_OP = 8
+#: Opcodes any pickle may use: a 7 MB MMSA file holding its labels and ids as Python lists of
+#: 300k entries in all uses about 0.9M (one per float, two per id); at 3-12 us an opcode (an idle
+#: or a busy core) the floor costs 3-12 s at most.
+OPS_FLOOR = 1_000_000
+#: File bytes per opcode beyond the floor: a NumPy/MMSA pickle's size is its array data (MOSI:
+#: ~160 KB per sample, a few opcodes per sample), so a legitimate file stays far below this.
+BYTES_PER_OP = 32
 #: Open MARKs at once: each stands for an unfinished tuple, list or dict, so a pickle of objects
 #: nested at most MAX_DEPTH deep never has more open.
 MAX_OPEN_MARKS = 3 * MAX_DEPTH
