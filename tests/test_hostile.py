@@ -25,7 +25,6 @@ from mmin_plugin.features import safeformat as convert
 from mmin_plugin.features.limits import default_max_bytes
 from mmin_plugin.features.load import SafePickle, clear_cache, convert_file, safe_load, safe_loads
 from mmin_plugin.features.unpickle import SafeUnpickler
-from mmin_plugin.features.zipdir import open_zip
 
 from . import hostile_files as hf
 from .hostile_files import HOSTILE, dup_bomb, feature_dict, mark_bomb
@@ -593,6 +592,8 @@ def test_zip_directory_is_charged_before_zipfile_reads_it(tmp_path):
     few.write_bytes(hf.with_unnamed_zip_entries(good, 3))
     with pytest.raises(MMINDataError, match=r"3 members the index does not name, such as 'x000000' at byte 0"):
         safe_load(few)
+    from mmin_plugin.features.zipdir import open_zip
+
     budget = limits.Budget(10_000)  # charged: the directory's bytes and ZIP_ENTRY per record it can hold
     with pytest.raises(limits.Refused, match="the zip central directory"):
         open_zip(io.BytesIO(hf.with_unnamed_zip_entries(good, 100)), budget, min_entry=32)
@@ -653,7 +654,8 @@ def _mmsa_like():
     floats = st.floats(allow_nan=True, allow_infinity=True, width=64)
     ints = st.one_of(st.integers(-300, 300), st.integers(-(2 ** 70), 2 ** 70))
     texts = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=6)
-    lists = st.one_of(st.lists(floats, max_size=40), st.lists(ints, max_size=40), st.lists(texts, max_size=40),
+    lists = st.one_of(*[st.lists(e, max_size=15) | st.lists(e, min_size=convert.COMPACT_MIN, max_size=40)
+                        for e in (floats, ints, texts)],
                       st.lists(st.one_of(floats, ints, texts, st.none(), st.booleans()), max_size=20))
 
     @st.composite
