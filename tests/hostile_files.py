@@ -303,3 +303,12 @@ def lists_of_labels_and_ids(n=300_000):
     return pickle.dumps({s: {"regression_labels": [((i % 61) - 30) / 10 + j for i in range(k)],
                              "id": [f"v{i}$_${j}" for i in range(k)]}
                          for j, s in enumerate(("train", "valid", "test"))}, protocol=4)
+
+
+HOSTILE.update({
+    "fanout_bomb": fanout_bomb,
+    "mmsa_with_fanout": mmsa_with_fanout,
+    "proto_flood": lambda: proto_flood(100_000),
+    "frame_flood": lambda: frame_flood(10_000),
+    "zero_size_giant": zero_size_giant,
+})

@@ -44,6 +44,11 @@ REFUSALS = {
     "codecs_lookup": "_codecs.encode",
     "build_on_function": "BUILD",
     "mutate_after_insert": "after it was put inside",
+    "fanout_bomb": "expands to",
+    "mmsa_with_fanout": "expands to",
+    "proto_flood": "a PROTO opcode after the first",
+    "frame_flood": "a FRAME of 0 bytes",
+    "zero_size_giant": "the product of its non-zero dimensions",
 }
 
 
@@ -391,7 +396,7 @@ def test_hostile_files_in_a_memory_limited_subprocess(tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("model", ["mmin", "tfn"])
-@pytest.mark.parametrize("name", ["forged_object_dtype", "memo_reference_bomb"])
+@pytest.mark.parametrize("name", ["forged_object_dtype", "memo_reference_bomb", "mmsa_with_fanout"])
 def test_mmsa_run_refuses_hostile_file_before_training(model, name, tmp_path, tiny_bert):
     from MMSA import MMSA_run
 
