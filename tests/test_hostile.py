@@ -557,7 +557,7 @@ def test_cache_copy_keeps_sharing_and_is_charged(tmp_path):
     clear_cache()
 
 
-def test_floods_cost_bounded_time():
+def test_floods_cost_bounded_time(monkeypatch):
     """Finding 2: 5M PROTO opcodes took 2.5 s (4 min of CPU per GB).  PROTO only first, FRAME only
     between frames and at least 4 bytes long, open MARKs bounded, and an opcode budget of
     OPS_FLOOR + size / BYTES_PER_OP."""
@@ -576,6 +576,10 @@ def test_floods_cost_bounded_time():
     with pytest.raises(MMINDataError, match=r"more than 1000 opcodes .* \(at byte \d+\)"):
         SafeUnpickler(io.BytesIO(blob), max_ops=1000).run()
     assert limits.max_opcodes(len(blob)) == limits.OPS_FLOOR + len(blob) // limits.BYTES_PER_OP
+    with monkeypatch.context() as m:  # the override for a trusted file of many tiny objects
+        m.setenv("MMIN_SAFELOAD_MAX_OPS", "1000")
+        with pytest.raises(MMINDataError, match=r"more than 1000 opcodes .*MMIN_SAFELOAD_MAX_OPS"):
+            safe_loads(blob)
 
 
 def test_zip_directory_is_charged_before_zipfile_reads_it(tmp_path):

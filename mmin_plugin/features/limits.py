@@ -9,7 +9,8 @@
 * **Shapes** (:func:`check_shape`): an array's data is within the budget, and so is the product of
   its non-zero dimensions (a (n, 0, 2**26) array holds no bytes, but a mean over its empty axis
   allocates n * 2**26 values).
-* **Time**: at most :func:`max_opcodes` pickle opcodes (``OPS_FLOOR + file size / BYTES_PER_OP``),
+* **Time**: at most :func:`max_opcodes` pickle opcodes (``OPS_FLOOR + file size / BYTES_PER_OP``
+  unless ``$MMIN_SAFELOAD_MAX_OPS`` says otherwise),
   at most :data:`MAX_OPEN_MARKS` open MARKs; a zip directory at most one entry per
   :data:`ZIP_ENTRY_MIN` bytes, each charged :data:`ZIP_ENTRY` before ``zipfile`` builds it.
 * **Depth**: containers nested at most :data:`MAX_DEPTH` deep (an MMSA file has depth 2).
@@ -26,12 +27,15 @@ import numpy as np
 
 from ..errors import MMINDataError
 
-__all__ = ["ENV_MAX_BYTES", "MAX_DEPTH", "MAX_NDIM", "SLOT", "OBJECT", "CONTAINER", "TUPLE", "ARRAY_HEADER",
-           "OPS_FLOOR", "BYTES_PER_OP", "MAX_OPEN_MARKS", "ZIP_ENTRY", "ZIP_ENTRY_MIN", "Budget", "Refused",
-           "CHUNK_ELEMENTS", "default_max_bytes", "max_opcodes", "check_dtype", "check_shape", "check_unicode"]
+__all__ = ["ENV_MAX_BYTES", "ENV_MAX_OPS", "MAX_DEPTH", "MAX_NDIM", "SLOT", "OBJECT", "CONTAINER", "TUPLE",
+           "ARRAY_HEADER", "OPS_FLOOR", "BYTES_PER_OP", "MAX_OPEN_MARKS", "ZIP_ENTRY", "ZIP_ENTRY_MIN", "Budget",
+           "Refused", "CHUNK_ELEMENTS", "default_max_bytes", "max_opcodes", "check_dtype", "check_shape",
+           "check_unicode"]
 
 #: Environment variable: the most bytes one load may materialise (overrides the default).
 ENV_MAX_BYTES = "MMIN_SAFELOAD_MAX_BYTES"
+#: Environment variable: the most pickle opcodes one load may run (overrides :func:`max_opcodes`).
+ENV_MAX_OPS = "MMIN_SAFELOAD_MAX_OPS"
 #: Deepest container nesting accepted (an MMSA file is a dict of dicts of arrays: depth 2).
 MAX_DEPTH = 64
 #: Most array dimensions (NumPy's own limit is 64; feature arrays have at most 3).
@@ -75,19 +79,24 @@ class Refused(Exception):
     """What a reader refuses; the reader turns it into :class:`MMINDataError` naming the file."""
 
 
+def _env_int(name, unit):
+    env = os.environ.get(name, "").strip()
+    if not env:
+        return None
+    try:
+        v = int(env)
+    except ValueError:
+        raise MMINDataError(f"${name}: expected an integer number of {unit}; found {env!r}") from None
+    if v < 1:
+        raise MMINDataError(f"${name}: expected a positive number of {unit}; found {v}")
+    return v
+
+
 def default_max_bytes(file_size) -> int:
     """The byte budget of one load: ``$MMIN_SAFELOAD_MAX_BYTES`` if set, else
     ``4 * file_size + 64 MiB`` (``64 MiB`` when the size is unknown)."""
-    env = os.environ.get(ENV_MAX_BYTES, "").strip()
-    if env:
-        try:
-            v = int(env)
-        except ValueError:
-            raise MMINDataError(f"${ENV_MAX_BYTES}: expected an integer number of bytes; found {env!r}") from None
-        if v < 1:
-            raise MMINDataError(f"${ENV_MAX_BYTES}: expected a positive number of bytes; found {v}")
-        return v
-    return _FACTOR * int(file_size or 0) + _FLOOR
+    v = _env_int(ENV_MAX_BYTES, "bytes")
+    return v if v is not None else _FACTOR * int(file_size or 0) + _FLOOR
 
 
 @dataclass
@@ -106,9 +115,12 @@ class Budget:
 
 
 def max_opcodes(file_size) -> int:
-    """The most pickle opcodes one load may run: :data:`OPS_FLOOR` + ``file_size // BYTES_PER_OP``
-    (the floor alone for a stream of unknown size)."""
-    return OPS_FLOOR + int(file_size or 0) // BYTES_PER_OP
+    """The most pickle opcodes one load may run: ``$MMIN_SAFELOAD_MAX_OPS`` if set, else
+    :data:`OPS_FLOOR` + ``file_size // BYTES_PER_OP`` (the floor alone for a stream of unknown
+    size).  A trusted file of many tiny objects (100k two-element arrays: 2.2M opcodes in 3.8 MB)
+    needs the override."""
+    v = _env_int(ENV_MAX_OPS, "opcodes")
+    return v if v is not None else OPS_FLOOR + int(file_size or 0) // BYTES_PER_OP
 
 
 def check_shape(shape, itemsize: int, limit: int) -> int:

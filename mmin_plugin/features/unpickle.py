@@ -294,7 +294,8 @@ class SafeUnpickler:
             self.ops += 1
             if self.ops > self.max_ops:
                 _refuse(f"more than {self.max_ops} opcodes (the limit for a file of {self.size} bytes: "
-                        f"{limits.OPS_FLOOR} + one per {limits.BYTES_PER_OP} bytes; NumPy/MMSA pickles need far fewer)")
+                        f"{limits.OPS_FLOOR} + one per {limits.BYTES_PER_OP} bytes; NumPy/MMSA pickles need far "
+                        f"fewer; raise it with ${limits.ENV_MAX_OPS} for a trusted file)")
             if op == b".":
                 return self.resolve(self.pop())
             handler = self.dispatch.get(op[0])
