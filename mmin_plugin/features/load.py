@@ -264,10 +264,10 @@ def convert_file(src, dst, *, max_bytes=None, check=True) -> dict:
     """Read the pickle (or safe file) `src` with the safe loader and write it to `dst` in the safe
     format, atomically.  Returns ``{'arrays': k, 'bytes': size of dst}``.
 
-    Before the written file takes the name `dst` it is read back with the loader (same
-    ``max_bytes``): a file the loader would refuse, or one that would not load as exactly what
-    `src` holds, is not written, and the loader's refusal is the message (``check=False``, for
-    tests only, skips that)."""
+    Before the written file takes the name `dst` it is read back as :func:`safe_load` reads it
+    (same ``max_bytes``, the cache's copy charged too): a file the loader would refuse, or one that
+    would not load as exactly what `src` holds, is not written, and the loader's refusal is the
+    message (``check=False``, for tests only, skips that)."""
     with open(src, "rb") as f:  # no cache, no fix-up: the file as it is
         obj = _parse(f, os.fspath(src), max_bytes)[0]
     out = {}
@@ -277,7 +277,9 @@ def convert_file(src, dst, *, max_bytes=None, check=True) -> dict:
         if check:
             f.flush()
             with open(f.name, "rb") as back:
-                again = safeformat.load_safe(back, source=os.fspath(dst), max_bytes=max_bytes)
+                budget = []
+                again = safeformat.load_safe(back, source=os.fspath(dst), max_bytes=max_bytes, budget_out=budget)
+            _fresh(again, Budget(budget[0].limit, budget[0].used), os.fspath(dst))  # safe_load's copy, charged
             differs = _first_difference(obj, again, "")
             if differs is not None:
                 raise MMINDataError(f"{os.fspath(src)}: convert: the converted file would not read back as the "
