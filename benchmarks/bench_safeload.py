@@ -3,8 +3,12 @@
     python benchmarks/bench_safeload.py --out bench-results/ [--mib 100] [--fuzz-seconds 180]
 
 1. Attacks: every file of tests/hostile_files.py plus the large ones of issue 17 (30 MiB of MARKs,
-   a hash-collision dict of 40k keys, a 100 MiB JSON-index bomb), each loaded in a fresh
-   subprocess: outcome, seconds, peak RSS growth.
+   a hash-collision dict of 40k keys, a 100 MiB JSON-index bomb) and of issue 25 (fan-out memo
+   bombs alone and inside a valid MMSA file, 5M PROTO / 1.1M FRAME opcodes, a 10 MB list of None
+   at the opcode budget, a .npz with 1M unreferenced central-directory records, a zero-size giant,
+   a checkpoint whose deflated record inflates to 400 MB), each loaded in a fresh subprocess:
+   outcome, seconds, peak RSS growth -- and, beside each, a legitimate MMSA-shaped file of the
+   same size and format (a pickle, a converted file or a torch checkpoint) loaded the same way.
 2. Fuzz: for --fuzz-seconds, byte flips and truncations of valid and hostile pickles, random opcode
    sequences and byte flips of a converted file; every outcome counted (a loaded value,
    MMINDataError, or anything else = a failure).
@@ -35,7 +39,19 @@ sys.path.insert(0, str(ROOT))
 
 from mmin_plugin.errors import MMINDataError  # noqa: E402
 from mmin_plugin.features.load import convert_file, safe_loads  # noqa: E402
-from tests.hostile_files import HOSTILE, dup_bomb, hash_collision_dict, mark_bomb  # noqa: E402
+from tests.hostile_files import (  # noqa: E402
+    HOSTILE,
+    deflated_records,
+    dup_bomb,
+    fanout_bomb,
+    frame_flood,
+    hash_collision_dict,
+    mark_bomb,
+    mmsa_with_fanout,
+    proto_flood,
+    with_unnamed_zip_entries,
+    zero_size_giant,
+)
 
 _CHILD = """
 import sys, time, pickle
@@ -44,7 +60,14 @@ def hwm():  # peak RSS of this process in MiB (VmHWM: reset at exec, unlike ru_m
     return int([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]) / 1024
 
 path, how = sys.argv[1], sys.argv[2]
-if how == 'safe':
+if how == 'ckpt':  # what explain does: the zip directory against the implied tensors, then torch.load
+    import torch
+    from mmin_plugin.features.zipdir import check_checkpoint_records
+    from mmin_plugin.errors import MMINError as Err
+    def load(p):
+        check_checkpoint_records(p, [int(n) for n in sys.argv[3].split(',')])
+        return torch.load(p, map_location='cpu', weights_only=True)
+elif how == 'safe':
     from mmin_plugin.features.load import safe_load as load
     from mmin_plugin.errors import MMINDataError as Err
 else:
@@ -66,8 +89,8 @@ print(repr((out, dt, hwm() - rss0)))
 """
 
 
-def child(path, how="safe", timeout=600):
-    r = subprocess.run([sys.executable, "-c", _CHILD, str(path), how], capture_output=True, text=True,
+def child(path, how="safe", timeout=600, *extra):
+    r = subprocess.run([sys.executable, "-c", _CHILD, str(path), how, *extra], capture_output=True, text=True,
                        timeout=timeout, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if r.returncode:
         return (f"FAILED exit {r.returncode}: {r.stderr[-300:]}", None, None)
@@ -83,21 +106,70 @@ def json_index_bomb(mib):
     return buf.getvalue()
 
 
+def legit_pickle(nbytes):
+    """A legitimate MMSA-shaped pickle (protocol 4) of about `nbytes` bytes: float32 audio, str ids."""
+    n = max(1, (nbytes - 400) // 180)  # one split object, written once, under the three names
+    rng = np.random.default_rng(0)
+    split = {"audio": rng.standard_normal((n, 40, 1)).astype(np.float32), "audio_lengths": [40] * n,
+             "id": np.array([f"v{i}" for i in range(n)], dtype=object)}
+    return pickle.dumps({s: split for s in ("train", "valid", "test")}, protocol=4)
+
+
+def legit_converted(tmp, nbytes):
+    src, dst = Path(tmp) / "legit-src.pkl", Path(tmp) / "legit.npz"
+    src.write_bytes(legit_pickle(nbytes))
+    convert_file(src, dst)
+    src.unlink()
+    return dst.read_bytes()
+
+
+def checkpoints(tmp):
+    """(attack, legitimate, numels): a checkpoint of one 100,000-float tensor whose record is
+    replaced by 400 MB of deflated zeros (~390 KB), and the real one (~400 KB)."""
+    import torch
+
+    p = Path(tmp) / "ckpt.pt"
+    torch.save({"w": torch.randn(1000, 100)}, p)
+    good = p.read_bytes()
+    p.unlink()
+    return deflated_records(good, grow=400 * 10 ** 6), good, "100000"
+
+
 def attacks(tmp):
     files = {name: build() for name, build in sorted(HOSTILE.items())}
     files["mark_bomb_30MiB"] = mark_bomb(10 << 20)  # 3 bytes per MARK + BININT1
     files["dup_bomb_20MiB"] = dup_bomb(20 << 20)
     files["hash_collision_dict_40k"] = hash_collision_dict(40_000)
     files["json_index_bomb_100MiB"] = json_index_bomb(100)
+    # issue 25
+    files["fanout_bomb_90x4"] = fanout_bomb(90, 4)
+    files["mmsa_with_fanout_1MB"] = mmsa_with_fanout(n=470)
+    files["proto_flood_5M"] = proto_flood(5_000_000)
+    files["frame_flood_1.1M"] = frame_flood(1_100_000)
+    files["none_list_10MB"] = pickle.dumps([None] * (10 << 20), protocol=4)  # 1 opcode a byte: the opcode budget
+    files["zero_size_giant"] = zero_size_giant()
+    files["npz_1M_unnamed_records"] = with_unnamed_zip_entries(legit_converted(tmp, 100_000), 1_000_000)
+    ckpt_attack, ckpt_good, numels = checkpoints(tmp)
+    files["checkpoint_deflated_400MB"] = ckpt_attack
     rows = []
     for name, blob in files.items():
-        p = Path(tmp) / f"{name}.bin"
+        p, q = Path(tmp) / f"{name}.bin", Path(tmp) / f"{name}-legit.bin"
         p.write_bytes(blob)
-        out, secs, grew = child(p)
-        rows.append({"file": name, "bytes": len(blob), "outcome": out, "seconds": secs, "rss_growth_mb": grew})
+        how, extra = ("ckpt", (numels,)) if name.startswith("checkpoint") else ("safe", ())
+        legit_blob = (ckpt_good if how == "ckpt" else legit_converted(tmp, len(blob)) if name.startswith("npz")
+                      else legit_pickle(len(blob)))
+        q.write_bytes(legit_blob)
+        out, secs, grew = child(p, how, 600, *extra)
+        lout, lsecs, lgrew = child(q, how, 600, *extra)
+        rows.append({"file": name, "bytes": len(blob), "outcome": out, "seconds": secs, "rss_growth_mb": grew,
+                     "legit_bytes": len(legit_blob), "legit_outcome": lout, "legit_seconds": lsecs,
+                     "legit_rss_growth_mb": lgrew})
         print(f"{name:28s} {len(blob):>11,d} B  {secs if secs is None else round(secs, 3)} s  "
-              f"+{grew if grew is None else round(grew)} MB  {out[:90]}", flush=True)
+              f"+{grew if grew is None else round(grew)} MB  | legit {len(legit_blob):>11,d} B "
+              f"{lsecs if lsecs is None else round(lsecs, 3)} s +{lgrew if lgrew is None else round(lgrew)} MB "
+              f"{lout[:8]} | {out[:110]}", flush=True)
         p.unlink()
+        q.unlink()
     return rows
 
 

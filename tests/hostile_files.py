@@ -162,3 +162,153 @@ HOSTILE = {
     "hash_collision_dict": hash_collision_dict,
     "hash_collision_set": hash_collision_set,
 }
+
+
+# --- issue 25: shared references that explode, floods that cost time, zero-size giants ----------------
+def fanout_bomb(width=90, levels=4):
+    """Four levels of lists, each holding `width` memo references (BINGET) to the level below: under
+    a KB, expanding to width**levels (65.6M) elements.  The VM keeps the sharing; a copy that does
+    not (the parse cache's, JSON, np.asarray) materialised 4.6 GB, just under the old limit, which
+    compared an element count with the byte budget."""
+    ops = b"]q\x00(" + b"K\x00" * width + b"e"  # level 1: [0] * width, memo 0
+    for level in range(1, levels):  # level + 1: [level] * width, memo `level`
+        ops += b"]q" + bytes([level]) + b"(" + (b"h" + bytes([level - 1])) * width + b"e"
+    return PROTO + b"(" + ops + b"t" + STOP  # the levels in one tuple
+
+
+def _plain_body(obj):
+    """The opcodes of `obj` without PROTO, STOP or any memo opcode (fast mode: no memo), protocol 3,
+    so they can be spliced into a hand-written pickle that uses the memo itself."""
+    import io
+    import pickle
+
+    buf = io.BytesIO()
+    p = pickle.Pickler(buf, protocol=3)
+    p.fast = True
+    p.dump(obj)
+    return buf.getvalue()[2:-1]
+
+
+def mmsa_split(n=4, seed=0):
+    """A small MMSA-Standard split (NumPy only): what a valid feature file holds per split."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    text = np.stack([rng.integers(1, 100, (n, 6)), np.ones((n, 6)), np.zeros((n, 6))], 1)  # ids, mask, segments
+    return {"text_bert": text.astype(np.float32),
+            "audio": rng.standard_normal((n, 8, 5)).astype(np.float32),
+            "vision": rng.standard_normal((n, 7, 20)).astype(np.float32),
+            "audio_lengths": [8] * n, "vision_lengths": [7] * n,
+            "regression_labels": rng.uniform(-3, 3, n).astype(np.float32),
+            "id": np.array([f"v{i}$_$0" for i in range(n)], dtype=object),
+            "raw_text": np.array(["a b c"] * n, dtype=object)}
+
+
+def mmsa_with_fanout(n=4, width=90, levels=4, key="annotations"):
+    """A valid MMSA file whose train split also holds the fan-out bomb under `key` (MMSA ignores the
+    key; the copy the parse cache hands out expanded it: 33 s and a MemoryError in `run -m mmin`)."""
+    bomb = fanout_bomb(width, levels)[len(PROTO):-1]
+    splits = b"".join(S(name) + _plain_body(mmsa_split(n, seed=i))[:-1] + (S(key) + bomb if name == "train" else b"")
+                      + b"u" for i, name in enumerate(("train", "valid", "test")))  # in the split's SETITEMS
+    return PROTO + b"}(" + splits + b"u" + STOP
+
+
+def proto_flood(n):
+    """`n` PROTO opcodes (2 bytes each) before a None: no memory, one opcode per 2 bytes."""
+    return b"\x80\x04" * n + b"N" + STOP
+
+
+def frame_flood(n):
+    """`n` empty FRAMEs (9 bytes each) before a None."""
+    return b"\x80\x04" + (b"\x95" + struct.pack("<Q", 0)) * n + b"N" + STOP
+
+
+def zero_size_giant(n=2, side=2 ** 26):
+    """A valid MMSA file whose audio has shape (n, 0, side): no bytes, but MMSA's normalisation (a
+    mean over the empty axis) allocates n * side floats (2-16 GiB)."""
+    import pickle
+
+    import numpy as np
+
+    data = {s: mmsa_split(n) for s in ("train", "valid", "test")}
+    data["train"]["audio"] = np.zeros((n, 0, side), np.float32)
+    return pickle.dumps(data, protocol=4)
+
+
+def with_unnamed_zip_entries(zip_bytes, n):
+    """`zip_bytes` (a zip) with `n` extra central-directory records (empty stored files named
+    x0000000..., all pointing at the first member, so no local data is added): 53 bytes each.  zipfile
+    builds a ZipInfo for each before any name can be checked."""
+    import zipfile as zf
+
+    end = zip_bytes.rfind(b"PK\x05\x06")
+    _, _, _, _, count, cd_size, cd_offset, _ = struct.unpack("<4s4H2LH", zip_bytes[end:end + 22])
+    if zip_bytes.rfind(b"PK\x06\x06") >= 0 or count == 0xFFFF:
+        raise ValueError("expected a plain (not zip64) directory to extend")
+    head, cd = zip_bytes[:cd_offset], zip_bytes[cd_offset:cd_offset + cd_size]
+    crc = zf.crc32(b"")
+    extra = b"".join(struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, crc, 0, 0, 7, 0, 0, 0, 0, 0, 0)
+                     + b"x%06d" % i for i in range(n))
+    cd += extra
+    total = count + n
+    out = head + cd
+    zip64_end = len(out)
+    out += struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, total, total, len(cd), cd_offset)
+    out += struct.pack("<4sLQL", b"PK\x06\x07", 0, zip64_end, 1)
+    out += struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return out
+
+
+def deflated_records(zip_bytes, grow=None):
+    """A torch.save zip rewritten with every ``data/N`` record deflate-compressed; with `grow`
+    (bytes), the first storage record is replaced by that many zero bytes (compressing ~1000x):
+    torch.load inflates it before the shape check could run."""
+    import io
+    import zipfile as zf
+
+    src, buf, grown = zf.ZipFile(io.BytesIO(zip_bytes)), io.BytesIO(), False
+    with zf.ZipFile(buf, "w") as out:
+        for info in src.infolist():
+            data = src.read(info)
+            if "/data/" in info.filename and info.filename.rsplit("/", 1)[1].isdigit():
+                if grow and not grown:
+                    data, grown = bytes(grow), True
+                out.writestr(info.filename, data, compress_type=zf.ZIP_DEFLATED)
+            else:
+                out.writestr(info.filename, data)
+    return buf.getvalue()
+
+
+def np_str_object_arrays(n=8):
+    """A legitimate MMSA file whose `id`/`raw_text` object arrays hold np.str_ (what
+    ``np.array(list(u_array), dtype=object)`` gives): pickle.load and MMSA read it."""
+    import pickle
+
+    import numpy as np
+
+    data = {s: mmsa_split(n) for s in ("train", "valid", "test")}
+    for split in data.values():
+        split["id"] = np.array(list(np.array([f"v{i}$_$0" for i in range(n)])), dtype=object)
+        split["raw_text"] = np.array(list(np.array(["a b", "c"] * (n // 2))), dtype=object)
+    return pickle.dumps(data, protocol=4)
+
+
+def lists_of_labels_and_ids(n=300_000):
+    """A legitimate file with labels and ids as Python lists, `n` entries in all over the three
+    splits (7 MB for 300k): it loaded and converted, but the converted file was refused (about
+    450 B charged per JSON float)."""
+    import pickle
+
+    k = n // 3
+    return pickle.dumps({s: {"regression_labels": [((i % 61) - 30) / 10 + j for i in range(k)],
+                             "id": [f"v{i}$_${j}" for i in range(k)]}
+                         for j, s in enumerate(("train", "valid", "test"))}, protocol=4)
+
+
+HOSTILE.update({
+    "fanout_bomb": fanout_bomb,
+    "mmsa_with_fanout": mmsa_with_fanout,
+    "proto_flood": lambda: proto_flood(100_000),
+    "frame_flood": lambda: frame_flood(10_000),
+    "zero_size_giant": zero_size_giant,
+})

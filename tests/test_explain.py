@@ -206,3 +206,36 @@ def test_explain_failures_end_in_error_lines(demo_checkpoint, tmp_path, capsys, 
     assert rc == 2 and err.startswith("error: ") and "Traceback" not in err, err
     assert re.search(message, err), err
     assert not (tmp_path / "o").exists()
+
+
+def test_explain_checks_the_checkpoint_zip_before_torch_load(demo_checkpoint, tmp_path, monkeypatch):
+    """Issue 25, finding 4: a checkpoint whose tensor records are deflate-compressed (390 KB) became a
+    400 MB tensor inside torch.load before the shape check.  The zip directory is checked first:
+    records stored, of torch.save's names, no larger than the tensors the config implies."""
+    from mmin_plugin.errors import MMINError
+    from mmin_plugin.experiments import explain as ex
+    from mmin_plugin.features.zipdir import check_checkpoint_records
+
+    from .hostile_files import deflated_records
+
+    good = demo_checkpoint["checkpoint"].read_bytes()
+    cfg = config_path(demo_checkpoint["checkpoint"]).read_text()
+    cases = {"compressed": (deflated_records(good), r"a compressed record \(\d+ bytes stored"),
+             "inflating": (deflated_records(good, grow=64 << 20), r"a compressed record \(\d+ bytes stored, 67108864")}
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or {})
+    for name, (blob, why) in cases.items():
+        ckpt = tmp_path / f"{name}.pth"
+        ckpt.write_bytes(blob)
+        config_path(ckpt).write_text(cfg)
+        with pytest.raises(MMINError, match=rf"{re.escape(str(ckpt))}: refusing the checkpoint before torch.load: "
+                                            rf"member '[^']+/data/\d+' at byte \d+: {why}"):
+            ex.explain(ckpt, demo_checkpoint["feature_path"], "test:0", out_dir=tmp_path / "o", print_table=False)
+    assert not loads
+    # torch-free: stored records larger than the tensors the config implies, unknown records, too many storages
+    numels = [int(np.prod(v.shape)) for v in demo_checkpoint["net"].state_dict().values()]
+    check_checkpoint_records(demo_checkpoint["checkpoint"], numels)  # the real one passes
+    with pytest.raises(MMINError, match=r"member 'mmin-mosi/data/\d+' at byte \d+: \d+ bytes \(at most 80 "):
+        check_checkpoint_records(demo_checkpoint["checkpoint"], [10] * len(numels))
+    with pytest.raises(MMINError, match="more tensor storages than the 3 tensors"):
+        check_checkpoint_records(demo_checkpoint["checkpoint"], [10 ** 6] * 3)

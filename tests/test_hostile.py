@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -19,11 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mmin_plugin.errors import MMINDataError
+from mmin_plugin.features import limits
 from mmin_plugin.features import safeformat as convert
 from mmin_plugin.features.limits import default_max_bytes
 from mmin_plugin.features.load import SafePickle, clear_cache, convert_file, safe_load, safe_loads
 from mmin_plugin.features.unpickle import SafeUnpickler
 
+from . import hostile_files as hf
 from .hostile_files import HOSTILE, dup_bomb, feature_dict, mark_bomb
 from .strategies import examples
 
@@ -33,14 +36,19 @@ REFUSALS = {
     "zero_stride_array": "numpy.ndarray(...)",
     "reduce_giant_array": "numpy.ndarray(...)",
     "reconstruct_short_data": "shape (16, 10000000, 5)",
-    "memo_reference_bomb": "expand to",
-    "deep_frozensets": "the opcode FROZENSET",
+    "memo_reference_bomb": "expands to",
+    "deep_frozensets": "open MARKs",
     "deep_lists": "nested more than",
     "hash_collision_dict": "feature files have str keys",
     "hash_collision_set": "the opcode EMPTY_SET",
     "codecs_lookup": "_codecs.encode",
     "build_on_function": "BUILD",
     "mutate_after_insert": "after it was put inside",
+    "fanout_bomb": "expands to",
+    "mmsa_with_fanout": "expands to",
+    "proto_flood": "a PROTO opcode after the first",
+    "frame_flood": "a FRAME of 0 bytes",
+    "zero_size_giant": "the product of its non-zero dimensions",
 }
 
 
@@ -130,11 +138,14 @@ def test_large_values_read_lazily_from_files_load_exactly(protocol, tmp_path):
 
 
 def test_stack_and_mark_growth_are_charged():
-    """Finding 2: 300k MARKs (a 600 KB file) hold ~12 MB of stack and marks; DUP is refused."""
-    blob = mark_bomb(300_000)
+    """Finding 2: 300k MARKs (a 600 KB file) held ~12 MB of stack and marks; DUP is refused.  Issue 25:
+    open MARKs are bounded by the nesting they stand for, so a MARK flood ends at once; the stack is
+    still charged (300k ints on it)."""
+    with pytest.raises(MMINDataError, match="more than 192 open MARKs"):
+        safe_loads(mark_bomb(300_000), max_bytes=4_000_000)
     with pytest.raises(MMINDataError, match="stack slot would take the memory materialised past 4000000"):
-        safe_loads(blob, max_bytes=4_000_000)
-    assert safe_loads(mark_bomb(1000)) is None  # a few marks are fine
+        safe_loads(b"\x80\x04" + b"K\x00" * 300_000 + b"N.", max_bytes=4_000_000)
+    assert safe_loads(mark_bomb(150)) is None  # a few marks are fine
     with pytest.raises(MMINDataError, match="the opcode DUP"):
         safe_loads(dup_bomb(300_000), max_bytes=4_000_000)
 
@@ -149,7 +160,7 @@ def test_many_small_arrays_load_within_the_default_budget():
     out = u.run()
     assert len(out) == 10_000 and out[-1][0] == 9_999 and out[5].dtype == np.float32
     assert 10 * u.budget.used <= default_max_bytes(10 * len(blob))
-    with pytest.raises(MMINDataError, match="expand to"):
+    with pytest.raises(MMINDataError, match="expands to"):
         safe_loads(HOSTILE["memo_reference_bomb"]())
 
 
@@ -235,11 +246,11 @@ def test_safe_format_hostile_members_are_refused(tmp_path):
                                                       "shape": (10 ** 6, 10 ** 6)})
     cases = {
         "holds 0": write(root, [("a.npy", header_only)]),
-        "needs 8000000000000 data bytes": write(root, [("a.npy", bad_header.getvalue())]),
+        "would take 8000000000000 bytes": write(root, [("a.npy", bad_header.getvalue())]),
         "missing": write(root),
         "nested more than": write({"format": convert.FORMAT, "version": 1,
                                    "root": json.loads('{"list": [' * 100 + "]}" * 100)}),
-        "version 1 index": write({"format": "other"}),
+        "version 1 or 2 index": write({"format": "other"}),
     }
     for why, p in cases.items():
         with pytest.raises(MMINDataError, match=why):
@@ -385,7 +396,7 @@ def test_hostile_files_in_a_memory_limited_subprocess(tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("model", ["mmin", "tfn"])
-@pytest.mark.parametrize("name", ["forged_object_dtype", "memo_reference_bomb"])
+@pytest.mark.parametrize("name", ["forged_object_dtype", "memo_reference_bomb", "mmsa_with_fanout"])
 def test_mmsa_run_refuses_hostile_file_before_training(model, name, tmp_path, tiny_bert):
     from MMSA import MMSA_run
 
@@ -505,3 +516,203 @@ def test_safe_format_byte_flips(flips):
         safe_loads(bytes(blob))
     except MMINDataError:
         pass
+
+
+# --- issue 25: shared references, floods, zero-size giants, two legitimate files -------------------------
+def test_fanout_bombs_are_refused_in_bytes(tmp_path, monkeypatch):
+    """Finding 1: 4 levels of 90 memo references (745 B) expand to 65.6M elements, under the old limit
+    (an element count compared with the byte budget); the cache's copy then took 4.6 GB.  Now the
+    expanded size is counted in bytes.  The small-budget case (40**4 = 2.6M elements, under 4M) is what
+    main loads and copies."""
+    for blob in (hf.fanout_bomb(), hf.mmsa_with_fanout()):
+        t0 = time.perf_counter()
+        with pytest.raises(MMINDataError, match=r"expands to \d+ bytes when its shared references are copied"):
+            safe_loads(blob)
+        assert time.perf_counter() - t0 < 1
+    p = tmp_path / "fanout.pkl"
+    p.write_bytes(hf.mmsa_with_fanout(width=40))
+    monkeypatch.setenv("MMIN_SAFELOAD_MAX_BYTES", "4000000")
+    with pytest.raises(MMINDataError, match=rf"{re.escape(str(p))}: .*expands to .* \(at byte \d+\)"):
+        safe_load(p)
+
+
+def test_cache_copy_keeps_sharing_and_is_charged(tmp_path):
+    """Finding 1: the cache's copy (load._fresh) materialised every shared reference; it is memoised
+    now (shared stays shared) and charged to the file's budget on top of the parse."""
+    clear_cache()
+    p = tmp_path / "shared.pkl"
+    p.write_bytes(hf.mmsa_with_fanout(width=12))
+    for _ in range(2):  # the first load parses, the second is a cache hit: both are copies
+        top = safe_load(p)["train"]["annotations"]
+        assert top[3][0] is top[3][1] and top[2][0] is top[3][0][0]
+        assert len(top[3]) == 12 and top[3][0][0][0] == [0] * 12
+    # a file of many distinct small lists: the parse fits a budget that the copy then passes
+    clear_cache()
+    q = tmp_path / "lists.pkl"
+    q.write_bytes(pickle.dumps([[i] for i in range(20_000)], protocol=4))
+    u = SafeUnpickler(open(q, "rb"))
+    u.run()
+    with pytest.raises(MMINDataError, match=rf"{re.escape(str(q))}: .*its copy .*a copied list"):
+        safe_load(q, max_bytes=u.budget.used + 20_000)
+    clear_cache()
+
+
+def test_floods_cost_bounded_time(monkeypatch):
+    """Finding 2: 5M PROTO opcodes took 2.5 s (4 min of CPU per GB).  PROTO only first, FRAME only
+    between frames and at least 4 bytes long, open MARKs bounded, and an opcode budget of
+    OPS_FLOOR + size / BYTES_PER_OP."""
+    for blob, why in ((hf.proto_flood(100_000), "a PROTO opcode after the first"),
+                      (hf.frame_flood(100_000), "a FRAME of 0 bytes"),
+                      (mark_bomb(100_000), "more than 192 open MARKs")):
+        t0 = time.perf_counter()
+        with pytest.raises(MMINDataError, match=why):
+            safe_loads(blob)
+        assert time.perf_counter() - t0 < 0.5
+    frames = b"\x80\x04" + b"\x95" + struct.pack("<Q", 20) + b"\x95" + struct.pack("<Q", 4) + b"N."
+    with pytest.raises(MMINDataError, match="inside the previous frame"):
+        safe_loads(frames)
+    blob = pickle.dumps([None] * 5000, protocol=4)  # ~5000 opcodes in a ~5 KB file
+    assert len(SafeUnpickler(io.BytesIO(blob), max_ops=6000).run()) == 5000
+    with pytest.raises(MMINDataError, match=r"more than 1000 opcodes .* \(at byte \d+\)"):
+        SafeUnpickler(io.BytesIO(blob), max_ops=1000).run()
+    assert limits.max_opcodes(len(blob)) == limits.OPS_FLOOR + len(blob) // limits.BYTES_PER_OP
+    with monkeypatch.context() as m:  # the override for a trusted file of many tiny objects
+        m.setenv("MMIN_SAFELOAD_MAX_OPS", "1000")
+        with pytest.raises(MMINDataError, match=r"more than 1000 opcodes .*MMIN_SAFELOAD_MAX_OPS"):
+            safe_loads(blob)
+
+
+def test_zip_directory_is_charged_before_zipfile_reads_it(tmp_path):
+    """Finding 2: a valid converted file plus unreferenced central-directory records made zipfile
+    build a ZipInfo per record, uncharged (1M: +505 MB, 5.7 s).  Now the directory is charged (and
+    bounded by the file size) before zipfile reads it, and members the index does not name are refused."""
+    src, dst = tmp_path / "s.pkl", tmp_path / "s.npz"
+    src.write_bytes(pickle.dumps(_sample(), protocol=4))
+    convert_file(src, dst)
+    good = dst.read_bytes()
+    flood = tmp_path / "flood.npz"
+    flood.write_bytes(hf.with_unnamed_zip_entries(good, 40_000))  # 2 MB of 53-byte records
+    t0 = time.perf_counter()
+    with pytest.raises(MMINDataError, match=rf"{re.escape(str(flood))}: .*a zip central directory at byte \d+ .*"
+                                            r"claiming 400\d\d records"):
+        safe_load(flood)
+    assert time.perf_counter() - t0 < 0.5
+    few = tmp_path / "few.npz"
+    few.write_bytes(hf.with_unnamed_zip_entries(good, 3))
+    with pytest.raises(MMINDataError, match=r"3 members the index does not name, such as 'x000000' at byte 0"):
+        safe_load(few)
+    from mmin_plugin.features.zipdir import open_zip
+
+    budget = limits.Budget(10_000)  # charged: the directory's bytes and ZIP_ENTRY per record it can hold
+    with pytest.raises(limits.Refused, match="the zip central directory"):
+        open_zip(io.BytesIO(hf.with_unnamed_zip_entries(good, 100)), budget, min_entry=32)
+
+
+def test_zero_size_giants_are_refused(tmp_path):
+    """Finding 3: an audio array of shape (n, 0, 2**26) holds 0 bytes and loaded; MMSA's normalisation
+    then allocated n * 2**26 values.  Refused by both readers (and in a str_array's shape)."""
+    with pytest.raises(MMINDataError, match=r"shape \(2, 0, 67108864\): the product of its non-zero dimensions"):
+        safe_loads(hf.zero_size_giant())
+    root = {"format": convert.FORMAT, "version": 1, "root": {"array": "a.npy"}}
+    p = _zip(tmp_path / "z.npz", root, [("a.npy", _npy(np.zeros((2, 0, 2 ** 26), np.float32)))])
+    with pytest.raises(MMINDataError, match=rf"{re.escape(str(p))}: .*shape \(2, 0, 67108864\)"):
+        safe_load(p)
+    strs = _zip(tmp_path / "s.npz", {"format": convert.FORMAT, "version": 1,
+                                     "root": {"str_array": [], "shape": [0, 2 ** 40]}})
+    with pytest.raises(MMINDataError, match="the product of its non-zero dimensions"):
+        safe_load(strs)
+    ok = pickle.dumps({"a": np.zeros((3, 0, 1000), np.float32)}, protocol=4)  # small zero-size arrays load
+    assert safe_loads(ok)["a"].shape == (3, 0, 1000)
+
+
+def test_object_arrays_of_numpy_str_load_as_str(tmp_path):
+    """Finding 5: `np.array(list(u_array), dtype=object)` holds np.str_; pickle.load and MMSA read such
+    files, the loader refused them ("expected a list of 8 str").  They load as str, validate, convert."""
+    from mmin_plugin.features.validation import validate_features
+
+    blob = hf.np_str_object_arrays()
+    data = safe_loads(blob)
+    for split in data.values():
+        assert all(type(x) is str for x in split["id"]) and all(type(x) is str for x in split["raw_text"])
+    assert list(data["train"]["id"]) == [str(x) for x in pickle.loads(blob)["train"]["id"]]
+    validate_features(data, "np_str.pkl")
+    src, dst = tmp_path / "np_str.pkl", tmp_path / "np_str.npz"
+    src.write_bytes(blob)
+    convert_file(src, dst)
+    _same(data, safe_load(dst))
+
+
+def test_converted_lists_of_labels_and_ids_load(tmp_path, monkeypatch):
+    """Finding 5: labels and ids as Python lists (300k entries, 7 MB) loaded and converted, but the
+    converted file was refused: its JSON index was charged ~450 B per float.  Lists of one plain type
+    are stored compactly now (numbers as a .npy member, str inline).  Scaled to 30k entries and a
+    12 MB budget (main: the converted file asks ~35 MB)."""
+    monkeypatch.setenv("MMIN_SAFELOAD_MAX_BYTES", str(12 << 20))
+    src, dst = tmp_path / "lists.pkl", tmp_path / "lists.npz"
+    src.write_bytes(hf.lists_of_labels_and_ids(30_000))
+    data = safe_load(src)
+    convert_file(src, dst)
+    out = safe_load(dst)
+    _same(data, out)
+    assert type(out["train"]["regression_labels"][0]) is float and len(out["test"]["id"]) == 10_000
+
+
+def _mmsa_like():
+    """MMSA-like feature objects: splits of arrays (dtypes, orders, zero-size), lists of floats/ints/str
+    of either side of COMPACT_MIN (ints beyond int64 too), object arrays of str or np.str_, scalars."""
+    floats = st.floats(allow_nan=True, allow_infinity=True, width=64)
+    ints = st.one_of(st.integers(-300, 300), st.integers(-(2 ** 70), 2 ** 70))
+    texts = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=6)
+    lists = st.one_of(*[st.lists(e, max_size=15) | st.lists(e, min_size=convert.COMPACT_MIN, max_size=40)
+                        for e in (floats, ints, texts)],
+                      st.lists(st.one_of(floats, ints, texts, st.none(), st.booleans()), max_size=20))
+
+    @st.composite
+    def arrays(draw):
+        dtype = draw(st.sampled_from(["<f4", "<f8", ">f4", "<i8", "|b1", "<U3", "<c8", "<u2"]))
+        shape = tuple(draw(st.lists(st.integers(0, 4), min_size=0, max_size=3)))
+        a = (np.arange(int(np.prod(shape)), dtype=np.int64) % 5).astype(dtype).reshape(shape)
+        return np.asfortranarray(a) if draw(st.booleans()) else a
+
+    @st.composite
+    def strs(draw):
+        items = draw(st.lists(texts, min_size=1, max_size=20))
+        if draw(st.booleans()):
+            return np.array(list(np.array(items)), dtype=object)  # np.str_ items
+        return np.array(items, dtype=object)
+
+    value = st.one_of(arrays(), lists, strs(), floats, ints, texts, st.none(),
+                      st.builds(np.float32, st.floats(width=32)), st.tuples(ints, texts))
+    split = st.dictionaries(st.sampled_from(["audio", "vision", "text_bert", "id", "raw_text", "audio_lengths",
+                                             "regression_labels", "extra"]), value, max_size=6)
+    return st.dictionaries(st.sampled_from(["train", "valid", "test"]), split, min_size=1)
+
+
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                            HealthCheck.function_scoped_fixture])
+@given(obj=_mmsa_like(), protocol=st.integers(2, 5),
+       max_bytes=st.one_of(st.none(), st.integers(2_000, 40_000)))
+def test_convert_then_load_round_trips_or_convert_refuses_as_the_loader(tmp_path, obj, protocol, max_bytes):
+    """Finding 5, as a property: whatever the loader reads, `convert` either writes a file that loads
+    as exactly the same object, or writes nothing and refuses with the loader's own message (small
+    budgets make both sides refuse sometimes)."""
+    d = tmp_path / f"c{len(list(tmp_path.iterdir()))}"
+    d.mkdir()
+    src, dst = d / "in.pkl", d / "out.npz"
+    src.write_bytes(pickle.dumps(obj, protocol=protocol))
+    try:
+        ref = safe_load(src, max_bytes=max_bytes)
+    except MMINDataError:
+        return  # not a file the loader reads: nothing to convert
+    clear_cache()
+    try:
+        convert_file(src, dst, max_bytes=max_bytes)
+    except MMINDataError as e:
+        assert not dst.exists()
+        convert_file(src, dst, max_bytes=max_bytes, check=False)  # what would have been written
+        with pytest.raises(MMINDataError) as loader:
+            safe_load(dst, max_bytes=max_bytes)
+        assert str(loader.value) in str(e)
+        return
+    _same(ref, safe_load(dst, max_bytes=max_bytes))
+    clear_cache()

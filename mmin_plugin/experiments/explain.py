@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ import numpy as np
 from .. import datasets
 from ..constants import SPLITS
 from ..errors import MMINConfigError, MMINDataError, MMINError
+from ..features.zipdir import check_checkpoint_records
 
 logger = logging.getLogger("MMSA." + __name__)
 
@@ -134,13 +136,14 @@ def _expected_shapes(config) -> dict:
 
 def _build_model(args, checkpoint):
     """MMIN of the run's config with the checkpoint's weights.  Before anything is built: the config
-    is checked (:class:`~mmin_plugin.modeling.config.MMINConfig`, upper bounds included) and the
-    checkpoint's tensor names and shapes are compared with the ones the config gives."""
+    is checked (:class:`~mmin_plugin.modeling.config.MMINConfig`, upper bounds included), the
+    checkpoint's zip directory is checked against the tensors the config implies (stored records of
+    bounded sizes, :func:`~mmin_plugin.features.zipdir.check_checkpoint_records`), and after
+    ``torch.load`` its tensor names and shapes are compared with the ones the config gives."""
     from ..modeling.config import MMINConfig
     from ..modeling.model import MMIN
 
     config = MMINConfig.from_args(args)
-    state = _checkpoint_state(checkpoint)
     try:
         want = _expected_shapes(config)
     except MMINError:
@@ -148,6 +151,9 @@ def _build_model(args, checkpoint):
     except Exception as e:  # OSError (no pretrained config.json), ValueError from transformers ...
         raise MMINConfigError(f"config key 'pretrained': expected a text encoder whose config can be read; found "
                               f"{config.pretrained!r} ({type(e).__name__}: {str(e)[:300]})") from None
+    # the zip directory first: torch.load inflates compressed records before any shape is seen
+    check_checkpoint_records(checkpoint, [math.prod(s) for s in want.values()])
+    state = _checkpoint_state(checkpoint)
     missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
     wrong = [f"{k}: {tuple(state[k].shape)} in the checkpoint, {want[k]} for the config"
              for k in sorted(set(want) & set(state)) if tuple(state[k].shape) != want[k]]

@@ -11,7 +11,9 @@ bytes).  :data:`SafePickle` is a module-like drop-in for ``pickle``, installed a
   fixed-up) data of the :data:`CACHE_MAX_ENTRIES` most recent files is kept, keyed by
   ``(file identity, fix-up)``, until :func:`clear_cache`.  It is a pure speed-up: cached arrays are
   read-only and every load gets fresh dicts/lists/tuples around them, so no caller can change what a
-  later load returns.  Only loads from offset 0 of a regular file use it; after a hit the file
+  later load returns.  The copy keeps shared references shared (memoised, as ``copy.deepcopy`` is)
+  and is charged to the file's byte budget, on top of what the parse was charged.
+  Only loads from offset 0 of a regular file use it; after a hit the file
   position is moved to where the pickle ended.  :func:`set_cache_enabled` turns it off.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ..atomic import atomic_write
 from ..errors import MMINDataError
 from . import safeformat
 from .lengths import check_lengths
+from .limits import CONTAINER, SLOT, Budget, Refused
 from .unpickle import SafeUnpickler
 from .validation import sanitize_features
 
@@ -49,9 +52,10 @@ class FixUp:
     nonfinite: bool = True
     lengths: tuple = ()
 
-    def apply(self, data, path, warn=True):
-        """`data` repaired, without changing `data` or its arrays (changed arrays are copies)."""
-        data = _fresh(data)
+    def apply(self, data, path, warn=True, budget=None):
+        """`data` repaired, without changing `data` or its arrays (changed arrays are copies); the new
+        containers are charged to `budget` (see :func:`_fresh`)."""
+        data = _fresh(data, budget, path)
         if self.nonfinite:
             sanitize_features(data, path, warn=warn)
         if self.lengths:
@@ -59,24 +63,44 @@ class FixUp:
         return data
 
 
-def _fresh(obj):
-    """`obj` with new dicts/lists/tuples around the same arrays and scalars."""
+def _fresh(obj, budget=None, source="<stream>", memo=None):
+    """`obj` with new dicts/lists/tuples around the same arrays and scalars.  A container met twice is
+    copied once and shared again (memoised by id, as ``copy.deepcopy`` does), so a file of shared
+    references costs what its parse cost, not what it expands to; each new container is charged
+    ``CONTAINER + SLOT * len`` to `budget` (a :class:`~mmin_plugin.features.limits.Budget`) first."""
+    if memo is None:
+        memo = {}
+        try:
+            return _fresh(obj, budget, source, memo)
+        except Refused as e:
+            raise MMINDataError(f"{source}: refusing to load this feature file: its copy (the parse cache hands "
+                                f"out new containers): {e}") from None
+    if not isinstance(obj, (dict, list, tuple)):
+        return obj
+    done = memo.get(id(obj))
+    if done is not None:
+        return done[1]
+    if budget is not None:
+        budget.charge(CONTAINER + SLOT * len(obj), f"a copied {type(obj).__name__} of length {len(obj)}")
     if isinstance(obj, dict):
-        return {k: _fresh(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_fresh(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_fresh(v) for v in obj)
-    return obj
+        new = {k: _fresh(v, budget, source, memo) for k, v in obj.items()}
+    elif isinstance(obj, list):
+        new = [_fresh(v, budget, source, memo) for v in obj]
+    else:
+        new = tuple(_fresh(v, budget, source, memo) for v in obj)
+    memo[id(obj)] = (obj, new)  # the original is kept alive with its id
+    return new
 
 
-def _freeze(obj):
-    """Make every array in `obj` read-only; returns `obj`."""
+def _freeze(obj, seen=None):
+    """Make every array in `obj` read-only (each container visited once); returns `obj`."""
+    seen = set() if seen is None else seen
     if isinstance(obj, np.ndarray):
         obj.flags.writeable = False
-    elif isinstance(obj, (dict, list, tuple)):
+    elif isinstance(obj, (dict, list, tuple)) and id(obj) not in seen:
+        seen.add(id(obj))
         for v in obj.values() if isinstance(obj, dict) else obj:
-            _freeze(v)
+            _freeze(v, seen)
     return obj
 
 
@@ -86,10 +110,13 @@ def _describe(source) -> str:
 
 
 def _parse(file, source, max_bytes=None):
-    """One reader run on `file` (either format); MMINDataError on any failure."""
+    """One reader run on `file` (either format): (the object, its :class:`Budget` with what the run
+    was charged); MMINDataError on any failure."""
     if safeformat.is_safe_format(file):
-        return safeformat.load_safe(file, source=source, max_bytes=max_bytes)
-    return SafeUnpickler(file, source=source, max_bytes=max_bytes).run()
+        budget = []
+        return safeformat.load_safe(file, source=source, max_bytes=max_bytes, budget_out=budget), budget[0]
+    u = SafeUnpickler(file, source=source, max_bytes=max_bytes)
+    return u.run(), u.budget
 
 
 # --- fix-ups and cache ------------------------------------------------------------------------
@@ -97,7 +124,7 @@ def _parse(file, source, max_bytes=None):
 #: feature file plus MMSA's optional feature_T / feature_A / feature_V files.
 CACHE_MAX_ENTRIES = 4
 _lock = threading.RLock()
-_cache: OrderedDict = OrderedDict()  # (identity, FixUp or None) -> (frozen object, end offset)
+_cache: OrderedDict = OrderedDict()  # (identity, FixUp or None) -> (frozen object, end offset, Budget)
 _fixups: dict = {}  # identity -> FixUp
 _state = {"enabled": True, "hits": 0, "misses": 0}
 
@@ -174,32 +201,32 @@ def _load_file(f, source, max_bytes=None, warn=False):
     else:
         hit, key = None, None
     if hit is not None and key[1] == fixup:
-        obj, end = hit
+        obj, end, budget = hit
         try:
             f.seek(end)
         except (OSError, ValueError):
             pass
-        return _fresh(obj)
+        return _fresh(obj, Budget(budget.limit, budget.used), source)
     if hit is not None:  # parsed before the fix-up was recorded: repair that, do not parse again
-        obj, end = hit
+        obj, end, budget = hit
         f.seek(end)
     else:
-        obj = _parse(f, source, max_bytes)
+        obj, budget = _parse(f, source, max_bytes)
         end = f.tell() if ident is not None else None
         if use_cache:
             with _lock:
                 _state["misses"] += 1
     if fixup is not None:
-        obj = fixup.apply(obj, source, warn=warn)
+        obj = fixup.apply(obj, source, warn=warn, budget=Budget(budget.limit, budget.used))
     if use_cache:
         with _lock:
             if fixup is not None:
                 _cache.pop((ident, None), None)  # the file is read with its fix-up from now on: one copy
-            _cache[(ident, fixup)] = (_freeze(obj), end)
+            _cache[(ident, fixup)] = (_freeze(obj), end, budget)
             _cache.move_to_end((ident, fixup))
             while len(_cache) > CACHE_MAX_ENTRIES:
                 _cache.popitem(last=False)
-        return _fresh(obj)
+        return _fresh(obj, Budget(budget.limit, budget.used), source)
     return obj
 
 
@@ -230,18 +257,72 @@ def safe_loads(data, source="<bytes>", *, max_bytes=None):
     """Load a feature file from bytes (no cache, no fix-up); see :func:`safe_load`."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MMINDataError(f"{source}: expected pickled bytes; found {type(data).__name__}")
-    return _parse(io.BytesIO(data), source, max_bytes)
+    return _parse(io.BytesIO(data), source, max_bytes)[0]
 
 
-def convert_file(src, dst, *, max_bytes=None) -> dict:
+def convert_file(src, dst, *, max_bytes=None, check=True) -> dict:
     """Read the pickle (or safe file) `src` with the safe loader and write it to `dst` in the safe
-    format, atomically.  Returns ``{'arrays': k, 'bytes': size of dst}``."""
+    format, atomically.  Returns ``{'arrays': k, 'bytes': size of dst}``.
+
+    Before the written file takes the name `dst` it is read back as :func:`safe_load` reads it
+    (same ``max_bytes``, the cache's copy charged too): a file the loader would refuse, or one that
+    would not load as exactly what `src` holds, is not written, and the loader's refusal is the
+    message (``check=False``, for tests only, skips that)."""
     with open(src, "rb") as f:  # no cache, no fix-up: the file as it is
-        obj = _parse(f, os.fspath(src), max_bytes)
+        obj = _parse(f, os.fspath(src), max_bytes)[0]
     out = {}
-    atomic_write(dst, lambda f: out.setdefault("arrays", safeformat.dump_safe(obj, f, os.fspath(src))))
+
+    def write(f):
+        out["arrays"] = safeformat.dump_safe(obj, f, os.fspath(src))
+        if check:
+            f.flush()
+            with open(f.name, "rb") as back:
+                budget = []
+                again = safeformat.load_safe(back, source=os.fspath(dst), max_bytes=max_bytes, budget_out=budget)
+            _fresh(again, Budget(budget[0].limit, budget[0].used), os.fspath(dst))  # safe_load's copy, charged
+            differs = _first_difference(obj, again, "")
+            if differs is not None:
+                raise MMINDataError(f"{os.fspath(src)}: convert: the converted file would not read back as the "
+                                    f"original (at {differs or 'the top'}); nothing was written")
+
+    try:
+        atomic_write(dst, write)
+    except MMINDataError as e:
+        if str(e).startswith(os.fspath(src) + ":"):
+            raise
+        raise MMINDataError(f"{os.fspath(src)}: convert: nothing was written, because the converted file would be "
+                            f"refused: {e}") from None
     out["bytes"] = Path(dst).stat().st_size
     return out
+
+
+def _first_difference(a, b, where, seen=None):
+    """Where `b` differs from `a` (same types, keys in order, array dtypes, shapes and bytes; NaN
+    equals NaN), or None.  A pair of containers met again is not compared again."""
+    seen = set() if seen is None else seen
+    if isinstance(a, (dict, list, tuple)):
+        if (id(a), id(b)) in seen:
+            return None
+        seen.add((id(a), id(b)))
+    if type(a) is not type(b):
+        return f"{where} ({type(a).__name__} became {type(b).__name__})"
+    if isinstance(a, dict):
+        if list(a) != list(b):
+            return f"{where} (its keys)"
+        return next((d for k in a if (d := _first_difference(a[k], b[k], f"{where}/{k}", seen)) is not None), None)
+    if isinstance(a, (list, tuple)):
+        if len(a) != len(b):
+            return f"{where} (its length)"
+        return next((d for i, (x, y) in enumerate(zip(a, b))
+                     if (d := _first_difference(x, y, f"{where}[{i}]", seen)) is not None), None)
+    if isinstance(a, np.ndarray):
+        same = a.dtype == b.dtype and a.shape == b.shape and (
+            a.tolist() == b.tolist() if a.dtype.kind == "O" else np.ascontiguousarray(a).tobytes() ==
+            np.ascontiguousarray(b).tobytes())
+        return None if same else f"{where} (the array)"
+    if isinstance(a, np.generic):
+        return None if a.dtype == b.dtype and a.tobytes() == b.tobytes() else f"{where} (the scalar)"
+    return None if a == b or (a != a and b != b) else f"{where} (the value)"
 
 
 class _Unpickler:

@@ -8,14 +8,16 @@ pickling every allowed dtype in every memory order (``tests/test_safeload.py`` r
 and refuses everything else by name.  Arrays are rebuilt from a dtype of the allow-list of
 :mod:`~mmin_plugin.features.limits`, a shape and exactly ``prod(shape) * itemsize`` bytes; dict keys
 are str; every object, slot and byte is charged to a :class:`~mmin_plugin.features.limits.Budget`
-before it is made; containers carry their expanded size and depth and cannot change once nested.
+before it is made; containers carry their expanded size (in bytes: what a copy that does not keep
+shared references would take) and depth, and cannot change once nested.  The number of opcodes is
+bounded by the file's size (:func:`~mmin_plugin.features.limits.max_opcodes`); PROTO only first,
+FRAME only between frames, at most :data:`~mmin_plugin.features.limits.MAX_OPEN_MARKS` open MARKs.
 Every failure is one :class:`~mmin_plugin.errors.MMINDataError` naming the file and byte offset.
 Array data of at least 1 MiB in a seekable file is read straight into the array made from it.
 """
 from __future__ import annotations
 
 import io
-import math
 import pickle
 import re
 import struct
@@ -78,7 +80,7 @@ class _Container:
     """Bookkeeping of a list/dict/tuple the loader made."""
 
     obj: object
-    size: int = 1      # elements reachable from it, shared references counted each time
+    size: int = CONTAINER  # bytes a copy takes that copies every shared reference (see weight)
     depth: int = 0     # nesting depth below it
     sealed: bool = False  # put inside another object: may not change any more
 
@@ -126,12 +128,13 @@ class SafeUnpickler:
     and large array data is read straight into the array.
     """
 
-    def __init__(self, file, *, source="<stream>", max_bytes=None, max_depth=limits.MAX_DEPTH):
+    def __init__(self, file, *, source="<stream>", max_bytes=None, max_depth=limits.MAX_DEPTH, max_ops=None):
         self.file, self.source, self.max_depth = file, source, max_depth
         self.size = _remaining(file)
         self.base = file.tell() if self.size is not None else 0
         self.budget = Budget(limits.default_max_bytes(self.size) if max_bytes is None else int(max_bytes))
-        self.pos = 0
+        self.max_ops = limits.max_opcodes(self.size) if max_ops is None else int(max_ops)
+        self.pos = self.ops = self.frame_end = 0
         self.stack, self.marks, self.memo = [], [], []
         self.peak = 0  # most stack + mark slots so far (each charged once)
         self.containers = {}  # id(obj) -> _Container
@@ -208,15 +211,16 @@ class SafeUnpickler:
         return items
 
     def weight(self, x):
-        """(elements reachable from `x`, nesting depth below it)."""
+        """(bytes a copy of `x` takes when every shared reference is copied, nesting depth below it):
+        an array its data and header, a container its header, slots and items, anything else OBJECT."""
         if isinstance(x, np.ndarray):
-            return max(1, x.size), 0
+            return x.nbytes + ARRAY_HEADER, 0
         rec = self.containers.get(id(x))
         if rec is not None and rec.obj is x:
             return rec.size, rec.depth
         if type(x) is tuple and x:  # a tuple of scalars, not registered (see new)
-            return 1 + len(x), 1
-        return 1, 0
+            return limits.TUPLE + (SLOT + OBJECT) * len(x), 1
+        return OBJECT, 0
 
     def add(self, rec, items):
         """Account `items` (resolved) going into the container of `rec`."""
@@ -224,20 +228,21 @@ class SafeUnpickler:
             if x is rec.obj:
                 _refuse(f"a {type(x).__name__} containing itself")
             size, depth = self.weight(x)
-            rec.size += size
+            rec.size += SLOT + size
             rec.depth = max(rec.depth, depth + 1)
         if rec.depth > self.max_depth:
             _refuse(f"containers nested more than {self.max_depth} deep")
         if rec.size > self.budget.limit:
-            _refuse(f"containers that expand to {rec.size} elements (shared references counted each time "
-                    f"they occur; the limit is {self.budget.limit}, the byte budget)")
+            _refuse(f"a {type(rec.obj).__name__} that expands to {rec.size} bytes when its shared references are "
+                    f"copied (a copy, JSON or np.asarray does that; the limit is {self.budget.limit}, the byte budget)")
         self.budget.charge(SLOT * len(items), f"{len(items)} more items")
 
     def new(self, obj, items=()):
         """Register the container `obj` built from `items` (already resolved) and return it.  A
         tuple of scalars (an array's shape, say) is not registered: its weight follows from its
         length, and it is charged only its own size."""
-        if type(obj) is tuple and all(self.weight(x) == (1, 0) and not isinstance(x, (_Lazy, _Global)) for x in items):
+        if type(obj) is tuple and all(self.weight(x) == (OBJECT, 0) and not isinstance(x, (_Lazy, _Global))
+                                      for x in items):
             self.budget.charge(limits.TUPLE + SLOT * len(items), "a tuple")
             return obj
         rec = self.containers[id(obj)] = _Container(obj)
@@ -286,6 +291,11 @@ class SafeUnpickler:
             if not op:
                 _refuse("a truncated file (no STOP opcode)")
             self.pos += 1
+            self.ops += 1
+            if self.ops > self.max_ops:
+                _refuse(f"more than {self.max_ops} opcodes (the limit for a file of {self.size} bytes: "
+                        f"{limits.OPS_FLOOR} + one per {limits.BYTES_PER_OP} bytes; NumPy/MMSA pickles need far "
+                        f"fewer; raise it with ${limits.ENV_MAX_OPS} for a trusted file)")
             if op == b".":
                 return self.resolve(self.pop())
             handler = self.dispatch.get(op[0])
@@ -298,13 +308,24 @@ class SafeUnpickler:
 
     # --- opcode handlers: op_<NAME> handles pickle.<NAME> (the dispatch table is built from them) ----
     def op_proto(self):
+        if self.pos != 1:
+            _refuse("a PROTO opcode after the first (picklers write one, first)")
         if not 2 <= self.read(1)[0] <= 5:
             _refuse("a pickle protocol other than 2-5 (what feature files use)")
 
     def op_frame(self):
-        self.read(8)  # the frame's length: its opcodes follow inline
+        """A frame's length; its opcodes follow inline.  Picklers write frames of at least 4 bytes,
+        each after the previous one ended (CPython's unpickler refuses the second too)."""
+        at, n = self.pos - 1, self.read_struct("<Q")
+        if at < self.frame_end or n < 4:
+            _refuse(f"a FRAME of {n} bytes{' inside the previous frame' if at < self.frame_end else ''} (picklers "
+                    "write frames of 4 bytes or more, each after the previous one ended)")
+        self.frame_end = self.pos + n
 
     def op_mark(self):
+        if len(self.marks) >= limits.MAX_OPEN_MARKS:
+            _refuse(f"more than {limits.MAX_OPEN_MARKS} open MARKs (each stands for an unfinished container; "
+                    f"feature files nest at most {limits.MAX_DEPTH} deep)")
         self.marks.append(len(self.stack))
         self.grow()
 
@@ -557,19 +578,16 @@ class SafeUnpickler:
             return self.array_of_str(data, shape, bool(fortran))
         return self.array(data, dtype, shape, bool(fortran))
 
-    def shape(self, shape):
+    def shape(self, shape, itemsize):
         if type(shape) is not tuple or len(shape) > limits.MAX_NDIM or not all(_is_int(s) and s >= 0 for s in shape):
             _refuse(f"an array shape {_short(shape)} (expected up to {limits.MAX_NDIM} non-negative ints)")
-        n = math.prod(shape)
-        if n > self.budget.limit:
-            _refuse(f"an array of shape {shape} ({n} elements; the limit is {self.budget.limit})")
-        return n
+        return limits.check_shape(shape, itemsize, self.budget.limit)
 
     def array(self, data, dtype, shape, fortran):
         """ndarray(shape, dtype) made here and filled from `data` (exactly prod(shape)*itemsize bytes)."""
         if not isinstance(dtype, np.dtype) or dtype.kind == "O":
             _refuse(f"array dtype {_short(dtype)}")
-        n = self.shape(shape)
+        n = self.shape(shape, dtype.itemsize)
         if not isinstance(data, (bytes, _Lazy)):
             _refuse(f"array data {_short(data)} (expected bytes)")
         want, have = n * dtype.itemsize, data.n if isinstance(data, _Lazy) else len(data)
@@ -586,10 +604,13 @@ class SafeUnpickler:
         return check_unicode(out).reshape(shape, order="F" if fortran else "C")
 
     def array_of_str(self, items, shape, fortran):
-        """An object array of str: numpy writes the items as a list in C order."""
-        n = self.shape(shape)
-        if type(items) is not list or len(items) != n or not all(type(x) is str for x in items):
+        """An object array of str: numpy writes the items as a list in C order.  Items may be str or
+        NumPy str scalars (``np.array(list(u_array), dtype=object)`` holds those); both load as str."""
+        n = self.shape(shape, 8)
+        if type(items) is not list or len(items) != n or not all(type(x) in (str, np.str_) for x in items):
             _refuse(f"object-array data {_short(items)} for shape {shape} (expected a list of {n} str)")
+        self.budget.charge(sum(4 * len(x) + 80 for x in items if type(x) is np.str_), "str copies of str scalars")
+        items = [str(x) if type(x) is np.str_ else x for x in items]
         self.budget.charge(8 * n + ARRAY_HEADER, f"an object array of shape {shape}")
         out = np.empty(n, dtype=object)
         out[:] = items
