@@ -250,7 +250,7 @@ def test_hostile_predictions_are_left_out_of_the_statistics(fake, tmp_path, caps
     else:
         import zipfile
 
-        from .test_record import _npy
+        from .npy_files import npy as _npy
 
         ok = _npy("(2,)", data=np.zeros(2).tobytes())
         if kind == "header 4e9":
