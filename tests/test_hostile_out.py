@@ -296,3 +296,19 @@ def test_a_stale_temp_file_with_a_huge_pid_is_left_alone(fake, tmp_path, capsys)
     atomic_write_text(tmp_path / "f.npz", "y")
     assert other.exists() and (tmp_path / "f.npz").read_text() == "y"
 
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_a_tune_journal_that_is_not_a_regular_file_is_one_error_line(fake, tmp_path, capsys, kind):
+    out = tmp_path / "o"
+    out.mkdir()
+    journal = out / "tune-mmin-mosi.optuna.log"
+    if kind == "fifo":
+        os.mkfifo(journal)
+    else:
+        (tmp_path / "other.log").write_text("")
+        journal.symlink_to(tmp_path / "other.log")
+    with deadline(60):
+        code, err = _cli(["tune", "-m", "mmin", "--trials", "1", "--out", str(out), "--resume"], capsys)
+    assert str(journal) in _one_error_line(code, err)
+    assert kind == "fifo" or (tmp_path / "other.log").read_text() == ""  # nothing written through the link

@@ -50,8 +50,26 @@ def journal_path(stem: Path) -> Path:
     return Path(f"{stem}.optuna.log")
 
 
+def _check_journal(path) -> None:
+    """Refuse a journal that is a symlink or not a regular file (Optuna would follow it, or block on
+    a FIFO): one `error:` line naming it; a missing journal is created by Optuna."""
+    import os
+    import stat
+
+    from ..bounded import UnreadableFile
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = "a symlink" if stat.S_ISLNK(mode) else "not a regular file"
+        raise UnreadableFile(f"{path}: expected the study's journal (a regular file); found {kind}; refused")
+
+
 def _storage(path):
     optuna = import_optuna()
+    _check_journal(path)
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
