@@ -134,6 +134,7 @@ def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = 
     (dataset,) = check_datasets([dataset])
     if search not in SEARCHES:
         raise MMINConfigError(f"search: expected one of {list(SEARCHES)}; found {search!r}")
+    import_optuna()  # the search engine: one error line, before --out is touched, if it is missing
     if trials < 1:
         raise MMINConfigError(f"trials: expected a positive integer; found {trials!r}")
     final_seeds, max_epochs = check_seeds(final_seeds), check_max_epochs(max_epochs)
