@@ -84,9 +84,11 @@ def test_schedule_phase_runs_fine_tuned_models_and_measures_the_swing(real_text)
     assert list(specs) == ["mmin-new", "mmin-old", "misa", "mult"]  # the first is compare's reference
     for name in ("mmin-new", "mmin-old", "misa"):
         assert specs[name].config["use_bert"] is True and specs[name].config["use_finetune"] is True
-    old = specs["mmin-old"].config
+    old, new = specs["mmin-old"].config, specs["mmin-new"].config
     assert {k: old[k] for k in LR_RECIPES["paper"]} == LR_RECIPES["paper"]
-    MMINConfig.from_args({k: v for k, v in old.items() if k != "pretrained"})  # a valid MMIN config
+    assert {k: new[k] for k in LR_RECIPES["study"]} == LR_RECIPES["study"]
+    for cfg in (old, new):  # valid MMIN configs
+        MMINConfig.from_args({k: v for k, v in cfg.items() if k != "pretrained"})
     h = [{"epoch": e, "valid_MAE": v} for e, v in enumerate([0.9, 0.8, 1.1, 1.05], start=1)]
     assert real_text.max_swing(h) == pytest.approx(0.3)
     assert real_text.max_swing(h, after_epoch=2) == pytest.approx(0.05)  # epochs 3 -> 4 only

@@ -209,3 +209,10 @@ def test_schedule_keys_are_validated():
                 {"lr_decay_epochs": 0.0}, {"early_stop_from": "best"}, {"warmup_epochs": math.inf}):
         with pytest.raises(MMINConfigError, match=next(iter(bad))):
             MMINConfig(**bad)
+
+
+def test_named_recipes_are_valid_and_the_defaults_are_the_papers():
+    defaults = MMINConfig()
+    assert all(getattr(defaults, k) == v for k, v in LR_RECIPES["paper"].items())
+    study = MMINConfig(**LR_RECIPES["study"])
+    assert study.ema_decay == 0.95 and study.warmup_epochs == 0.5 and study.lr_schedule == "constant"
