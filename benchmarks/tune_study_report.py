@@ -74,16 +74,49 @@ def _paired(a: dict, b: dict):
             "p": float(t.pvalue)}
 
 
+def _figure(path, groups):
+    """One panel per configuration: per-epoch VALID MAE, one line per seed, the selected epoch marked."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.4 * len(groups), 3.4), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    first = None
+    for i, (name, by_seed) in enumerate(groups.items()):
+        ax = fig.add_subplot(1, len(groups), i + 1, sharey=first)
+        first = first or ax
+        for j, s in enumerate(sorted(by_seed)):
+            h = by_seed[s]["history"]
+            ax.plot([e["epoch"] for e in h], [e["valid_MAE"] for e in h], "o-", color=f"C{j}", ms=3, label=f"seed {s}")
+            best = [e for e in h if e.get("best")]
+            if best:
+                ax.plot([best[-1]["epoch"]], [best[-1]["valid_MAE"]], "*", color=f"C{j}", ms=10)
+        swing = max(_swing(by_seed[s]["history"]) for s in by_seed)
+        ax.set_title(f"{name}: largest swing {swing:.3f}", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("VALID MAE (star: selected epoch)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle("issue-26 study, VALID only: real MOSEI text (MiniLM fine-tuned) + noise a/v, 400 train clips",
+                 fontsize=9)
+    fig.savefig(path)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--study", required=True)
     p.add_argument("--baseline", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--more", nargs=2, metavar=("CHOSEN_DIR", "OLD_DIR"),
+                   help="tune folders of the chosen trial's and the old defaults' extra seeds (one-point spaces)")
+    p.add_argument("--figure", help="PNG: per-epoch VALID MAE of every seed, old defaults against the chosen trial")
     a = p.parse_args(argv)
     study, base = Path(a.study), Path(a.baseline)
     search = _rows(study, "mmin-trial-")
     rescore = _rows(study, "mmin-rescore-")
     old = _rows(base, "mmin-")
+    extra_chosen, extra_old = ((_rows(Path(a.more[0]), "mmin-"), _rows(Path(a.more[1]), "mmin-")) if a.more
+                               else ([], []))
     chosen_csv = list(csv.DictReader((study / "tune-mmin-mosei.csv").open()))
     chosen = [int(r["trial"]) for r in chosen_csv if r["chosen"] == "True"]
     lines = ["# Issue 26: the schedule study on VALID of the real text (encoder fine-tuned)", "",
@@ -108,9 +141,12 @@ def main(argv=None) -> int:
     for r in rescore:
         n = int(r["run"].rsplit("-", 1)[1])
         groups.setdefault(f"trial {n}", {})[r["seed"]] = r
-    groups["old defaults"] = {r["seed"]: r for r in old}
+    groups["old defaults"] = {r["seed"]: r for r in old + extra_old}
+    for n in chosen:
+        groups[f"trial {n}"].update({r["seed"]: r for r in extra_chosen})
     multi = {k: v for k, v in groups.items() if len(v) > 1}
-    lines += ["", "## Re-scored on 3 seeds (2222 = the search seed, 2223, 2224) and the old defaults", "",
+    lines += ["", "## Re-scored (2222 = the search seed, 2223, 2224" + (", and for the chosen trial and the old "
+              "defaults 2225, 2226, run after the choice" if a.more else "") + ") and the old defaults", "",
               "| configuration | per-seed VALID MSE | mean ± sd | per-seed VALID MAE | mean ± sd | largest swing |",
               "|---|---|---|---|---|---|"]
     scores = {}
@@ -144,6 +180,9 @@ def main(argv=None) -> int:
             lines.append(f"* {name}, seed {s}: " + " → ".join(f"{e['valid_MAE']:.3f}" for e in h)
                          + (" (lr of the non-BERT group after each epoch: "
                             + ", ".join(f"{e.get('lr/MMIN (non-BERT)', float('nan')):.2g}" for e in h) + ")"))
+    if a.figure:
+        lines += ["", f"Figure: `{Path(a.figure).name}`."]
+        _figure(a.figure, {k: multi[k] for k in (f"trial {chosen[0]}", "old defaults") if k in multi})
     Path(a.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
