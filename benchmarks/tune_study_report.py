@@ -7,7 +7,7 @@ the ``do_test`` calls; this script refuses a row with a TEST call). Per trial: i
 the best VALID KeyEval (MSE, MMSA's MOSEI ``Loss``), the VALID MAE of that epoch, and the largest
 epoch-to-epoch VALID MAE swing (from the trainer's ``history.json``). For the re-scored
 configurations and the old defaults: per-seed scores, mean ± sd, and the seed-paired difference
-with a t interval and p-value (scipy; 3 seeds, so weak evidence, said so in the output).
+with a t interval and p-value (scipy; 3-5 seeds, so weak evidence, said so in the output).
 
 Usage::
 
@@ -161,8 +161,8 @@ def main(argv=None) -> int:
                      f"{max(_swing(by_seed[s]['history']) for s in seeds):.3f} |")
     if "old defaults" in scores:
         lines += ["", "Seed-paired differences against the old defaults (configuration − old; negative = better; "
-                  "95% t interval, paired t-test; 3 seeds: weak evidence, an interval that contains 0 is not "
-                  "significant):", ""]
+                  "95% t interval, paired t-test over the seeds both have; with so few seeds weak evidence; an "
+                  "interval that contains 0 is not significant):", ""]
         for name, sc in scores.items():
             if name == "old defaults":
                 continue

@@ -405,7 +405,7 @@ ADV_RECIPES = {
 #: counted from the best epoch; the defaults (the behaviour before issue 26).
 #: "study": what `tune` chose on VALID in the issue-26 study (real MOSEI text, MiniLM fine-tuned; trial
 #: 3, re-scored on 3 seeds); NOT the default: that study was too small to be evidence (its VALID MSE
-#: against the defaults: -0.067 [-0.315, +0.181], p = 0.37, 3 seeds). Its learning rates and dropout
+#: against the defaults: -0.057 [-0.162, +0.048], p = 0.21, 5 paired seeds). Its learning rates and dropout
 #: equal the defaults'.
 #: Use: ``MMINConfig(**LR_RECIPES["paper"])`` or ``--set`` / overrides with these keys.
 LR_RECIPES = {
