@@ -79,9 +79,7 @@ def load_space(path, model: str) -> Dict[str, object]:
     | value, ...}`): the keys of `d_paras`, each a list of values to search or one fixed value. For a
     model registered by mmin_plugin every key must be a config key of the model and every value one
     it accepts (checked one key at a time here, the combination when a trial starts)."""
-    from pathlib import Path as _P
-
-    fp = _P(str(path))
+    fp = Path(str(path))
     try:
         with fp.open("rb") as f:
             raw = f.read(MAX_SPACE_BYTES + 1)
@@ -102,9 +100,7 @@ def load_space(path, model: str) -> Dict[str, object]:
     for k, v in space.items():
         if isinstance(v, list) and not v:
             raise MMINConfigError(f"search space {fp}: key {k!r}: expected a non-empty list of values; found []")
-    from ..integration.registry import registered
-
-    if model in registered() and model == "mmin":
+    if model == "mmin":  # MMIN's keys have one typed home: MMINConfig
         import dataclasses
 
         from ..modeling.config import MMINConfig
@@ -310,9 +306,8 @@ def _choose_and_retrain(model, dataset, search, seed, final_seeds, lower, key_ev
     atomic_write_text(paths["json"], json.dumps(mmsa_config_file(model, dataset, file_params), indent=2,
                                                 default=str) + "\n")
     _write_search_csv(paths["csv"], search_rows, configs, best_i, rescored)
-    run_final = final
-    final = [trial(f"{model}-final", s, chosen, False, f"{model} (tuned)") for s in final_seeds]
-    final_rows = run_trials(final, sweep, desc=f"tune {model} {dataset} final") if run_final else []
+    final_trials = [trial(f"{model}-final", s, chosen, False, f"{model} (tuned)") for s in final_seeds] if final else []
+    final_rows = run_trials(final_trials, sweep, desc=f"tune {model} {dataset} final") if final_trials else []
     md = _markdown(model, dataset, search, seed, key_eval, search_rows, configs, best_i, chosen, final_rows,
                    final_seeds, paths, test_runs, sweep.backend, prune, rescored, rescore_seeds)
     atomic_write_text(paths["md"], md)
