@@ -35,6 +35,12 @@ Phases (``--phase``):
 * ``final``: MMIN paper-literal and chosen recipe, MISA, MulT, ridge; test MAE / Corr / Acc-2
   mean +- std over seeds, wall time; ``real-text.{md,json}`` and ``adversarial.png`` (per-epoch
   L_ac of every MMIN trial against its chance level).
+* ``schedule`` (issue 26): the text encoder FINE-TUNED (MMIN and MISA: ``use_bert``, ``use_finetune``,
+  the MiniLM; MulT reads the frozen states, as MMSA's MulT always does): MMIN with the optimiser the
+  issue-26 study chose on VALID (``LR_RECIPES["study"]``, the reference row), MMIN with the optimiser
+  defaults before issue 26 (:data:`OLD_DEFAULTS`), MISA, MulT and the ridge; the ``compare`` table with
+  differences, intervals and p-values, and ``zigzag.png`` (per-epoch VALID MAE of every MMIN seed,
+  old against new) with the largest epoch-to-epoch swing.
 
 Needs the shared folder; not part of the test run (``tests/test_real_text.py`` smoke-tests the
 builder on a few fake rows). Usage (``--csv`` defaults to ``../shared/data/cmu-mosei-text/label.csv``
@@ -74,6 +80,17 @@ def _recipes():
 
 
 RECIPES = _recipes()
+
+#: MMIN's optimiser defaults before issue 26 on MOSEI (constant learning rates, no weight EMA; the
+#: keys the issue-26 study may have changed), for the ``schedule`` phase's "old defaults" row
+def _old_defaults():
+    from mmin_plugin.modeling.config import LR_RECIPES
+
+    return {"learning_rate": 1e-3, "learning_rate_bert": 5e-5, "batch_size": 32, "weight_decay": 0.0,
+            "dropout": 0.1, **LR_RECIPES["paper"]}
+
+
+OLD_DEFAULTS = _old_defaults()
 
 
 def encoder_dir() -> Path:
@@ -218,6 +235,17 @@ def model_specs(phase: str, chosen: str):
     from mmin_plugin.experiments.variants import RunSpec
 
     mmin = {"use_bert": False}
+    if phase == "schedule":
+        tuned = {"use_bert": True, "use_finetune": True, "pretrained": str(encoder_dir())}
+        from mmin_plugin.modeling.config import LR_RECIPES
+
+        return [RunSpec(name="mmin-new", model="mmin", label="MMIN (issue-26 study's optimiser)",
+                        config={**tuned, **LR_RECIPES["study"]}),
+                RunSpec(name="mmin-old", model="mmin", label="MMIN (defaults before issue 26)",
+                        config={**tuned, **OLD_DEFAULTS}),
+                RunSpec(name="misa", model="misa", label="MISA (fine-tuned MiniLM)", config=dict(tuned)),
+                RunSpec(name="mult", model="mult", label="MulT (frozen MiniLM states)",
+                        config={"batch_size": 32, "update_epochs": 1})]
     if phase == "recipe":
         return [RunSpec(name=f"mmin-{r}", model="mmin", label=f"MMIN ({r})", config={**mmin, **cfg})
                 for r, cfg in RECIPES.items()]
@@ -348,9 +376,47 @@ def figure(summary, path, title):
     return path
 
 
+def max_swing(history, after_epoch=0):
+    """Largest |VALID MAE(e) - VALID MAE(e - 1)| over epochs e > ``after_epoch`` + 1 (None: too few)."""
+    maes = [e["valid_MAE"] for e in history if e["epoch"] > after_epoch]
+    return max((abs(b - a) for a, b in zip(maes, maes[1:])), default=None)
+
+
+def zigzag_figure(summary, path, title, warmup_epochs=0):
+    """Per-epoch VALID MAE of every seed of each MMIN run side by side (the zig-zag before and
+    after issue 26), the warm-up shaded, the largest swing after it in each panel's title."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    runs = [(r, s) for r, s in summary.items() if s.get("history")]
+    if not runs:
+        return None
+    fig = Figure(figsize=(4.6 * len(runs), 3.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    first = None
+    for i, (run, s) in enumerate(runs):
+        ax = fig.add_subplot(1, len(runs), i + 1, sharey=first)
+        first = first or ax
+        swings = []
+        for j, (seed, h) in enumerate(s["history"].items()):
+            ax.plot([e["epoch"] for e in h], [e["valid_MAE"] for e in h], "o-", color=f"C{j}", ms=3,
+                    label=f"seed {seed}")
+            swings.append(max_swing(h, warmup_epochs if run != "mmin-old" else 0) or 0.0)
+        if warmup_epochs and run != "mmin-old":
+            ax.axvspan(0.5, warmup_epochs + 0.5, color="0.9", label="warm-up")
+        ax.set_title(f"{s['label']}\nlargest swing {max(swings):.3f}", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("VALID MAE")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path)
+    return path
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--phase", choices=("recipe", "final"), default="final")
+    p.add_argument("--phase", choices=("recipe", "final", "schedule"), default="final")
     p.add_argument("--chosen", default="stable", choices=sorted(RECIPES), help="MMIN recipe for the final table")
     p.add_argument("--csv", default=str(DEFAULT_CSV))
     p.add_argument("--cache", default=str(CACHE))
@@ -394,9 +460,21 @@ def main(argv=None) -> int:
     if split == "valid":  # the recipe is chosen on VALID: no test number of the ridge either
         ridge = {**ridge, "metrics": {}}
     md = markdown(summary, split, ridge)
-    title = (f"real CMU-MOSEI text (MiniLM, frozen) + noise audio/video; {a.n_train} train clips, "
-             f"{a.epochs}-epoch cap, seeds {a.seeds}")
+    title = (f"real CMU-MOSEI text (MiniLM, {'fine-tuned' if a.phase == 'schedule' else 'frozen'}) + noise "
+             f"audio/video; {a.n_train} train clips, {a.epochs}-epoch cap, seeds {a.seeds}")
     png = figure(summary, out / f"adversarial-{a.phase}.png", title)
+    if a.phase == "schedule":
+        from mmin_plugin.modeling.config import LR_RECIPES
+
+        warm = math.ceil(LR_RECIPES["study"]["warmup_epochs"])
+        zz = zigzag_figure({k: v for k, v in summary.items() if k.startswith("mmin")}, out / "zigzag.png", title, warm)
+        for run, s in summary.items():
+            if s.get("history"):
+                s["max_valid_MAE_swing"] = max(max_swing(h, warm if run != "mmin-old" else 0) or 0.0
+                                               for h in s["history"].values())
+        print(f"zig-zag figure: {zz}; largest epoch-to-epoch VALID MAE swing (after the warm-up, {warm} epoch(s)): "
+              + ", ".join(f"{r} {s['max_valid_MAE_swing']:.3f}" for r, s in summary.items()
+                          if "max_valid_MAE_swing" in s))
     import torch
 
     import mmin_plugin

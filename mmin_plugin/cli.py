@@ -209,6 +209,11 @@ def _experiment_options(p, name):
         p.add_argument("--seed", type=_seed, default=TUNE_SEED,
                        help="sampler seed and search-trial training seed (not one of the final seeds)")
         p.add_argument("--final-seeds", type=_seed, nargs="+", default=list(DEFAULT_SEEDS))
+        p.add_argument("--space", type=_existing_file, metavar="JSON",
+                       help="search space in MMSA's debugParams schema ({\"d_paras\": [keys], key: [values]}); "
+                       "default: the model's MMSA tune space")
+        p.add_argument("--no-final", dest="final", action="store_false",
+                       help="stop after the search (and re-scoring): write the chosen config, retrain and test nothing")
     else:
         p.add_argument("--dataset", "--datasets", dest="datasets", nargs="+", default=["mosi"], type=_dataset,
                        help="dataset names; a new one is registered from --feature-path")
@@ -479,13 +484,14 @@ def cmd_compare(a, ablate=False) -> int:
 
 
 def cmd_tune(a) -> int:
-    from .experiments.tune import run_tune
+    from .experiments.tune import load_space, run_tune
 
     run_tune(a.model, a.dataset, trials=a.trials, search=a.search, seed=a.seed, final_seeds=a.final_seeds,
              feature_path=a.feature_path, pretrained=a.pretrained, max_epochs=a.max_epochs, out_dir=a.out,
              overrides=_parse_set(a.set), gpu_ids=list(a.gpu_ids), num_workers=a.num_workers,
              sweep=_sweep_options(a), prune=a.prune, rescore_top=a.rescore_top, rescore_seeds=a.rescore_seeds,
-             dataset_options=_dataset_overrides(a))
+             dataset_options=_dataset_overrides(a),
+             space=load_space(a.space, a.model) if a.space else None, final=a.final)
     return 0
 
 

@@ -75,3 +75,21 @@ def test_builder_writes_an_mmsa_layout_file_that_mmin_accepts(tmp_path, real_tex
 def test_missing_label_file_is_a_clear_error(tmp_path, real_text):
     with pytest.raises(FileNotFoundError, match="label.csv"):
         real_text.ensure_features(tmp_path / "nope" / "label.csv", tmp_path)
+
+
+def test_schedule_phase_runs_fine_tuned_models_and_measures_the_swing(real_text):
+    from mmin_plugin.modeling.config import LR_RECIPES, MMINConfig
+
+    specs = {s.name: s for s in real_text.model_specs("schedule", "stable")}
+    assert list(specs) == ["mmin-new", "mmin-old", "misa", "mult"]  # the first is compare's reference
+    for name in ("mmin-new", "mmin-old", "misa"):
+        assert specs[name].config["use_bert"] is True and specs[name].config["use_finetune"] is True
+    old, new = specs["mmin-old"].config, specs["mmin-new"].config
+    assert {k: old[k] for k in LR_RECIPES["paper"]} == LR_RECIPES["paper"]
+    assert {k: new[k] for k in LR_RECIPES["study"]} == LR_RECIPES["study"]
+    for cfg in (old, new):  # valid MMIN configs
+        MMINConfig.from_args({k: v for k, v in cfg.items() if k != "pretrained"})
+    h = [{"epoch": e, "valid_MAE": v} for e, v in enumerate([0.9, 0.8, 1.1, 1.05], start=1)]
+    assert real_text.max_swing(h) == pytest.approx(0.3)
+    assert real_text.max_swing(h, after_epoch=2) == pytest.approx(0.05)  # epochs 3 -> 4 only
+    assert real_text.max_swing(h[:1]) is None

@@ -371,3 +371,49 @@ def test_tune_without_optuna_is_one_error_line_and_touches_nothing(monkeypatch, 
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and "pip install" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+# ---- issue 26: a search space from a file (the schedule keys), no final retrain ------------------
+SCHEDULE_SPACE = {"d_paras": ["lr_schedule", "warmup_epochs", "ema_decay", "learning_rate", "lr_decay_epochs"],
+                  "lr_schedule": ["constant", "cosine"], "warmup_epochs": [0.0, 1.0], "ema_decay": [None, 0.9],
+                  "learning_rate": [0.001, 0.0005], "lr_decay_epochs": 4.0}
+
+
+def test_a_schedule_space_from_a_file_searched_pruned_and_rescored_never_reads_test(scripted, tmp_path, capsys):
+    def script(args, seed):  # cosine + EMA is the steady config; every trial's config is MMIN-valid
+        from mmin_plugin.modeling.config import MMINConfig
+
+        MMINConfig.from_args({k: v for k, v in args.items() if k in SCHEDULE_SPACE or k == "max_epochs"})
+        good = args["lr_schedule"] == "cosine" and args["ema_decay"] == 0.9
+        return [{"Loss": (1.0 if good else 2.0) + 0.01 * e + 0.001 * (seed % 7)} for e in range(3)]
+
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(SCHEDULE_SPACE))
+    space = tune.load_space(path, "mmin")
+    assert space["lr_decay_epochs"] == 4.0 and space["ema_decay"] == [None, 0.9]
+    scripted["script"] = script
+    res = _tune(tmp_path / "out", capsys, trials=8, space=space, final=False, rescore_top=2, prune="median",
+                max_epochs=4)
+    assert res["final"] == [] and res["chosen"]["lr_schedule"] == "cosine" and res["chosen"]["ema_decay"] == 0.9
+    rows = res["search"] + res["rescore"]
+    assert rows and all(r.do_test_calls.get("TEST", 0) == 0 for r in rows)
+    assert all(r.overrides["lr_decay_epochs"] == 4.0 for r in res["search"] if r.overrides)
+    assert len(scripted["calls"]) == len([r for r in res["search"] if r.status != "pruned" or r.epochs]) \
+        + len(res["rescore"])  # nothing else ran: no final retrain
+    md = (tmp_path / "out" / "tune-mmin-mosi.md").read_text()
+    assert "final: not run" in md and "Final result" not in md
+    chosen = json.loads((tmp_path / "out" / "tune-mmin-mosi.json").read_text())
+    assert chosen["mmin"]["datasetParams"]["mosi"]["lr_schedule"] == "cosine"
+
+
+@pytest.mark.parametrize("content,match", [
+    ("[1]", "d_paras"), ('{"d_paras": ["lr"], "lr": [1]}', "unknown key"),
+    ('{"d_paras": ["ema_decay"], "ema_decay": [1.5]}', "ema_decay"), ('{"d_paras": ["dropout"], "dropout": []}',
+                                                                        "non-empty"),
+    ('{"d_paras": ["featurePath"], "featurePath": "x"}', "unknown key"), ("{", "invalid JSON")])
+def test_a_bad_space_file_is_refused_naming_the_file_and_key(tmp_path, content, match):
+    path = tmp_path / "space.json"
+    path.write_text(content)
+    with pytest.raises(MMINConfigError, match=match) as exc:
+        tune.load_space(path, "mmin")
+    assert str(path) in str(exc.value)

@@ -33,13 +33,15 @@ from .variants import RunSpec
 
 logger = logging.getLogger("MMSA." + __name__)
 
-__all__ = ["search_space", "mmsa_config_file", "run_tune", "SEARCHES"]
+__all__ = ["search_space", "load_space", "mmsa_config_file", "run_tune", "SEARCHES"]
 
 SEARCHES = SAMPLERS
 #: extra seeds each of the `rescore_top` best configurations is re-scored on
 RESCORE_SEEDS = 2
 #: config keys that are data/run options of the CLI, not hyper-parameters (kept out of the config file)
 RUN_OPTIONS = ("featurePath", "pretrained", "max_epochs")
+#: largest search-space file `load_space` reads (a space is a few hundred bytes)
+MAX_SPACE_BYTES = 1 << 20
 
 
 def _mmsa_config(name: str) -> Dict:
@@ -71,6 +73,50 @@ def search_space(model: str) -> Dict[str, object]:
     if not debug.get("d_paras"):
         raise MMINConfigError(f"model {model!r}: expected debugParams.d_paras in its tune config; found none")
     return {key: debug[key] for key in debug["d_paras"] if key in debug}
+
+
+def load_space(path, model: str) -> Dict[str, object]:
+    """A search space from a JSON file in MMSA's `debugParams` schema (`{"d_paras": [keys], key: [values]
+    | value, ...}`): the keys of `d_paras`, each a list of values to search or one fixed value. For a
+    model registered by mmin_plugin every key must be a config key of the model and every value one
+    it accepts (checked one key at a time here, the combination when a trial starts)."""
+    fp = Path(str(path))
+    try:
+        with fp.open("rb") as f:
+            raw = f.read(MAX_SPACE_BYTES + 1)
+    except OSError as exc:
+        raise MMINConfigError(f"search space {fp}: expected a readable JSON file; found {exc.strerror}") from exc
+    if len(raw) > MAX_SPACE_BYTES:
+        raise MMINConfigError(f"search space {fp}: expected at most {MAX_SPACE_BYTES} bytes; found a larger file")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:
+        raise MMINConfigError(f"search space {fp}: expected JSON; found invalid JSON ({exc})") from exc
+    keys = data.get("d_paras") if isinstance(data, dict) else None
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k in data for k in keys):
+        found = sorted(data) if isinstance(data, dict) else data
+        raise MMINConfigError(f"search space {fp}: expected {{\"d_paras\": [keys], key: [values] | value}} with "
+                              f"every key of d_paras present; found {found!r}")
+    space = {k: data[k] for k in keys}
+    for k, v in space.items():
+        if isinstance(v, list) and not v:
+            raise MMINConfigError(f"search space {fp}: key {k!r}: expected a non-empty list of values; found []")
+    if model == "mmin":  # MMIN's keys have one typed home: MMINConfig
+        import dataclasses
+
+        from ..modeling.config import MMINConfig
+
+        fields = {f.name: f for f in dataclasses.fields(MMINConfig)}
+        for k, v in space.items():
+            if k not in fields or k in RUN_OPTIONS:
+                raise MMINConfigError(f"search space {fp}: key {k!r}: expected a hyper-parameter of {model} "
+                                      f"(an MMINConfig key, not one of {list(RUN_OPTIONS)}); found an unknown key")
+            for value in (v if isinstance(v, list) else [v]):
+                try:
+                    fields[k].metadata["check"](k, value)
+                except MMINConfigError as exc:
+                    raise MMINConfigError(f"search space {fp}: {exc}") from None
+    return space
 
 
 def _choices(space: Dict) -> Dict[str, list]:
@@ -120,14 +166,18 @@ def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = 
              final_seeds: Sequence[int] = DEFAULT_SEEDS, feature_path=None, pretrained=None, max_epochs=None,
              out_dir="mmin-results", overrides=None, gpu_ids=(), num_workers=0, verbose_level=0,
              sweep: Optional[SweepOptions] = None, prune: str = "none", rescore_top: int = 0,
-             rescore_seeds: int = RESCORE_SEEDS, dataset_options: Optional[Dict] = None) -> Dict:
+             rescore_seeds: int = RESCORE_SEEDS, dataset_options: Optional[Dict] = None,
+             space: Optional[Dict] = None, final: bool = True) -> Dict:
     """Search `trials` configs of `model`'s tune space on `dataset` (training seed `seed`, sampler
     seed `seed`), each scored on its best validation KeyEval (TEST not evaluated; `prune`: 'median' or
     'halving' stops unpromising trials by their per-epoch validation score); with `rescore_top` K,
     the K best are trained again with `rescore_seeds` more seeds (seed+1, ...) and ranked by their
     mean validation score; then retrain the best with `final_seeds` (disjoint from every search
-    seed) and test once. Keys fixed by `overrides` are not searched. A dataset MMSA does not know is
-    registered from `feature_path` with `dataset_options` (`register_dataset`'s keywords).
+    seed) and test once (`final=False`: no retrain, nothing tested; the chosen config file is still
+    written). `space`: the search space (`load_space`; default the model's MMSA tune space). Keys fixed
+    by `overrides` are not searched.
+    A dataset MMSA does not know is registered from `feature_path` with `dataset_options`
+    (`register_dataset`'s keywords).
     Returns {'chosen': config, 'search': rows, 'final': rows, 'rescore': rows, 'paths': {...}}."""
     import mmin_plugin  # noqa: F401  (MMIN registered, compatibility layer applied)
 
@@ -153,7 +203,7 @@ def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = 
     sweep = sweep or SweepOptions()
     common, scoped = split_overrides(overrides)
     fixed = {**common, **scoped.get(model, {})}
-    space = {k: v for k, v in search_space(model).items() if k not in fixed}
+    space = {k: v for k, v in (space if space is not None else search_space(model)).items() if k not in fixed}
     key_eval = str(_key_eval(model, dataset, fixed))
     lower = key_eval in LOWER_IS_BETTER
     _check_selection_rule(model, key_eval)
@@ -176,7 +226,7 @@ def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = 
         search_rows, configs = _search(model, dataset, search, int(trials), seed, space, lower, prune, sweep, stem,
                                        trial)
         return _choose_and_retrain(model, dataset, search, seed, final_seeds, lower, key_eval, fixed, sweep, stem,
-                                   trial, search_rows, configs, int(rescore_top), search_seeds[1:], prune)
+                                   trial, search_rows, configs, int(rescore_top), search_seeds[1:], prune, final)
 
 
 def _search(model, dataset, search, n, seed, space, lower, prune, sweep, stem, trial):
@@ -236,7 +286,7 @@ def _rank(scored, lower):
 
 
 def _choose_and_retrain(model, dataset, search, seed, final_seeds, lower, key_eval, fixed, sweep, stem, trial,
-                        search_rows, configs, rescore_top, rescore_seeds, prune) -> Dict:
+                        search_rows, configs, rescore_top, rescore_seeds, prune, final=True) -> Dict:
     scored = [(i, _score(r)) for i, r in enumerate(search_rows) if _score(r) is not None]
     if not scored:
         raise MMINConfigError(f"tune: expected at least one search trial to finish; none of {len(search_rows)} did "
@@ -265,8 +315,8 @@ def _choose_and_retrain(model, dataset, search, seed, final_seeds, lower, key_ev
     atomic_write_text(paths["json"], json.dumps(mmsa_config_file(model, dataset, file_params), indent=2,
                                                 default=str) + "\n")
     _write_search_csv(paths["csv"], search_rows, configs, best_i, rescored)
-    final = [trial(f"{model}-final", s, chosen, False, f"{model} (tuned)") for s in final_seeds]
-    final_rows = run_trials(final, sweep, desc=f"tune {model} {dataset} final")
+    final_trials = [trial(f"{model}-final", s, chosen, False, f"{model} (tuned)") for s in final_seeds] if final else []
+    final_rows = run_trials(final_trials, sweep, desc=f"tune {model} {dataset} final") if final_trials else []
     md = _markdown(model, dataset, search, seed, key_eval, search_rows, configs, best_i, chosen, final_rows,
                    final_seeds, paths, test_runs, sweep.backend, prune, rescored, rescore_seeds)
     atomic_write_text(paths["md"], md)
@@ -316,7 +366,7 @@ def _write_search_csv(path, rows, configs, best_i, rescored) -> None:
 def _markdown(model, dataset, search, seed, key_eval, search_rows, configs, best_i, chosen, final_rows,
               final_seeds, paths, test_runs, backend, prune, rescored, rescore_seeds) -> str:
     spec = RunSpec(name=f"{model}-final", model=model, label=f"{model} (tuned)")
-    summary = summarize(final_rows, [spec.name])
+    summary = summarize(final_rows, [spec.name]) if final_rows else None
     n_ok = sum(r.status == "ok" for r in search_rows)
     n_pruned = sum(r.status == "pruned" for r in search_rows)
     epochs = sum(r.epochs or 0 for r in search_rows)
@@ -332,11 +382,13 @@ def _markdown(model, dataset, search, seed, key_eval, search_rows, configs, best
              f"- chosen: trial {best_i} (validation {key_eval} {best.valid_score:.4f}"
              + (f"; mean {rescored[best_i]:.4f} with seeds {', '.join(map(str, rescore_seeds))}, the "
                 f"{len(rescored)} best re-scored" if best_i in rescored else "") + ")",
-             f"- final: retrained with seeds {', '.join(map(str, final_seeds))}, tested once; "
-             f"config file `{paths['json'].name}` (`compare --config-file {paths['json'].name}`)", "",
+             (f"- final: retrained with seeds {', '.join(map(str, final_seeds))}, tested once; " if final_rows else
+              "- final: not run (`--no-final`; the test split was never evaluated); ")
+             + f"config file `{paths['json'].name}` (`compare --config-file {paths['json'].name}`)", "",
              "## Chosen configuration", "", "| key | value |", "|---|---|"]
     lines += [f"| `{k}` | `{json.dumps(v, default=str)}` |" for k, v in _flat(chosen).items()]
-    lines += ["", "## Final result (TEST, mean ± std over the final seeds)", ""]
-    lines += report.measured_table(summary, [spec], "compare")
+    if final_rows:
+        lines += ["", "## Final result (TEST, mean ± std over the final seeds)", ""]
+        lines += report.measured_table(summary, [spec], "compare")
     lines += ["", f"Search trials (config and validation score only): `{paths['csv'].name}`.", ""]
     return "\n".join(lines) + "\n"

@@ -20,7 +20,11 @@ evaluates with MMSA's `MetricsTop`. Differences from MMSA's own trainers, on pur
 * the validation pass records, per epoch, the mean sparsemax support size of every CA module (the
   mean number of keys with non-zero weight per real query, over heads and validation samples) in
   the history as `valid_support/<name>` (names as `MMIN.forward(..., return_attention=True)`
-  gives them), so the training-curve figure can show how sparse the attention becomes.
+  gives them), so the training-curve figure can show how sparse the attention becomes;
+* the optimiser's schedule (issue 26, integration/schedule.py): every learning rate follows
+  `lr_schedule` / `warmup_epochs` per optimizer step, with `ema_decay` an exponential moving average
+  of the weights is what is validated, selected and saved, and with every best checkpoint the
+  scheduler's state is written beside it (`<stem>.train_state.pt`, see `read_train_state`).
 """
 from __future__ import annotations
 
@@ -40,11 +44,12 @@ from ..errors import NonFiniteGradientError, NonFiniteLossError
 from ..modeling.config import MMINConfig
 from ..modeling.losses import adversarial_scale
 from ..modeling.terms import TERM_NAMES
+from .schedule import TRAIN_STATE_FORMAT, ModelEma, make_scheduler, patience_start
 
 logger = logging.getLogger("MMSA." + __name__)
 
 __all__ = ["MMINTrainer", "atomic_save", "config_path", "nonfinite_gradients", "clip_gradients", "LacBandMonitor",
-           "lac_chance", "LAC_BAND", "LAC_PATIENCE"]
+           "lac_chance", "LAC_BAND", "LAC_PATIENCE", "train_state_path", "read_train_state"]
 
 #: the loss terms logged per epoch (train and valid) and kept in the history: the loss table's
 LOSS_TERMS = TERM_NAMES
@@ -97,6 +102,26 @@ def config_path(model_save_path) -> Path:
     """Where the trainer writes the resolved run configuration: ``<stem>.config.json`` beside the checkpoint."""
     p = Path(model_save_path)
     return p.with_name(p.stem + ".config.json")
+
+
+def train_state_path(model_save_path) -> Path:
+    """Where the trainer writes the training state of the best checkpoint: ``<stem>.train_state.pt``."""
+    p = Path(model_save_path)
+    return p.with_name(p.stem + ".train_state.pt")
+
+
+def read_train_state(path) -> dict:
+    """A training state written by :class:`MMINTrainer` (tensors-free: ``torch.load(weights_only=True)``,
+    no arbitrary unpickling): ``{'format', 'epoch', 'step', 'best_epoch', 'best_valid', 'scheduler',
+    'ema_updates'}``; ``scheduler`` is for ``schedule.restore_scheduler``. A file of another shape:
+    :class:`ValueError` naming the file."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    keys = {"format", "epoch", "step", "best_epoch", "best_valid", "scheduler", "ema_updates"}
+    if not isinstance(state, dict) or set(state) != keys or state["format"] != TRAIN_STATE_FORMAT:
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path}: expected a training state (format {TRAIN_STATE_FORMAT}, keys {sorted(keys)}); "
+                         f"found {found}")
+    return state
 
 
 def _jsonable(v):
@@ -244,6 +269,10 @@ class MMINTrainer:
         device = a["device"]
         net = self._mmin(model)
         optimizer = self._optimizer(model)
+        n_batches = len(dataloader["train"])
+        scheduler = make_scheduler(optimizer, self.config, n_batches)  # factor 1 throughout for the paper's
+        ema = ModelEma(model, self.config.ema_decay) if self.config.ema_decay is not None else None
+        eval_model = ema.module if ema is not None else model  # what is validated, selected and saved
         param_names = {p: n for n, p in model.named_parameters()}
         remove_stale_temps(a["model_save_path"])  # left by a run killed while saving
         self._write_config()
@@ -260,7 +289,6 @@ class MMINTrainer:
             model.train()
             sums = {k: 0.0 for k in LOSS_TERMS + ("Loss",)}
             y_pred, y_true = [], []
-            n_batches = len(dataloader["train"])
             with tqdm(dataloader["train"], desc=f"MMIN train epoch {epochs}", leave=False) as bar:
                 for step, batch in enumerate(bar, start=1):
                     # DANN schedule over the first adv_ramp_epochs epochs (0 at the first step)
@@ -288,6 +316,9 @@ class MMINTrainer:
                         )
                     clip_gradients(model.parameters(), grad_clip, self.config.grad_clip_mode)
                     optimizer.step()
+                    scheduler.step()
+                    if ema is not None:
+                        ema.update(model)
                     sums["Loss"] += loss.item()
                     for k in LOSS_TERMS:
                         sums[k] += float(terms[k].detach())
@@ -299,19 +330,24 @@ class MMINTrainer:
             logger.info("TRAIN-(%s) [%d/%d/%s] >> %s", a["model_name"], epochs - best_epoch, epochs,
                         a.get("cur_seed", 1),
                         " ".join(f"{k}: {v:.4f}" for k, v in {**means, **train_results}.items()))
-            val_results = self.do_test(model, dataloader["valid"], mode="VAL", support=True)
+            val_results = self.do_test(eval_model, dataloader["valid"], mode="VAL", support=True)
             cur_valid = val_results[self.config.KeyEval]
             improved = self._is_better(cur_valid, best_valid)
             if improved:
                 best_valid, best_epoch = cur_valid, epochs
-                atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, a["model_save_path"])
+                atomic_save({k: v.detach().cpu() for k, v in eval_model.state_dict().items()}, a["model_save_path"])
+                atomic_save({"format": TRAIN_STATE_FORMAT, "epoch": epochs, "step": scheduler.last_epoch,
+                             "best_epoch": best_epoch, "best_valid": float(best_valid),
+                             "scheduler": scheduler.state_dict(), "ema_updates": ema.updates if ema else 0},
+                            train_state_path(a["model_save_path"]))
             record = {"epoch": epochs, **{f"train_{k}": v for k, v in means.items()},
                       **{f"valid_{k}": float(v) for k, v in val_results.items()},
                       **{f"valid_{k}": v for k, v in self.last_eval_terms.items() if k != "L_senti"},
                       **{f"valid_support/{k}": v for k, v in self.last_support.items()},
                       "KeyEval": self.config.KeyEval, "best": improved,
                       "n_modalities": len(net.modalities), "L_ac_chance": lac_chance(len(net.modalities)),
-                      "adv_scale": net.cin.adv_scale}
+                      "adv_scale": net.cin.adv_scale,
+                      **{f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)}}
             if monitor is not None:
                 for split in ("train", "valid"):
                     msg = monitor.update(split, epochs, record.get(f"{split}_L_ac", float("nan")))
@@ -323,8 +359,9 @@ class MMINTrainer:
                 train_results["Loss"] = means["Loss"]
                 epoch_results["train"].append(train_results)
                 epoch_results["valid"].append(val_results)
-                epoch_results["test"].append(self.do_test(model, dataloader["test"], mode="TEST"))
-            if epochs - best_epoch >= self.config.early_stop or (max_epochs and epochs >= max_epochs):
+                epoch_results["test"].append(self.do_test(eval_model, dataloader["test"], mode="TEST"))
+            start = patience_start(self.config, best_epoch, scheduler.lr_lambdas[0].warmup_epochs)
+            if epochs - start >= self.config.early_stop or (max_epochs and epochs >= max_epochs):
                 return epoch_results if return_epoch_results else None
 
     def _write_config(self):
