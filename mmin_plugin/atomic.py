@@ -30,12 +30,15 @@ import uuid
 from pathlib import Path
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "tmp_sibling", "remove_stale_temps",
-           "fsync_dir"]
+           "fsync_dir", "process_start", "MAX_PID"]
 
 logger = logging.getLogger("MMSA." + __name__)
 
 #: a temporary file written on another host is stale after this long without a change (seconds)
 FOREIGN_STALE_S = 24 * 3600.0
+#: the largest pid any POSIX system gives (pid_t is 32-bit signed; Linux's pid_max is at most 2**22):
+#: a temporary file named with a larger one was not written by this module and is left alone
+MAX_PID = 2**31 - 1
 _HOST = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
 _cleaned: set = set()
 _cleaned_lock = threading.Lock()
@@ -47,12 +50,14 @@ def tmp_sibling(path: Path) -> Path:
 
 
 def _tmp_pattern(name: str):
-    return re.compile(rf"^\.{re.escape(name)}\.(?:([0-9a-f]{{8}})-)?(\d+)\.[0-9a-f]{{12}}\.tmp$")
+    return re.compile(rf"^\.{re.escape(name)}\.(?:([0-9a-f]{{8}})-)?(\d{{1,10}})\.[0-9a-f]{{12}}\.tmp$")
 
 
-def _process_start(pid: int):
-    """Start time (epoch seconds) of process `pid`; None if it does not exist; -inf if it exists
-    but its start time is unknown (not Linux)."""
+def process_start(pid: int):
+    """Start time (epoch seconds) of process `pid`; None if it does not exist (or `pid` is not a
+    pid: outside [1, MAX_PID]); -inf if it exists but its start time is unknown (not Linux)."""
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 1 <= pid <= MAX_PID:
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -74,7 +79,7 @@ def _is_stale(host, pid: int, mtime: float) -> bool:
         return time.time() - mtime > FOREIGN_STALE_S
     if pid == os.getpid():
         return False  # ours: maybe being written by another thread
-    start = _process_start(pid)
+    start = process_start(pid)
     # dead writer, or the pid was reused by a process started after the file's last write
     # (1 s of slack: /proc start times have clock-tick resolution)
     return start is None or start > mtime + 1.0
@@ -91,7 +96,7 @@ def remove_stale_temps(path) -> list:
         return removed
     for entry in entries:
         m = pattern.match(entry.name)
-        if not m:
+        if not m or not 1 <= int(m.group(2)) <= MAX_PID:  # not a name this module gives: left alone
             continue
         try:
             if not entry.is_file(follow_symlinks=False):

@@ -124,9 +124,9 @@ def test_compare_csv_one_row_per_model_and_seed(comparison, demo):
         assert r["checkpoint"].endswith(f"runs/{name}/mosi/seed1111/models/{name}-mosi.pth")
         # each model's TEST predictions were captured and reproduce MMSA's metrics
         from mmin_plugin.results.stats import batch_metrics
-        from mmin_plugin.runs.trial import read_predictions
+        from mmin_plugin.runs.record import load_predictions
 
-        pred = read_predictions(Path(r["checkpoint"]).parent.parent)
+        pred = load_predictions(comparison["out"], name, "mosi", 1111).as_dict()
         again = batch_metrics(pred["preds"], pred["labels"], "mosi")
         assert all(round(float(again[k][0]), 4) == pytest.approx(float(r[k]), abs=1e-4) for k in again), name
     # pretrained goes to BERT-based models only (MulT reads the file's precomputed text features)
@@ -200,7 +200,7 @@ def test_compare_figures_history_and_terminal(comparison):
     assert "| mmin |" in stdout and "Published reference" in stdout
     # MMSA_run's per-call logging handlers do not pile up
     assert len(logging.getLogger("MMSA").handlers) == comparison["n_handlers"]
-    assert [r["status"] for r in comparison["rows"]] == ["ok", "ok", "ok", "failed"]
+    assert [r.status for r in comparison["rows"]] == ["ok", "ok", "ok", "failed"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -253,7 +253,7 @@ def test_cli_compare_reports_statistics_against_the_reference(demo, tmp_path, ca
     with the difference, CI bounds and p per metric against the reference, from saved predictions."""
     from mmin_plugin import cli
     from mmin_plugin.results import stats
-    from mmin_plugin.runs.trial import read_predictions
+    from mmin_plugin.runs.record import load_predictions
 
     out = tmp_path / "st"
     rc = cli.main(["compare", "--models", "mmin", "tfn", "--seeds", "1111", "1112", "--max-epochs", "1",
@@ -270,7 +270,7 @@ def test_cli_compare_reports_statistics_against_the_reference(demo, tmp_path, ca
     # the difference is recomputed from the saved predictions and agrees with MMSA's rounded metrics
     maes = {r["run"]: np.mean([float(x["MAE"]) for x in rows if x["run"] == r["run"]]) for r in rows}
     assert diff == pytest.approx(maes["tfn"] - maes["mmin"], abs=2e-4)
-    pred = read_predictions(out / "runs" / "tfn" / "mosi" / "seed1111")
+    pred = load_predictions(out, "tfn", "mosi", 1111).as_dict()
     assert len(pred["ids"]) == 16 and stats.batch_metrics(pred["preds"], pred["labels"], "mosi")["MAE"][0] == \
         pytest.approx(float(tfn[0]["MAE"]), abs=1e-4)
     md = (out / "compare-mosi.md").read_text()
@@ -393,7 +393,7 @@ def test_interrupted_run_keeps_finished_seeds(fake_run):
     out = _quiet(compare.run_comparison, models=["mmin", "mult", "misa"], dataset="mosi", seeds=[1111],
                  out_dir=fake_run["out"], sweep=compare.SweepOptions(resume=True))
     assert [c["model"] for c in fake_run["calls"][n_calls:]] == ["misa"]
-    assert [r["status"] for r in out] == ["ok", "ok", "ok"]
+    assert [r.status for r in out] == ["ok", "ok", "ok"]
     assert len(read_csv(fake_run["out"] / "compare-mosi.csv")[1]) == 3
 
 

@@ -83,7 +83,7 @@ def test_training_curves_show_attention_support_when_logged():
 
     from matplotlib.image import imread
 
-    from mmin_plugin.results.report import plot_training_curves
+    from mmin_plugin.integration.curves import plot_training_curves
 
     base = [{"epoch": e, "train_L_senti": 1 / e, "valid_Loss": 1 / e, "KeyEval": "Loss", "best": True}
             for e in (1, 2, 3)]

@@ -13,7 +13,8 @@ import mmin_plugin.integration.runner as runner
 from mmin_plugin.errors import MMINConfigError
 from mmin_plugin.experiments import compare, tune
 from mmin_plugin.runs import sweep
-from mmin_plugin.runs.trial import read_row, run_trial
+from mmin_plugin.runs.record import load_record
+from mmin_plugin.runs.trial import run_trial
 
 TINY = {"mmin.d_model": 16, "mmin.nheads": 4, "mmin.fine_layers": 1, "mmin.fusion_ff_dim": 32,
         "mmin.disc_hidden": 8}
@@ -42,10 +43,10 @@ def test_failed_trial_is_retried(fake, tmp_path, capsys):
     plan[("mmin", 1112)] = fail_once
     rows = _quiet_compare(capsys, models=["mmin"], seeds=[1111, 1112], out_dir=tmp_path / "a",
                           sweep=sweep.SweepOptions(retries=1))
-    assert [r["status"] for r in rows] == ["ok", "ok"] and [c["seed"] for c in calls] == [1111, 1112, 1112]
+    assert [r.status for r in rows] == ["ok", "ok"] and [c["seed"] for c in calls] == [1111, 1112, 1112]
     failures.clear()
     rows = _quiet_compare(capsys, models=["mmin"], seeds=[1112], out_dir=tmp_path / "b")  # retries=0
-    assert rows[0]["status"] == "failed" and "worker hiccup" in rows[0]["error"]
+    assert rows[0].status == "failed" and "worker hiccup" in rows[0].error
     assert "RuntimeError" in (tmp_path / "b" / "runs" / "mmin" / "mosi" / "seed1112" / "error.txt").read_text()
 
 
@@ -78,9 +79,9 @@ def test_resume_skips_finished_trials_and_reruns_a_changed_config(fake, tmp_path
 def test_several_datasets_one_call(fake, tmp_path, capsys):
     calls, _ = fake
     rows = _quiet_compare(capsys, models=["mmin"], dataset=["mosi", "mosei"], seeds=[1111], out_dir=tmp_path)
-    assert [(r["dataset"], r["status"]) for r in rows] == [("mosi", "ok"), ("mosei", "ok")]
+    assert [(r.dataset, r.status) for r in rows] == [("mosi", "ok"), ("mosei", "ok")]
     assert (tmp_path / "compare-mosi.md").is_file() and (tmp_path / "compare-mosei.tex").is_file()
-    assert read_row(tmp_path / "runs" / "mmin" / "mosei" / "seed1111")["dataset"] == "mosei"
+    assert load_record(tmp_path, "mmin", "mosei", 1111).dataset == "mosei"
 
 
 def test_config_file_goes_to_its_model_only(fake, tmp_path, capsys):
@@ -154,7 +155,7 @@ def _flaky_trial_fn(marker):
     def trial_fn(trial):
         row = run_trial(trial)
         if trial.seed == 1112 and not Path(marker).exists():
-            Path(marker).write_text(json.dumps(row))
+            Path(marker).write_text(json.dumps(row.to_json()))
             raise RuntimeError("simulated worker failure")
         return row
     return trial_fn
@@ -170,14 +171,14 @@ def test_ray_runs_concurrently_matches_serial_retries_resumes_and_refuses(small_
                               trial_fn=_flaky_trial_fn(str(marker)))
     ray_rows = _quiet_compare(capsys, sweep=opts, **_demo_kw(small_mosi, tmp_path / "ray"))
     first = json.loads(marker.read_text())  # seed 1112 failed once on Ray and was retried
-    assert [r["status"] for r in serial] == [r["status"] for r in ray_rows] == ["ok", "ok"]
+    assert [r.status for r in serial] == [r.status for r in ray_rows] == ["ok", "ok"]
     for s, r in zip(serial, ray_rows):  # CPU runs are deterministic: the same per-seed metrics
-        assert r["seed"] == s["seed"] and r["metrics"] == pytest.approx(s["metrics"], rel=1e-6, abs=1e-9)
-        assert r["environment"]["ray"] and r["do_test_calls"] == {"VAL": 1, "TEST": 1}
+        assert r.seed == s.seed and r.metrics == pytest.approx(s.metrics, rel=1e-6, abs=1e-9)
+        assert r.environment["ray"] and r.do_test_calls == {"VAL": 1, "TEST": 1}
     # seed 1111 and the first attempt of seed 1112 ran at the same time
-    assert max(first["t_start"], ray_rows[0]["t_start"]) < min(first["t_end"], ray_rows[0]["t_end"])
-    assert first["metrics"] == ray_rows[1]["metrics"]
-    assert ray_rows[0]["environment"]["host"] and ray_rows[0]["config"]["featurePath"] == small_mosi["feature_path"]
+    assert max(first["t_start"], ray_rows[0].t_start) < min(first["t_end"], ray_rows[0].t_end)
+    assert first["metrics"] == ray_rows[1].metrics
+    assert ray_rows[0].environment["host"] and ray_rows[0].config["featurePath"] == small_mosi["feature_path"]
 
     # --resume after a finished run starts no MMSA_run
     import MMSA
@@ -188,7 +189,7 @@ def test_ray_runs_concurrently_matches_serial_retries_resumes_and_refuses(small_
     monkeypatch.setattr(MMSA, "MMSA_run", no_run)
     rows = compare.run_comparison(sweep=sweep.SweepOptions(resume=True), **_demo_kw(small_mosi, tmp_path / "ray"))
     assert "resume: 2 of 2 trial(s) already finished, skipped; running 0" in capsys.readouterr().out
-    assert [r["metrics"] for r in rows] == [r["metrics"] for r in ray_rows]
+    assert [r.metrics for r in rows] == [r.metrics for r in ray_rows]
 
     # without --resume / --overwrite a non-empty folder is refused and nothing changes
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "ray").rglob("*") if p.is_file()}
@@ -231,4 +232,4 @@ def test_tune_never_evaluates_test_during_search(small_mosi, tmp_path, capsys, m
     assert args["d_model"] == 16 and "featurePath" not in json.loads(cfg_path.read_text())["mmin"]["datasetParams"]
     text = (tmp_path / "tune-mmin-mosi.md").read_text()
     assert "evaluated 0 time(s) during the search" in text and "| mmin (tuned) |" in text and text in md
-    assert res["final"][0]["metrics"]["MAE"] > 0 and res["search"][0]["metrics"] == {}
+    assert res["final"][0].metrics["MAE"] > 0 and res["search"][0].metrics == {}

@@ -3,8 +3,10 @@
 modeling/     imports nothing of MMSA, the integration, the experiments or the CLI;
 features/     (reading, checking, making feature files) imports neither MMSA nor torch, nor anything above it;
 integration/  is the only layer that imports MMSA, and imports nothing of the experiments or the CLI;
-runs/         (what produces a trial folder) reaches MMSA only through the integration; nothing of the CLI;
-results/      (what reads finished trials) reaches MMSA only through the integration; nothing of the CLI;
+runs/         (what produces a trial folder) reaches MMSA only through the integration; nothing of
+              results/, the experiments or the CLI (results/ reads what runs/ wrote, never the reverse);
+results/      (what reads finished trials) imports neither torch, MMSA nor the integration (it reads
+              records and predictions: plain data), nothing of the experiments or the CLI;
 experiments/  (compare, ablate, tune, demo, explain) reaches MMSA only through the integration; nothing of the CLI;
 reference/    (mmin_reference) shares no code with mmin_plugin.
 """
@@ -52,8 +54,8 @@ FORBIDDEN = {
                  "mmin_plugin.results", "mmin_plugin.cli",
                  "mmin_plugin.modeling"),
     "integration": ("mmin_plugin.experiments", "mmin_plugin.runs", "mmin_plugin.results", "mmin_plugin.cli"),
-    "runs": ("MMSA", "mmin_plugin.experiments", "mmin_plugin.cli"),
-    "results": ("MMSA", "mmin_plugin.experiments", "mmin_plugin.cli"),
+    "runs": ("MMSA", "mmin_plugin.results", "mmin_plugin.experiments", "mmin_plugin.cli"),
+    "results": ("MMSA", "torch", "mmin_plugin.integration", "mmin_plugin.experiments", "mmin_plugin.cli"),
     "experiments": ("MMSA", "mmin_plugin.cli"),
     "": ("mmin_plugin",),  # reference/
 }

@@ -13,7 +13,7 @@ from mmin_plugin.errors import MMINDataError
 from mmin_plugin.experiments import compare
 from mmin_plugin.integration import runner
 from mmin_plugin.results import stats
-from mmin_plugin.runs.trial import read_predictions, trial_dir, write_predictions
+from mmin_plugin.runs.record import load_predictions, trial_dir, write_predictions
 
 N = 120
 IDS = np.array([f"clip{i:03d}" for i in range(N)])
@@ -157,7 +157,7 @@ def test_tables_carry_difference_interval_p_and_marks(tmp_path):
     rng = np.random.default_rng(6)
     data = _data(rng, {"mmin": lambda p, s: p, "tfn": lambda p, s: p + 0.7, "misa": lambda p, s: p})
     sess = _session(tmp_path, data)
-    assert read_predictions(trial_dir(tmp_path, "tfn", "mosi", 1))["preds"].shape == (N,)
+    assert load_predictions(tmp_path, "tfn", "mosi", 1).preds.shape == (N,)
     with contextlib.redirect_stdout(io.StringIO()):
         md = sess.write("mosi")
     df = pd.read_csv(tmp_path / "compare-mosi.csv")

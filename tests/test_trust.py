@@ -8,12 +8,17 @@ import pytest
 from mmin_plugin.experiments import compare
 from mmin_plugin.results import aggregate
 from mmin_plugin.runs import sweep
-from mmin_plugin.runs.trial import read_row, trial_dir
+from mmin_plugin.runs.record import TrialRecord, load_record, read_record, trial_dir
 
 
 @pytest.fixture
 def fake(fake_mmsa_run):
     return fake_mmsa_run
+
+
+def _row_at(folder):
+    """The record in `folder`/row.json (an attempt's folder: not a trial folder, read as is)."""
+    return TrialRecord.from_json(json.loads((Path(folder) / "row.json").read_text()))
 
 
 def _compare(capsys, **kw):
@@ -35,13 +40,13 @@ def test_malformed_row_is_reported_and_rerun_never_a_traceback(fake, tmp_path, c
     else:
         row = bad
     path.write_text(json.dumps(row))
-    assert read_row(path.parent) is None
-    assert [r["run"] for r in aggregate.rows_from_trial_dirs(tmp_path / "o")] == ["mmin"]
+    assert read_record(tmp_path / "o", "misa", "mosi", 1111)[0] is None
+    assert [r.run for r in aggregate.rows_from_trial_dirs(tmp_path / "o")] == ["mmin"]
     n = len(calls)
     rows, out = _compare(capsys, sweep=sweep.SweepOptions(resume=True), **kw)
-    assert [c["model"] for c in calls[n:]] == ["misa"] and "counted as not finished, runs again" in out
-    assert str(path) in out and [r["status"] for r in rows] == ["ok", "ok"]
-    assert read_row(path.parent)["metrics"]["MAE"] == pytest.approx(0.51)
+    assert [c["model"] for c in calls[n:]] == ["misa"] and "unreadable, rerunning" in out
+    assert str(path) in out and [r.status for r in rows] == ["ok", "ok"]
+    assert load_record(tmp_path / "o", "misa", "mosi", 1111).metrics["MAE"] == pytest.approx(0.51)
 
 
 def test_a_row_of_another_trial_is_not_reused(fake, tmp_path, capsys):
@@ -52,7 +57,7 @@ def test_a_row_of_another_trial_is_not_reused(fake, tmp_path, capsys):
     dst.write_text(src.read_text())  # a hand-copied row
     n = len(calls)
     _, out = _compare(capsys, sweep=sweep.SweepOptions(resume=True), **kw)
-    assert [c["seed"] for c in calls[n:]] == [1112] and "not of this trial" in out
+    assert [c["seed"] for c in calls[n:]] == [1112] and "not of this folder's trial mmin/mosi/seed1112" in out
 
 
 def test_a_retry_runs_in_a_clean_folder_and_keeps_the_previous_attempt(fake, tmp_path, capsys):
@@ -72,14 +77,14 @@ def test_a_retry_runs_in_a_clean_folder_and_keeps_the_previous_attempt(fake, tmp
     rows, out = _compare(capsys, models=["tfn"], seeds=[1111], out_dir=tmp_path / "o",
                          sweep=sweep.SweepOptions(retries=1))
     d = trial_dir(tmp_path / "o", "tfn", "mosi", 1111)
-    assert seen == [False, False] and rows[0]["status"] == "ok" and rows[0]["attempt"] == 2
+    assert seen == [False, False] and rows[0].status == "ok" and rows[0].attempt == 2
     assert (d / "attempt-1" / "models" / "tfn-mosi.pth").read_bytes() == b"attempt 1"
     assert "worker hiccup" in (d / "attempt-1" / "error.txt").read_text()
-    assert read_row(d / "attempt-1")["status"] == "failed" and not (d / "error.txt").exists()
+    assert _row_at(d / "attempt-1").status == "failed" and not (d / "error.txt").exists()
     # a rerun on --resume (changed config) keeps the finished attempt too
     _compare(capsys, models=["tfn"], seeds=[1111], out_dir=tmp_path / "o", overrides={"x": 1},
              sweep=sweep.SweepOptions(resume=True))
-    assert read_row(d / "attempt-2")["attempt"] == 2 and read_row(d)["attempt"] == 3
+    assert _row_at(d / "attempt-2").attempt == 2 and _row_at(d).attempt == 3
 
 
 def test_deterministic_errors_are_not_retried(fake, tmp_path, capsys):
@@ -96,19 +101,19 @@ def test_deterministic_errors_are_not_retried(fake, tmp_path, capsys):
     plan[("mmin", 1111)], plan[("misa", 1111)] = nan, bad_data
     rows, out = _compare(capsys, models=["mmin", "misa"], seeds=[1111], out_dir=tmp_path / "o",
                          sweep=sweep.SweepOptions(retries=2))
-    assert [c["model"] for c in calls] == ["mmin", "misa"] and [r["status"] for r in rows] == ["failed", "failed"]
-    assert all(r["deterministic"] for r in rows) and "not retried" in out
+    assert [c["model"] for c in calls] == ["mmin", "misa"] and [r.status for r in rows] == ["failed", "failed"]
+    assert all(r.deterministic for r in rows) and "not retried" in out
 
 
 def _lock(out, pid, host=None):
     """The lock file process `pid` would have written (its real start time: not a reused pid)."""
     import socket
 
-    from mmin_plugin.atomic import _process_start
+    from mmin_plugin.atomic import process_start
 
     out.mkdir(parents=True, exist_ok=True)
     (out / ".mmin-out.lock").write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "locked_at": 0,
-                                             "process_start": _process_start(pid),
+                                             "process_start": process_start(pid),
                                              "command": "python -m mmin_plugin compare"}))
 
 
@@ -140,7 +145,7 @@ def test_an_out_in_use_by_a_live_process_is_refused_and_left_unchanged(fake, tmp
         holder.wait()
     if not other_host:  # its holder is dead now: the lock is stale and taken over
         rows, _ = _compare(capsys, sweep=sweep.SweepOptions(overwrite=True), **kw)
-        assert rows[0]["status"] == "ok" and len(calls) == n + 1
+        assert rows[0].status == "ok" and len(calls) == n + 1
         assert not (tmp_path / "o" / ".mmin-out.lock").exists()  # released at the end
 
 
@@ -172,8 +177,8 @@ def test_resume_reruns_a_trial_whose_fingerprint_changed_and_says_why(fake, tmp_
     assert ran == ["mmin"] and "mmin mosi seed 1111 runs again: changed since it ran: config, config_file" in out
     from mmin_plugin.runs import fingerprint as fp  # (imported here: the test runs on main up to this line)
 
-    row = read_row(trial_dir(tmp_path / "o", "mmin", "mosi", 1111))
-    assert set(row["fingerprint"]["parts"]) == set(fp.PARTS) and len(row["fingerprint"]["sha256"]) == 64
+    row = load_record(tmp_path / "o", "mmin", "mosi", 1111)
+    assert set(row.fingerprint["parts"]) == set(fp.PARTS) and len(row.fingerprint["sha256"]) == 64
     data.write_bytes(b"features v2, regenerated")
     ran, out = rerun(sweep=resume)
     assert ran == ["mmin", "misa"] and "changed since it ran: data" in out

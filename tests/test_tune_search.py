@@ -16,6 +16,7 @@ import mmin_plugin.integration.runner as runner
 from mmin_plugin.errors import MMINConfigError
 from mmin_plugin.experiments import tune
 from mmin_plugin.runs import study as study_mod
+from mmin_plugin.runs.record import trial_dir
 
 TINY = {"mmin.d_model": 16, "mmin.nheads": 4, "mmin.fine_layers": 1, "mmin.fusion_ff_dim": 32,
         "mmin.disc_hidden": 8}
@@ -105,7 +106,7 @@ def test_tune_treats_a_non_finite_score_as_failed(scripted, tmp_path, capsys):
     scripted["script"] = lambda args, seed: ([{"Loss": math.nan}] * 3 if len(scripted["calls"]) == 1
                                              else [{"Loss": 1.0 + len(scripted["calls"]) / 10}])
     res = _tune(tmp_path, capsys)
-    assert res["search"][0]["status"] == "failed" and res["best_trial"] == 1
+    assert res["search"][0].status == "failed" and res["best_trial"] == 1
 
 
 # ---- item 4: final seeds apart from the search seeds; item 9: search checkpoints deleted ---------
@@ -113,14 +114,15 @@ def test_search_seeds_are_not_final_seeds_and_search_checkpoints_are_deleted(scr
     scripted["script"] = lambda args, seed: [{"Loss": 2.0}, {"Loss": 1.0 + args.get("d_model", 0) / 1000}]
     res = tune.run_tune("mmin", "mosi", trials=2, out_dir=tmp_path, overrides=dict(TINY))  # default seeds
     capsys.readouterr()
-    search_seeds = {r["seed"] for r in res["search"]}
-    final_seeds = {r["seed"] for r in res["final"]}
+    search_seeds = {r.seed for r in res["search"]}
+    final_seeds = {r.seed for r in res["final"]}
     assert final_seeds == {1111, 1112, 1113, 1114, 1115} and not search_seeds & final_seeds
     for r in res["search"]:
-        assert r["status"] == "ok" and r["checkpoint"] == ""
-        assert not list(Path(r["directory"], "models").glob("*.pth"))
-        assert json.loads(Path(r["directory"], "row.json").read_text())["valid_score"] == r["valid_score"]
-    assert all(Path(r["checkpoint"]).is_file() for r in res["final"])
+        assert r.status == "ok" and r.checkpoint == ""
+        folder = trial_dir(tmp_path, r.run, r.dataset, r.seed)
+        assert not list((folder / "models").glob("*.pth"))
+        assert json.loads((folder / "row.json").read_text())["valid_score"] == r.valid_score
+    assert all(Path(r.checkpoint).is_file() for r in res["final"])
     with pytest.raises(MMINConfigError, match="not one of the final seeds"):
         tune.run_tune("mmin", "mosi", trials=2, seed=1111, out_dir=tmp_path / "x", overrides=dict(TINY))
 
@@ -158,14 +160,14 @@ def test_search_is_a_seeded_optuna_study_in_the_output_folder(scripted, tmp_path
     runs = [_tune(tmp_path / name, capsys, search="optuna", seed=7, trials=5) for name in ("a", "b")]
     space = tune.search_space("mmin")
     assert [r["chosen"] for r in runs[0:1]] == [runs[1]["chosen"]]
-    assert [r["overrides"] for r in runs[0]["search"]] == [r["overrides"] for r in runs[1]["search"]]
+    assert [r.overrides for r in runs[0]["search"]] == [r.overrides for r in runs[1]["search"]]
     for r in runs[0]["search"]:
-        assert all(r["overrides"][k] in space[k] for k in ("learning_rate", "batch_size", "dropout"))
+        assert all(r.overrides[k] in space[k] for k in ("learning_rate", "batch_size", "dropout"))
     study = optuna.load_study(study_name="mmin-mosi", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "a" / "tune-mmin-mosi.optuna.log"))))
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
     assert study.best_trial.number == runs[0]["best_trial"]
-    assert study.best_value == pytest.approx(runs[0]["search"][runs[0]["best_trial"]]["valid_score"])
+    assert study.best_value == pytest.approx(runs[0]["search"][runs[0]["best_trial"]].valid_score)
     from mmin_plugin.runs.lock import LOCK_FILE
 
     assert not (tmp_path / "a" / LOCK_FILE).exists()  # a finished tune releases its --out
@@ -173,6 +175,7 @@ def test_search_is_a_seeded_optuna_study_in_the_output_folder(scripted, tmp_path
 
 def test_next_trial_is_asked_when_a_slot_frees_not_in_rounds(monkeypatch, tmp_path):
     from mmin_plugin.runs import sweep
+    from mmin_plugin.runs.record import TrialRecord
     from mmin_plugin.runs.trial import Trial
 
     events = []
@@ -190,7 +193,8 @@ def test_next_trial_is_asked_when_a_slot_frees_not_in_rounds(monkeypatch, tmp_pa
         def wait(self):
             t = self.running.pop()
             events.append(("done", t.run))
-            return t, {"status": "ok", "run": t.run, "wall_time_s": 0.0, "epochs": 1, "stopped_by": "x"}
+            return t, TrialRecord(run=t.run, dataset=t.dataset, seed=t.seed, model=t.model, status="ok", epochs=1,
+                                  stopped_by="x")
 
         def close(self):
             pass
@@ -200,14 +204,13 @@ def test_next_trial_is_asked_when_a_slot_frees_not_in_rounds(monkeypatch, tmp_pa
 
     def source():
         i = next(made, None)
-        return None if i is None else Trial(run=f"t{i}", model="m", dataset="mosi", seed=1,
-                                            directory=str(tmp_path / f"t{i}"))
+        return None if i is None else Trial(out=str(tmp_path), run=f"t{i}", model="m", dataset="mosi", seed=1)
 
     finals = []
     rows = sweep.run_trials([], sweep.SweepOptions(), source=source, total=5,
                             on_final=lambda t, r: finals.append(t.run))
-    assert [r["run"] for r in rows] == ["t0", "t1", "t2", "t3", "t4"]
-    assert sorted(finals) == sorted(r["run"] for r in rows)
+    assert [r.run for r in rows] == ["t0", "t1", "t2", "t3", "t4"]
+    assert sorted(finals) == sorted(r.run for r in rows)
     # two in flight from the start; every result frees a slot that is refilled before the next wait
     assert events[:4] == [("submit", "t0"), ("submit", "t1"), ("done", "t1"), ("submit", "t2")]
     assert events[4:6] == [("done", "t2"), ("submit", "t3")]
@@ -232,10 +235,10 @@ def test_a_killed_tune_resumes_the_same_study(scripted, tmp_path, capsys, monkey
     res = _tune(tmp_path, capsys, trials=4, search="optuna", seed=3, sweep=SweepOptions(resume=True))
     # trials 0 and 1 are not run again; trial 2 (killed) reruns in its own folder, then trial 3; then the final
     assert len(scripted["calls"]) - before == 2 + 1
-    assert [r["run"] for r in res["search"]] == [f"mmin-trial-{i:03d}" for i in range(4)]
-    assert all(r["status"] == "ok" for r in res["search"])
+    assert [r.run for r in res["search"]] == [f"mmin-trial-{i:03d}" for i in range(4)]
+    assert all(r.status == "ok" for r in res["search"])
     fresh = _tune(tmp_path / "fresh", capsys, trials=4, search="optuna", seed=3)
-    assert [r["overrides"] for r in fresh["search"][:3]] == [r["overrides"] for r in res["search"][:3]]
+    assert [r.overrides for r in fresh["search"][:3]] == [r.overrides for r in res["search"][:3]]
 
 
 def test_pruned_trials_are_recorded_as_pruned_and_never_chosen(scripted, tmp_path, capsys):
@@ -250,13 +253,14 @@ def test_pruned_trials_are_recorded_as_pruned_and_never_chosen(scripted, tmp_pat
     scripted["script"] = script
     startup = study_mod.MEDIAN_STARTUP_TRIALS  # trials the median pruner lets finish before it prunes
     res = _tune(tmp_path, capsys, trials=startup + 2, prune="median", sweep=SweepOptions(retries=2))
-    states = [r["status"] for r in res["search"]]
+    states = [r.status for r in res["search"]]
     assert states == ["ok"] * startup + ["pruned", "pruned"] and res["best_trial"] == 0
     # pruned as soon as the median pruner may (after its warm-up epochs), instead of 6 epochs
-    assert all(r["epochs"] == 6 for r in res["search"][:startup])
-    assert all(r["epochs"] == max(1, study_mod.MEDIAN_WARMUP_EPOCHS) for r in res["search"][startup:])
+    assert all(r.epochs == 6 for r in res["search"][:startup])
+    assert all(r.epochs == max(1, study_mod.MEDIAN_WARMUP_EPOCHS) for r in res["search"][startup:])
     assert len(scripted["calls"]) == startup + 2 + 1  # no retry of a pruned trial; then the final run
-    assert all(not list(Path(r["directory"], "models").glob("*.pth")) for r in res["search"])
+    assert all(not list((trial_dir(tmp_path, r.run, r.dataset, r.seed) / "models").glob("*.pth"))
+               for r in res["search"])
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "tune-mmin-mosi.optuna.log")))
     study = optuna.load_study(study_name="mmin-mosi", storage=storage)
@@ -274,14 +278,14 @@ def test_rescore_top_chooses_the_config_that_holds_on_more_seeds(scripted, tmp_p
 
     scripted["script"] = script
     plain = _tune(tmp_path / "plain", capsys, trials=6, seed=2222)
-    lrs = [r["overrides"]["learning_rate"] for r in plain["search"]]
+    lrs = [r.overrides["learning_rate"] for r in plain["search"]]
     assert {0.001, 0.0005} <= set(lrs)  # both were drawn
     assert plain["chosen"]["learning_rate"] == 0.001
     res = _tune(tmp_path / "rescored", capsys, trials=6, seed=2222, rescore_top=3)
     assert res["chosen"]["learning_rate"] == 0.0005
-    assert {r["seed"] for r in res["rescore"]} == {2223, 2224}
-    assert all(r["do_test_calls"].get("TEST", 0) == 0 and r["status"] == "ok" for r in res["rescore"])
-    assert not {r["seed"] for r in res["final"]} & {2222, 2223, 2224}
+    assert {r.seed for r in res["rescore"]} == {2223, 2224}
+    assert all(r.do_test_calls.get("TEST", 0) == 0 and r.status == "ok" for r in res["rescore"])
+    assert not {r.seed for r in res["final"]} & {2222, 2223, 2224}
 
 
 # ---- issue 18: the Ray actor pool; issue 16 item 8: placement --------------------------------------
@@ -298,9 +302,12 @@ def _probe_trial(trial):
     leaked = _STATE["touched"]
     _STATE["touched"] += 1
     torch.nn.Linear(2, 2)(torch.ones(1, 2))  # torch used in the trial (the parent never runs it)
-    return {"status": "ok", "run": trial.run, "seed": trial.seed, "pid": os.getpid(), "ppid": os.getppid(),
-            "leaked": leaked, "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu_ids": trial.gpu_ids,
-            "wall_time_s": 0.0, "epochs": 1, "stopped_by": "x", "metrics": {}}
+    from mmin_plugin.runs.record import TrialRecord
+
+    seen = {"pid": os.getpid(), "ppid": os.getppid(), "leaked": leaked,
+            "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    return TrialRecord(run=trial.run, dataset=trial.dataset, seed=trial.seed, model=trial.model, status="ok",
+                       gpu_ids=trial.gpu_ids, environment=seen)
 
 
 @pytest.mark.e2e
@@ -311,8 +318,7 @@ def test_ray_pool_isolates_trials_and_hides_gpus_from_cpu_trials(tmp_path):
     from mmin_plugin.runs.trial import Trial
 
     def trials(tag, n):
-        return [Trial(run=f"{tag}{i}", model="m", dataset="mosi", seed=i, directory=str(tmp_path / f"{tag}{i}"))
-                for i in range(n)]
+        return [Trial(out=str(tmp_path), run=f"{tag}{i}", model="m", dataset="mosi", seed=i) for i in range(n)]
 
     opts = sweep.SweepOptions(backend="ray", num_cpus=2, cpus_per_trial=1, trial_fn=_probe_trial)
     with ray_session("ray", num_cpus=2):
@@ -320,10 +326,10 @@ def test_ray_pool_isolates_trials_and_hides_gpus_from_cpu_trials(tmp_path):
         second = sweep.run_trials(trials("b", 2), opts)  # the same actors: the pool lives for the session
         tasks = sweep.run_trials(trials("c", 1), sweep.SweepOptions(backend="ray", pool=False,
                                                                     trial_fn=_probe_trial))
-    rows = first + second
+    rows = [r.environment for r in first + second]
     assert all(r["leaked"] == 0 for r in rows)  # every trial in a process of its own
     assert len({r["pid"] for r in rows}) == 6 and len({r["ppid"] for r in rows}) == 2  # 2 long-lived parents
-    assert all(r["cuda_visible"] == "" and r["gpu_ids"] == [] for r in rows + tasks)
+    assert all(r.environment["cuda_visible"] == "" and r.gpu_ids == [] for r in first + second + tasks)
 
 
 # ---- issue 18: Slurm through submitit (its local executor) -----------------------------------------
@@ -348,7 +354,7 @@ def test_slurm_backend_on_the_local_executor_matches_serial(small_mosi, tmp_path
     opts = SweepOptions(backend="slurm", slurm_params={"cluster": "local", "timeout_min": 10})
     slurm = compare.run_comparison(out_dir=tmp_path / "slurm", sweep=opts, **kw)
     capsys.readouterr()
-    assert [r["status"] for r in slurm] == ["ok"]
-    assert slurm[0]["metrics"] == pytest.approx(serial[0]["metrics"], rel=1e-6, abs=1e-9)
-    assert slurm[0]["do_test_calls"] == {"VAL": 1, "TEST": 1}
-    assert list(Path(slurm[0]["directory"], "submitit").glob("*_result.pkl"))
+    assert [r.status for r in slurm] == ["ok"]
+    assert slurm[0].metrics == pytest.approx(serial[0].metrics, rel=1e-6, abs=1e-9)
+    assert slurm[0].do_test_calls == {"VAL": 1, "TEST": 1}
+    assert list(trial_dir(tmp_path / "slurm", "mmin", "mosi", 1111).glob("submitit-*/*_result.pkl"))

@@ -6,7 +6,6 @@ What each file holds, the epoch cap and the fairness notes: docs/design/experime
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 import time
@@ -14,19 +13,21 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ..atomic import atomic_write_bytes, atomic_write_text
+from ..bounded import UnreadableFile, read_json
 from ..constants import DATASETS, DEFAULT_SEEDS
 from ..errors import MMINConfigError, MMINDataError
 from ..results import aggregate, report, stats
 from ..results.aggregate import CSV_BASE_COLUMNS, read_rows
-from ..results.report import plot_training_curves, render_figure, render_markdown
+from ..results.report import render_figure, render_markdown
+from ..runs.record import TrialRecord, read_predictions, read_record
 from ..runs.sweep import SweepOptions, prepare_out, run_trials
-from ..runs.trial import Trial, read_predictions, read_row, trial_dir
+from ..runs.trial import Trial
 from .variants import ABLATION_VARIANTS, VARIANTS, RunSpec
 
 logger = logging.getLogger("MMSA." + __name__)
 
 __all__ = ["run_comparison", "run_ablation", "ABLATION_VARIANTS", "CSV_BASE_COLUMNS", "split_overrides",
-           "render_markdown", "render_figure", "plot_training_curves", "read_rows", "RunSpec", "SweepOptions",
+           "render_markdown", "render_figure", "read_rows", "RunSpec", "SweepOptions",
            "config_file_models"]
 
 #: the comparison figure is re-rendered after a trial only if this many seconds passed since the
@@ -102,12 +103,12 @@ def config_file_models(config_files: Sequence) -> Dict[str, str]:
     out = {}
     for f in config_files or []:
         path = check_file(f, "config file", MMINConfigError)
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise MMINConfigError(f"config file {path}: expected MMSA config JSON; found invalid JSON ({exc})") from exc
+        try:  # bounded: a regular file, at most 16 MiB, nested at most 32 deep, a JSON object
+            data = read_json(path, expect=dict)
+        except UnreadableFile as exc:
+            raise MMINConfigError(f"config file: expected MMSA config JSON; {exc}") from None
         models = [k for k in data if k != "datasetCommonParams" and isinstance(data[k], dict)]
-        if "datasetCommonParams" not in data or not models:
+        if not isinstance(data.get("datasetCommonParams"), dict) or not models:
             raise MMINConfigError(f"config file {path}: expected MMSA's schema ({{model: {{commonParams, "
                                   f"datasetParams}}, datasetCommonParams}}); found keys {sorted(data)}")
         for m in models:
@@ -175,31 +176,34 @@ class Session:
         return cfg
 
     def trials(self) -> List[Trial]:
-        return [Trial(run=spec.name, model=spec.model, dataset=ds, seed=seed,
-                      directory=str(trial_dir(self.out, spec.name, ds, seed)), config=self.config_for(spec, ds),
-                      label=spec.label, ablation=spec.ablation, config_file=self.config_files.get(spec.model),
+        return [Trial(out=str(self.out), run=spec.name, model=spec.model, dataset=ds, seed=seed,
+                      config=self.config_for(spec, ds), label=spec.label, config_file=self.config_files.get(spec.model),
                       gpu_ids=self.gpu_ids, num_workers=self.num_workers, verbose_level=self.verbose_level)
                 for ds in self.datasets for spec in self.specs for seed in self.seeds]
 
     # -- tables, rebuilt from the row.json files ---------------------------------------------------
-    def rows(self, dataset: str) -> List[Dict]:
+    def rows(self, dataset: str) -> List[TrialRecord]:
+        """The records of this sweep's finished or failed trials on `dataset` (an unreadable row is
+        logged and left out)."""
         out = []
         for spec in self.specs:
             for seed in self.seeds:
-                row = read_row(trial_dir(self.out, spec.name, dataset, seed))
-                if row is not None and row.get("status") in ("ok", "failed"):
-                    out.append(row)
+                rec, problem = read_record(self.out, spec.name, dataset, seed)
+                if problem:
+                    logger.warning("[%s] %s; left out of the tables", self.kind, problem)
+                if rec is not None and rec.status in ("ok", "failed"):
+                    out.append(rec)
         return out
 
     def statistics(self, dataset: str):
         """`stats.compare_to_reference` on the saved test predictions of the finished trials, or None
         (no predictions of the reference yet, or predictions that do not line up: logged)."""
         data: Dict[str, Dict[int, Dict]] = {}
-        for row in self.rows(dataset):
-            if row.get("status") == "ok" and row.get("predictions"):
-                pred = read_predictions(trial_dir(self.out, row["run"], dataset, row["seed"]))
+        for rec in self.rows(dataset):
+            if rec.status == "ok" and rec.has_predictions:
+                pred = read_predictions(self.out, rec.run, dataset, rec.seed)
                 if pred is not None:
-                    data.setdefault(row["run"], {})[int(row["seed"])] = pred
+                    data.setdefault(rec.run, {})[rec.seed] = pred.as_dict()
         if not data.get(self.reference) or len(data) < 2:
             return None
         try:
@@ -285,8 +289,7 @@ def ablation_specs(variants=None) -> List[RunSpec]:
     bad = [v for v in chosen if v not in VARIANTS]
     if bad:
         raise MMINConfigError(f"variants: unknown {bad}; expected a subset of {list(VARIANTS)}")
-    return [RunSpec(name=f"mmin-{v}", model="mmin", label=VARIANTS[v].label, config=dict(VARIANTS[v].config),
-                    ablation=VARIANTS[v].ablation) for v in chosen]
+    return [VARIANTS[v].spec() for v in chosen]
 
 
 def run_ablation(dataset="mosi", seeds=DEFAULT_SEEDS, feature_path=None, pretrained=None, max_epochs=None,

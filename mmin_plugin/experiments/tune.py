@@ -24,9 +24,10 @@ from ..errors import MMINConfigError
 from ..results import report
 from ..results.aggregate import summarize
 from ..runs.backends import ray_session
+from ..runs.record import TrialRecord, read_record
 from ..runs.study import PRUNERS, SAMPLERS, journal_path, open_study, spec_for
 from ..runs.sweep import SweepOptions, prepare_out, run_trials
-from ..runs.trial import Trial, read_row, trial_dir
+from ..runs.trial import Trial
 from .compare import check_datasets, check_file, check_max_epochs, check_seeds, split_overrides
 from .variants import RunSpec
 
@@ -165,8 +166,8 @@ def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = 
     stem = out / f"tune-{model}-{dataset}"
 
     def trial(run, s, cfg, skip_test, label):
-        return Trial(run=run, model=model, dataset=dataset, seed=s, directory=str(trial_dir(out, run, dataset, s)),
-                     config={**cfg, **base}, label=label, skip_test=skip_test, gpu_ids=list(gpu_ids or []),
+        return Trial(out=str(out), run=run, model=model, dataset=dataset, seed=s, config={**cfg, **base},
+                     label=label, skip_test=skip_test, gpu_ids=list(gpu_ids or []),
                      num_workers=int(num_workers or 0), verbose_level=verbose_level)
 
     with prepare_out(out, sweep.resume, sweep.overwrite), ray_session(sweep.backend, sweep.address, sweep.num_cpus):
@@ -204,12 +205,12 @@ def _search(model, dataset, search, n, seed, space, lower, prune, sweep, stem, t
         ot = study.ask(dists)
         return as_trial(ot.number, ot._trial_id, ot.params)
 
-    def on_final(t: Trial, row: Dict) -> None:
-        number, score = numbers[t.key], _score(row)
+    def on_final(t: Trial, rec: TrialRecord) -> None:
+        number, score = numbers[t.key], _score(rec)
         if score is not None:
             study.tell(number, score)
         else:
-            study.tell(number, state=TrialState.PRUNED if row.get("status") == "pruned" else TrialState.FAIL)
+            study.tell(number, state=TrialState.PRUNED if rec.status == "pruned" else TrialState.FAIL)
 
     unfinished = [as_trial(ft.number, ft._trial_id, ft.params) for ft in study.get_trials(deepcopy=False)
                   if ft.state == TrialState.RUNNING]
@@ -217,8 +218,12 @@ def _search(model, dataset, search, n, seed, space, lower, prune, sweep, stem, t
     rows, configs = [], []
     for ft in sorted(study.get_trials(deepcopy=False), key=lambda ft: ft.number):
         t = as_trial(ft.number, ft._trial_id, ft.params)
-        row = read_row(t.directory) or {"run": t.run, "seed": t.seed, "status": ft.state.name.lower()}
-        rows.append(row)
+        rec, problem = read_record(t.out, *t.key)
+        if rec is None:  # no row (or an unreadable one): counted as failed, never ranked
+            rec = TrialRecord(run=t.run, dataset=t.dataset, seed=t.seed, model=model, label=t.label,
+                              kind="search", status="pruned" if ft.state == TrialState.PRUNED else "failed",
+                              error=problem or f"no row (the study's state: {ft.state.name.lower()})")
+        rows.append(rec)
         configs.append(searched[ft.number])
     return rows, configs
 
@@ -233,7 +238,7 @@ def _choose_and_retrain(model, dataset, search, seed, final_seeds, lower, key_ev
     scored = [(i, _score(r)) for i, r in enumerate(search_rows) if _score(r) is not None]
     if not scored:
         raise MMINConfigError(f"tune: expected at least one search trial to finish; none of {len(search_rows)} did "
-                              f"(first error: {search_rows[0].get('error') if search_rows else 'none'})")
+                              f"(first error: {search_rows[0].error if search_rows else 'none'})")
     ranked = _rank(scored, lower)
     best_i, rescore_rows, rescored = ranked[0], [], {}
     if rescore_top:  # the K best, trained again on more seeds (VALID only); ranked by the mean over all seeds
@@ -242,13 +247,13 @@ def _choose_and_retrain(model, dataset, search, seed, final_seeds, lower, key_ev
               for i in top for s in rescore_seeds]
         rescore_rows = run_trials(ts, sweep, desc=f"tune {model} {dataset} re-score")
         for i in top:
-            extra = [_score(r) for r in rescore_rows if r.get("run") == f"{model}-rescore-{i:03d}"]
+            extra = [_score(r) for r in rescore_rows if r.run == f"{model}-rescore-{i:03d}"]
             if all(v is not None for v in extra):  # a config that fails on another seed is not chosen
                 rescored[i] = (_score(search_rows[i]) + sum(extra)) / (1 + len(extra))
         if rescored:
             best_i = _rank(list(rescored.items()), lower)[0]
     chosen = configs[best_i]
-    test_runs = sum(int((r.get("do_test_calls") or {}).get("TEST", 0)) for r in search_rows + rescore_rows)
+    test_runs = sum(r.do_test_calls.get("TEST", 0) for r in search_rows + rescore_rows)
     if test_runs:
         raise RuntimeError(f"tune: the test split was evaluated {test_runs} time(s) during the search")
 
@@ -270,11 +275,11 @@ def _choose_and_retrain(model, dataset, search, seed, final_seeds, lower, key_ev
             "best_trial": best_i, "rescored": rescored}
 
 
-def _score(row: Dict) -> Optional[float]:
-    """A search row's validation score, or None if the trial did not finish or its score is not finite
-    (NaN/inf count as failed: a NaN key would otherwise win `min()` when it comes first)."""
-    v = row.get("valid_score") if row.get("status") == "ok" else None
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+def _score(rec: TrialRecord) -> Optional[float]:
+    """A search record's validation score, or None if the trial did not finish or its score is not
+    finite (NaN/inf count as failed: a NaN key would otherwise win `min()` when it comes first)."""
+    v = rec.valid_score if rec.status == "ok" else None
+    return float(v) if v is not None and math.isfinite(v) else None
 
 
 def _check_selection_rule(model: str, key_eval: str) -> None:
@@ -299,11 +304,10 @@ def _key_eval(model: str, dataset: str, fixed: Dict) -> str:
 
 def _write_search_csv(path, rows, configs, best_i, rescored) -> None:
     recs = []
-    for i, (row, cfg) in enumerate(zip(rows, configs)):
-        recs.append({"trial": i, "run": row.get("run"), "seed": row.get("seed"), "status": row.get("status"),
-                     "error": row.get("error", ""), **_flat(cfg), "key_eval": row.get("key_eval"),
-                     "valid_score": row.get("valid_score"), "rescored_mean": rescored.get(i),
-                     "epochs": row.get("epochs"), "wall_time_s": row.get("wall_time_s"), "chosen": i == best_i})
+    for i, (r, cfg) in enumerate(zip(rows, configs)):
+        recs.append({"trial": i, "run": r.run, "seed": r.seed, "status": r.status, "error": r.error, **_flat(cfg),
+                     "key_eval": r.key_eval, "valid_score": r.valid_score, "rescored_mean": rescored.get(i),
+                     "epochs": r.epochs, "wall_time_s": r.wall_time_s, "chosen": i == best_i})
     atomic_write_text(path, pd.DataFrame(recs).to_csv(index=False, na_rep="", lineterminator="\n"))
 
 
@@ -311,9 +315,9 @@ def _markdown(model, dataset, search, seed, key_eval, search_rows, configs, best
               final_seeds, paths, test_runs, backend, prune, rescored, rescore_seeds) -> str:
     spec = RunSpec(name=f"{model}-final", model=model, label=f"{model} (tuned)")
     summary = summarize(final_rows, [spec.name])
-    n_ok = sum(r.get("status") == "ok" for r in search_rows)
-    n_pruned = sum(r.get("status") == "pruned" for r in search_rows)
-    epochs = sum(int(r.get("epochs") or 0) for r in search_rows)
+    n_ok = sum(r.status == "ok" for r in search_rows)
+    n_pruned = sum(r.status == "pruned" for r in search_rows)
+    epochs = sum(r.epochs or 0 for r in search_rows)
     best = search_rows[best_i]
     lines = [f"# Tuning {model} on {dataset.upper()}", "",
              f"- search: {search}, {len(search_rows)} trial(s) ({n_ok} finished, {n_pruned} pruned; pruner {prune}; "
@@ -323,7 +327,7 @@ def _markdown(model, dataset, search, seed, key_eval, search_rows, configs, best
              f"- score: best validation `{key_eval}` of each trial "
              f"({'lower' if key_eval in LOWER_IS_BETTER else 'higher'} is better); the test split was evaluated "
              f"{test_runs} time(s) during the search",
-             f"- chosen: trial {best_i} (validation {key_eval} {best['valid_score']:.4f}"
+             f"- chosen: trial {best_i} (validation {key_eval} {best.valid_score:.4f}"
              + (f"; mean {rescored[best_i]:.4f} with seeds {', '.join(map(str, rescore_seeds))}, the "
                 f"{len(rescored)} best re-scored" if best_i in rescored else "") + ")",
              f"- final: retrained with seeds {', '.join(map(str, final_seeds))}, tested once; "

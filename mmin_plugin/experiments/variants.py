@@ -22,6 +22,10 @@ class Variant:
     def ablation(self) -> List[str]:
         return list(self.config.get("ablation", []))
 
+    def spec(self) -> RunSpec:
+        """The variant as a run of `ablate`: folder `mmin-<name>`, MMIN with the variant's config."""
+        return RunSpec(name=f"mmin-{self.name}", model="mmin", label=self.label, config=dict(self.config))
+
 
 #: paper Table 2 (config key `ablation`); run by default
 PAPER_VARIANTS: Tuple[Variant, ...] = (
@@ -49,13 +53,18 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in PAPER_VARIANTS + DESIGN_VARIA
 ABLATION_VARIANTS = tuple((v.name, v.ablation, v.label) for v in PAPER_VARIANTS)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunSpec:
     """One row of a comparison: `name` (row key / folder), the MMSA `model`, the `label` the tables
-    show, its own `config` (wins over everything) and MMIN's `ablation` list (None otherwise)."""
+    show and its own `config` (wins over everything; an `ablate` variant's). A trial is a RunSpec on
+    one dataset and seed (`runs.trial.Trial`)."""
 
     name: str
     model: str
     label: str
     config: Dict = field(default_factory=dict)
-    ablation: Optional[List[str]] = None
+
+    @property
+    def ablation(self) -> Optional[List[str]]:
+        """MMIN's `ablation` list of a variant (None for a run that sets none)."""
+        return list(self.config["ablation"]) if "ablation" in self.config else None

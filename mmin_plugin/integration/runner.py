@@ -295,3 +295,13 @@ def mmsa_config_file(name: str) -> Dict:
     import MMSA
 
     return json.loads((Path(MMSA.__file__).parent / "config" / name).read_text(encoding="utf-8"))
+
+
+def mmsa_package_dir():
+    """The folder MMSA is installed in (its sources, configs and bundled files: the fingerprint
+    hashes it)."""
+    from pathlib import Path
+
+    import MMSA
+
+    return Path(MMSA.__file__).resolve().parent

@@ -1,6 +1,7 @@
 """Per-seed rows -> a tidy pandas frame (-> CSV) and a per-run summary (mean, std, counts).
 
-A row is a dict with the `CSV_BASE_COLUMNS` keys and `metrics` ({MMSA metric key: float}).
+A row is a `runs.record.TrialRecord` (or, read back from a CSV, a dict with the `CSV_BASE_COLUMNS`
+keys and `metrics`: {MMSA metric key: float}).
 std is numpy's (ddof=0), as in MMSA's own results CSV.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pandas as pd
 
 from ..atomic import atomic_write_text
 from ..constants import METRIC_ORDER
+from ..runs.record import TrialRecord, read_record
 
 __all__ = ["CSV_BASE_COLUMNS", "CSV_STAT_FIELDS", "metric_keys", "tidy_frame", "write_csv", "read_rows", "summarize",
            "rows_from_trial_dirs"]
@@ -28,10 +30,16 @@ def metric_keys(keys: Iterable[str]) -> List[str]:
     return [k for k in METRIC_ORDER if k in keys] + sorted(keys - set(METRIC_ORDER))
 
 
-def tidy_frame(rows: Sequence[Dict]) -> pd.DataFrame:
+def _fields(row) -> Dict:
+    return row.to_json() if isinstance(row, TrialRecord) else row
+
+
+def tidy_frame(rows: Sequence) -> pd.DataFrame:
     """One row per (run, seed): the base columns then every metric (NaN where a run has none)."""
+    rows = [_fields(r) for r in rows]
     base = pd.DataFrame([{c: r.get(c) for c in CSV_BASE_COLUMNS} for r in rows], columns=CSV_BASE_COLUMNS)
-    metrics = pd.DataFrame([r.get("metrics") or {} for r in rows], index=base.index, dtype="float64")
+    metrics = pd.DataFrame([{k: (np.nan if v is None else v) for k, v in (r.get("metrics") or {}).items()}
+                            for r in rows], index=base.index, dtype="float64")
     metrics = metrics[metric_keys(metrics.columns)]
     for c in _INT_COLUMNS:
         base[c] = pd.to_numeric(base[c], errors="coerce").astype("Int64")
@@ -102,10 +110,20 @@ def measured_metrics(summary: pd.DataFrame) -> List[str]:
     return metric_keys(keys)
 
 
-def rows_from_trial_dirs(root) -> List[Dict]:
-    """Every sound `row.json` under `root` (`runs/<run>/<dataset>/seed<seed>/row.json`), as rows; a
-    malformed one is logged and left out (trial.read_row)."""
-    from ..runs.trial import read_row
+def rows_from_trial_dirs(root) -> List[TrialRecord]:
+    """Every sound record under `root` (`runs/<run>/<dataset>/seed<seed>/row.json`), the trial's
+    identity taken from its folder's names; an unreadable one (a symlink, a row of another folder,
+    a malformed field: runs.record) is logged and left out."""
+    import logging
 
-    rows = (read_row(p.parent) for p in sorted(Path(root).glob("runs/*/*/seed*/row.json")))
-    return [r for r in rows if r is not None]
+    out = []
+    for p in sorted(Path(root).glob("runs/*/*/seed*/row.json")):
+        run, dataset, seed = p.parts[-4], p.parts[-3], p.parts[-2][len("seed"):]
+        if not seed.isdigit():
+            continue
+        rec, problem = read_record(root, run, dataset, int(seed))
+        if problem:
+            logging.getLogger("MMSA." + __name__).warning("%s; left out", problem)
+        elif rec is not None:
+            out.append(rec)
+    return out

@@ -1,6 +1,6 @@
-"""Rendering: the markdown table (best mean in bold), the LaTeX table, the comparison figure and
-MMIN's training-curve figure, all from `aggregate.summarize`. Figures use matplotlib's Agg canvas
-directly (no pyplot, no global backend). Design notes: docs/design/experiments.md.
+"""Rendering: the markdown table (best mean in bold), the LaTeX table and the comparison figure, all
+from `aggregate.summarize` (MMIN's training-curve figure is integration/curves.py, beside its trainer).
+Figures use matplotlib's Agg canvas directly (no pyplot, no global backend). Design notes: docs/design/experiments.md.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ..constants import LOWER_IS_BETTER, METRIC_ORDER
 from . import paper
 from .aggregate import measured_metrics, summarize
 
-__all__ = ["render_markdown", "render_latex", "render_figure", "plot_training_curves", "fmt_time"]
+__all__ = ["render_markdown", "render_latex", "render_figure", "fmt_time"]
 
 NOT_PERCENT = {"MAE", "Corr", "Loss"}
 #: markdown columns: (header, keys); pairs are shown "has-0 / non-0"
@@ -365,70 +365,7 @@ def render_figure(rows: List[Dict], specs: Sequence, kind: str, dataset: str, su
         ax.grid(axis="y", alpha=0.3)
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=len(handles), fontsize=8)
-    n_seeds = len({r["seed"] for r in rows})
+    n_seeds = len({r.seed if hasattr(r, "seed") else r["seed"] for r in rows})  # TrialRecords or CSV rows
     fig.suptitle(f"{'MMIN vs MMSA baselines' if kind == 'compare' else 'MMIN ablations'} on {dataset.upper()} "
                  f"(measured here, {n_seeds} seed(s))", fontsize=11)
-    return _png(fig)
-
-
-CURVE_PANELS = (
-    ("L_senti (MSE)", "train_L_senti", "valid_Loss"),
-    ("L_sep", "train_L_sep", "valid_L_sep"),
-    ("L_ac", "train_L_ac", "valid_L_ac"),
-    ("L_ap", "train_L_ap", "valid_L_ap"),
-    ("total loss (eq. 6)", "train_Loss", None),
-)
-
-
-def plot_training_curves(history: List[Dict], title: str) -> bytes:
-    """PNG bytes of MMIN's per-epoch history: each loss term (train / valid), valid KeyEval and the
-    mean attention support (keys with non-zero weight per query) of every CA module, when logged."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    support = sorted({k for h in history for k in h if k.startswith("valid_support/")})
-    cols = 4 if support else 3
-    fig = Figure(figsize=(4.4 * cols, 6.5), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
-
-    def finish(ax, name):
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:  # a term the history does not hold: empty panel
-            ax.legend(fontsize=8)
-
-    chance = next((h["L_ac_chance"] for h in history if h.get("L_ac_chance")), None)
-    n_mod = next((h["n_modalities"] for h in history if h.get("n_modalities")), None)
-    for i, (name, tr, va) in enumerate(CURVE_PANELS):
-        ax = fig.add_subplot(2, cols, i + 1)
-        for key, lab, style in ((tr, "train", "o-"), (va, "valid", "s--")):
-            if key and any(key in h for h in history):
-                ax.plot(epochs, [h.get(key, np.nan) for h in history], style, label=lab, ms=4)
-        if tr == "train_L_ac" and chance:  # a runaway shows as the curves leaving the band
-            from ..integration.trainer import LAC_BAND
-
-            ax.axhline(chance, color="k", lw=1, ls=":", label=f"chance {n_mod or 'M'} ln {n_mod or 'M'} = {chance:.2f}")
-            ax.axhspan(LAC_BAND[0] * chance, LAC_BAND[1] * chance, color="tab:green", alpha=0.08,
-                       label=f"sane band {LAC_BAND[0]:g}-{LAC_BAND[1]:g} x chance")
-        finish(ax, name)
-    ax = fig.add_subplot(2, cols, len(CURVE_PANELS) + 1)
-    key_eval = next((h.get("KeyEval") for h in history if h.get("KeyEval")), "Loss")
-    vals = [h.get(f"valid_{key_eval}", np.nan) for h in history]
-    ax.plot(epochs, vals, "o-", color="tab:green", ms=4, label=f"valid {key_eval}")
-    best = [(e, v) for e, v, h in zip(epochs, vals, history) if h.get("best")]
-    if best:
-        ax.plot(*zip(*best), "*", color="tab:red", ms=11, label="new best (checkpoint saved)")
-    finish(ax, f"validation KeyEval: {key_eval}")
-    if support:  # how sparse the sparsemax attention becomes
-        ax = fig.add_subplot(2, cols, len(CURVE_PANELS) + 2)
-        for key in support:
-            ax.plot(epochs, [h.get(key, np.nan) for h in history], ".-", ms=3, lw=1,
-                    label=key.removeprefix("valid_support/"))
-        finish(ax, "attention support (valid, keys per query)")
-        ax.legend(fontsize=6, ncol=2)
-    fig.suptitle(title, fontsize=11)
     return _png(fig)

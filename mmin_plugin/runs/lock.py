@@ -24,7 +24,8 @@ import uuid
 from pathlib import Path
 from typing import Dict, Optional
 
-from ..atomic import _process_start
+from ..atomic import process_start
+from ..bounded import UnreadableFile, read_json
 from ..errors import MMINConfigError
 
 logger = logging.getLogger("MMSA." + __name__)
@@ -32,36 +33,74 @@ logger = logging.getLogger("MMSA." + __name__)
 __all__ = ["LOCK_FILE", "OutLock", "lock_out"]
 
 LOCK_FILE = ".mmin-out.lock"
+#: a lock file is a few hundred bytes; anything much larger is not one of ours
+MAX_LOCK_BYTES = 64 << 10
+#: pid range accepted in a lock (Linux's pid_max is at most 2**22; 2**31 - 1 is any POSIX pid_t)
+MAX_PID = 2**31 - 1
+#: epoch seconds accepted in a lock (0 .. year 5138)
+MAX_TIME = 1e11
 
 
 def _me() -> Dict:
-    start = _process_start(os.getpid())
+    start = process_start(os.getpid())
     return {"pid": os.getpid(), "host": socket.gethostname(),
             "process_start": start if start != float("-inf") else None, "locked_at": time.time(),
             "command": " ".join(sys.argv)[:300]}
 
 
-def _holder(path: Path) -> Optional[Dict]:
+class BadLock(UnreadableFile):
+    """A lock file that is not one this package wrote (unreadable, or a field of the wrong type)."""
+
+
+def _check_holder(data, path: Path) -> Dict:
+    """`data` if its fields are a lock's: pid an integer in [1, MAX_PID], host a string, the times
+    finite numbers in [0, MAX_TIME] (process_start may be null), command a string; else BadLock."""
+    if not isinstance(data, dict):
+        raise BadLock(f"{path}: expected a JSON object; found {type(data).__name__}")
+    checks = {"pid": lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_PID,
+              "host": lambda v: isinstance(v, str) and 0 < len(v) <= 255,
+              "process_start": lambda v: v is None or _time(v), "locked_at": _time,
+              "command": lambda v: isinstance(v, str) and len(v) <= 4096}
+    for key, ok in checks.items():
+        if key not in data and key in ("process_start", "command"):
+            continue
+        if key not in data or not ok(data[key]):
+            found = repr(data.get(key))[:60] if key in data else "nothing"
+            raise BadLock(f"{path}: field '{key}': expected "
+                          + {"pid": f"an integer in [1, {MAX_PID}]", "host": "a host name",
+                             "process_start": "a time in epoch seconds or null", "locked_at": "a time in epoch seconds",
+                             "command": "a string"}[key] + f"; found {found}")
+    return data
+
+
+def _time(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= MAX_TIME  # NaN fails too
+
+
+def _holder(path: Path, out: Path) -> Optional[Dict]:
+    """The lock's holder, None if there is no lock; BadLock if the file is not a lock of ours
+    (a FIFO, /dev/zero, a symlink, too large or deep, a field of the wrong type or range)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path, MAX_LOCK_BYTES, 4, root=out)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
-        data = {}
-    return data if isinstance(data, dict) else {}
+    except BadLock:
+        raise
+    except UnreadableFile as exc:
+        raise BadLock(str(exc)) from None
+    return _check_holder(data, path)
 
 
 def _holder_gone(holder: Dict) -> bool:
     """True only when the holder certainly is not running (this host, dead or reused pid)."""
-    pid, host = holder.get("pid"), holder.get("host")
-    if host != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool):
+    if holder["host"] != socket.gethostname():
         return False
-    start = _process_start(pid)
+    start = process_start(holder["pid"])
     if start is None:
         return True
     recorded = holder.get("process_start")
     # the pid now names a process started after the lock's holder (1 s: clock-tick resolution)
-    return isinstance(recorded, (int, float)) and start != float("-inf") and start > recorded + 1.0
+    return recorded is not None and start != float("-inf") and start > recorded + 1.0
 
 
 class OutLock:
@@ -80,16 +119,19 @@ class OutLock:
                 self.held = True
                 atexit.register(self.release)
                 return self
-            holder = _holder(self.path)
+            try:
+                holder = _holder(self.path, self.out)
+            except BadLock as exc:
+                raise MMINConfigError(f"output folder {self.out}: its lock file is not one this package wrote "
+                                      f"({exc}); nothing was changed. If no process uses this folder, delete "
+                                      f"{self.path}") from None
             if holder is None:
                 continue  # released meanwhile
-            if holder.get("pid") == me["pid"] and holder.get("host") == me["host"]:
+            if holder["pid"] == me["pid"] and holder["host"] == me["host"]:
                 self.held = True  # ours already (an earlier sweep of this process)
                 return self
             if not _holder_gone(holder):
-                when = holder.get("locked_at")
-                since = time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(when)) \
-                    if isinstance(when, (int, float)) else ""
+                since = time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(holder["locked_at"]))
                 where = ("this host" if holder.get("host") == me["host"]
                          else f"host {holder.get('host')!r} (cannot be checked from here)")
                 raise MMINConfigError(
@@ -115,8 +157,11 @@ class OutLock:
     def release(self) -> None:
         if not self.held:
             return
-        holder = _holder(self.path)
-        if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        try:
+            holder = _holder(self.path, self.out)
+        except BadLock:  # not ours (replaced meanwhile): left alone
+            holder = None
+        if holder is not None and holder["pid"] == os.getpid() and holder["host"] == socket.gethostname():
             self.path.unlink(missing_ok=True)
         self.held = False
 

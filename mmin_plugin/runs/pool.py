@@ -25,13 +25,13 @@ __all__ = ["TrialPool", "PRELOAD", "run_forked"]
 
 #: modules the fork server imports once (what a trial would otherwise import each time)
 PRELOAD = ["torch", "transformers", "MMSA", "MMSA.run", "torch.utils.tensorboard", "matplotlib.pyplot",
-           "mmin_plugin", "mmin_plugin.runs.trial", "mmin_plugin.results.report",
+           "mmin_plugin", "mmin_plugin.runs.trial", "mmin_plugin.integration.curves",
            "mmin_plugin.runs.study", "mmin_plugin.runs.pool"]
 
 
 def _child(conn, trial_data: Dict, trial_fn: Optional[bytes], gpus: List, threads: int) -> None:
     """In the forked child: place devices, run the trial, send the row back."""
-    from .backends import place_devices
+    from .backend import place_devices
     from .trial import Trial, run_trial
 
     trial_fn = pickle.loads(trial_fn) if trial_fn else None
@@ -43,9 +43,9 @@ def _child(conn, trial_data: Dict, trial_fn: Optional[bytes], gpus: List, thread
     try:
         conn.send(("row", (trial_fn or run_trial)(trial)))
     except BaseException as exc:  # the trial function raised (run_trial itself records failures)
-        from .trial import _error_text
+        from .trial import error_text
 
-        conn.send(("error", _error_text(exc)))
+        conn.send(("error", error_text(exc)))
     finally:
         conn.close()
 
@@ -83,8 +83,7 @@ class _Forker:
         p.join()
 
     def run(self, trial_data: Dict, trial_fn: Optional[bytes], gpus, threads: int) -> Dict:
-        from .backends import failed_row
-        from .trial import Trial
+        from .trial import Trial, failed_record
 
         recv, send = self.ctx.Pipe(duplex=False)
         p = self.ctx.Process(target=_child, args=(send, trial_data, trial_fn, list(gpus), int(threads)), daemon=True)
@@ -95,7 +94,7 @@ class _Forker:
             kind, value = recv.recv()
         except EOFError:  # the child died without a word (killed, segfault, out of memory)
             p.join()
-            return failed_row(Trial(**trial_data), f"the trial's process ended with exit code {p.exitcode}")
+            return failed_record(Trial(**trial_data), f"the trial's process ended with exit code {p.exitcode}")
         finally:
             recv.close()
         p.join()

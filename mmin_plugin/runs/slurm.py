@@ -7,7 +7,14 @@
 * requeue-safe: the job is checkpointable (submitit's `checkpoint` protocol), so on preemption or time-out Slurm
   requeues it and it runs the trial again in the same trial folder, from the start (the folder is
   the trial's whole state; MMSA keeps no resumable training state);
-* submitit's files (the pickled job, its stdout/stderr) go to `<trial folder>/submitit/`;
+* submitit's files (the pickled job, its stdout/stderr, its pickled result) go to a folder made
+  fresh for each submission, `<trial folder>/submitit-<random token>/` (created here, refused if it
+  exists): submitit treats a job as done as soon as a result file exists and unpickles it, so a
+  result planted in a results folder must never be where a job of ours looks. Only the Job
+  objects this process submitted are ever asked for a result. A scheduler folder of an earlier
+  attempt (or any other, e.g. one in a copied folder) moves to `attempt-<k>/` with the rest of the
+  previous attempt when the job's trial starts (trial.archive_previous_attempt); the running
+  job's own stays;
 * `cluster='local'` runs the jobs as local processes (submitit's LocalExecutor; used by the tests,
   no Slurm needed), `None` lets submitit pick (Slurm when `sbatch` is there).
 Design notes: docs/design/experiments.md ("Slurm through submitit").
@@ -16,11 +23,14 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from typing import Callable, Dict, Optional, Tuple
+import secrets
+from typing import Dict
 
 from ..errors import MMINConfigError
-from .trial import SCHEDULER_DIR, Trial, _error_text, run_trial
+from .backend import Backend, place_devices, trial_data
+from .options import SweepOptions
+from .record import check_trial_folder
+from .trial import SCHEDULER_PREFIX, Trial, error_text, run_trial
 
 logger = logging.getLogger("MMSA." + __name__)
 
@@ -28,8 +38,6 @@ __all__ = ["SlurmBackend", "DEFAULT_JOBS"]
 
 #: jobs in the queue at once when `--max-concurrent` is not given
 DEFAULT_JOBS = 8
-#: seconds between two looks at the jobs' states
-POLL_S = 0.5
 
 
 def _submitit():
@@ -44,12 +52,10 @@ def _submitit():
 class _Job:
     """What a Slurm job runs: one trial (requeued on preemption/time-out with the same arguments)."""
 
-    def __call__(self, trial_data: Dict, trial_fn: Optional[Callable], gpus: int) -> Dict:
+    def __call__(self, data: Dict, trial_fn, gpus: int):
         import os
 
-        from .backends import place_devices
-
-        trial = Trial(**trial_data)
+        trial = Trial(**data)
         # Slurm already limits CUDA_VISIBLE_DEVICES to the job's GPUs; a CPU-only job sees none
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
         place_devices(trial, [g for g in visible.split(",") if g][:gpus] if gpus else [])
@@ -61,51 +67,42 @@ class _Job:
         return _submitit().helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-class SlurmBackend:
+class SlurmBackend(Backend):
     """Trials as submitit jobs (one job per trial), at most `max_concurrent` queued or running."""
 
     name = "slurm"
 
-    def __init__(self, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, max_concurrent: Optional[int] = None,
-                 trial_fn: Optional[Callable[[Trial], Dict]] = None, cluster: Optional[str] = None,
-                 slurm_params: Optional[Dict] = None):
+    def __init__(self, options: SweepOptions):
+        super().__init__(options)
         self.submitit = _submitit()
-        if cpus_per_trial <= 0 or gpus_per_trial < 0 or gpus_per_trial != int(gpus_per_trial):
+        cpus, gpus = options.cpus_per_trial, options.gpus_per_trial
+        if cpus <= 0 or gpus < 0 or gpus != int(gpus):
             raise MMINConfigError(f"backend 'slurm': expected cpus_per_trial > 0 and a whole gpus_per_trial >= 0; "
-                                  f"found {cpus_per_trial}/{gpus_per_trial}")
-        self.cpus, self.gpus = int(math.ceil(cpus_per_trial)), int(gpus_per_trial)
-        self.trial_fn, self.cluster, self.params = trial_fn, cluster, dict(slurm_params or {})
-        self.slots = int(max_concurrent or DEFAULT_JOBS)
-        self._pending: Dict = {}
+                                  f"found {cpus}/{gpus}")
+        self.cpus, self.gpus = int(math.ceil(cpus)), int(gpus)
+        params = dict(options.slurm_params or {})
+        self.cluster = params.pop("cluster", None)  # 'local': submitit's LocalExecutor (tests, no Slurm)
+        self.params = params
+        self.user_fn = options.trial_fn
+        self.slots = int(options.max_concurrent or DEFAULT_JOBS)
 
-    def _executor(self, trial: Trial):
-        ex = self.submitit.AutoExecutor(folder=str(trial.path / SCHEDULER_DIR), cluster=self.cluster)
+    def start(self, trial: Trial):
+        d = check_trial_folder(trial.out, *trial.key)
+        d.mkdir(parents=True, exist_ok=True)
+        trial.scheduler_dir = f"{SCHEDULER_PREFIX}{secrets.token_hex(8)}"
+        folder = d / trial.scheduler_dir
+        folder.mkdir()  # fresh: FileExistsError if it were there (never reused, never read from before)
+        ex = self.submitit.AutoExecutor(folder=str(folder), cluster=self.cluster)
         ex.update_parameters(name=f"mmin-{trial.run}-{trial.dataset}-s{trial.seed}", cpus_per_task=self.cpus,
                              gpus_per_node=self.gpus, tasks_per_node=1, nodes=1, **self.params)
-        return ex
-
-    def submit(self, trial: Trial) -> None:
-        import dataclasses
-
-        trial.path.mkdir(parents=True, exist_ok=True)
-        job = self._executor(trial).submit(_Job(), dataclasses.asdict(trial), self.trial_fn, self.gpus)
+        job = ex.submit(_Job(), trial_data(trial), self.user_fn, self.gpus)
         logger.info("slurm: trial %s/%s/seed%s is job %s", trial.run, trial.dataset, trial.seed, job.job_id)
-        self._pending[job] = trial
+        return job
 
-    def wait(self) -> Tuple[Trial, Dict]:
-        from .backends import failed_row
-
-        while True:
-            for job, trial in list(self._pending.items()):
-                if job.done():
-                    del self._pending[job]
-                    try:
-                        return trial, job.result()
-                    except Exception as exc:  # the job failed or was cancelled: a failed row, retried by the sweep
-                        return trial, failed_row(trial, f"slurm job {job.job_id}: {_error_text(exc)}")
-            time.sleep(POLL_S)
+    def describe_failure(self, job, exc: BaseException) -> str:
+        return f"slurm job {job.job_id}: {error_text(exc)}"
 
     def close(self) -> None:
-        for job in list(self._pending):
+        while self._running:
+            _, job = self._running.popleft()
             job.cancel(check=False)
-        self._pending.clear()

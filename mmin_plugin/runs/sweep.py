@@ -4,7 +4,6 @@ Design notes: docs/design/experiments.md.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
@@ -12,46 +11,23 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from ..atomic import atomic_write_text
+from ..bounded import UnreadableFile
 from ..errors import MMINConfigError
 from .backends import make_backend
+from .environment import expects_gpu
 from .fingerprint import changed_parts, fingerprint
 from .lock import LOCK_FILE, OutLock, lock_out
-from .trial import ROW_FILE, Trial, read_row, read_row_checked, write_outputs
+from .options import SweepOptions
+from .outputs import write_outputs
+from .record import FINAL, TrialRecord, check_trial_folder, read_record, write_record
+from .trial import Trial
 
 logger = logging.getLogger("MMSA." + __name__)
 
-__all__ = ["SweepOptions", "prepare_out", "run_trials", "OUTPUT_GLOBS"]
+__all__ = ["SweepOptions", "prepare_out", "run_trials", "OUTPUT_GLOBS", "FINAL"]
 
 #: what this package writes at the top of an output folder (removed by `overwrite`, with `runs/`)
 OUTPUT_GLOBS = ("compare-*", "ablation-*", "tune-*", "curves-*")
-
-
-@dataclasses.dataclass
-class SweepOptions:
-    """How trials run: `backend` ('serial' | 'ray' | 'slurm'), Ray's `address`, resources per trial,
-    `max_concurrent`, `retries` (extra attempts of a failed trial), `resume` / `overwrite`,
-    `resume_across_code_versions` (resume keeps rows whose fingerprint differs only in the code
-    versions, and older rows without a fingerprint whose overrides match),
-    `pool` (Ray: long-lived actors, a forked child per trial; else a Ray task per trial),
-    `reuse_workers` (Ray tasks: a worker process runs several trials), `slurm_params` (submitit's
-    executor parameters; 'cluster': 'local' runs the jobs locally), and (for
-    tests) `num_cpus` of a local Ray instance and `trial_fn` (default trial.run_trial)."""
-
-    backend: str = "serial"
-    address: Optional[str] = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_concurrent: Optional[int] = None
-    retries: int = 0
-    resume: bool = False
-    overwrite: bool = False
-    num_cpus: Optional[int] = None
-    trial_fn: Optional[Callable] = None
-    reuse_workers: bool = False
-    resume_across_code_versions: bool = False
-    pool: bool = True
-    slurm_params: Dict = dataclasses.field(default_factory=dict)
 
 
 def prepare_out(out: Path, resume: bool, overwrite: bool) -> OutLock:
@@ -73,10 +49,15 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> OutLock:
                               f"entries ({shown}). Pass --resume to continue it (finished trials are skipped) "
                               "or --overwrite to replace its results; nothing was changed")
     if entries and overwrite:
-        shutil.rmtree(out / "runs", ignore_errors=True)
+        runs = out / "runs"
+        if runs.is_symlink():  # rmtree would refuse it; say so rather than leave it
+            lock.release()
+            raise UnreadableFile(f"{runs}: expected the folder of this output's trials; found a symlink (to "
+                                 f"{runs.readlink()}); refused, nothing was changed")
+        shutil.rmtree(runs, ignore_errors=True)  # never follows a link inside it
         for pattern in OUTPUT_GLOBS:
             for p in out.glob(pattern):
-                if p.is_file():
+                if p.is_file() or p.is_symlink():  # a link is removed, never what it points to
                     p.unlink()
     return lock
 
@@ -124,82 +105,83 @@ class _Progress:
         self.bar.close()
 
 
-def _line(row: Dict) -> str:
-    if row.get("status") == "pruned":
-        return f"pruned after {row.get('epochs')} epoch(s) ({float(row.get('wall_time_s') or 0):.1f} s)"
-    if row.get("status") == "ok":
-        m = row.get("metrics") or {}
-        brief = " ".join(f"{k} {m[k]:.4f}" for k in ("MAE", "Corr") if k in m)
-        if row.get("valid_score") is not None and not m:
-            brief = f"valid {row.get('key_eval')} {row['valid_score']:.4f}"
-        return (f"ok in {row['wall_time_s']:.1f} s, {row['epochs']} epoch(s) (stopped by {row['stopped_by']}), "
-                f"{brief}")
-    return f"FAILED after {float(row.get('wall_time_s') or 0):.1f} s: {row.get('error')}"
+def _line(rec: TrialRecord) -> str:
+    if rec.status == "pruned":
+        return f"pruned after {rec.epochs} epoch(s) ({rec.wall_time_s:.1f} s)"
+    if rec.status == "ok":
+        m = rec.metrics
+        brief = " ".join(f"{k} {m[k]:.4f}" for k in ("MAE", "Corr") if m.get(k) is not None)
+        if rec.valid_score is not None and not m:
+            brief = f"valid {rec.key_eval} {rec.valid_score:.4f}"
+        return f"ok in {rec.wall_time_s:.1f} s, {rec.epochs} epoch(s) (stopped by {rec.stopped_by}), {brief}"
+    return f"FAILED after {rec.wall_time_s:.1f} s: {rec.error}"
 
 
-def _same_config(row: Dict, trial: Trial) -> bool:
-    """Whether a row without a fingerprint (an older version's) was made with `trial`'s overrides
+def _same_config(rec: TrialRecord, trial: Trial) -> bool:
+    """Whether a record without a fingerprint (an older version's) was made with `trial`'s overrides
     and config file path (all an older row records)."""
-    return (row.get("overrides") == json.loads(json.dumps(trial.config, default=str))
-            and (row.get("config_file") or None) == (trial.config_file or None))
+    return (rec.overrides == json.loads(json.dumps(trial.config, default=str))
+            and (rec.config_file or None) == (trial.config_file or None))
 
 
-def _why_rerun(row: Dict, trial: Trial, opts: SweepOptions) -> Optional[str]:
-    """Why a finished row cannot stand for `trial` (its fingerprint differs: which parts), or None."""
-    changed = changed_parts(row.get("fingerprint"), fingerprint(trial))
+def _why_rerun(rec: TrialRecord, trial: Trial, opts: SweepOptions) -> Optional[str]:
+    """Why a finished record cannot stand for `trial` (its fingerprint differs: which parts), or None."""
+    use_gpu = expects_gpu(trial.gpu_ids, opts.gpus_per_trial, opts.backend)
+    changed = changed_parts(rec.fingerprint, fingerprint(trial, use_gpu=use_gpu))
     if changed is None:
-        if opts.resume_across_code_versions and _same_config(row, trial):
+        if opts.resume_across_code_versions and _same_config(rec, trial):
             return None
-        return ("its row has no fingerprint (written by an older version); --resume-across-code-versions keeps "
-                "such a row when its overrides and config file are the same")
+        return ("its row has no fingerprint of this version (written by an older one); "
+                "--resume-across-code-versions keeps such a row when its overrides and config file are the same")
     if opts.resume_across_code_versions:
         changed = [c for c in changed if not c.startswith("code")]
     return f"changed since it ran: {', '.join(changed)}" if changed else None
 
 
-def _keep_row(trial: Trial, row: Dict) -> None:
-    """The driver's copy of a row: on a multi-node Ray cluster without a shared file system the
+def _keep_row(trial: Trial, rec: TrialRecord) -> None:
+    """The driver's copy of a record: on a multi-node Ray cluster without a shared file system the
     worker's row.json is on another machine, and the tables are rebuilt from row.json files here."""
-    if read_row(trial.directory) != row:
+    if read_record(trial.out, *trial.key)[0] != rec:
+        check_trial_folder(trial.out, *trial.key)
         trial.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(trial.path / ROW_FILE, json.dumps(row, indent=1, default=str))
+        write_record(trial.path, rec)
 
 
-#: row statuses that end a trial: 'pruned' (stopped by tune's pruner) is final but not a result
-FINAL = ("ok", "pruned")
+def _check_folder(trial: Trial) -> None:
+    """Refuse (UnreadableFile, by name) a trial folder that is not the project's, before anything runs."""
+    check_trial_folder(trial.out, *trial.key)
 
 
 def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials",
-               on_row: Optional[Callable[[Trial, Dict], None]] = None,
+               on_row: Optional[Callable[[Trial, TrialRecord], None]] = None,
                source: Optional[Callable[[], Optional[Trial]]] = None, total: Optional[int] = None,
-               on_final: Optional[Callable[[Trial, Dict], None]] = None) -> List[Dict]:
-    """Run every trial not yet finished (with `opts.resume`, a trial whose row.json says 'ok' is
-    skipped), at most `backend.slots` at once, a failed one up to `opts.retries` more times unless
-    its error is deterministic (trial.DETERMINISTIC_ERRORS; each attempt in a clean folder, the
-    previous one's files in `attempt-<k>/`);
-    `on_row(trial, row)` after each finished attempt (once the freed slots are refilled, like the
-    trial's TensorBoard events and figures), `on_final(trial, row)` once per trial with its
-    last row (a skipped one included). `source()`, when given, is asked for another trial whenever a
-    slot is free and `trials` are all out (None: no more), so a search can ask for its next trial
-    knowing every result so far (`total`: its expected count, for the progress bar). Returns the
-    rows in `trials` order, then the source's."""
-    rows: Dict[tuple, Dict] = {}
+               on_final: Optional[Callable[[Trial, TrialRecord], None]] = None) -> List[TrialRecord]:
+    """Run every trial not yet finished (with `opts.resume`, a trial whose record says 'ok' or
+    'pruned' and whose fingerprint is unchanged is skipped), at most `backend.slots` at once, a
+    failed one up to `opts.retries` more times unless its error is deterministic
+    (trial.DETERMINISTIC_ERRORS; each attempt in a clean folder, the previous one's files in
+    `attempt-<k>/`); `on_row(trial, record)` after each finished attempt (once the freed slots are
+    refilled, like the trial's TensorBoard events and figures), `on_final(trial, record)` once per
+    trial with its last record (a skipped one included). `source()`, when given, is asked for
+    another trial whenever a slot is free and `trials` are all out (None: no more), so a search can
+    ask for its next trial knowing every result so far (`total`: its expected count, for the
+    progress bar). A trial folder that is not the project's (record.check_trial_folder) is refused
+    before anything runs. Returns the records in `trials` order, then the source's."""
+    for t in trials:
+        _check_folder(t)
+    rows: Dict[tuple, TrialRecord] = {}
     todo, order = [], list(trials)
     for t in trials:
-        old, problem = read_row_checked(t.directory) if opts.resume else (None, None)
+        old, problem = read_record(t.out, *t.key) if opts.resume else (None, None)
         if problem:
-            print(f"[{desc}] resume: {problem}; counted as not finished, runs again", flush=True)
-        elif old is not None and (old["run"], old["dataset"], old["seed"]) != t.key:
-            print(f"[{desc}] resume: {t.path / ROW_FILE} is the row of {old['run']}/{old['dataset']}/seed"
-                  f"{old['seed']}, not of this trial; runs again", flush=True)
-            old = None
-        why = _why_rerun(old, t, opts) if old is not None and old.get("status") in FINAL else "not finished"
+            print(f"[{desc}] resume: {problem}; unreadable, rerunning", flush=True)
+        why = _why_rerun(old, t, opts) if old is not None and old.finished else "not finished"
         if why is None:
             rows[t.key] = old
             if on_final is not None:
                 on_final(t, old)
         else:
-            if old is not None and old.get("status") == "ok":
+            if old is not None and old.status == "ok":
                 print(f"[{desc}] resume: {t.label or t.run} {t.dataset} seed {t.seed} runs again: {why}", flush=True)
             todo.append(t)
     if opts.resume:
@@ -207,26 +189,26 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
               f"running {len(todo)}", flush=True)
     if not todo and source is None:
         return [rows[t.key] for t in trials]
-    backend = make_backend(opts.backend, opts.address, opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent,
-                           opts.num_cpus, opts.trial_fn, opts.reuse_workers, opts.pool, opts.slurm_params)
+    backend = make_backend(opts)
     progress = _Progress(max(total or 0, len(trials)), len(rows), backend.slots, desc)
     attempts: Dict[tuple, int] = {}
     submitted: Dict[tuple, float] = {}
     queue, in_flight, n = list(todo), 0, 0
-    finished: List[tuple] = []  # (trial, row) whose outputs and on_row are still to do
+    finished: List[tuple] = []  # (trial, record) whose outputs and on_row are still to do
 
     def next_trial() -> Optional[Trial]:
         if queue:
             return queue.pop(0)
         t = source() if source is not None else None
         if t is not None:
+            _check_folder(t)
             order.append(t)
         return t
 
-    def finish(ft: Trial, frow: Dict) -> None:
-        write_outputs(ft, frow)  # TensorBoard and figures here on the driver, off the trials' time
+    def finish(ft: Trial, frec: TrialRecord) -> None:
+        write_outputs(ft, frec)  # TensorBoard and figures here on the driver, off the trials' time
         if on_row is not None:
-            on_row(ft, frow)
+            on_row(ft, frec)
 
     try:
         while True:
@@ -248,29 +230,29 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
                 finish(*finished.pop(0))
             if not in_flight:
                 break
-            t, row = backend.wait()
+            t, rec = backend.wait()
             in_flight -= 1
-            again = (row.get("status") not in FINAL and attempts[t.key] <= opts.retries
-                     and row.get("deterministic") is not True)  # bad data/config, NaN loss: same again
-            if row.get("status") not in FINAL and not again:
+            again = (not rec.finished and attempts[t.key] <= opts.retries
+                     and rec.deterministic is not True)  # bad data/config, NaN loss: same again
+            if not rec.finished and not again:
                 progress.failed_one()
             progress.finished(time.monotonic() - submitted[t.key], final=not again)
-            progress.write(f"[{desc}] {t.label or t.run} {t.dataset} seed {t.seed}: {_line(row)}"
+            progress.write(f"[{desc}] {t.label or t.run} {t.dataset} seed {t.seed}: {_line(rec)}"
                            + ("; retrying" if again else "")
-                           + ("; not retried (the same inputs fail the same way)" if row.get("deterministic") is True
+                           + ("; not retried (the same inputs fail the same way)" if rec.deterministic is True
                               and attempts[t.key] <= opts.retries else ""))
             if again:
                 logger.warning("trial %s/%s/seed%s failed (attempt %d of %d), retrying: %s", t.run, t.dataset,
-                               t.seed, attempts[t.key], opts.retries + 1, row.get("error"))
+                               t.seed, attempts[t.key], opts.retries + 1, rec.error)
                 queue.insert(0, t)
-            rows[t.key] = row
-            _keep_row(t, row)
+            rows[t.key] = rec
+            _keep_row(t, rec)
             if again:  # before the retry starts and moves this attempt's files to attempt-<k>/
-                finish(t, row)
+                finish(t, rec)
             else:
-                finished.append((t, row))
+                finished.append((t, rec))
             if on_final is not None and not again:
-                on_final(t, row)
+                on_final(t, rec)
     finally:
         progress.close()
         backend.close()
