@@ -22,6 +22,7 @@ under-predicts), so the other metrics behave too; only MAE has a computed truth.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Dict, Mapping, Optional, Sequence
 
@@ -60,6 +61,7 @@ def folded_mean(mu, sd):
     return sd * math.sqrt(2 / math.pi) * np.exp(-mu ** 2 / (2 * sd * sd)) + mu * (1 - 2 * stats.norm.cdf(-mu / sd))
 
 
+@functools.lru_cache(maxsize=64)
 def _difficulty_grid(world: World, n: int = 20000) -> np.ndarray:
     from scipy import stats
 
@@ -67,6 +69,7 @@ def _difficulty_grid(world: World, n: int = 20000) -> np.ndarray:
     return stats.gamma.ppf(q, world.difficulty_shape, scale=world.difficulty / world.difficulty_shape)
 
 
+@functools.lru_cache(maxsize=256)
 def population_mae(world: World, delta: float) -> float:
     """F(delta): a model's population MAE (over clips, u and seeds)."""
     tau = math.sqrt(world.sd_model ** 2 + world.sd_seed_global ** 2 + world.sd_seed_clip ** 2)
