@@ -125,3 +125,66 @@ def new_seed_mae(world: World, rng: np.random.Generator, w: Dict, run: str, effe
         z = c + effect + w["u"][run] + rng.normal(0, world.sd_seed_global) + rng.normal(0, world.sd_seed_clip, len(c))
         maes.append(float(np.mean(np.abs(z))))
     return min(maes)
+
+
+def _mcse(p: float, n: int) -> float:
+    return math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))
+
+
+def calibration(world: World, n_seeds: int, n_worlds: int, seed: int = 0, n_variants: int = 8,
+                effect: float = 0.05, judge=None) -> Dict[str, float]:
+    """How often the statistics are wrong in `n_worlds` worlds of each kind, at `n_seeds` seeds:
+
+    * null tables (a reference and `n_variants` variants, no real effect): `fwer` (any † on the
+      primary metric after Holm), `fwer_unadjusted` (any raw p < alpha), `fpr` (first variant's
+      p < alpha), `fpr_test_set` (its seed-only interval excludes 0), `coverage` (its two-way
+      interval holds the population difference 0), `coverage_test_set` (its seed-only interval
+      holds this test set's difference), `paper_flag` / `paper_flag_best5` (one more seed of the
+      reference, or the best of 5, outside the reference's seed-only prediction interval);
+    * effect worlds (the reference and one run whose population MAE is worse by `effect`):
+      `power` (†), `coverage_effect` (the two-way interval holds `effect`), `mdd` (median smallest
+      detectable difference the table reports) and `power_predicted` (fraction of worlds whose
+      reported mdd is <= `effect`, which should track `power`).
+
+    `judge(data, reference) -> stats.ComparisonTable` (default `stats.compare_runs` on 'mosi'); a
+    caller may route worlds through `report --from-predictions` instead. Each rate comes with its
+    Monte Carlo standard error (`<name>_mcse`)."""
+    from . import stats
+
+    judge = judge or (lambda data, ref: stats.compare_runs(data, ref, "mosi"))
+    rng = np.random.default_rng(seed)
+    seeds = list(range(1, n_seeds + 1))
+    names = [f"v{j}" for j in range(n_variants)]
+    counts = dict.fromkeys(("fwer", "fwer_unadjusted", "fpr", "fpr_test_set", "coverage", "coverage_test_set",
+                            "paper_flag", "paper_flag_best5", "power", "coverage_effect", "power_predicted"), 0)
+    mdds = []
+    for _ in range(n_worlds):
+        w = make_world(world, rng, {"ref": 0.0, **dict.fromkeys(names, 0.0)}, seeds)
+        t = judge(w["data"], "ref")
+        cs = [t.get(r, t.primary) for r in names]
+        c = cs[0]
+        counts["fwer"] += any(t.marked(r) for r in names)
+        counts["fwer_unadjusted"] += any(x.pvalue < t.alpha for x in cs)
+        counts["fpr"] += c.pvalue < t.alpha
+        counts["fpr_test_set"] += c.ci_test_set.excludes(0.0)
+        counts["coverage"] += c.ci.contains(w["truth_population"]["v0"])
+        counts["coverage_test_set"] += c.ci_test_set.contains(w["truth_test_set"]["v0"])
+        pi = stats.prediction_interval(t.means["ref"].values["MAE"])
+        counts["paper_flag"] += not pi.contains(new_seed_mae(world, rng, w, "ref"))
+        counts["paper_flag_best5"] += not pi.contains(new_seed_mae(world, rng, w, "ref", n=5))
+    delta = effect_for_difference(world, effect)
+    for _ in range(n_worlds):
+        w = make_world(world, rng, {"ref": 0.0, "a": delta}, seeds)
+        t = judge(w["data"], "ref")
+        c = t.get("a", t.primary)
+        counts["power"] += t.marked("a")
+        counts["coverage_effect"] += c.ci.contains(w["truth_population"]["a"])
+        counts["power_predicted"] += math.isfinite(c.mdd) and c.mdd <= effect
+        mdds.append(c.mdd)
+    out: Dict[str, float] = {"n_seeds": n_seeds, "n_worlds": n_worlds, "seed_sd": world.seed_sd,
+                             "n_clips": world.n_clips, "n_variants": n_variants, "effect": effect,
+                             "mdd": float(np.nanmedian(mdds))}
+    for k, v in counts.items():
+        out[k] = v / n_worlds
+        out[f"{k}_mcse"] = _mcse(v / n_worlds, n_worlds)
+    return out
