@@ -415,7 +415,8 @@ def _report_options(p) -> None:
     p.add_argument("--detect", type=_positive_real, metavar="DIFF",
                    help="say how many seeds would detect this primary-metric difference (default: half the "
                         "smallest detectable one)")
-    p.add_argument("--no-figure", dest="figure", action="store_false", help="--from-predictions: skip the PNG")
+    p.add_argument("--figure", action="store_true",
+                   help="--from-predictions: also draw the PNG (about 1 s more; OUT always redraws its figure)")
 
 
 def cmd_report(a) -> int:

@@ -90,7 +90,7 @@ def test_report_out_reproduces_the_tables_compare_wrote(tmp_path, capsys):
 def test_report_from_predictions_writes_the_tables(tmp_path, capsys):
     spec = _spec(tmp_path, _world(seeds=(1, 2, 3, 4, 5)))
     out = tmp_path / "out"
-    assert cli.main(["report", "--from-predictions", str(spec), "--out", str(out), "--no-figure"]) == 0
+    assert cli.main(["report", "--from-predictions", str(spec), "--out", str(out)]) == 0
     df = pd.read_csv(out / "compare-mosi.csv")
     for k in ("MAE", "Corr", "Has0_acc_2"):
         for f in ("diff", "ci_low", "ci_high", "p", "p_adj", "significant", "mean"):
@@ -100,7 +100,9 @@ def test_report_from_predictions_writes_the_tables(tmp_path, capsys):
     md = (out / "compare-mosi.md").read_text()
     assert "## Against the reference: mmin" in md and "Published number vs one more seed" in md
     assert "What this comparison can show" in md and "would take about" in md or "below what any number" in md
-    assert not (out / "compare-mosi.png").exists()
+    assert not (out / "compare-mosi.png").exists()  # the figure only when asked for
+    assert cli.main(["report", "--from-predictions", str(spec), "--out", str(out), "--figure"]) == 0
+    assert (out / "compare-mosi.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
 
 

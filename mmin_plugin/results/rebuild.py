@@ -269,8 +269,9 @@ def load_spec_predictions(spec: Spec) -> Dict[str, Dict[int, Dict]]:
 
 
 def from_predictions(spec_path, out_dir, primary: Optional[str] = None, detect: Optional[float] = None,
-                     figure: bool = True) -> List[Path]:
-    """`compare-<dataset>.{csv,md,tex,png}` in `out_dir` for the runs of the spec at `spec_path`."""
+                     figure: bool = False) -> List[Path]:
+    """`compare-<dataset>.{csv,md,tex}` (and `.png` if `figure`: matplotlib's drawing is most of
+    the time) in `out_dir` for the runs of the spec at `spec_path`."""
     spec = read_spec(spec_path)
     data = load_spec_predictions(spec)
     runs = [spec.reference] + [r for r in spec.files if r != spec.reference]

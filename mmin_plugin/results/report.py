@@ -440,7 +440,11 @@ def render_figure(rows: List, specs: Sequence, kind: str, dataset: str, summary=
     ncols = min(4 if len(specs) <= 5 else 3, n)
     nrows = math.ceil(n / ncols)
     width = max(3.4, 0.45 * len(specs) + 1.8)
-    fig = Figure(figsize=(width * ncols, 3.3 * nrows + 0.6), dpi=100, layout="constrained")
+    # fixed margins, not constrained layout: its extra draws cost ~1 s, most of `report`'s time
+    height = 3.6 * nrows + 1.0
+    fig = Figure(figsize=(width * ncols, height), dpi=100)
+    fig.subplots_adjust(left=0.5 / (width * ncols), right=1 - 0.15 / (width * ncols), top=1 - 0.55 / height,
+                        bottom=1.5 / height, wspace=0.35, hspace=1.4 / 3.6)
     FigureCanvasAgg(fig)
     handles = {}
     for i in range(nrows * ncols):
@@ -475,7 +479,7 @@ def render_figure(rows: List, specs: Sequence, kind: str, dataset: str, summary=
         ax.set_xticklabels([s.label for s in specs], rotation=35, ha="right", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=len(handles), fontsize=8)
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncols=len(handles), fontsize=8)
     n_seeds = (len(stats.seeds) if stats is not None
                else len({r.seed if hasattr(r, "seed") else r["seed"] for r in rows}))  # TrialRecords or CSV rows
     fig.suptitle(f"{'MMIN vs MMSA baselines' if kind == 'compare' else 'MMIN ablations'} on {dataset.upper()} "
