@@ -276,6 +276,12 @@ def test_cli_compare_reports_statistics_against_the_reference(demo, tmp_path, ca
     md = (out / "compare-mosi.md").read_text()
     assert "## Against the reference: mmin" in md and "with 2 seeds and 16 clips" in md
     assert "### Published number vs one more seed" in md
+    # `report OUT` rebuilds the same tables from the records and predictions, training nothing
+    before = {e: (out / f"compare-mosi.{e}").read_text() for e in ("csv", "tex")}
+    stable = lambda text: [x for x in text.splitlines() if "updated" not in x and not x.startswith("- source")]  # noqa: E731
+    assert cli.main(["report", str(out)]) == 0
+    assert {e: (out / f"compare-mosi.{e}").read_text() for e in ("csv", "tex")} == before
+    assert stable((out / "compare-mosi.md").read_text()) == stable(md)
     capsys.readouterr()
 
 

@@ -160,3 +160,23 @@ def test_report_loads_neither_torch_nor_mmsa(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "0 []"
     assert (tmp_path / "o" / "compare-mosi.md").is_file()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p.update(kind="tune"), "kind"),
+    (lambda p: p.update(reference="nope"), "reference"),
+    (lambda p: p["runs"][0].update(name="../x"), "name"),
+    (lambda p: p.update(settings={"seeds": "1, 2"}), "settings.seeds"),
+])
+def test_report_out_refuses_a_malformed_plan(tmp_path, capsys, edit, message):
+    _folder(tmp_path, _world(seeds=(1, 2)))
+    plan = rebuild.Plan("compare", tuple(rebuild.RunInfo(r, r, r) for r in ("mmin", "misa", "mult")), "mmin",
+                        settings={"seeds": [1, 2], "overrides": {"mmin.d_model": 16}})
+    rebuild.write_plan(tmp_path, plan)
+    assert rebuild.read_plan(tmp_path) == plan
+    data = json.loads((tmp_path / rebuild.PLAN_FILE).read_text())
+    edit(data)
+    (tmp_path / rebuild.PLAN_FILE).write_text(json.dumps(data))
+    assert cli.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err

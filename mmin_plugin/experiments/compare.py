@@ -127,8 +127,7 @@ class Session:
 
         self.kind, self.specs = kind, list(specs)
         self.reference = self._reference(reference)
-        self.plan = rebuild.Plan(kind, tuple(rebuild.RunInfo(s.name, s.model, s.label, s.ablation) for s in self.specs),
-                                 self.reference, str(primary or stats.PRIMARY))
+
         self.datasets, self.seeds = check_datasets(datasets), check_seeds(seeds)
         self.max_epochs = check_max_epochs(max_epochs)
         self.feature_path = check_file(feature_path, "feature file")
@@ -147,6 +146,10 @@ class Session:
         self.out = Path(out_dir).resolve()
         self._figure_time: Dict[str, float] = {}
         self._warned = set()
+        self.plan = rebuild.Plan(kind, tuple(rebuild.RunInfo(s.name, s.model, s.label, s.ablation) for s in self.specs),
+                                 self.reference, str(primary or stats.PRIMARY),
+                                 {"seeds": self.seeds, "feature_path": self.feature_path, "max_epochs": self.max_epochs,
+                                  "pretrained": self.pretrained, "overrides": self.overrides})
 
     def _reference(self, name: Optional[str]) -> str:
         """The run every other is compared with: `name` (a run name, or for `ablate` a variant name)

@@ -60,16 +60,19 @@ class Plan:
     runs: Tuple[RunInfo, ...]
     reference: str
     primary: str = stats.PRIMARY
+    #: the sweep's settings shown in the markdown: seeds (planned), feature_path, max_epochs,
+    #: pretrained, overrides (as the user gave them)
+    settings: Dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> Dict:
         return {"kind": self.kind, "reference": self.reference, "primary": self.primary,
-                "runs": [dataclasses.asdict(r) for r in self.runs]}
+                "runs": [dataclasses.asdict(r) for r in self.runs], "settings": self.settings}
 
 
 def write_plan(out, plan: Plan) -> None:
     import json
 
-    atomic_write_text(Path(out) / PLAN_FILE, json.dumps(plan.to_json(), indent=1))
+    atomic_write_text(Path(out) / PLAN_FILE, json.dumps(plan.to_json(), indent=1, default=str))
 
 
 def _str(v, what: str, source: str) -> str:
@@ -105,7 +108,27 @@ def read_plan(out) -> Optional[Plan]:
     ref = _str(data.get("reference"), "reference", src)
     if ref not in [r.name for r in infos]:
         raise MMINDataError(f"{src}: reference: expected one of the runs {[r.name for r in infos]}; found {ref!r}")
-    return Plan(kind, tuple(infos), ref, _str(data.get("primary", stats.PRIMARY), "primary", src))
+    return Plan(kind, tuple(infos), ref, _str(data.get("primary", stats.PRIMARY), "primary", src),
+                _settings(data.get("settings", {}), src))
+
+
+_SETTINGS = {"seeds": list, "feature_path": (str, type(None)), "max_epochs": (int, type(None)),
+             "pretrained": (str, type(None)), "overrides": dict}
+
+
+def _settings(v, src: str) -> Dict:
+    """A plan's `settings`, each key of `_SETTINGS` checked by type (shown only, never used as a path)."""
+    if not isinstance(v, dict):
+        raise MMINDataError(f"{src}: settings: expected an object; found {type(v).__name__}")
+    out = {}
+    for k, tp in _SETTINGS.items():
+        if k in v:
+            if not isinstance(v[k], tp) or isinstance(v[k], bool):
+                raise MMINDataError(f"{src}: settings.{k}: expected {tp}; found {str(v[k])[:60]!r}")
+            out[k] = v[k]
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in out.get("seeds", [])):
+        raise MMINDataError(f"{src}: settings.seeds: expected a list of integers")
+    return out
 
 
 def _inferred_plan(records: Sequence[TrialRecord], reference: Optional[str]) -> Plan:
@@ -197,12 +220,13 @@ def rebuild_folder(out, reference: Optional[str] = None, primary: Optional[str] 
         recs = [r for r in records if r.dataset == dataset and r.run in known]
         order = {r.name: i for i, r in enumerate(plan.runs)}
         recs.sort(key=lambda r: (order[r.run], r.seed))
-        seeds = sorted({r.seed for r in recs})
+        got = plan.settings
+        seeds = got.get("seeds") or sorted({r.seed for r in recs})
         info = {"dataset": dataset, "seeds": seeds, "n_planned": len(plan.runs) * len(seeds), "updated": _now(),
-                "feature_path": next((r.feature_path for r in recs if r.feature_path), ""),
-                "max_epochs": next((r.max_epochs for r in recs if r.max_epochs), None),
-                "pretrained": next((r.pretrained for r in recs if r.pretrained), ""),
-                "overrides": next((r.overrides for r in recs if r.overrides), {}),
+                "feature_path": got.get("feature_path", next((r.feature_path for r in recs if r.feature_path), "")),
+                "max_epochs": got.get("max_epochs", next((r.max_epochs for r in recs if r.max_epochs), None)),
+                "pretrained": got.get("pretrained", next((r.pretrained for r in recs if r.pretrained), "")),
+                "overrides": got.get("overrides", {}),
                 "source": f"rebuilt from the trial records and saved predictions under {out} (nothing trained)"}
         table = statistics(out, recs, plan, dataset)
         written += list(write_tables(out, plan, dataset, recs, table, info, detect=detect).values())
