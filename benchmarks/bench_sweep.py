@@ -44,7 +44,7 @@ def _name(backend: str, pool: bool) -> str:
 
 def sweep(backend: str, pool: bool, data: dict, out: Path, epochs: int, ray_cpus: int) -> dict:
     from mmin_plugin.experiments import compare
-    from mmin_plugin.runs.backends import _pool, ray_session
+    from mmin_plugin.runs.ray_backend import ray_session, session_pool
     from mmin_plugin.runs.sweep import SweepOptions
 
     opts = SweepOptions(backend=backend, cpus_per_trial=1, pool=pool)
@@ -57,12 +57,13 @@ def sweep(backend: str, pool: bool, data: dict, out: Path, epochs: int, ray_cpus
             t0 = time.perf_counter()
             ray.cluster_resources()
             if pool:
-                _pool(ray, slots, 1, 0)
+                session_pool(ray, slots, 1, 0)
             start = time.perf_counter() - t0
         t0 = time.perf_counter()
         rows = compare.run_comparison(models=["mmin"], dataset="mosi", seeds=SEEDS, feature_path=data["feature_path"],
                                       pretrained=data["bert_dir"], max_epochs=epochs, out_dir=out,
                                       overrides=dict(TINY), sweep=opts)
+        rows = [r.to_json() for r in rows]
         wall = time.perf_counter() - t0
     inside = sum(float(r["wall_time_s"]) for r in rows)
     return {"backend": _name(backend, pool), "trials": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
@@ -78,7 +79,7 @@ def search(prune: str, data: dict, out: Path, epochs: int, trials: int) -> dict:
     res = tune.run_tune("mmin", "mosi", trials=trials, search="random", seed=2222, final_seeds=[1111],
                         feature_path=data["feature_path"], pretrained=data["bert_dir"], max_epochs=epochs,
                         out_dir=out, overrides={**TINY, "mmin.early_stop": epochs}, prune=prune)
-    rows = res["search"]
+    rows = [r.to_json() for r in res["search"]]
     return {"prune": prune, "wall_s": time.perf_counter() - t0, "best_trial": res["best_trial"],
             "epochs": sum(int(r.get("epochs") or 0) for r in rows),
             "pruned": sum(r.get("status") == "pruned" for r in rows),

@@ -256,7 +256,10 @@ def run_models(feature_path, specs, seeds, epochs, early_stop, out_dir, resume=T
     cls = Blind if valid_only else Session
     session = cls("compare", specs, "mosei", seeds, feature_path=feature_path, max_epochs=epochs,
                   out_dir=out_dir, overrides={"early_stop": early_stop}, sweep=SweepOptions(resume=resume))
-    return session.run()
+    from mmin_plugin.runs.record import trial_dir
+
+    # the records as plain rows, with the trial folder (where the history file is)
+    return [dict(r.to_json(), directory=str(trial_dir(session.out, r.run, r.dataset, r.seed))) for r in session.run()]
 
 
 def _stats(values):
@@ -408,7 +411,7 @@ def main(argv=None) -> int:
     import torch
 
     import mmin_plugin
-    from mmin_plugin.runs.trial import environment
+    from mmin_plugin.runs.environment import environment
 
     record = {"phase": a.phase, "split": split, "feature_path": str(fp), "args": vars(a), "summary": summary,
               "ridge": ridge, "environment": environment(), "loadavg": os.getloadavg(),

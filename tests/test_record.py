@@ -6,7 +6,6 @@ Hostile rows and prediction files: each is refused ("unreadable"), never a trace
 import io
 import json
 import os
-import struct
 import zipfile
 
 import numpy as np
@@ -28,6 +27,8 @@ from mmin_plugin.runs.record import (
     write_record,
 )
 
+from .npy_files import npy as _npy
+from .npy_files import npz as _npz
 from .timeouts import deadline
 
 
@@ -148,19 +149,6 @@ def test_predictions_round_trip(tmp_path):
     _pred_dir(tmp_path)
     p = load_predictions(tmp_path, "mmin", "mosi", 1111)
     assert len(p) == 5 and p.ids[0] == "clip_0" and p.labels.dtype == np.float64 and p.labels[-1] == 3.0
-
-
-def _npy(shape_text, dtype="<f8", data=b""):
-    header = f"{{'descr': '{dtype}', 'fortran_order': False, 'shape': {shape_text}, }}".encode()
-    header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + data
-
-
-def _npz(path, members, compression=zipfile.ZIP_STORED):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w", compression=compression) as zf:
-        for name, raw in members.items():
-            zf.writestr(name + ".npy", raw)
 
 
 def test_a_header_claiming_billions_of_values_is_refused_before_reading(tmp_path):

@@ -358,3 +358,16 @@ def test_slurm_backend_on_the_local_executor_matches_serial(small_mosi, tmp_path
     assert slurm[0].metrics == pytest.approx(serial[0].metrics, rel=1e-6, abs=1e-9)
     assert slurm[0].do_test_calls == {"VAL": 1, "TEST": 1}
     assert list(trial_dir(tmp_path / "slurm", "mmin", "mosi", 1111).glob("submitit-*/*_result.pkl"))
+
+
+def test_tune_without_optuna_is_one_error_line_and_touches_nothing(monkeypatch, tmp_path, capsys):
+    """Optuna is a core dependency; should it be missing anyway, `tune` says how to install it."""
+    import sys
+
+    from mmin_plugin import cli
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` raises ImportError
+    rc = cli.main(["tune", "-m", "mmin", "--trials", "1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and "pip install" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

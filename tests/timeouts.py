@@ -3,11 +3,16 @@ import contextlib
 import signal
 
 
+class Hung(BaseException):
+    """Raised in the blocked call: a BaseException, so no `except Exception` / `except OSError` in
+    the code under test can swallow it and pass the test."""
+
+
 @contextlib.contextmanager
 def deadline(seconds=5):
-    """Fail (TimeoutError) instead of hanging: SIGALRM interrupts a blocking open/read."""
+    """Fail (Hung) instead of hanging: SIGALRM interrupts a blocking open/read."""
     def fire(signum, frame):
-        raise TimeoutError(f"still blocked after {seconds} s")
+        raise Hung(f"still blocked after {seconds} s")
     old = signal.signal(signal.SIGALRM, fire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:

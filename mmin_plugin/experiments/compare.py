@@ -19,7 +19,7 @@ from ..results import rebuild, stats
 from ..results.aggregate import CSV_BASE_COLUMNS, read_rows
 from ..results.report import render_figure, render_markdown
 from ..runs.record import TrialRecord, read_record
-from ..runs.sweep import SweepOptions, prepare_out, run_trials
+from ..runs.sweep import SweepOptions, check_folders, prepare_out, run_trials
 from ..runs.trial import Trial
 from .variants import ABLATION_VARIANTS, VARIANTS, RunSpec
 
@@ -232,6 +232,7 @@ class Session:
         trials = self.trials()
         lock = prepare_out(self.out, self.sweep.resume, self.sweep.overwrite)
         try:
+            check_folders(trials)  # a symlinked trial folder: refused before any table is written
             rebuild.write_plan(self.out, self.plan)  # lets `report OUT` lay out the same tables later
             for ds in self.datasets:
                 self.write(ds, figure=False)

@@ -25,7 +25,7 @@ from ..results import report
 from ..results.aggregate import summarize
 from ..runs.backends import ray_session
 from ..runs.record import TrialRecord, read_record
-from ..runs.study import PRUNERS, SAMPLERS, journal_path, open_study, spec_for
+from ..runs.study import PRUNERS, SAMPLERS, import_optuna, journal_path, open_study, spec_for
 from ..runs.sweep import SweepOptions, prepare_out, run_trials
 from ..runs.trial import Trial
 from .compare import check_datasets, check_file, check_max_epochs, check_seeds, split_overrides
@@ -134,6 +134,7 @@ def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = 
     (dataset,) = check_datasets([dataset])
     if search not in SEARCHES:
         raise MMINConfigError(f"search: expected one of {list(SEARCHES)}; found {search!r}")
+    import_optuna()  # the search engine: one error line, before --out is touched, if it is missing
     if trials < 1:
         raise MMINConfigError(f"trials: expected a positive integer; found {trials!r}")
     final_seeds, max_epochs = check_seeds(final_seeds), check_max_epochs(max_epochs)
@@ -181,8 +182,8 @@ def _search(model, dataset, search, n, seed, space, lower, prune, sweep, stem, t
     """The study's trials, asked one at a time whenever the backend has a free slot (no rounds);
     on resume, trials the study started but never got a result for run again in their own folders.
     Returns (rows, configs) in trial-number order."""
-    from optuna.distributions import CategoricalDistribution
-    from optuna.trial import TrialState
+    optuna = import_optuna()  # one error line if it is missing, before anything is asked of it
+    CategoricalDistribution, TrialState = optuna.distributions.CategoricalDistribution, optuna.trial.TrialState
 
     path = journal_path(stem)
     study = open_study(path, f"{model}-{dataset}", search, seed, lower, prune)

@@ -51,6 +51,8 @@ FEATURE_KEYS = ("featurePath", "custom_feature", "feature_T", "feature_A", "feat
 #: resolved-config keys left out of the `config` part: where things are, not what is computed
 PATH_KEYS = frozenset(FEATURE_KEYS + ("device", "gpu_ids", "model_save_dir", "res_save_dir", "log_dir",
                                       "model_save_path", "cur_seed", "pretrained"))
+#: this package's folder, every file of which is in the `code` part
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 #: most files hashed in one folder (a BERT folder has ~6; a larger tree is refused as a `pretrained`)
 MAX_TREE_FILES = 10_000
 _CHUNK = 1 << 20
@@ -172,7 +174,7 @@ def code_versions() -> Dict:
 
     cache = _Cache()
     try:
-        package = tree_hash(Path(__file__).resolve().parent.parent, cache)
+        package = tree_hash(PACKAGE_ROOT, cache)
         mmsa = tree_hash(mmsa_package_dir(), cache)
     finally:
         cache.save()
@@ -250,10 +252,10 @@ def _detail(name: str, old, new) -> Iterable[str]:
         a, b = old.get(k), new.get(k)
         if a == b or (name == "device" and b is None):
             continue
-        if name == "code":
+        if name in ("code", "device"):
             out.append(f"{k} {a} -> {b}")
-        elif name == "device":
-            out.append(f"{k} {a} -> {b}")
+        elif name == "pretrained" and k == "files" and isinstance(a, dict) and isinstance(b, dict):
+            out += [f for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]  # which files
         else:
             out.append(k)
     return out

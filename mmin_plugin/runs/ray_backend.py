@@ -18,7 +18,7 @@ from .trial import Trial, run_trial
 
 logger = logging.getLogger("MMSA." + __name__)
 
-__all__ = ["RayBackend", "ray_session"]
+__all__ = ["RayBackend", "ray_session", "session_pool"]
 
 
 def _ray_entry(data: Dict, trial_fn, use_gpu: bool, threads: int):
@@ -84,7 +84,7 @@ def _release_session_pools() -> None:
         pools.pop().close()
 
 
-def _pool(ray, size: int, cpus: float, gpus: float):
+def session_pool(ray, size: int, cpus: float, gpus: float):
     """(pool, owned): the open session's pool if it has these resources and enough actors (else it is
     replaced), or a pool of the caller's own when no session is open."""
     from .pool import TrialPool
@@ -148,7 +148,7 @@ class RayBackend(Backend):
         # reuse_workers: a worker runs trial after trial (imports paid once; the serial backend's isolation)
         self._pool, self._owns_pool, self._free = None, False, []
         if options.pool:
-            self._pool, self._owns_pool = _pool(ray, self.slots, cpus, gpus)
+            self._pool, self._owns_pool = session_pool(ray, self.slots, cpus, gpus)
             self._free = list(range(self.slots))
         else:
             _release_session_pools()

@@ -25,7 +25,7 @@ from ..errors import MMINConfigError
 
 logger = logging.getLogger("MMSA." + __name__)
 
-__all__ = ["PRUNERS", "SAMPLERS", "journal_path", "open_study", "epoch_reporter", "is_pruned"]
+__all__ = ["PRUNERS", "SAMPLERS", "journal_path", "open_study", "epoch_reporter", "is_pruned", "import_optuna"]
 
 SAMPLERS = ("random", "optuna")
 PRUNERS = ("none", "median", "halving")
@@ -35,12 +35,13 @@ MEDIAN_WARMUP_EPOCHS = 1
 MEDIAN_STARTUP_TRIALS = 3
 
 
-def _optuna():
+def import_optuna():
+    """optuna (a core dependency), or one clear error with the install command if it is missing."""
     try:
         import optuna
     except ImportError as exc:
         raise MMINConfigError("tune: expected the optuna package; found it is not installed "
-                              "(pip install -e \".[tune]\")") from exc
+                              "(pip install 'optuna>=4')") from exc
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 
@@ -49,15 +50,33 @@ def journal_path(stem: Path) -> Path:
     return Path(f"{stem}.optuna.log")
 
 
+def _check_journal(path) -> None:
+    """Refuse a journal that is a symlink or not a regular file (Optuna would follow it, or block on
+    a FIFO): one `error:` line naming it; a missing journal is created by Optuna."""
+    import os
+    import stat
+
+    from ..bounded import UnreadableFile
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = "a symlink" if stat.S_ISLNK(mode) else "not a regular file"
+        raise UnreadableFile(f"{path}: expected the study's journal (a regular file); found {kind}; refused")
+
+
 def _storage(path):
-    optuna = _optuna()
+    optuna = import_optuna()
+    _check_journal(path)
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
 
 def make_pruner(kind: str):
-    optuna = _optuna()
+    optuna = import_optuna()
     if kind == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=MEDIAN_WARMUP_EPOCHS)
     if kind == "halving":
@@ -69,7 +88,7 @@ def make_pruner(kind: str):
 
 def open_study(path: Path, name: str, search: str, seed: int, lower_is_better: bool, prune: str = "none"):
     """The study `name` in the journal file `path` (created, or reopened with its trials)."""
-    optuna = _optuna()
+    optuna = import_optuna()
     if search == "random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
     elif search == "optuna":
@@ -84,7 +103,7 @@ def epoch_reporter(spec: Dict, key_eval: Callable[[], str]) -> Callable[[int, Di
     """In the process that runs a search trial: `report(epoch, valid_result)` sends the epoch's
     validation `key_eval()` to the study `spec` names ({'journal', 'study', 'trial_id', 'prune'}) and
     raises `optuna.TrialPruned` when the pruner says so. Non-finite scores are not reported."""
-    optuna = _optuna()
+    optuna = import_optuna()
     study = optuna.load_study(study_name=spec["study"], storage=_storage(spec["journal"]),
                               pruner=make_pruner(spec.get("prune") or "none"))
     trial = optuna.trial.Trial(study, int(spec["trial_id"]))

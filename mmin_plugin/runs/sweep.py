@@ -24,7 +24,7 @@ from .trial import Trial
 
 logger = logging.getLogger("MMSA." + __name__)
 
-__all__ = ["SweepOptions", "prepare_out", "run_trials", "OUTPUT_GLOBS", "FINAL"]
+__all__ = ["SweepOptions", "prepare_out", "run_trials", "check_folders", "OUTPUT_GLOBS", "FINAL"]
 
 #: what this package writes at the top of an output folder (removed by `overwrite`, with `runs/`)
 OUTPUT_GLOBS = ("compare-*", "ablation-*", "tune-*", "curves-*")
@@ -147,9 +147,11 @@ def _keep_row(trial: Trial, rec: TrialRecord) -> None:
         write_record(trial.path, rec)
 
 
-def _check_folder(trial: Trial) -> None:
-    """Refuse (UnreadableFile, by name) a trial folder that is not the project's, before anything runs."""
-    check_trial_folder(trial.out, *trial.key)
+def check_folders(trials: Sequence[Trial]) -> None:
+    """Refuse (UnreadableFile, by name) a trial folder that is not the project's (a symlink on the way
+    from `--out`, or outside it), before anything runs or is written."""
+    for t in trials:
+        check_trial_folder(t.out, *t.key)
 
 
 def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials",
@@ -167,8 +169,7 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
     ask for its next trial knowing every result so far (`total`: its expected count, for the
     progress bar). A trial folder that is not the project's (record.check_trial_folder) is refused
     before anything runs. Returns the records in `trials` order, then the source's."""
-    for t in trials:
-        _check_folder(t)
+    check_folders(trials)
     rows: Dict[tuple, TrialRecord] = {}
     todo, order = [], list(trials)
     for t in trials:
@@ -201,7 +202,7 @@ def run_trials(trials: Sequence[Trial], opts: SweepOptions, desc: str = "trials"
             return queue.pop(0)
         t = source() if source is not None else None
         if t is not None:
-            _check_folder(t)
+            check_folders([t])
             order.append(t)
         return t
 
