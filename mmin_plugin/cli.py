@@ -225,6 +225,8 @@ def _experiment_options(p, name):
                        help="default: paper Table 2's nine; design variants ("
                        + ", ".join(v.name for v in DESIGN_VARIANTS) + ") only when named")
     if name != "tune":
+        p.add_argument("--primary", metavar="METRIC", default="MAE",
+                       help="the metric whose Holm-adjusted p decides the † mark (default MAE)")
         p.add_argument("--reference", metavar="NAME",
                        help="the model (compare) or variant (ablate) every other is compared with; default: the first")
         p.add_argument("--config-file", nargs="+", type=_existing_file, default=[], metavar="JSON",
@@ -342,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("compare", "head-to-head comparison"), ("ablate", "Table 2 ablations"),
                        ("tune", "seeded search on VALID, then the chosen config retrained and tested once")):
         _experiment_options(sub.add_parser(name, help=text), name)
+    _report_options(sub.add_parser("report", help="rebuild the tables of a compare/ablate folder, or compare "
+                                                  "models trained anywhere from their saved predictions"))
     return parser
 
 
@@ -475,7 +479,7 @@ def cmd_compare(a, ablate=False) -> int:
     kw = dict(dataset=a.datasets, seeds=a.seeds, feature_path=a.feature_path, pretrained=a.pretrained,
               max_epochs=a.max_epochs, out_dir=a.out, overrides=_parse_set(a.set), gpu_ids=list(a.gpu_ids),
               num_workers=a.num_workers, config_files=a.config_file, sweep=_sweep_options(a),
-              reference=a.reference, dataset_options=_dataset_overrides(a))
+              reference=a.reference, primary=a.primary, dataset_options=_dataset_overrides(a))
     if ablate:
         compare.run_ablation(variants=a.variants, **kw)
     else:
@@ -492,6 +496,51 @@ def cmd_tune(a) -> int:
              sweep=_sweep_options(a), prune=a.prune, rescore_top=a.rescore_top, rescore_seeds=a.rescore_seeds,
              dataset_options=_dataset_overrides(a),
              space=load_space(a.space, a.model) if a.space else None, final=a.final)
+    return 0
+
+
+def _existing_dir(text):
+    p = Path(text).expanduser()
+    if not p.is_dir():
+        raise argparse.ArgumentTypeError(f"expected an existing folder; found {text!r} "
+                                         f"({'a file' if p.exists() else 'no such folder'})")
+    return str(p)
+
+
+def _report_options(p) -> None:
+    """`report OUT` / `report --from-predictions SPEC.json --out DIR` (results/rebuild.py)."""
+    p.add_argument("folder", nargs="?", type=_existing_dir, metavar="OUT",
+                   help="a compare/ablate output folder: its tables are rebuilt from its trial records and saved "
+                        "predictions (nothing is trained)")
+    p.add_argument("--from-predictions", type=_existing_file, metavar="SPEC.json",
+                   help='{"dataset": "mosi", "reference": RUN, "runs": {RUN: {SEED: "file.npz", ...}, ...}}; '
+                        "each .npz holds ids, labels, preds")
+    p.add_argument("--out", type=_out_dir, metavar="DIR", help="where --from-predictions writes its tables")
+    p.add_argument("--primary", metavar="METRIC", help="the metric that decides † (default: the folder's, or MAE)")
+    p.add_argument("--reference", metavar="NAME", help="OUT: the run every other is compared with (default: the "
+                                                       "folder's)")
+    p.add_argument("--detect", type=_positive_real, metavar="DIFF",
+                   help="say how many seeds would detect this primary-metric difference (default: half the "
+                        "smallest detectable one)")
+    p.add_argument("--figure", action="store_true",
+                   help="--from-predictions: also draw the PNG (about 1 s more; OUT always redraws its figure)")
+
+
+def cmd_report(a) -> int:
+    """Rebuild tables from records and predictions; imports neither torch nor MMSA."""
+    from .errors import MMINConfigError
+    from .results import rebuild
+
+    if (a.folder is None) == (a.from_predictions is None):
+        raise MMINConfigError("report: expected a folder OUT or --from-predictions SPEC.json (one of them)")
+    if a.from_predictions is not None:
+        if a.out is None:
+            raise MMINConfigError("report --from-predictions: expected --out DIR")
+        paths = rebuild.from_predictions(a.from_predictions, a.out, primary=a.primary, detect=a.detect,
+                                         figure=a.figure)
+    else:
+        paths = rebuild.rebuild_folder(a.folder, reference=a.reference, primary=a.primary, detect=a.detect)
+    print("written: " + "\n         ".join(str(x) for x in paths), flush=True)
     return 0
 
 
@@ -512,7 +561,7 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     commands = {"run": cmd_run, "convert": cmd_convert, "demo-data": cmd_demo_data, "demo": cmd_demo,
                 "explain": cmd_explain, "compare": cmd_compare, "ablate": lambda a: cmd_compare(a, ablate=True),
-                "tune": cmd_tune, "patches": cmd_patches, "features": cmd_features}
+                "tune": cmd_tune, "patches": cmd_patches, "features": cmd_features, "report": cmd_report}
     try:
         return commands[a.command](a)
     except MMINError as e:

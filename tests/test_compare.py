@@ -104,7 +104,7 @@ def test_compare_csv_one_row_per_model_and_seed(comparison, demo):
     fields, rows = read_csv(comparison["out"] / "compare-mosi.csv")
     assert fields[:len(compare.CSV_BASE_COLUMNS)] == compare.CSV_BASE_COLUMNS
     rest = fields[len(compare.CSV_BASE_COLUMNS):]
-    assert {f for f in rest if "|" not in f and f != "reference"} == MOSI_METRICS
+    assert {f for f in rest if "|" not in f and f not in ("reference", "primary", "used")} == MOSI_METRICS
     # statistics against the reference (mmin) for every metric but Loss (not recomputable from predictions)
     assert {f.split("|")[0] for f in rest if "|" in f} == MOSI_METRICS - {"Loss"}
     assert [r["run"] for r in rows] == ["mmin", "misa", "mult", "no_such_model"]
@@ -143,8 +143,8 @@ def test_compare_csv_one_row_per_model_and_seed(comparison, demo):
 def test_compare_markdown_table(comparison):
     md = (comparison["out"] / "compare-mosi.md").read_text()
     header, rows = md_table(md, "Model")
-    assert header == ["Model", "MAE ↓", "Corr", "Acc-2 (has-0/non-0)", "F1 (has-0/non-0)", "Acc-7", "Seeds ok",
-                      "Epochs", "Wall time", "Status"]
+    assert header == ["Model", "MAE ↓ (mean ± sd, ddof=1)", "Corr", "Acc-2 (has-0/non-0)", "F1 (has-0/non-0)",
+                      "Acc-7", "Seeds ok", "Epochs", "Wall time", "Status"]
     assert [r[0] for r in rows] == ["mmin", "misa", "mult", "no_such_model"]
     _, csv_rows = read_csv(comparison["out"] / "compare-mosi.csv")
     by_csv = {r["run"]: r for r in csv_rows}
@@ -236,7 +236,7 @@ def test_cli_ablate_all_table2_variants(demo, tmp_path, capsys):
     assert rows[0]["MAE"] != rows[3]["MAE"] or rows[0]["Corr"] != rows[3]["Corr"]
     md = (out / "ablation-mosi.md").read_text()
     header, md_rows = md_table(md, "Variant")
-    assert header[:3] == ["Variant", "`ablation`", "MAE ↓"]
+    assert header[:3] == ["Variant", "`ablation`", "MAE ↓ (mean ± sd, ddof=1)"]
     assert [r[0] for r in md_rows] == [label for _, _, label in compare.ABLATION_VARIANTS]
     assert [r[1] for r in md_rows] == ["[]"] + [a[0] for _, a, _ in compare.ABLATION_VARIANTS[1:]]
     assert all(cell_mean(r[2]) is not None for r in md_rows)
@@ -274,8 +274,14 @@ def test_cli_compare_reports_statistics_against_the_reference(demo, tmp_path, ca
     assert len(pred["ids"]) == 16 and stats.batch_metrics(pred["preds"], pred["labels"], "mosi")["MAE"][0] == \
         pytest.approx(float(tfn[0]["MAE"]), abs=1e-4)
     md = (out / "compare-mosi.md").read_text()
-    assert "## Against the reference: mmin" in md and "With 2 paired seeds" in md
-    assert "### Published number vs measured 95% interval" in md
+    assert "## Against the reference: mmin" in md and "with 2 seeds and 16 clips" in md
+    assert "### Published number vs one more seed" in md
+    # `report OUT` rebuilds the same tables from the records and predictions, training nothing
+    before = {e: (out / f"compare-mosi.{e}").read_text() for e in ("csv", "tex")}
+    stable = lambda text: [x for x in text.splitlines() if "updated" not in x and not x.startswith("- source")]  # noqa: E731
+    assert cli.main(["report", str(out)]) == 0
+    assert {e: (out / f"compare-mosi.{e}").read_text() for e in ("csv", "tex")} == before
+    assert stable((out / "compare-mosi.md").read_text()) == stable(md)
     capsys.readouterr()
 
 
@@ -355,11 +361,11 @@ def test_failure_of_one_model_keeps_the_others(fake_run, tmp_path):
     md = (fake_run["out"] / "compare-mosi.md").read_text()
     _, md_rows = md_table(md, "Model")
     by = {r[0]: r for r in md_rows}
-    # mean ± std (ddof=0) over the two seeds, in the table's units
+    # mean ± sd (ddof=1, said in the header) over the two seeds, in the table's units
     maes = [0.9 - 0.01 - 0.05, 0.9 - 0.02 - 0.05]
-    assert by["mmin"][1] == f"**{np.mean(maes):.3f} ± {np.std(maes):.3f}**"
+    assert by["mmin"][1] == f"**{np.mean(maes):.3f} ± {np.std(maes, ddof=1):.3f}**"
     accs = [100 * (0.6 + 0.01 + 0.05), 100 * (0.6 + 0.02 + 0.05)]
-    assert by["mmin"][3].split(" / ")[0] == f"**{np.mean(accs):.2f} ± {np.std(accs):.2f}**"
+    assert by["mmin"][3].split(" / ")[0] == f"**{np.mean(accs):.2f} ± {np.std(accs, ddof=1):.2f}**"
     assert not any(c.startswith("**") for c in by["mult"][1:6])  # mmin is better everywhere
     assert by["misa"][6] == "0/2" and by["misa"][-1].startswith("failed")
     assert "MISA exploded \\| badly" in by["misa"][-1]
@@ -406,7 +412,7 @@ def test_sims_metric_names_do_not_crash(fake_run):
     assert set(fields[len(compare.CSV_BASE_COLUMNS):]) == set(sims)
     md = (fake_run["out"] / "compare-sims.md").read_text()
     header, md_rows = md_table(md, "Model")
-    assert header[1:7] == ["MAE ↓", "Corr", "Acc-2", "Acc-3", "Acc-5", "F1"]
+    assert header[1:7] == ["MAE ↓ (mean ± sd, ddof=1)", "Corr", "Acc-2", "Acc-3", "Acc-5", "F1"]
     assert md_rows[0][1] == "**0.450**" and md_rows[1][1] == "0.500"
     assert "The paper reports no SIMS results" in md
     assert_png(fake_run["out"] / "compare-sims.png")

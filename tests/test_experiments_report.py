@@ -1,4 +1,4 @@
-"""aggregate.py / report.py / variants.py: tidy frame, mean ± std (ddof=0), best in bold, LaTeX."""
+"""aggregate.py / report.py / variants.py: tidy frame, mean ± sd (ddof=1, said in the table), best in bold, LaTeX."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,7 +23,8 @@ SPECS = [RunSpec("a", "a", "Model A"), RunSpec("b", "b", "model_b")]
 def test_summary_is_groupby_mean_and_numpy_std():
     s = aggregate.summarize(ROWS, ["a", "b", "c"])
     assert list(s.index) == ["a", "b", "c"]
-    assert s.at["a", "MAE|mean"] == pytest.approx(0.7) and s.at["a", "MAE|std"] == pytest.approx(np.std([0.8, 0.6]))
+    assert s.at["a", "MAE|mean"] == pytest.approx(0.7)
+    assert s.at["a", "MAE|std"] == pytest.approx(np.std([0.8, 0.6], ddof=1))
     assert s.at["b", "MAE|n"] == 1 and s.at["b", "n_run"] == 2 and s.at["b", "n_ok"] == 1
     assert s.at["b", "errors"] == ["seed 2: RuntimeError: boom"] and s.at["c", "n_run"] == 0
     assert s.at["a", "wall"] == pytest.approx(3.0) and s.at["a", "epochs"] == [2, 2]
@@ -45,10 +46,11 @@ def test_markdown_best_in_bold_and_latex_table():
                                                          "n_planned": 4, "updated": "now"})
     line_a = next(line for line in md.splitlines() if line.startswith("| Model A |"))
     line_b = next(line for line in md.splitlines() if line.startswith("| model_b |"))
-    assert "**0.700 ± 0.100**" in line_a and "**0.600 ± 0.100**" in line_a  # lowest MAE, highest Corr
+    assert "**0.700 ± 0.141**" in line_a and "**0.600 ± 0.141**" in line_a  # lowest MAE, highest Corr
+    assert "MAE ↓ (mean ± sd, ddof=1)" in md  # the ± says what it is
     assert "**75.00**" in line_b and "partly failed" in line_b
     tex = report.render_latex(ROWS, SPECS, "compare", "mosi")
-    assert r"\toprule" in tex and r"\textbf{0.700 $\pm$ 0.100}" in tex and "model\\_b" in tex
+    assert r"\toprule" in tex and r"\textbf{0.700 $\pm$ 0.141}" in tex and "model\\_b" in tex
     assert r"\textbf{75.00}" in tex and r"MAE $\downarrow$" in tex
 
 

@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .. import datasets as _datasets
-from ..atomic import atomic_write_bytes, atomic_write_text
 from ..bounded import UnreadableFile, read_json
 from ..constants import DEFAULT_SEEDS
 from ..errors import MMINConfigError, MMINDataError
-from ..results import aggregate, report, stats
+from ..results import rebuild, stats
 from ..results.aggregate import CSV_BASE_COLUMNS, read_rows
 from ..results.report import render_figure, render_markdown
-from ..runs.record import TrialRecord, read_predictions, read_record
+from ..runs.record import TrialRecord, read_record
 from ..runs.sweep import SweepOptions, check_folders, prepare_out, run_trials
 from ..runs.trial import Trial
 from .variants import ABLATION_VARIANTS, VARIANTS, RunSpec
@@ -149,7 +148,7 @@ class Session:
     def __init__(self, kind, specs, datasets, seeds, feature_path=None, pretrained=None, max_epochs=None,
                  out_dir="mmin-results", overrides=None, gpu_ids=(), num_workers=0, verbose_level=0,
                  config_files=(), sweep: Optional[SweepOptions] = None, reference: Optional[str] = None,
-                 dataset_options: Optional[Dict] = None):
+                 primary: str = stats.PRIMARY, dataset_options: Optional[Dict] = None):
         import mmin_plugin  # noqa: F401  (MMIN registered, compatibility layer applied)
 
         self.kind, self.specs = kind, list(specs)
@@ -173,6 +172,10 @@ class Session:
         self.out = Path(out_dir).resolve()
         self._figure_time: Dict[str, float] = {}
         self._warned = set()
+        self.plan = rebuild.Plan(kind, tuple(rebuild.RunInfo(s.name, s.model, s.label, s.ablation) for s in self.specs),
+                                 self.reference, str(primary or stats.PRIMARY),
+                                 {"seeds": self.seeds, "feature_path": self.feature_path, "max_epochs": self.max_epochs,
+                                  "pretrained": self.pretrained, "overrides": self.overrides})
 
     def _reference(self, name: Optional[str]) -> str:
         """The run every other is compared with: `name` (a run name, or for `ablate` a variant name)
@@ -224,21 +227,9 @@ class Session:
         return out
 
     def statistics(self, dataset: str):
-        """`stats.compare_to_reference` on the saved test predictions of the finished trials, or None
+        """`stats.ComparisonTable` of the saved test predictions of the finished trials, or None
         (no predictions of the reference yet, or predictions that do not line up: logged)."""
-        data: Dict[str, Dict[int, Dict]] = {}
-        for rec in self.rows(dataset):
-            if rec.status == "ok" and rec.has_predictions:
-                pred = read_predictions(self.out, rec.run, dataset, rec.seed)
-                if pred is not None:
-                    data.setdefault(rec.run, {})[rec.seed] = pred.as_dict()
-        if not data.get(self.reference) or len(data) < 2:
-            return None
-        try:
-            return stats.compare_to_reference(data, self.reference, dataset)
-        except MMINDataError as exc:
-            logger.warning("[%s] no statistics for %s: %s", self.kind, dataset, exc)
-            return None
+        return rebuild.statistics(self.out, self.rows(dataset), self.plan, dataset)
 
     def info(self, dataset: str) -> Dict:
         return {"dataset": dataset, "seeds": self.seeds, "feature_path": self.feature_path,
@@ -250,22 +241,14 @@ class Session:
         return {e: self.out / f"{self.kind}-{dataset}.{e}" for e in ("csv", "md", "tex", "png")}
 
     def write(self, dataset: str, figure: bool = True) -> str:
-        """Rebuild the tables and the statistics (about a second of bootstrap for MOSI's or MOSEI's test
-        set); the figure only if `figure`."""
-        rows, p = self.rows(dataset), self.paths(dataset)
-        st = self.statistics(dataset)
-        aggregate.write_csv(rows, p["csv"], st)
-        summary = aggregate.summarize(rows, [s.name for s in self.specs])
-        md = render_markdown(rows, self.specs, self.kind, self.info(dataset), summary, st)
-        atomic_write_text(p["md"], md)
-        atomic_write_text(p["tex"], report.render_latex(rows, self.specs, self.kind, dataset, summary, st))
+        """Rebuild the tables and the statistics (results/rebuild.py, as `report OUT` does); the figure
+        only if `figure`."""
+        rows = self.rows(dataset)
         if figure:
             self._figure_time[dataset] = time.monotonic()
-            try:
-                atomic_write_bytes(p["png"], render_figure(rows, self.specs, self.kind, dataset, summary))
-            except Exception as exc:  # the figure is a convenience; never lose a result over it
-                logger.warning("[%s] figure for %s failed: %s: %s", self.kind, dataset, type(exc).__name__, exc)
-        return md
+        paths = rebuild.write_tables(self.out, self.plan, dataset, rows, self.statistics(dataset), self.info(dataset),
+                                     figure=figure)
+        return paths["md"].read_text(encoding="utf-8")
 
     def _after_trial(self, trial: Trial, row: Dict) -> None:
         last = self._figure_time.get(trial.dataset, 0.0)
@@ -276,6 +259,7 @@ class Session:
         lock = prepare_out(self.out, self.sweep.resume, self.sweep.overwrite)
         try:
             check_folders(trials)  # a symlinked trial folder: refused before any table is written
+            rebuild.write_plan(self.out, self.plan)  # lets `report OUT` lay out the same tables later
             for ds in self.datasets:
                 self.write(ds, figure=False)
                 self._figure_time[ds] = time.monotonic()
@@ -297,7 +281,8 @@ class Session:
 def run_comparison(models=("mmin", "misa", "mult"), dataset="mosi", seeds=DEFAULT_SEEDS, feature_path=None,
                    pretrained=None, max_epochs=None, out_dir="mmin-results", overrides=None, gpu_ids=(),
                    num_workers=0, verbose_level=0, config_files=(), sweep: Optional[SweepOptions] = None,
-                   reference: Optional[str] = None, dataset_options: Optional[Dict] = None) -> List[Dict]:
+                   reference: Optional[str] = None, primary: str = stats.PRIMARY,
+                   dataset_options: Optional[Dict] = None) -> List[Dict]:
     """Train and test every model of `models` (MMIN or any MMSA model name) with `MMSA_run`, one trial
     per (model, dataset, seed) on the same feature file and seeds. `dataset`: a name or a list;
     `overrides` keys `model.key` apply to one model; `config_files`: MMSA config JSONs (e.g. `tune`'s),
@@ -310,7 +295,7 @@ def run_comparison(models=("mmin", "misa", "mult"), dataset="mosi", seeds=DEFAUL
         raise MMINConfigError("models: expected at least one model name")
     specs = [RunSpec(name=m, model=m, label=m) for m in names]
     return Session("compare", specs, dataset, seeds, feature_path, pretrained, max_epochs, out_dir, overrides,
-                   gpu_ids, num_workers, verbose_level, config_files, sweep, reference, dataset_options).run()
+                   gpu_ids, num_workers, verbose_level, config_files, sweep, reference, primary, dataset_options).run()
 
 
 def ablation_specs(variants=None) -> List[RunSpec]:
@@ -325,10 +310,11 @@ def ablation_specs(variants=None) -> List[RunSpec]:
 def run_ablation(dataset="mosi", seeds=DEFAULT_SEEDS, feature_path=None, pretrained=None, max_epochs=None,
                  out_dir="mmin-results", overrides=None, gpu_ids=(), num_workers=0, verbose_level=0,
                  variants=None, config_files=(), sweep: Optional[SweepOptions] = None,
-                 reference: Optional[str] = None, dataset_options: Optional[Dict] = None) -> List[Dict]:
+                 reference: Optional[str] = None, primary: str = stats.PRIMARY,
+                 dataset_options: Optional[Dict] = None) -> List[Dict]:
     """Full MMIN and the Table 2 variants (or the named `variants`, design variants included), as
     `run_comparison` (`reference`: a variant name, default the first);
     writes `ablation-<dataset>.{csv,md,tex,png}` under `out_dir`."""
     return Session("ablation", ablation_specs(variants), dataset, seeds, feature_path, pretrained, max_epochs,
                    out_dir, overrides, gpu_ids, num_workers, verbose_level, config_files, sweep, reference,
-                   dataset_options).run()
+                   primary, dataset_options).run()

@@ -2,7 +2,10 @@
 
 A row is a `runs.record.TrialRecord` (or, read back from a CSV, a dict with the `CSV_BASE_COLUMNS`
 keys and `metrics`: {MMSA metric key: float}).
-std is numpy's (ddof=0), as in MMSA's own results CSV.
+
+The summary's ± is the sample sd over seeds (`STD_DDOF` = 1; MMSA's own results CSV uses numpy's
+ddof=0, 18% smaller at 3 seeds); a metric undefined (NaN) on one seed makes the run's mean NaN for
+that metric (reported as such, never silently averaged over the other seeds).
 """
 from __future__ import annotations
 
@@ -16,8 +19,11 @@ from ..atomic import atomic_write_text
 from ..constants import METRIC_ORDER
 from ..runs.record import TrialRecord, read_record
 
-__all__ = ["CSV_BASE_COLUMNS", "CSV_STAT_FIELDS", "metric_keys", "tidy_frame", "write_csv", "read_rows", "summarize",
-           "rows_from_trial_dirs"]
+__all__ = ["CSV_BASE_COLUMNS", "CSV_STAT_FIELDS", "STD_DDOF", "metric_keys", "tidy_frame", "write_csv", "read_rows",
+           "summarize", "rows_from_trial_dirs", "measured_metrics"]
+
+#: ddof of the ± (sd over seeds) in every table: the sample sd
+STD_DDOF = 1
 
 CSV_BASE_COLUMNS = ["run", "model", "ablation", "dataset", "seed", "status", "error", "wall_time_s", "epochs",
                     "stopped_by", "max_epochs", "early_stop", "feature_path", "pretrained", "checkpoint"]
@@ -47,27 +53,34 @@ def tidy_frame(rows: Sequence) -> pd.DataFrame:
     return pd.concat([base, metrics], axis=1)
 
 
-#: per-metric columns `<metric>|<field>` the CSV gains from `stats.compare_to_reference` (run-level
-#: values, repeated on each seed's line of the run): difference vs the reference, its 95% CI, p
-CSV_STAT_FIELDS = ("diff", "ci_low", "ci_high", "p")
+#: per-metric columns `<metric>|<field>` the CSV gains from a `stats.ComparisonTable` (run-level
+#: values, repeated on each seed's line of the run): the run's mean over the seeds used, the
+#: difference from the reference, its 95% CI (two-way), p, Holm-adjusted p, significant (adjusted p < alpha)
+CSV_STAT_FIELDS = ("mean", "diff", "ci_low", "ci_high", "p", "p_adj", "significant")
+#: run-level columns besides the metrics: the reference, the primary metric, whether this seed is one
+#: of the seeds the table uses
+CSV_EXTRA_COLUMNS = ("reference", "primary", "used")
 
 
-def write_csv(rows: Sequence[Dict], path, stats: Optional[pd.DataFrame] = None) -> None:
-    """The tidy frame as CSV (empty cell = none), written atomically; with `stats` (indexed by run,
-    `stats.attrs['reference']`), a `reference` column and `<metric>|diff|ci_low|ci_high|p` columns."""
+def write_csv(rows: Sequence, path, table=None) -> None:
+    """The tidy frame as CSV (empty cell = none), written atomically; with `table` (a
+    `stats.ComparisonTable`): `reference`, `primary`, `used` (1 if the line's seed is one of the
+    seeds the table uses) and `<metric>|<field>` for `CSV_STAT_FIELDS`."""
     df = tidy_frame(rows)
-    if stats is not None and len(df):
-        df["reference"] = stats.attrs.get("reference")
-        keys = [k for k in df.columns if f"{k}|diff" in stats.columns]
-        cols = [f"{k}|{f}" for k in keys for f in CSV_STAT_FIELDS]
-        df = df.join(stats[cols], on="run")
+    if table is not None and len(df):
+        df["reference"], df["primary"] = table.reference, table.primary
+        df["used"] = (df["seed"].isin(table.seeds) & (df["status"] == "ok")).astype(int)
+        frame = table.frame()
+        keys = [k for k in table.metrics if f"{k}|mean" in frame.columns]
+        cols = [f"{k}|{f}" for k in keys for f in CSV_STAT_FIELDS if f"{k}|{f}" in frame.columns]
+        df = df.join(frame[cols], on="run")
     atomic_write_text(path, df.to_csv(index=False, na_rep="", lineterminator="\n"))
 
 
 def read_rows(csv_path) -> List[Dict]:
     """A `<kind>-<dataset>.csv` back as rows (metrics as floats; an empty cell is left out)."""
     df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    metric_cols = [c for c in df.columns if c not in CSV_BASE_COLUMNS and c != "reference" and "|" not in c]
+    metric_cols = [c for c in df.columns if c not in CSV_BASE_COLUMNS and c not in CSV_EXTRA_COLUMNS and "|" not in c]
     out = []
     for rec in df.to_dict("records"):
         row = {k: rec[k] for k in CSV_BASE_COLUMNS if k in rec}
@@ -76,16 +89,19 @@ def read_rows(csv_path) -> List[Dict]:
     return out
 
 
-def summarize(rows: Sequence[Dict], runs: Sequence[str]) -> pd.DataFrame:
+def summarize(rows: Sequence, runs: Sequence[str], seeds: Optional[Iterable[int]] = None) -> pd.DataFrame:
     """Per run (index, in `runs` order): `n_run`, `n_ok`, `wall` (total seconds), `epochs` (list over
     ok seeds), `errors` (list of 'seed S: error'), and for each metric `<key>|mean`, `<key>|std`
-    (ddof=0) and `<key>|n` over the seeds that finished."""
+    (ddof `STD_DDOF`) and `<key>|n` over the seeds that finished, or only over `seeds` if given
+    (the seeds a comparison uses). A metric NaN on one of those seeds has a NaN mean."""
     df = tidy_frame(rows)
     ok = df[df["status"] == "ok"]
+    if seeds is not None:
+        ok = ok[ok["seed"].isin(list(seeds))]
     metrics = [c for c in df.columns if c not in CSV_BASE_COLUMNS]
     out = pd.DataFrame(index=pd.Index(list(runs), name="run"))
     out["n_run"] = df.groupby("run").size().reindex(out.index, fill_value=0)
-    out["n_ok"] = ok.groupby("run").size().reindex(out.index, fill_value=0)
+    out["n_ok"] = df[df["status"] == "ok"].groupby("run").size().reindex(out.index, fill_value=0)
     out["wall"] = df.groupby("run")["wall_time_s"].sum().reindex(out.index, fill_value=0.0)
     out["epochs"] = pd.Series({r: [int(e) for e in g["epochs"].dropna()] for r, g in ok.groupby("run")},
                               dtype=object).reindex(out.index)
@@ -96,11 +112,16 @@ def summarize(rows: Sequence[Dict], runs: Sequence[str]) -> pd.DataFrame:
         out[col] = out[col].apply(lambda v: v if isinstance(v, list) else [])
     if metrics and len(ok):
         g = ok.groupby("run")[metrics]
-        # ddof=0: numpy.std's default, what MMSA's results CSV reports
-        parts = {"mean": g.mean(), "std": g.std(ddof=0), "n": g.count()}
+        # numpy's mean and std propagate a NaN seed (pandas' would skip it)
+        parts = {"mean": g.agg(lambda x: float(np.mean(x.to_numpy(float)))),
+                 "std": g.agg(lambda x: float(np.std(x.to_numpy(float), ddof=STD_DDOF)) if len(x) > STD_DDOF
+                              else np.nan),
+                 "n": pd.DataFrame({k: g.size() for k in metrics})}
         out = out.join(pd.concat([parts[s].add_suffix(f"|{s}") for s in parts], axis=1))
         for k in metrics:  # a metric no seed of a run returned is absent for that run, not 0
-            out.loc[out[f"{k}|n"].fillna(0) == 0, [f"{k}|mean", f"{k}|std"]] = np.nan
+            none = ok.groupby("run")[k].apply(lambda x: x.isna().all()).reindex(out.index, fill_value=True)
+            out.loc[none.to_numpy(), [f"{k}|mean", f"{k}|std"]] = np.nan
+            out.loc[none.to_numpy(), f"{k}|n"] = 0
     return out
 
 

@@ -1,6 +1,8 @@
-"""Rendering: the markdown table (best mean in bold), the LaTeX table and the comparison figure, all
-from `aggregate.summarize` (MMIN's training-curve figure is integration/curves.py, beside its trainer).
-Figures use matplotlib's Agg canvas directly (no pyplot, no global backend). Design notes: docs/design/experiments.md.
+"""Rendering: the markdown table (best mean in bold, † on the primary metric), the statistics against
+the reference, the published-number check, the LaTeX table and the comparison figure, from
+`aggregate.summarize` over the seeds a `stats.ComparisonTable` uses (MMIN's training-curve figure
+is integration/curves.py, beside its trainer). Figures use matplotlib's Agg canvas directly (no
+pyplot, no global backend). Design notes: docs/design/experiments.md, "Statistics".
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import pandas as pd
 
 from ..constants import LOWER_IS_BETTER, METRIC_ORDER
 from . import paper
-from .aggregate import measured_metrics, summarize
+from .aggregate import STD_DDOF, measured_metrics, summarize
 
 __all__ = ["render_markdown", "render_latex", "render_figure", "fmt_time"]
 
@@ -69,16 +71,14 @@ def _is_best(mean: float, best: Optional[float]) -> bool:
     return best is not None and math.isfinite(mean) and abs(mean - best) <= 1e-12
 
 
-#: appended to a mean whose difference from the reference is significant (stats.py: p < alpha, CI excludes 0)
+#: appended to the primary metric's mean of a run that differs from the reference (stats.py: the
+#: Holm-adjusted p of the primary metric < alpha)
 SIG_MARK = "†"
 
 
-def _significant(stats: Optional[pd.DataFrame], run: str, key: str) -> bool:
-    col = f"{key}|significant"
-    if stats is None or col not in stats.columns or run not in stats.index:
-        return False
-    v = stats.at[run, col]
-    return isinstance(v, (bool, np.bool_)) and bool(v)
+def _significant(table, run: str, key: str) -> bool:
+    """† on this cell: `key` is the table's primary metric and the run differs on it."""
+    return table is not None and key == table.primary and table.marked(run)
 
 
 def _fmt_cell(summary, run, key, best, pm=" ± ", bold=("**", "**"), stats=None, mark=SIG_MARK) -> str:
@@ -139,8 +139,11 @@ def _status(summary, run) -> str:
 
 def measured_table(summary: pd.DataFrame, specs: Sequence, kind: str, stats=None) -> List[str]:
     cols = _display_columns(summary)
+    heads = [h for h, _ in cols]
+    if heads:  # the ± says what it is, in the table itself
+        heads[0] += f" (mean ± sd, ddof={STD_DDOF})"
     header = (["Model" if kind == "compare" else "Variant"] + ([] if kind == "compare" else ["`ablation`"])
-              + [h for h, _ in cols] + ["Seeds ok", "Epochs", "Wall time", "Status"])
+              + heads + ["Seeds ok", "Epochs", "Wall time", "Status"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     bests = {k: _best(summary, k) for _, keys in cols for k in keys}
     for spec in specs:
@@ -161,112 +164,214 @@ def _signed(key: str, v: float) -> str:
     return f"{_scale(key, v):+.{d}f}"
 
 
-def _stat_keys(summary: pd.DataFrame, stats: pd.DataFrame) -> List[str]:
-    return [k for _, keys in _display_columns(summary) for k in keys if f"{k}|diff" in stats.columns]
+def _stat_keys(summary: pd.DataFrame, table) -> List[str]:
+    keys = [k for _, keys in _display_columns(summary) for k in keys if k in table.metrics]
+    return [table.primary] + [k for k in keys if k != table.primary] if table.primary in table.metrics else keys
 
 
-def stats_block(summary: pd.DataFrame, specs: Sequence, kind: str, stats: Optional[pd.DataFrame]) -> List[str]:
+def _diff_cell(c, key: str) -> str:
+    if c is None:
+        return "–"
+    if not math.isfinite(c.diff):
+        return "n/a (" + c.note + ")" if c.note else "–"
+    text = _signed(key, c.diff)
+    if math.isfinite(c.ci.low):
+        text += f" [{_signed(key, c.ci.low)}, {_signed(key, c.ci.high)}]"
+    if math.isfinite(c.pvalue):
+        text += f" p={c.pvalue:.2g}" + (f" (adj {c.pvalue_adjusted:.2g})" if math.isfinite(c.pvalue_adjusted) else "")
+    if c.note:
+        text += f" ({c.note})"
+    return text
+
+
+def _seeds_line(table, label) -> str:
+    seeds = ", ".join(str(s) for s in table.seeds) or "none"
+    line = (f"Seeds used: {seeds} ({len(table.seeds)}: the seeds every run finished; every mean, difference and "
+            f"{SIG_MARK} above and below uses exactly these) on {table.n_clips} test clips.")
+    if table.left_out:
+        line += " Left out: " + "; ".join(f"{label.get(r, r)} seed(s) {', '.join(str(x) for x in v)}"
+                                          for r, v in table.left_out.items()) + " (another run lacks them)."
+    return line
+
+
+def stats_block(summary: pd.DataFrame, specs: Sequence, kind: str, stats, detect: Optional[float] = None) -> List[str]:
     """The markdown section 'against the reference': per run and metric the paired difference, its
-    95% CI and p (docs/design/experiments.md, 'Statistics'), significant ones in bold with †."""
-    from .stats import ALPHA, mdd_line
+    95% interval (two-way: new clips and seeds), p and Holm-adjusted p, P(better) for the primary
+    metric, and what the comparison can detect (docs/design/experiments.md, 'Statistics')."""
+    from .stats import ALPHA
 
     if stats is None:
         return ["## Against the reference", "",
                 "No statistics yet: they need the reference run and at least one other run with saved test "
                 "predictions (`predictions.npz`, written by each finished trial).", ""]
-    ref = stats.attrs["reference"]
+    table = stats
+    ref = table.reference
     label = {s.name: s.label for s in specs}
-    keys = _stat_keys(summary, stats)
-    lines = [f"## Against the reference: {label.get(ref, ref)}", "",
-             f"Difference = run − reference (accuracies/F1 in points), mean over the seeds both finished; "
-             f"[95% CI] from a bootstrap over seeds and test samples; p from a paired t-test across seeds. "
-             f"**Bold** {SIG_MARK}: significant (p < {ALPHA} and the CI excludes 0); the same {SIG_MARK} marks "
-             "those means in the table above. Method: docs/design/experiments.md, 'Statistics'.", "",
+    keys = _stat_keys(summary, table)
+    prim = table.primary
+    lines = [f"## Against the reference: {label.get(ref, ref)}", "", _seeds_line(table, label), "",
+             f"Difference = run − reference (accuracies/F1 in points), mean over the seeds used; [95% CI] for new "
+             f"clips and seeds (two-way random effects, clips × seeds, Satterthwaite df); p from the same t; adj = "
+             f"Holm-adjusted over the {table.n_compared} run(s) compared with {label.get(ref, ref)}. "
+             f"**Bold** {SIG_MARK}: adjusted p < {ALPHA} on the primary metric, {SHORT_NAMES.get(prim, prim)} "
+             f"(the same {SIG_MARK} marks those means above); the other metrics are descriptive. P(better): the "
+             f"fraction of seeds on which the run beats the reference [Wilson 95% CI]. Method: "
+             "docs/design/experiments.md, 'Statistics'.", "",
              "| " + " | ".join(["Model" if kind == "compare" else "Variant", "Seeds"]
-                                + [SHORT_NAMES.get(k, k) + (" ↓" if k in LOWER_IS_BETTER else "") for k in keys])
-             + " |", "|" + "---|" * (len(keys) + 2)]
+                                + [SHORT_NAMES.get(k, k) + (" ↓" if k in LOWER_IS_BETTER else "")
+                                   + (" (primary)" if k == prim else "") for k in keys]
+                                + [f"P(better) on {SHORT_NAMES.get(prim, prim)}"]) + " |",
+             "|" + "---|" * (len(keys) + 3)]
+    notes = []
     for spec in specs:
-        if spec.name not in stats.index or spec.name == ref:
+        if spec.name not in table.means or spec.name == ref:
             continue
-        cells = [spec.label, str(int(stats.at[spec.name, "n_seeds"]))]
+        cells = [spec.label, str(len(table.seeds))]
         for k in keys:
-            diff = stats.at[spec.name, f"{k}|diff"] if f"{k}|diff" in stats.columns else np.nan
-            if pd.isna(diff):
-                cells.append("–")
-                continue
-            p = stats.at[spec.name, f"{k}|p"]
-            text = (f"{_signed(k, diff)} [{_signed(k, stats.at[spec.name, f'{k}|ci_low'])}, "
-                    f"{_signed(k, stats.at[spec.name, f'{k}|ci_high'])}]" + ("" if pd.isna(p) else f" p={p:.2g}"))
-            cells.append(f"**{text}** {SIG_MARK}" if _significant(stats, spec.name, k) else text)
-        lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
-    lines += ["", "What this run can show: " + mdd_line(stats, "MAE", _scale), ""]
+            c = table.get(spec.name, k)
+            text = _diff_cell(c, k)
+            cells.append(f"**{text}** {SIG_MARK}" if _significant(table, spec.name, k) else text)
+        c = table.get(spec.name, prim)
+        cells.append("–" if c is None or not math.isfinite(c.prob_improvement) else
+                     f"{c.prob_improvement:.2f} [{c.pi_ci.low:.2f}, {c.pi_ci.high:.2f}]")
+        lines.append("| " + " | ".join(_md_escape(x) for x in cells) + " |")
+        if c is not None and math.isfinite(c.ci_test_set.low):
+            notes.append(f"{spec.label}: on this test set only (seed-level t, clips fixed) the "
+                         f"{SHORT_NAMES.get(prim, prim)} interval is [{_signed(prim, c.ci_test_set.low)}, "
+                         f"{_signed(prim, c.ci_test_set.high)}].")
+    lines += ["", "What this comparison can show: " + detectable_line(table, _scale, detect), ""]
+    if notes:
+        lines += ["<details><summary>Intervals on this test set only (narrower; they ignore that other clips "
+                  "would give another difference)</summary>", ""] + [f"- {n}" for n in notes] + ["", "</details>", ""]
     return lines
 
 
-def paper_check_block(specs: Sequence, kind: str, dataset: str, stats: Optional[pd.DataFrame]) -> List[str]:
-    """Per run with a published row: is the published number inside the run's own 95% interval
-    (bootstrap over seeds and test samples of its mean)?"""
-    if stats is None:
+def detectable_line(table, scale=lambda k, v: v, detect: Optional[float] = None) -> str:
+    """One sentence: the smallest primary-metric difference the † rule (two-way variance, Holm over
+    the runs compared, alpha, power POWER) would detect at these seeds (largest over runs), and how
+    many seeds a difference of `detect` (default: half of it) would need."""
+    from .stats import ALPHA, POWER, seeds_to_detect, smallest_detectable
+
+    key, S = table.primary, len(table.seeds)
+    comps = [table.get(r, key) for r in table.runs if table.get(r, key) is not None]
+    if not comps:
+        return f"No run to compare with the reference {table.reference} yet."
+    if S < 2:
+        return (f"With {S} seed(s) used there is no test across seeds: nothing can be called different; run more "
+                "seeds (the same seeds for every run).")
+    comps = [c for c in comps if c.variance is not None and math.isfinite(c.mdd)]
+    if not comps:
+        return f"The smallest detectable {key} difference is undefined (no variance measured: see the notes)."
+    worst = max(comps, key=lambda c: c.mdd)
+    k = table.n_compared
+    target = abs(detect) if detect else worst.mdd / 2
+    need = seeds_to_detect(worst.variance, target, k)
+    floor = smallest_detectable(worst.variance, 1000, k)
+    name = SHORT_NAMES.get(key, key)
+    text = (f"with {S} seeds and {table.n_clips} clips, the smallest {name} difference {SIG_MARK} would detect with "
+            f"{POWER:.0%} power (two-way variance, Holm over {k} run(s), alpha {ALPHA}) is about "
+            f"{scale(key, worst.mdd):.3g} (largest over the runs); ")
+    if need is None:
+        text += (f"{scale(key, target):.3g} is below what any number of seeds can detect on {table.n_clips} clips "
+                 f"(the clip variance alone allows about {scale(key, floor):.3g}).")
+    else:
+        text += f"detecting {scale(key, target):.3g} would take about {need} seeds at the measured variance."
+    return text
+
+
+def paper_check_block(specs: Sequence, kind: str, dataset: str, stats) -> List[str]:
+    """Per run with a published row: is the published number inside the seed-only 95% prediction
+    interval of one more seed of this run on the same test clips? With a note on best-of-N."""
+    from .stats import best_of_n_shift, prediction_interval
+
+    if stats is None or len(stats.seeds) < 2:
         return []
-    lines, keys = [], [k for k in ("MAE", "Corr", "Has0_acc_2", "Non0_acc_2", "Has0_F1_score", "Non0_F1_score")
-                       if f"{k}|own_low" in stats.columns]
+    table = stats
+    keys = [k for k in ("MAE", "Corr", "Has0_acc_2", "Non0_acc_2", "Has0_F1_score", "Non0_F1_score")
+            if k in table.metrics]
+    lines, shifts = [], []
     for spec in specs:
-        if spec.name not in stats.index:
+        m = table.means.get(spec.name)
+        if m is None:
             continue
         cells = []
         for k in keys:
             pv = _paper_value_for(spec, kind, dataset, k)
-            lo, hi = stats.at[spec.name, f"{k}|own_low"], stats.at[spec.name, f"{k}|own_high"]
-            if pv is None or pd.isna(lo):
+            pi = prediction_interval(m.values.get(k, ()))
+            if pv is None or not math.isfinite(pi.low):
                 cells.append("–")
                 continue
-            lo, hi = _scale(k, lo), _scale(k, hi)
-            inside = lo <= pv <= hi
+            lo, hi = _scale(k, pi.low), _scale(k, pi.high)
             d = 3 if k in NOT_PERCENT else 2
-            cells.append(f"{pv:g} {'in' if inside else 'NOT in'} [{lo:.{d}f}, {hi:.{d}f}]")
+            cells.append(f"{pv:g} {'in' if lo <= pv <= hi else 'NOT in'} [{lo:.{d}f}, {hi:.{d}f}]")
+            if k == "MAE":
+                shifts.append(best_of_n_shift(5) * m.sd("MAE"))
         if any(c != "–" for c in cells):
             lines.append("| " + " | ".join([_md_escape(spec.label)] + cells) + " |")
     if not lines:
         return []
-    head = ["", "### Published number vs measured 95% interval", "",
-            "Is the paper's number inside this run's 95% interval of its own mean (bootstrap over seeds and test "
-            "samples)? 'NOT in' means the measurement disagrees with the published number beyond seed and "
-            "test-sample noise (other data, features or settings can explain it).", "",
+    best5 = (f" Here that is about {max(shifts):.3g} MAE (1.16 × the largest seed sd)." if shifts else "")
+    head = ["", "### Published number vs one more seed", "",
+            f"Is the paper's number inside the 95% prediction interval of one more seed of this run on the same "
+            f"{table.n_clips} test clips (mean ± t·sd·√(1 + 1/S) over the {len(table.seeds)} seeds used; the paper "
+            "tested the same clips, so only seed-to-seed variation applies)? 'NOT in' means the published number "
+            "is unlikely from this set-up with another seed (other data, features or settings can explain it). "
+            "A paper that reported the best of N seeds sits on average E[max of N normals] seed sd better than a "
+            "typical seed (N = 5: 1.16 sd), so a published number just past the better edge is consistent with "
+            "best-of-N reporting." + best5, "",
             "| " + " | ".join(["Model" if kind == "compare" else "Variant"] + [SHORT_NAMES.get(k, k) for k in keys])
             + " |", "|" + "---|" * (len(keys) + 1)]
     return head + lines
 
 
-def _summary(rows, specs, summary):
-    return summary if summary is not None else summarize(rows, [s.name for s in specs])
+def _summary(rows, specs, summary, table=None):
+    """`aggregate.summarize` over the seeds `table` uses (all finished seeds without a table)."""
+    if summary is not None:
+        return summary
+    return summarize(rows, [s.name for s in specs], None if table is None else table.seeds)
 
 
-def render_markdown(rows: List[Dict], specs: Sequence, kind: str, info: Dict, summary=None, stats=None) -> str:
+def render_markdown(rows: List, specs: Sequence, kind: str, info: Dict, summary=None, stats=None,
+                    detect: Optional[float] = None) -> str:
     """The `<kind>-<dataset>.md` text: run facts, the measured table, the statistics against the
-    reference (`stats`: `stats.compare_to_reference`, or None), the paper's block (`summary`:
-    `aggregate.summarize(rows, runs)` if already computed)."""
-    summary = _summary(rows, specs, summary)
+    reference (`stats`: a `stats.ComparisonTable`, or None), the paper's block (`summary`:
+    `aggregate.summarize(rows, runs, table seeds)` if already computed). `info`: dataset and
+    optionally seeds, n_planned, updated, feature_path, max_epochs, pretrained, overrides, source."""
+    summary = _summary(rows, specs, summary, stats)
     dataset = info["dataset"]
     title = "MMIN vs MMSA baselines" if kind == "compare" else "MMIN ablations (paper Table 2 variants)"
+    if info.get("title"):
+        title = info["title"]
     done = len(rows)
-    overrides = json.dumps(info["overrides"], sort_keys=True, default=str) if info["overrides"] else "none"
-    lines = [f"# {title} on {dataset.upper()}: measured here", "",
-             f"- status: {'complete' if done >= info['n_planned'] else 'IN PROGRESS'} "
-             f"({done}/{info['n_planned']} model-seed runs done), updated {info['updated']}",
-             f"- feature file: {info['feature_path'] or 'each model’s MMSA-configured featurePath'}",
-             f"- seeds: {', '.join(str(s) for s in info['seeds'])}",
-             f"- epoch cap: {info['max_epochs'] or 'none (early stopping only)'} (every model; MMSA's trainers "
-             "capped by the same rule, see docs/design/experiments.md), patience: each model's MMSA `early_stop`",
-             f"- pretrained text encoder: {info['pretrained'] or 'each model’s default'} (BERT-based models only)",
-             f"- overrides: {overrides}",
-             "", "Mean ± std (numpy.std, ddof=0, as MMSA's results CSV) over the seeds that finished; "
-             "accuracies and F1 in %; best mean per column in **bold** (lowest MAE, highest otherwise). "
-             "Acc-2/F1 has-0 = negative/non-negative, non-0 = negative/positive (zeros excluded). "
-             "Wall time: total over seeds, data loading and MMSA's own 1 s pause per run included.", ""]
+    overrides = json.dumps(info.get("overrides"), sort_keys=True, default=str) if info.get("overrides") else "none"
+    planned = info.get("n_planned", done)
+    lines = [f"# {title} on {dataset.upper()}: measured here", ""]
+    if info.get("source"):
+        lines.append(f"- source: {info['source']}")
+    lines.append(f"- status: {'complete' if done >= planned else 'IN PROGRESS'} ({done}/{planned} model-seed runs "
+                 f"done), updated {info.get('updated', '–')}")
+    if "feature_path" in info:
+        lines.append(f"- feature file: {info['feature_path'] or 'each model’s MMSA-configured featurePath'}")
+    lines.append(f"- seeds: {', '.join(str(s) for s in info.get('seeds', ()))}"
+                 + ("" if stats is None else f"; used in every table: {', '.join(str(x) for x in stats.seeds)}"))
+    if "max_epochs" in info:
+        lines += [f"- epoch cap: {info['max_epochs'] or 'none (early stopping only)'} (every model; MMSA's trainers "
+                  "capped by the same rule, see docs/design/experiments.md), patience: each model's MMSA "
+                  "`early_stop`",
+                  f"- pretrained text encoder: {info.get('pretrained') or 'each model’s default'} (BERT-based "
+                  "models only)", f"- overrides: {overrides}"]
+    lines += ["", f"Mean ± sd over the seeds used (the seeds every run finished; sd = sample sd, ddof={STD_DDOF}; "
+              "MMSA's results CSV uses ddof=0, 18% smaller at 3 seeds); accuracies and F1 in %; best mean per column "
+              "in **bold** (lowest MAE, highest otherwise)"
+              + ("" if stats is None else f"; {SIG_MARK}: differs from the reference on "
+                 f"{SHORT_NAMES.get(stats.primary, stats.primary)}, the primary metric (Holm-adjusted p < "
+                 f"{stats.alpha:g})")
+              + ". Acc-2/F1 has-0 = negative/non-negative, non-0 = negative/positive (zeros excluded). "
+              "Wall time: total over seeds, data loading and MMSA's own 1 s pause per run included.", ""]
     lines += measured_table(summary, specs, kind, stats)
     lines += ["", f"Per-seed numbers (and the statistics per metric): `{kind}-{dataset}.csv`; "
                   f"LaTeX: `{kind}-{dataset}.tex`; figure: `{kind}-{dataset}.png`.", ""]
-    lines += stats_block(summary, specs, kind, stats)
+    lines += stats_block(summary, specs, kind, stats, detect)
     lines += _paper_block(kind, dataset)
     lines += paper_check_block(specs, kind, dataset, stats)
     return "\n".join(lines) + "\n"
@@ -280,10 +385,10 @@ def _tex_escape(text: str) -> str:
     return text.replace("\0", r"\textbackslash{}")
 
 
-def render_latex(rows: List[Dict], specs: Sequence, kind: str, dataset: str, summary=None, stats=None) -> str:
-    """A booktabs table (mean $\\pm$ std, best in bold, $^\\dagger$ significantly different from the
-    reference per `stats`) of the measured runs, via pandas' Styler."""
-    summary = _summary(rows, specs, summary)
+def render_latex(rows: List, specs: Sequence, kind: str, dataset: str, summary=None, stats=None) -> str:
+    """A booktabs table (mean $\\pm$ sd over the seeds used, best in bold, $^\\dagger$ on the primary
+    metric of a run that differs from the reference per `stats`) of the measured runs, via pandas' Styler."""
+    summary = _summary(rows, specs, summary, stats)
     cols = _display_columns(summary)
     bests = {k: _best(summary, k) for _, keys in cols for k in keys}
     data = {}
@@ -295,10 +400,14 @@ def render_latex(rows: List[Dict], specs: Sequence, kind: str, dataset: str, sum
     frame = pd.DataFrame(data, index=pd.Index([_tex_escape(s.label) for s in specs],
                                               name="Model" if kind == "compare" else "Variant"))
     caption = (f"{'MMIN vs MMSA baselines' if kind == 'compare' else 'MMIN ablations'} on {dataset.upper()} "
-               r"(measured; mean $\pm$ std over seeds, accuracies and F1 in \%, best in bold"
+               + r"(measured; mean $\pm$ sample sd (ddof=" + str(STD_DDOF) + r") over seeds "
+               + ("" if stats is None else ", ".join(str(x) for x in stats.seeds) + " ")
+               + r", accuracies and F1 in \%, best in bold"
                + ("" if stats is None else
-                  r"; $^\dagger$: differs from " + _tex_escape(str(stats.attrs.get("reference")))
-                  + r" significantly (paired t-test across seeds $p<0.05$ and bootstrap 95\% CI excluding 0)")
+                  r"; $^\dagger$: " + _tex_escape(SHORT_NAMES.get(stats.primary, stats.primary))
+                  + r" differs from " + _tex_escape(str(stats.reference))
+                  + r" (two-way random-effects t-test over clips and seeds, Holm-adjusted $p<" + f"{stats.alpha:g}"
+                  + r"$)")
                + ").")
     return frame.style.to_latex(hrules=True, caption=caption, label=f"tab:{kind}-{dataset}",
                                 column_format="l" + "c" * len(frame.columns), position="t")
@@ -319,19 +428,23 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def render_figure(rows: List[Dict], specs: Sequence, kind: str, dataset: str, summary=None) -> bytes:
-    """PNG bytes: one panel per metric; per run the mean over seeds with a ± std error bar
+def render_figure(rows: List, specs: Sequence, kind: str, dataset: str, summary=None, stats=None) -> bytes:
+    """PNG bytes: one panel per metric; per run the mean over the seeds used with a ± sd error bar
     (best mean in orange), the paper's published value (where it has one) as a black bar."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    summary = _summary(rows, specs, summary)
+    summary = _summary(rows, specs, summary, stats)
     keys = [k for _, ks in _display_columns(summary) for k in ks]
     n = max(len(keys), 1)
     ncols = min(4 if len(specs) <= 5 else 3, n)
     nrows = math.ceil(n / ncols)
     width = max(3.4, 0.45 * len(specs) + 1.8)
-    fig = Figure(figsize=(width * ncols, 3.3 * nrows + 0.6), dpi=100, layout="constrained")
+    # fixed margins, not constrained layout: its extra draws cost ~1 s, most of `report`'s time
+    height = 3.6 * nrows + 1.0
+    fig = Figure(figsize=(width * ncols, height), dpi=100)
+    fig.subplots_adjust(left=0.5 / (width * ncols), right=1 - 0.15 / (width * ncols), top=1 - 0.55 / height,
+                        bottom=1.5 / height, wspace=0.35, hspace=1.4 / 3.6)
     FigureCanvasAgg(fig)
     handles = {}
     for i in range(nrows * ncols):
@@ -349,7 +462,9 @@ def render_figure(rows: List[Dict], specs: Sequence, kind: str, dataset: str, su
                 mean, std, _ = st
                 h = ax.errorbar([j], [_scale(key, mean)], yerr=[_scale(key, std)], fmt="o", ms=7, capsize=4,
                                 color="tab:orange" if _is_best(mean, best) else "tab:blue")
-                handles.setdefault("best mean" if _is_best(mean, best) else "mean ± std over seeds (measured)", h)
+                label = ("best mean" if _is_best(mean, best)
+                         else f"mean ± sd (ddof={STD_DDOF}) over the seeds used (measured)")
+                handles.setdefault(label, h)
             else:
                 ax.text(j, 0.04, "failed" if summary.at[spec.name, "n_run"] else "not run", rotation=90,
                         ha="center", va="bottom", fontsize=8, color="tab:red", transform=ax.get_xaxis_transform())
@@ -364,8 +479,9 @@ def render_figure(rows: List[Dict], specs: Sequence, kind: str, dataset: str, su
         ax.set_xticklabels([s.label for s in specs], rotation=35, ha="right", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=len(handles), fontsize=8)
-    n_seeds = len({r.seed if hasattr(r, "seed") else r["seed"] for r in rows})  # TrialRecords or CSV rows
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncols=len(handles), fontsize=8)
+    n_seeds = (len(stats.seeds) if stats is not None
+               else len({r.seed if hasattr(r, "seed") else r["seed"] for r in rows}))  # TrialRecords or CSV rows
     fig.suptitle(f"{'MMIN vs MMSA baselines' if kind == 'compare' else 'MMIN ablations'} on {dataset.upper()} "
                  f"(measured here, {n_seeds} seed(s))", fontsize=11)
     return _png(fig)

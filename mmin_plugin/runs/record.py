@@ -38,8 +38,8 @@ logger = logging.getLogger("MMSA." + __name__)
 
 __all__ = ["TrialRecord", "RecordError", "ROW_FILE", "PREDICTIONS_FILE", "STATUSES", "FINAL", "KINDS",
            "trial_dir", "check_name", "read_record", "write_record", "load_record", "Predictions",
-           "read_predictions", "load_predictions", "write_predictions", "MAX_TEST_SAMPLES", "ROW_SCHEMA",
-           "check_trial_folder"]
+           "read_predictions", "load_predictions", "load_predictions_file", "write_predictions", "MAX_TEST_SAMPLES",
+           "ROW_SCHEMA", "check_trial_folder"]
 
 ROW_FILE = "row.json"
 #: the TEST pass's per-sample predictions: arrays `ids` (str), `labels`, `preds` (float64)
@@ -371,9 +371,14 @@ def _npy_member(zf: zipfile.ZipFile, name: str, max_samples: int, source: str):
 def load_predictions(out, run: str, dataset: str, seed: int, max_samples: int = MAX_TEST_SAMPLES) -> Predictions:
     """The trial's `predictions.npz` (module docstring): at most `max_samples` samples (pass the
     test split's size when it is known). FileNotFoundError if absent; RecordError if refused."""
-    path = trial_dir(out, run, dataset, seed) / PREDICTIONS_FILE
+    return load_predictions_file(trial_dir(out, run, dataset, seed) / PREDICTIONS_FILE, max_samples, root=out)
+
+
+def load_predictions_file(path, max_samples: int = MAX_TEST_SAMPLES, root=None) -> Predictions:
+    """A predictions file at `path` (a trial's, inside `root`; or one the user named, e.g. in
+    `report --from-predictions`'s spec), read as `load_predictions` reads a trial's."""
     bound = 2 * (_NPY_HEADER + max_samples * sum(m for _, m in _MEMBERS.values())) + (64 << 10)
-    raw = read_bytes(path, bound, root=out)
+    raw = read_bytes(path, bound, root=root)
     source = str(path)
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as zf:
