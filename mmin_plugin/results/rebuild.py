@@ -22,9 +22,9 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .. import datasets
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..bounded import UnreadableFile, read_json
-from ..constants import DATASETS
 from ..errors import MMINConfigError, MMINDataError
 from ..runs.record import TrialRecord, check_name, load_predictions_file, read_predictions
 from . import aggregate, report, stats
@@ -252,8 +252,8 @@ def read_spec(path) -> Spec:
     except UnreadableFile as exc:
         raise MMINDataError(str(exc)) from None
     dataset = data.get("dataset")
-    if not isinstance(dataset, str) or dataset.lower() not in DATASETS:
-        raise MMINDataError(f"{src}: dataset: expected one of {list(DATASETS)}; found {str(dataset)[:40]!r}")
+    if not isinstance(dataset, str) or datasets.lookup(dataset) is None:
+        raise MMINDataError(f"{src}: dataset: expected one of {list(datasets.names())}; found {str(dataset)[:40]!r}")
     runs = data.get("runs")
     if not isinstance(runs, dict) or len(runs) < 2:
         raise MMINDataError(f"{src}: runs: expected an object of at least 2 runs; found "
