@@ -167,11 +167,11 @@ def test_own_dataset_end_to_end_through_compare(tmp_path, tiny_bert):
                                          "mmin.fusion_ff_dim": 32, "mmin.disc_hidden": 8})
     finally:
         unregister_dataset("ours")
-    assert [(r["run"], r["status"]) for r in rows] == [(m, "ok") for m in ("mmin", "misa", "mult") for _ in (0, 1)], \
-        [r.get("error") for r in rows]
+    assert [(r.run, r.status) for r in rows] == [(m, "ok") for m in ("mmin", "misa", "mult") for _ in (0, 1)], \
+        [r.error for r in rows]
     for r in rows:
-        assert r["dataset"] == "ours" and math.isfinite(r["metrics"]["MAE"]) and r["predictions"]
-        assert r["config"]["feature_dims"][1:] == [7, 11] and r["config"]["dataset_name"] == "ours"
+        assert r.dataset == "ours" and math.isfinite(r.metrics["MAE"]) and r.has_predictions
+        assert list(r.config["feature_dims"][1:]) == [7, 11] and r.config["dataset_name"] == "ours"
     md = (tmp_path / "out" / "compare-ours.md").read_text()
     assert "| mmin |" in md and "| misa |" in md and "| mult |" in md and "Against the reference: mmin" in md
     table = read_rows(tmp_path / "out" / "compare-ours.csv")
