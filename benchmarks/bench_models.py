@@ -427,19 +427,23 @@ def profile_step(name, cache_dir, rows=15, log=print):
             stack.pop().__exit__(None, None, None)
 
         handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    orig_sparsemax = mm.sparsemax
+    originals = {fn: getattr(mm, fn) for fn in ("sparsemax_attention", "sparsemax_reference_attention")}
 
-    def sparsemax_scoped(x, dim=-1):
-        with record_function("[fwd] sparsemax (inside CA)"):
-            return orig_sparsemax(x, dim)
+    def scoped(fn):
+        def call(*a, **kw):
+            with record_function("[fwd] sparsemax attention (inside CA)"):
+                return originals[fn](*a, **kw)
+        return call
 
-    mm.sparsemax = sparsemax_scoped
+    for fn in originals:
+        setattr(mm, fn, scoped(fn))
     try:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             with record_function("[step] total"):
                 c.step(scoped=True)
     finally:
-        mm.sparsemax = orig_sparsemax
+        for fn, orig in originals.items():
+            setattr(mm, fn, orig)
         for h in handles:
             h.remove()
     ev = prof.key_averages()

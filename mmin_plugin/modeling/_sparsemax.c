@@ -26,6 +26,16 @@
  * Backward (vector-Jacobian product; the Jacobian is symmetric, M&A eq. 14):
  *     dz = s * (g - sum_S g / |S|),   s = 1[p > 0];   a row with empty support gets 0.
  *
+ * Fused attention normaliser (mmin_attn_*): the same forward and backward on a (rows, n) score
+ * map in place, rows grouped per batch element b = r / rows_per_b, with a key mask km (B, n)
+ * (uint8, 1 = real key) and an optional query mask qm (B, lq), query index r % lq.  Masked keys
+ * are never read into the threshold and get exactly 0; a row whose query is masked or that has
+ * no real key gets zeros.  The forward keeps only the row statistics st[r] = (max, t), tau =
+ * max + t (t = +inf marks an empty row, NaN a NaN/+inf row); the backward recomputes
+ *     p = max((s - max) - t, 0)
+ * bit for bit as the forward wrote it (same expression, same double arithmetic) from the
+ * recomputed scores s, and writes p over s and dS = 1[p > 0] * (dP - mean_S dP) over dP.
+ *
  * Rows are split into contiguous chunks over at most `nthreads` threads: an OpenMP parallel
  * for when built with -fopenmp (libgomp.so.1, i.e. the copy torch has already loaded, so the
  * kernel runs on torch's own thread pool), else pthreads created per call.  nthreads = 1
@@ -119,10 +129,16 @@ static double threshold(const double *c, int64_t k, double *scratch, int max_pas
 
 /* ------------------------------------------------------------------ threading */
 
+enum { FWD, BWD, ATTN_FWD, ATTN_BWD };
+
 typedef struct {
-    int fwd, f64, max_passes;
-    const void *a, *b;  /* forward: z, unused;  backward: p, g */
-    void *out;
+    int kind, f64, max_passes;
+    const void *a, *b;  /* forward: z; backward: p, g; attention: unused */
+    void *out;          /* forward: p; backward: dz; attention: the scores (in place) */
+    void *g;            /* attention backward: dP -> dS (in place) */
+    double *st;         /* attention: (max, t) per row */
+    const uint8_t *km, *qm;  /* attention: key mask (B, n), query mask (B, lq) or NULL */
+    int64_t rows_per_b, lq;
     int64_t n, r0, r1;
     int64_t fell_back;  /* forward: rows finished by the sort; -1 if malloc failed */
 } job_t;
@@ -132,15 +148,41 @@ static void *run_job(void *arg)
     job_t *j = (job_t *)arg;
     int64_t r, n = j->n;
     double *y = NULL;  /* forward scratch: y, c (doubles) and idx (int64), n each */
-    if (j->fwd && !(y = (double *)malloc((size_t)(n > 0 ? n : 1) * 3 * sizeof(double)))) {
+    int fwd = j->kind == FWD || j->kind == ATTN_FWD;
+    if (fwd && !(y = (double *)malloc((size_t)(n > 0 ? n : 1) * 3 * sizeof(double)))) {
         j->fell_back = -1;
         return NULL;
     }
     for (r = j->r0; r < j->r1; r++) {
-        if (j->fwd && j->f64)
+        if (j->kind == ATTN_FWD || j->kind == ATTN_BWD) {
+            int64_t b = r / j->rows_per_b;
+            const uint8_t *mk = j->km + b * n;
+            double *st = j->st + 2 * r;
+            if (j->qm && !j->qm[b * j->lq + r % j->lq]) {  /* padded query: an empty row */
+                if (j->kind == ATTN_FWD) { st[0] = 0.0; st[1] = INFINITY; }
+                if (j->f64) {
+                    memset((double *)j->out + r * n, 0, (size_t)n * sizeof(double));
+                    if (j->kind == ATTN_BWD) memset((double *)j->g + r * n, 0, (size_t)n * sizeof(double));
+                } else {
+                    memset((float *)j->out + r * n, 0, (size_t)n * sizeof(float));
+                    if (j->kind == ATTN_BWD) memset((float *)j->g + r * n, 0, (size_t)n * sizeof(float));
+                }
+                continue;
+            }
+            if (j->kind == ATTN_FWD && j->f64)
+                j->fell_back += attn_fwd_row_f64((double *)j->out + r * n, mk, n, st, y, y + n,
+                                                 (int64_t *)(y + 2 * n), j->max_passes);
+            else if (j->kind == ATTN_FWD)
+                j->fell_back += attn_fwd_row_f32((float *)j->out + r * n, mk, n, st, y, y + n,
+                                                 (int64_t *)(y + 2 * n), j->max_passes);
+            else if (j->f64)
+                attn_bwd_row_f64((double *)j->out + r * n, (double *)j->g + r * n, mk, n, st);
+            else
+                attn_bwd_row_f32((float *)j->out + r * n, (float *)j->g + r * n, mk, n, st);
+        } else if (j->kind == FWD && j->f64)
             j->fell_back += fwd_row_f64((const double *)j->a + r * n, (double *)j->out + r * n, n,
                                         y, y + n, (int64_t *)(y + 2 * n), j->max_passes);
-        else if (j->fwd)
+        else if (j->kind == FWD)
             j->fell_back += fwd_row_f32((const float *)j->a + r * n, (float *)j->out + r * n, n,
                                         y, y + n, (int64_t *)(y + 2 * n), j->max_passes);
         else if (j->f64)
@@ -154,17 +196,19 @@ static void *run_job(void *arg)
     return NULL;
 }
 
-static int64_t dispatch(int fwd, int f64, const void *a, const void *b, void *out, int64_t rows,
-                        int64_t n, int max_passes, int nthreads)
+/* Runs the job template `tpl` over rows [0, rows) split into chunks of contiguous rows. */
+static int64_t dispatch(const job_t *tpl, int64_t rows, int nthreads)
 {
     job_t jobs[MAX_THREADS];
-    int64_t by_size = rows * n / MIN_ELEMS_PER_THREAD, total = 0;
+    int64_t n = tpl->n, by_size = rows * n / MIN_ELEMS_PER_THREAD, total = 0;
     int t, nt = nthreads < 1 ? 1 : nthreads > MAX_THREADS ? MAX_THREADS : nthreads;
     if ((int64_t)nt > by_size) nt = by_size > 1 ? (int)by_size : 1;
     if ((int64_t)nt > rows) nt = rows > 1 ? (int)rows : 1;
     for (t = 0; t < nt; t++) {
-        job_t jb = {fwd, f64, max_passes, a, b, out, n, rows * t / nt, rows * (t + 1) / nt, 0};
-        jobs[t] = jb;
+        jobs[t] = *tpl;
+        jobs[t].r0 = rows * t / nt;
+        jobs[t].r1 = rows * (t + 1) / nt;
+        jobs[t].fell_back = 0;
     }
     if (nt == 1) {
         run_job(&jobs[0]);
@@ -191,23 +235,63 @@ static int64_t dispatch(int fwd, int f64, const void *a, const void *b, void *ou
     return total;
 }
 
+static int64_t plain(int kind, int f64, const void *a, const void *b, void *out, int64_t rows,
+                     int64_t n, int max_passes, int nthreads)
+{
+    job_t tpl;
+    memset(&tpl, 0, sizeof tpl);
+    tpl.kind = kind; tpl.f64 = f64; tpl.max_passes = max_passes;
+    tpl.a = a; tpl.b = b; tpl.out = out; tpl.n = n;
+    return dispatch(&tpl, rows, nthreads);
+}
+
+static int64_t attn(int kind, int f64, void *s, void *g, double *st, const uint8_t *km,
+                    const uint8_t *qm, int64_t rows, int64_t n, int64_t rows_per_b, int64_t lq,
+                    int max_passes, int nthreads)
+{
+    job_t tpl;
+    memset(&tpl, 0, sizeof tpl);
+    tpl.kind = kind; tpl.f64 = f64; tpl.max_passes = max_passes;
+    tpl.out = s; tpl.g = g; tpl.st = st; tpl.km = km; tpl.qm = qm;
+    tpl.rows_per_b = rows_per_b > 0 ? rows_per_b : 1; tpl.lq = lq > 0 ? lq : 1; tpl.n = n;
+    return dispatch(&tpl, rows, nthreads);
+}
+
 /* Entry points.  Forward returns the number of rows finished by the sort (>= 0), or -1 if a
  * scratch buffer could not be allocated (the output is then incomplete). */
 int64_t mmin_sparsemax_fwd_f32(const float *z, float *p, int64_t rows, int64_t n, int max_passes,
                                int nthreads)
-{ return dispatch(1, 0, z, NULL, p, rows, n, max_passes, nthreads); }
+{ return plain(FWD, 0, z, NULL, p, rows, n, max_passes, nthreads); }
 
 int64_t mmin_sparsemax_fwd_f64(const double *z, double *p, int64_t rows, int64_t n,
                                int max_passes, int nthreads)
-{ return dispatch(1, 1, z, NULL, p, rows, n, max_passes, nthreads); }
+{ return plain(FWD, 1, z, NULL, p, rows, n, max_passes, nthreads); }
 
 int64_t mmin_sparsemax_bwd_f32(const float *p, const float *g, float *dz, int64_t rows, int64_t n,
                                int nthreads)
-{ return dispatch(0, 0, p, g, dz, rows, n, 0, nthreads); }
+{ return plain(BWD, 0, p, g, dz, rows, n, 0, nthreads); }
 
 int64_t mmin_sparsemax_bwd_f64(const double *p, const double *g, double *dz, int64_t rows,
                                int64_t n, int nthreads)
-{ return dispatch(0, 1, p, g, dz, rows, n, 0, nthreads); }
+{ return plain(BWD, 1, p, g, dz, rows, n, 0, nthreads); }
+
+int64_t mmin_attn_fwd_f32(float *s, double *st, const uint8_t *km, const uint8_t *qm, int64_t rows,
+                          int64_t n, int64_t rows_per_b, int64_t lq, int max_passes, int nthreads)
+{ return attn(ATTN_FWD, 0, s, NULL, st, km, qm, rows, n, rows_per_b, lq, max_passes, nthreads); }
+
+int64_t mmin_attn_fwd_f64(double *s, double *st, const uint8_t *km, const uint8_t *qm, int64_t rows,
+                          int64_t n, int64_t rows_per_b, int64_t lq, int max_passes, int nthreads)
+{ return attn(ATTN_FWD, 1, s, NULL, st, km, qm, rows, n, rows_per_b, lq, max_passes, nthreads); }
+
+int64_t mmin_attn_bwd_f32(float *s, float *g, const double *st, const uint8_t *km,
+                          const uint8_t *qm, int64_t rows, int64_t n, int64_t rows_per_b,
+                          int64_t lq, int nthreads)
+{ return attn(ATTN_BWD, 0, s, g, (double *)st, km, qm, rows, n, rows_per_b, lq, 0, nthreads); }
+
+int64_t mmin_attn_bwd_f64(double *s, double *g, const double *st, const uint8_t *km,
+                          const uint8_t *qm, int64_t rows, int64_t n, int64_t rows_per_b,
+                          int64_t lq, int nthreads)
+{ return attn(ATTN_BWD, 1, s, g, (double *)st, km, qm, rows, n, rows_per_b, lq, 0, nthreads); }
 
 #else /* ------------------------------------ row kernels, included once per type T */
 
@@ -292,6 +376,94 @@ CLONES static void FN(bwd_row)(const T *p, const T *g, T *dz, int64_t n)
     mean = k > 0.0 ? (T)(s / k) : (T)0;  /* sums in double, the difference in T */
 #pragma omp simd
     for (i = 0; i < n; i++) dz[i] = p[i] > 0 ? g[i] - mean : (T)0;
+}
+
+/* Fused attention, forward, one row in place (z -> p), only keys with mk[i] != 0; st = (max, t).
+ * Same arithmetic as fwd_row on the row with the masked keys set to -inf. */
+CLONES static int FN(attn_fwd_row)(T *z, const uint8_t *mk, int64_t n, double *st, double *y,
+                                   double *c, int64_t *idx, int max_passes)
+{
+    T m = -INFINITY, lo;
+    int bad = 0, fell_back = 0;
+    int64_t i, i0, j, k = 0;
+    double dm, t;
+#pragma omp simd reduction(max:m) reduction(|:bad)
+    for (i = 0; i < n; i++) {
+        T v = mk[i] ? z[i] : (T)-INFINITY;
+        m = v > m ? v : m;
+        bad |= v != v;
+    }
+    if (bad || m == INFINITY || m == -INFINITY) {  /* NaN/+inf row, or no real key */
+        int empty = m == -INFINITY && !bad;
+        for (i = 0; i < n; i++) z[i] = empty ? (T)0 : (T)NAN;
+        st[0] = 0.0;
+        st[1] = empty ? INFINITY : NAN;
+        return 0;
+    }
+    dm = (double)m;
+    lo = (T)(dm - 1.0);
+    while ((double)lo - dm > -1.0) lo = FN(nextafter)(lo, (T)-INFINITY);
+    i0 = 0;
+    if (n > SKIP_FROM) {
+        for (; i0 + BLOCK <= n; i0 += BLOCK) {
+            T bmax = lo;
+#pragma omp simd reduction(max:bmax)
+            for (i = i0; i < i0 + BLOCK; i++) {
+                T v = mk[i] ? z[i] : lo;
+                bmax = v > bmax ? v : bmax;
+            }
+            if (bmax > lo)
+                for (i = i0; i < i0 + BLOCK; i++) { idx[k] = i; k += (mk[i] != 0) & (z[i] > lo); }
+        }
+    }
+    for (i = i0; i < n; i++) { idx[k] = i; k += (mk[i] != 0) & (z[i] > lo); }
+    for (j = 0; j < k; j++) y[j] = (double)z[idx[j]] - dm;
+    t = threshold(y, k, c, max_passes, &fell_back);
+    st[0] = dm;
+    st[1] = t;
+    if (n <= SHORT_ROW) {
+#pragma omp simd
+        for (i = 0; i < n; i++) {
+            double v = ((double)z[i] - dm) - t;
+            z[i] = mk[i] && v > 0.0 ? (T)v : (T)0;
+        }
+        return fell_back;
+    }
+    for (i = 0; i < n; i++) z[i] = 0;  /* y holds the candidates' values */
+    for (j = 0; j < k; j++) {
+        double v = y[j] - t;
+        z[idx[j]] = v > 0.0 ? (T)v : (T)0;
+    }
+    return fell_back;
+}
+
+/* Fused attention, backward, one row in place: z (recomputed scores) -> p, g (dP) -> dS. */
+CLONES static void FN(attn_bwd_row)(T *z, T *g, const uint8_t *mk, int64_t n, const double *st)
+{
+    double dm = st[0], t = st[1], s = 0.0, k = 0.0;
+    T mean;
+    int64_t i;
+    if (!(t < INFINITY)) {  /* empty row (t = +inf) or NaN row: p = 0 / NaN, zero gradient */
+        T fill = t != t ? (T)NAN : (T)0;
+        for (i = 0; i < n; i++) { z[i] = fill; g[i] = 0; }
+        return;
+    }
+#pragma omp simd reduction(+:s,k)
+    for (i = 0; i < n; i++) {
+        double v = ((double)z[i] - dm) - t;
+        T p = mk[i] && v > 0.0 ? (T)v : (T)0;
+        double on = p > 0 ? 1.0 : 0.0;
+        z[i] = p;
+        k += on;
+        s += on * (double)g[i];
+    }
+    if (s != s) {
+        for (i = 0, s = 0.0; i < n; i++)
+            if (z[i] > 0) s += (double)g[i];
+    }
+    mean = k > 0.0 ? (T)(s / k) : (T)0;
+#pragma omp simd
+    for (i = 0; i < n; i++) g[i] = z[i] > 0 ? g[i] - mean : (T)0;
 }
 
 #endif

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["kernels", "build_info", "forward", "backward", "cache_dir", "build"]
+__all__ = ["kernels", "build_info", "forward", "backward", "attention_forward", "attention_backward",
+           "cache_dir", "build"]
 
 SOURCE = Path(__file__).with_name("_sparsemax.c")
 # Tried in order.  1: OpenMP, linked to libgomp.so.1, which resolves to the copy torch has
@@ -65,6 +66,10 @@ def _load(path: Path):
         fwd.argtypes, fwd.restype = [ptr, ptr, i64, i64, i32, i32], i64
         bwd = getattr(lib, "mmin_sparsemax_bwd_" + suffix)
         bwd.argtypes, bwd.restype = [ptr, ptr, ptr, i64, i64, i32], i64
+        afwd = getattr(lib, "mmin_attn_fwd_" + suffix)
+        afwd.argtypes, afwd.restype = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, i32, i32], i64
+        abwd = getattr(lib, "mmin_attn_bwd_" + suffix)
+        abwd.argtypes, abwd.restype = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i32], i64
     return lib
 
 
@@ -136,8 +141,8 @@ def build_info():
     return dict(_state.get("info", {}))
 
 
-def _fn(kind, dtype):
-    return getattr(kernels(), f"mmin_sparsemax_{kind}_{'f64' if dtype == torch.float64 else 'f32'}")
+def _fn(kind, dtype, prefix="mmin_sparsemax"):
+    return getattr(kernels(), f"{prefix}_{kind}_{'f64' if dtype == torch.float64 else 'f32'}")
 
 
 def forward(z: torch.Tensor, max_passes: int):
@@ -163,3 +168,38 @@ def backward(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         _fn("bwd", p.dtype)(p.data_ptr(), g.data_ptr(), dz.data_ptr(), p.numel() // n, n,
                             torch.get_num_threads())
     return dz
+
+
+def _attention_args(s, key_mask, query_mask):
+    """Shapes and mask pointers of the fused attention kernels; s is (B, ..., Lq, n) contiguous,
+    key_mask (B, n) and query_mask (B, Lq) or None, both contiguous uint8 (1 = real)."""
+    B, n, lq = s.shape[0], s.shape[-1], s.shape[-2]
+    rows = s.numel() // n if n else 0
+    qm = query_mask.data_ptr() if query_mask is not None else None
+    return rows, n, (rows // B if B else 1), lq, key_mask.data_ptr(), qm
+
+
+def attention_forward(s: torch.Tensor, key_mask: torch.Tensor, query_mask, max_passes: int):
+    """Sparsemax of the scores s over the real keys, IN PLACE (s becomes p), per row of the last dim.
+
+    s: contiguous float32/float64 (B, ..., Lq, n); key_mask (B, n) / query_mask (B, Lq) or None:
+    contiguous uint8, 1 = real.  Returns (stats (rows, 2) float64 = (max, t) per row, tau = max + t,
+    number of rows finished by the exact sort)."""
+    rows, n, per_b, lq, km, qm = _attention_args(s, key_mask, query_mask)
+    st = torch.empty(rows, 2, dtype=torch.float64)
+    if rows == 0 or n == 0:
+        return st.fill_(float("inf")), 0
+    fell_back = _fn("fwd", s.dtype, "mmin_attn")(s.data_ptr(), st.data_ptr(), km, qm, rows, n, per_b, lq,
+                                                  int(max_passes), torch.get_num_threads())
+    if fell_back < 0:
+        raise MemoryError("sparsemax attention: could not allocate the kernel's scratch buffer")
+    return st, fell_back
+
+
+def attention_backward(s: torch.Tensor, g: torch.Tensor, stats: torch.Tensor, key_mask: torch.Tensor,
+                       query_mask) -> None:
+    """IN PLACE: s (the recomputed scores) becomes p, g (dL/dp) becomes dL/ds = 1[p > 0] (g - mean_S g)."""
+    rows, n, per_b, lq, km, qm = _attention_args(s, key_mask, query_mask)
+    if rows and n:
+        _fn("bwd", s.dtype, "mmin_attn")(s.data_ptr(), g.data_ptr(), stats.data_ptr(), km, qm, rows, n, per_b,
+                                         lq, torch.get_num_threads())
