@@ -26,15 +26,21 @@
  * Backward (vector-Jacobian product; the Jacobian is symmetric, M&A eq. 14):
  *     dz = s * (g - sum_S g / |S|),   s = 1[p > 0];   a row with empty support gets 0.
  *
- * Fused attention normaliser (mmin_attn_*): the same forward and backward on a (rows, n) score
- * map in place, rows grouped per batch element b = r / rows_per_b, with a key mask km (B, n)
- * (uint8, 1 = real key) and an optional query mask qm (B, lq), query index r % lq.  Masked keys
- * are never read into the threshold and get exactly 0; a row whose query is masked or that has
- * no real key gets zeros.  The forward keeps only the row statistics st[r] = (max, t), tau =
- * max + t (t = +inf marks an empty row, NaN a NaN/+inf row); the backward recomputes
- *     p = max((s - max) - t, 0)
- * bit for bit as the forward wrote it (same expression, same double arithmetic) from the
- * recomputed scores s, and writes p over s and dS = 1[p > 0] * (dP - mean_S dP) over dP.
+ * Fused sparsemax attention (mmin_attn_*), per (sample b, head h), q (B, Lq, H, dh), k and v
+ * (B, Lk, H, dh), all contiguous (the layout of a linear layer's output viewed as heads):
+ *     out_i = sum_j p_ij v_j,   p_i = sparsemax(s_i) over the real keys,   s_ij = q_i . k_j.
+ * Per query row the scores are computed into a row buffer (the keys transposed once per (b, h),
+ * so the row is dh vectorised passes over Lk), normalised by the row kernel above restricted to
+ * the real keys (key mask km (B, Lk), uint8, 1 = real: a padded key is never read into the
+ * threshold and gets weight 0), and multiplied by v over the support only: no (Lq, Lk) map is
+ * ever written to memory.  Kept for the backward: st = (max, t) per row, tau = max + t
+ * (t = +inf: empty row, i.e. no real key or a padded query (query mask qm (B, Lq) or NULL);
+ * t = NaN: a NaN/+inf row, output NaN, zero gradient).  Backward, per row: the same scores
+ * again (same code, same order: the same floats), p_j = max((s_j - max) - t, 0) exactly as the
+ * forward had it, support S = {p > 0}, and with dP_j = dout_i . v_j on S only,
+ *     dS_j = dP_j - mean_S dP,   dq_i = sum_S dS_j k_j,   dk_j += dS_j q_i,   dv_j += p_j dout_i;
+ * dk, dv accumulate in double per (b, h) and are written once.  Sums over dh and over S are in
+ * double, the scores in T like a matrix product in T.
  *
  * Rows are split into contiguous chunks over at most `nthreads` threads: an OpenMP parallel
  * for when built with -fopenmp (libgomp.so.1, i.e. the copy torch has already loaded, so the
@@ -57,9 +63,29 @@
 #else
 #define CLONES
 #endif
+/* Small helpers are inlined into the (cloned) callers, so they run with the callers' AVX2. */
+#if defined(__GNUC__)
+#define INLINE __attribute__((always_inline)) inline
+#else
+#define INLINE inline
+#endif
 #define BLOCK 16       /* rows longer than SKIP_FROM skip blocks of 16 without candidates */
 #define SKIP_FROM 512  /* (shorter rows: the mispredicted branches cost more than they save) */
 #define SHORT_ROW 128  /* up to this length the output is one pass over the row */
+
+#define MAX_DH 1024  /* head width limit of the fused attention (MMIN: d_model / nheads) */
+
+/* One fused-attention call: pointers at element 0 of (B, L, H, dh) buffers. */
+typedef struct {
+    int f64, max_passes, fwd;
+    int64_t batch, heads, lq, lk, dh;
+    const void *q, *k, *v, *dout;
+    void *out, *dq, *dk, *dv;
+    double *st;                 /* (B, H, Lq, 2) */
+    const uint8_t *km, *qm;     /* (B, Lk), (B, Lq) or NULL */
+    int64_t u0, u1;             /* units (b, h) of this thread: u = b H + h */
+    int64_t fell_back;
+} attn_job_t;
 
 static int cmp_desc(const void *a, const void *b)
 {
@@ -96,8 +122,8 @@ static double sort_threshold(double *c, int64_t k)
  * S = {c > t'}, i.e. min_S c > t' >= max_{not S} c: then t' = (sum_S c - 1)/|S| is the
  * fixed point tau - max(z).  Both extremes come with the sums, so no extra pass is needed.
  * After max_passes steps: the exact sort. */
-static double threshold(const double *c, int64_t k, double *scratch, int max_passes,
-                        int *fell_back)
+INLINE static double threshold(const double *c, int64_t k, double *scratch, int max_passes,
+                               int *fell_back)
 {
     double t = -1.0;
     int pass;
@@ -129,16 +155,10 @@ static double threshold(const double *c, int64_t k, double *scratch, int max_pas
 
 /* ------------------------------------------------------------------ threading */
 
-enum { FWD, BWD, ATTN_FWD, ATTN_BWD };
-
 typedef struct {
-    int kind, f64, max_passes;
-    const void *a, *b;  /* forward: z; backward: p, g; attention: unused */
-    void *out;          /* forward: p; backward: dz; attention: the scores (in place) */
-    void *g;            /* attention backward: dP -> dS (in place) */
-    double *st;         /* attention: (max, t) per row */
-    const uint8_t *km, *qm;  /* attention: key mask (B, n), query mask (B, lq) or NULL */
-    int64_t rows_per_b, lq;
+    int fwd, f64, max_passes;
+    const void *a, *b;  /* forward: z, unused;  backward: p, g */
+    void *out;
     int64_t n, r0, r1;
     int64_t fell_back;  /* forward: rows finished by the sort; -1 if malloc failed */
 } job_t;
@@ -148,41 +168,15 @@ static void *run_job(void *arg)
     job_t *j = (job_t *)arg;
     int64_t r, n = j->n;
     double *y = NULL;  /* forward scratch: y, c (doubles) and idx (int64), n each */
-    int fwd = j->kind == FWD || j->kind == ATTN_FWD;
-    if (fwd && !(y = (double *)malloc((size_t)(n > 0 ? n : 1) * 3 * sizeof(double)))) {
+    if (j->fwd && !(y = (double *)malloc((size_t)(n > 0 ? n : 1) * 3 * sizeof(double)))) {
         j->fell_back = -1;
         return NULL;
     }
     for (r = j->r0; r < j->r1; r++) {
-        if (j->kind == ATTN_FWD || j->kind == ATTN_BWD) {
-            int64_t b = r / j->rows_per_b;
-            const uint8_t *mk = j->km + b * n;
-            double *st = j->st + 2 * r;
-            if (j->qm && !j->qm[b * j->lq + r % j->lq]) {  /* padded query: an empty row */
-                if (j->kind == ATTN_FWD) { st[0] = 0.0; st[1] = INFINITY; }
-                if (j->f64) {
-                    memset((double *)j->out + r * n, 0, (size_t)n * sizeof(double));
-                    if (j->kind == ATTN_BWD) memset((double *)j->g + r * n, 0, (size_t)n * sizeof(double));
-                } else {
-                    memset((float *)j->out + r * n, 0, (size_t)n * sizeof(float));
-                    if (j->kind == ATTN_BWD) memset((float *)j->g + r * n, 0, (size_t)n * sizeof(float));
-                }
-                continue;
-            }
-            if (j->kind == ATTN_FWD && j->f64)
-                j->fell_back += attn_fwd_row_f64((double *)j->out + r * n, mk, n, st, y, y + n,
-                                                 (int64_t *)(y + 2 * n), j->max_passes);
-            else if (j->kind == ATTN_FWD)
-                j->fell_back += attn_fwd_row_f32((float *)j->out + r * n, mk, n, st, y, y + n,
-                                                 (int64_t *)(y + 2 * n), j->max_passes);
-            else if (j->f64)
-                attn_bwd_row_f64((double *)j->out + r * n, (double *)j->g + r * n, mk, n, st);
-            else
-                attn_bwd_row_f32((float *)j->out + r * n, (float *)j->g + r * n, mk, n, st);
-        } else if (j->kind == FWD && j->f64)
+        if (j->fwd && j->f64)
             j->fell_back += fwd_row_f64((const double *)j->a + r * n, (double *)j->out + r * n, n,
                                         y, y + n, (int64_t *)(y + 2 * n), j->max_passes);
-        else if (j->kind == FWD)
+        else if (j->fwd)
             j->fell_back += fwd_row_f32((const float *)j->a + r * n, (float *)j->out + r * n, n,
                                         y, y + n, (int64_t *)(y + 2 * n), j->max_passes);
         else if (j->f64)
@@ -196,19 +190,17 @@ static void *run_job(void *arg)
     return NULL;
 }
 
-/* Runs the job template `tpl` over rows [0, rows) split into chunks of contiguous rows. */
-static int64_t dispatch(const job_t *tpl, int64_t rows, int nthreads)
+static int64_t dispatch(int fwd, int f64, const void *a, const void *b, void *out, int64_t rows,
+                        int64_t n, int max_passes, int nthreads)
 {
     job_t jobs[MAX_THREADS];
-    int64_t n = tpl->n, by_size = rows * n / MIN_ELEMS_PER_THREAD, total = 0;
+    int64_t by_size = rows * n / MIN_ELEMS_PER_THREAD, total = 0;
     int t, nt = nthreads < 1 ? 1 : nthreads > MAX_THREADS ? MAX_THREADS : nthreads;
     if ((int64_t)nt > by_size) nt = by_size > 1 ? (int)by_size : 1;
     if ((int64_t)nt > rows) nt = rows > 1 ? (int)rows : 1;
     for (t = 0; t < nt; t++) {
-        jobs[t] = *tpl;
-        jobs[t].r0 = rows * t / nt;
-        jobs[t].r1 = rows * (t + 1) / nt;
-        jobs[t].fell_back = 0;
+        job_t jb = {fwd, f64, max_passes, a, b, out, n, rows * t / nt, rows * (t + 1) / nt, 0};
+        jobs[t] = jb;
     }
     if (nt == 1) {
         run_job(&jobs[0]);
@@ -235,63 +227,136 @@ static int64_t dispatch(const job_t *tpl, int64_t rows, int nthreads)
     return total;
 }
 
-static int64_t plain(int kind, int f64, const void *a, const void *b, void *out, int64_t rows,
-                     int64_t n, int max_passes, int nthreads)
-{
-    job_t tpl;
-    memset(&tpl, 0, sizeof tpl);
-    tpl.kind = kind; tpl.f64 = f64; tpl.max_passes = max_passes;
-    tpl.a = a; tpl.b = b; tpl.out = out; tpl.n = n;
-    return dispatch(&tpl, rows, nthreads);
-}
-
-static int64_t attn(int kind, int f64, void *s, void *g, double *st, const uint8_t *km,
-                    const uint8_t *qm, int64_t rows, int64_t n, int64_t rows_per_b, int64_t lq,
-                    int max_passes, int nthreads)
-{
-    job_t tpl;
-    memset(&tpl, 0, sizeof tpl);
-    tpl.kind = kind; tpl.f64 = f64; tpl.max_passes = max_passes;
-    tpl.out = s; tpl.g = g; tpl.st = st; tpl.km = km; tpl.qm = qm;
-    tpl.rows_per_b = rows_per_b > 0 ? rows_per_b : 1; tpl.lq = lq > 0 ? lq : 1; tpl.n = n;
-    return dispatch(&tpl, rows, nthreads);
-}
-
 /* Entry points.  Forward returns the number of rows finished by the sort (>= 0), or -1 if a
  * scratch buffer could not be allocated (the output is then incomplete). */
 int64_t mmin_sparsemax_fwd_f32(const float *z, float *p, int64_t rows, int64_t n, int max_passes,
                                int nthreads)
-{ return plain(FWD, 0, z, NULL, p, rows, n, max_passes, nthreads); }
+{ return dispatch(1, 0, z, NULL, p, rows, n, max_passes, nthreads); }
 
 int64_t mmin_sparsemax_fwd_f64(const double *z, double *p, int64_t rows, int64_t n,
                                int max_passes, int nthreads)
-{ return plain(FWD, 1, z, NULL, p, rows, n, max_passes, nthreads); }
+{ return dispatch(1, 1, z, NULL, p, rows, n, max_passes, nthreads); }
 
 int64_t mmin_sparsemax_bwd_f32(const float *p, const float *g, float *dz, int64_t rows, int64_t n,
                                int nthreads)
-{ return plain(BWD, 0, p, g, dz, rows, n, 0, nthreads); }
+{ return dispatch(0, 0, p, g, dz, rows, n, 0, nthreads); }
 
 int64_t mmin_sparsemax_bwd_f64(const double *p, const double *g, double *dz, int64_t rows,
                                int64_t n, int nthreads)
-{ return plain(BWD, 1, p, g, dz, rows, n, 0, nthreads); }
+{ return dispatch(0, 1, p, g, dz, rows, n, 0, nthreads); }
 
-int64_t mmin_attn_fwd_f32(float *s, double *st, const uint8_t *km, const uint8_t *qm, int64_t rows,
-                          int64_t n, int64_t rows_per_b, int64_t lq, int max_passes, int nthreads)
-{ return attn(ATTN_FWD, 0, s, NULL, st, km, qm, rows, n, rows_per_b, lq, max_passes, nthreads); }
+/* ------------------------------------------------------------------ fused attention */
 
-int64_t mmin_attn_fwd_f64(double *s, double *st, const uint8_t *km, const uint8_t *qm, int64_t rows,
-                          int64_t n, int64_t rows_per_b, int64_t lq, int max_passes, int nthreads)
-{ return attn(ATTN_FWD, 1, s, NULL, st, km, qm, rows, n, rows_per_b, lq, max_passes, nthreads); }
+static size_t attn_scratch_bytes(const attn_job_t *a)
+{
+    size_t n = (size_t)a->lk, dh = (size_t)a->dh, ts = a->f64 ? sizeof(double) : sizeof(float);
+    /* kT + s (T), 8 bytes of alignment slack, then doubles / int64: forward y, c, idx;
+     * backward dkacc, dvacc (n dh each), P, D, J */
+    return (dh * n + n) * ts + 8 + (a->fwd ? 3 * n : 2 * n * dh + 3 * n) * sizeof(double);
+}
 
-int64_t mmin_attn_bwd_f32(float *s, float *g, const double *st, const uint8_t *km,
-                          const uint8_t *qm, int64_t rows, int64_t n, int64_t rows_per_b,
-                          int64_t lq, int nthreads)
-{ return attn(ATTN_BWD, 0, s, g, (double *)st, km, qm, rows, n, rows_per_b, lq, 0, nthreads); }
+static void *run_attn_job(void *arg)
+{
+    attn_job_t *a = (attn_job_t *)arg;
+    int64_t u, H = a->heads, dh = a->dh, lq = a->lq, lk = a->lk;
+    size_t ts = a->f64 ? sizeof(double) : sizeof(float);
+    char *scratch = (char *)malloc(attn_scratch_bytes(a));
+    if (!scratch) {
+        a->fell_back = -1;
+        return NULL;
+    }
+    for (u = a->u0; u < a->u1; u++) {
+        int64_t b = u / H, h = u % H;
+        size_t qo = (size_t)((b * lq * H + h) * dh) * ts, ko = (size_t)((b * lk * H + h) * dh) * ts;
+        const uint8_t *mk = a->km + b * lk, *qm = a->qm ? a->qm + b * lq : NULL;
+        double *st = a->st + 2 * u * lq;
+#define P_(ptr, off) ((void *)((char *)(ptr) + (off)))
+        if (a->fwd && a->f64)
+            attn_fwd_unit_f64(a, P_(a->q, qo), P_(a->k, ko), P_(a->v, ko), P_(a->out, qo), st, mk, qm,
+                              scratch, &a->fell_back);
+        else if (a->fwd)
+            attn_fwd_unit_f32(a, P_(a->q, qo), P_(a->k, ko), P_(a->v, ko), P_(a->out, qo), st, mk, qm,
+                              scratch, &a->fell_back);
+        else if (a->f64)
+            attn_bwd_unit_f64(a, P_(a->q, qo), P_(a->k, ko), P_(a->v, ko), P_(a->dout, qo), P_(a->dq, qo),
+                              P_(a->dk, ko), P_(a->dv, ko), st, mk, qm, scratch);
+        else
+            attn_bwd_unit_f32(a, P_(a->q, qo), P_(a->k, ko), P_(a->v, ko), P_(a->dout, qo), P_(a->dq, qo),
+                              P_(a->dk, ko), P_(a->dv, ko), st, mk, qm, scratch);
+#undef P_
+    }
+    free(scratch);
+    return NULL;
+}
 
-int64_t mmin_attn_bwd_f64(double *s, double *g, const double *st, const uint8_t *km,
-                          const uint8_t *qm, int64_t rows, int64_t n, int64_t rows_per_b,
-                          int64_t lq, int nthreads)
-{ return attn(ATTN_BWD, 1, s, g, (double *)st, km, qm, rows, n, rows_per_b, lq, 0, nthreads); }
+static int64_t attn_dispatch(const attn_job_t *tpl, int nthreads)
+{
+    attn_job_t jobs[MAX_THREADS];
+    int64_t units = tpl->batch * tpl->heads, total = 0;
+    int64_t by_size = units * tpl->lq * tpl->lk / MIN_ELEMS_PER_THREAD;
+    int t, nt = nthreads < 1 ? 1 : nthreads > MAX_THREADS ? MAX_THREADS : nthreads;
+    if (tpl->dh > MAX_DH) return -2;
+    if ((int64_t)nt > by_size) nt = by_size > 1 ? (int)by_size : 1;
+    if ((int64_t)nt > units) nt = units > 1 ? (int)units : 1;
+    if (units == 0) return 0;
+    for (t = 0; t < nt; t++) {
+        jobs[t] = *tpl;
+        jobs[t].u0 = units * t / nt;
+        jobs[t].u1 = units * (t + 1) / nt;
+        jobs[t].fell_back = 0;
+    }
+    if (nt == 1) {
+        run_attn_job(&jobs[0]);
+    } else {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+        for (t = 0; t < nt; t++) run_attn_job(&jobs[t]);
+#else
+        pthread_t tid[MAX_THREADS];
+        int started[MAX_THREADS];
+        for (t = 1; t < nt; t++)
+            started[t] = pthread_create(&tid[t], NULL, run_attn_job, &jobs[t]) == 0;
+        run_attn_job(&jobs[0]);
+        for (t = 1; t < nt; t++) {
+            if (started[t]) pthread_join(tid[t], NULL);
+            else run_attn_job(&jobs[t]);
+        }
+#endif
+    }
+    for (t = 0; t < nt; t++) {
+        if (jobs[t].fell_back < 0) return -1;
+        total += jobs[t].fell_back;
+    }
+    return total;
+}
+
+/* Fused attention entry points.  Forward: out and st written, returns the rows finished by the
+ * sort (>= 0), -1 if scratch memory could not be allocated, -2 if dh > MAX_DH.  Backward: dq, dk,
+ * dv written (every element), same error codes. */
+int64_t mmin_attn_fwd(int f64, const void *q, const void *k, const void *v, void *out, double *st,
+                      const uint8_t *km, const uint8_t *qm, int64_t batch, int64_t heads, int64_t lq,
+                      int64_t lk, int64_t dh, int max_passes, int nthreads)
+{
+    attn_job_t a;
+    memset(&a, 0, sizeof a);
+    a.f64 = f64; a.fwd = 1; a.max_passes = max_passes;
+    a.batch = batch; a.heads = heads; a.lq = lq; a.lk = lk; a.dh = dh;
+    a.q = q; a.k = k; a.v = v; a.out = out; a.st = st; a.km = km; a.qm = qm;
+    return attn_dispatch(&a, nthreads);
+}
+
+int64_t mmin_attn_bwd(int f64, const void *q, const void *k, const void *v, const void *dout,
+                      void *dq, void *dk, void *dv, double *st, const uint8_t *km, const uint8_t *qm,
+                      int64_t batch, int64_t heads, int64_t lq, int64_t lk, int64_t dh, int nthreads)
+{
+    attn_job_t a;
+    memset(&a, 0, sizeof a);
+    a.f64 = f64; a.fwd = 0;
+    a.batch = batch; a.heads = heads; a.lq = lq; a.lk = lk; a.dh = dh;
+    a.q = q; a.k = k; a.v = v; a.dout = dout; a.dq = dq; a.dk = dk; a.dv = dv; a.st = st;
+    a.km = km; a.qm = qm;
+    return attn_dispatch(&a, nthreads);
+}
 
 #else /* ------------------------------------ row kernels, included once per type T */
 
@@ -378,27 +443,40 @@ CLONES static void FN(bwd_row)(const T *p, const T *g, T *dz, int64_t n)
     for (i = 0; i < n; i++) dz[i] = p[i] > 0 ? g[i] - mean : (T)0;
 }
 
-/* Fused attention, forward, one row in place (z -> p), only keys with mk[i] != 0; st = (max, t).
- * Same arithmetic as fwd_row on the row with the masked keys set to -inf. */
-CLONES static int FN(attn_fwd_row)(T *z, const uint8_t *mk, int64_t n, double *st, double *y,
-                                   double *c, int64_t *idx, int max_passes)
+/* Scores of one query row against the n keys of its (b, h): s_j = sum_d q[d] kT[d n + j], the
+ * dh terms added in order d = 0, 1, ... (kT: the keys transposed, dh x n). */
+INLINE static void FN(scores)(const T *q, const T *kT, int64_t n, int64_t dh, T *s)
+{
+    int64_t d, j;
+    for (j = 0; j < n; j++) s[j] = 0;
+    for (d = 0; d < dh; d++) {
+        T a = q[d];
+        const T *kd = kT + d * n;
+#pragma omp simd
+        for (j = 0; j < n; j++) s[j] += a * kd[j];
+    }
+}
+
+/* Sparsemax statistics of the scores s over the keys with mk[j] != 0, as fwd_row computes them:
+ * st = (max, t); the candidates (a superset of the support) in idx[0..k), y = s - max on them.
+ * Returns k, or -1 for a row without real key (st = (0, +inf)), -2 for a NaN/+inf row. */
+INLINE static int64_t FN(row_stats)(const T *s, const uint8_t *mk, int64_t n, double *st, double *y,
+                             double *c, int64_t *idx, int max_passes, int64_t *fell_back)
 {
     T m = -INFINITY, lo;
-    int bad = 0, fell_back = 0;
+    int bad = 0, sorted = 0;
     int64_t i, i0, j, k = 0;
-    double dm, t;
+    double dm;
 #pragma omp simd reduction(max:m) reduction(|:bad)
     for (i = 0; i < n; i++) {
-        T v = mk[i] ? z[i] : (T)-INFINITY;
+        T v = mk[i] ? s[i] : (T)-INFINITY;
         m = v > m ? v : m;
         bad |= v != v;
     }
-    if (bad || m == INFINITY || m == -INFINITY) {  /* NaN/+inf row, or no real key */
-        int empty = m == -INFINITY && !bad;
-        for (i = 0; i < n; i++) z[i] = empty ? (T)0 : (T)NAN;
+    if (bad || m == INFINITY || m == -INFINITY) {
         st[0] = 0.0;
-        st[1] = empty ? INFINITY : NAN;
-        return 0;
+        st[1] = m == -INFINITY && !bad ? INFINITY : NAN;
+        return m == -INFINITY && !bad ? -1 : -2;
     }
     dm = (double)m;
     lo = (T)(dm - 1.0);
@@ -409,61 +487,119 @@ CLONES static int FN(attn_fwd_row)(T *z, const uint8_t *mk, int64_t n, double *s
             T bmax = lo;
 #pragma omp simd reduction(max:bmax)
             for (i = i0; i < i0 + BLOCK; i++) {
-                T v = mk[i] ? z[i] : lo;
+                T v = mk[i] ? s[i] : lo;
                 bmax = v > bmax ? v : bmax;
             }
             if (bmax > lo)
-                for (i = i0; i < i0 + BLOCK; i++) { idx[k] = i; k += (mk[i] != 0) & (z[i] > lo); }
+                for (i = i0; i < i0 + BLOCK; i++) { idx[k] = i; k += (mk[i] != 0) & (s[i] > lo); }
         }
     }
-    for (i = i0; i < n; i++) { idx[k] = i; k += (mk[i] != 0) & (z[i] > lo); }
-    for (j = 0; j < k; j++) y[j] = (double)z[idx[j]] - dm;
-    t = threshold(y, k, c, max_passes, &fell_back);
+    for (i = i0; i < n; i++) { idx[k] = i; k += (mk[i] != 0) & (s[i] > lo); }
+    for (j = 0; j < k; j++) y[j] = (double)s[idx[j]] - dm;
     st[0] = dm;
-    st[1] = t;
-    if (n <= SHORT_ROW) {
-#pragma omp simd
-        for (i = 0; i < n; i++) {
-            double v = ((double)z[i] - dm) - t;
-            z[i] = mk[i] && v > 0.0 ? (T)v : (T)0;
-        }
-        return fell_back;
-    }
-    for (i = 0; i < n; i++) z[i] = 0;  /* y holds the candidates' values */
-    for (j = 0; j < k; j++) {
-        double v = y[j] - t;
-        z[idx[j]] = v > 0.0 ? (T)v : (T)0;
-    }
-    return fell_back;
+    st[1] = threshold(y, k, c, max_passes, &sorted);
+    *fell_back += sorted;
+    return k;
 }
 
-/* Fused attention, backward, one row in place: z (recomputed scores) -> p, g (dP) -> dS. */
-CLONES static void FN(attn_bwd_row)(T *z, T *g, const uint8_t *mk, int64_t n, const double *st)
+INLINE static void FN(transpose_keys)(const T *k, int64_t n, int64_t stride, int64_t dh, T *kT)
 {
-    double dm = st[0], t = st[1], s = 0.0, k = 0.0;
-    T mean;
-    int64_t i;
-    if (!(t < INFINITY)) {  /* empty row (t = +inf) or NaN row: p = 0 / NaN, zero gradient */
-        T fill = t != t ? (T)NAN : (T)0;
-        for (i = 0; i < n; i++) { z[i] = fill; g[i] = 0; }
-        return;
+    int64_t j, d;
+    for (j = 0; j < n; j++)
+        for (d = 0; d < dh; d++) kT[d * n + j] = k[j * stride + d];
+}
+
+/* Forward of one (b, h): q, k, v, out point at its first row / key; stride = H dh. */
+CLONES static void FN(attn_fwd_unit)(const attn_job_t *a, const T *q, const T *k, const T *v, T *out,
+                                     double *st, const uint8_t *mk, const uint8_t *qm, char *scratch,
+                                     int64_t *fell_back)
+{
+    int64_t n = a->lk, dh = a->dh, stride = a->heads * dh, i, j, d, kc;
+    T *kT = (T *)scratch, *s = kT + dh * n;
+    double *y = (double *)(((uintptr_t)(s + n) + 7) & ~(uintptr_t)7), *c = y + n, acc[MAX_DH];
+    int64_t *idx = (int64_t *)(c + n);
+    FN(transpose_keys)(k, n, stride, dh, kT);
+    for (i = 0; i < a->lq; i++) {
+        T *o = out + i * stride;
+        double *sti = st + 2 * i;
+        if (qm && !qm[i]) {
+            sti[0] = 0.0;
+            sti[1] = INFINITY;
+            for (d = 0; d < dh; d++) o[d] = 0;
+            continue;
+        }
+        FN(scores)(q + i * stride, kT, n, dh, s);
+        kc = FN(row_stats)(s, mk, n, sti, y, c, idx, a->max_passes, fell_back);
+        if (kc < 0) {
+            for (d = 0; d < dh; d++) o[d] = kc == -1 ? (T)0 : (T)NAN;
+            continue;
+        }
+        for (d = 0; d < dh; d++) acc[d] = 0.0;
+        for (j = 0; j < kc; j++) {
+            double pv = y[j] - sti[1];
+            T p = pv > 0.0 ? (T)pv : (T)0;
+            if (p > 0) {
+                const T *vj = v + idx[j] * stride;
+                for (d = 0; d < dh; d++) acc[d] += (double)p * (double)vj[d];
+            }
+        }
+        for (d = 0; d < dh; d++) o[d] = (T)acc[d];
     }
-#pragma omp simd reduction(+:s,k)
-    for (i = 0; i < n; i++) {
-        double v = ((double)z[i] - dm) - t;
-        T p = mk[i] && v > 0.0 ? (T)v : (T)0;
-        double on = p > 0 ? 1.0 : 0.0;
-        z[i] = p;
-        k += on;
-        s += on * (double)g[i];
+}
+
+/* Backward of one (b, h); dq, dk, dv point like q, k, v. */
+CLONES static void FN(attn_bwd_unit)(const attn_job_t *a, const T *q, const T *k, const T *v,
+                                     const T *dout, T *dq, T *dk, T *dv, const double *st,
+                                     const uint8_t *mk, const uint8_t *qm, char *scratch)
+{
+    int64_t n = a->lk, dh = a->dh, stride = a->heads * dh, i, j, d, m;
+    T *kT = (T *)scratch, *s = kT + dh * n;
+    double *base = (double *)(((uintptr_t)(s + n) + 7) & ~(uintptr_t)7);
+    double *dkacc = base, *dvacc = dkacc + n * dh, *P = dvacc + n * dh, *D = P + n, acc[MAX_DH];
+    int64_t *J = (int64_t *)(D + n);
+    FN(transpose_keys)(k, n, stride, dh, kT);
+    memset(dkacc, 0, (size_t)(2 * n * dh) * sizeof(double));
+    for (i = 0; i < a->lq; i++) {
+        const T *qi = q + i * stride, *gi = dout + i * stride;
+        T *dqi = dq + i * stride;
+        double dm = st[2 * i], t = st[2 * i + 1], sum = 0.0, mean;
+        if ((qm && !qm[i]) || !(t < INFINITY)) {  /* empty or NaN row: zero gradient */
+            for (d = 0; d < dh; d++) dqi[d] = 0;
+            continue;
+        }
+        FN(scores)(qi, kT, n, dh, s);
+        for (j = 0, m = 0; j < n; j++) {  /* the support, p exactly as the forward had it */
+            double pv = ((double)s[j] - dm) - t;
+            T p = mk[j] && pv > 0.0 ? (T)pv : (T)0;
+            J[m] = j;
+            P[m] = (double)p;
+            m += p > 0;
+        }
+        for (j = 0; j < m; j++) {
+            const T *vj = v + J[j] * stride;
+            double dp = 0.0;
+            for (d = 0; d < dh; d++) dp += (double)gi[d] * (double)vj[d];
+            D[j] = dp;
+            sum += dp;
+        }
+        mean = m > 0 ? sum / (double)m : 0.0;
+        for (d = 0; d < dh; d++) acc[d] = 0.0;
+        for (j = 0; j < m; j++) {
+            const T *kj = k + J[j] * stride;
+            double g = D[j] - mean, *dkj = dkacc + J[j] * dh, *dvj = dvacc + J[j] * dh;
+            for (d = 0; d < dh; d++) {
+                acc[d] += g * (double)kj[d];
+                dkj[d] += g * (double)qi[d];
+                dvj[d] += P[j] * (double)gi[d];
+            }
+        }
+        for (d = 0; d < dh; d++) dqi[d] = (T)acc[d];
     }
-    if (s != s) {
-        for (i = 0, s = 0.0; i < n; i++)
-            if (z[i] > 0) s += (double)g[i];
-    }
-    mean = k > 0.0 ? (T)(s / k) : (T)0;
-#pragma omp simd
-    for (i = 0; i < n; i++) g[i] = z[i] > 0 ? g[i] - mean : (T)0;
+    for (j = 0; j < n; j++)
+        for (d = 0; d < dh; d++) {
+            dk[j * stride + d] = (T)dkacc[j * dh + d];
+            dv[j * stride + d] = (T)dvacc[j * dh + d];
+        }
 }
 
 #endif

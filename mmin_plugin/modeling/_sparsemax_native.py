@@ -66,10 +66,10 @@ def _load(path: Path):
         fwd.argtypes, fwd.restype = [ptr, ptr, i64, i64, i32, i32], i64
         bwd = getattr(lib, "mmin_sparsemax_bwd_" + suffix)
         bwd.argtypes, bwd.restype = [ptr, ptr, ptr, i64, i64, i32], i64
-        afwd = getattr(lib, "mmin_attn_fwd_" + suffix)
-        afwd.argtypes, afwd.restype = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, i32, i32], i64
-        abwd = getattr(lib, "mmin_attn_bwd_" + suffix)
-        abwd.argtypes, abwd.restype = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i32], i64
+    lib.mmin_attn_fwd.argtypes = [i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i32, i32]
+    lib.mmin_attn_bwd.argtypes = [i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64,
+                                  i32]
+    lib.mmin_attn_fwd.restype = lib.mmin_attn_bwd.restype = i64
     return lib
 
 
@@ -141,8 +141,8 @@ def build_info():
     return dict(_state.get("info", {}))
 
 
-def _fn(kind, dtype, prefix="mmin_sparsemax"):
-    return getattr(kernels(), f"{prefix}_{kind}_{'f64' if dtype == torch.float64 else 'f32'}")
+def _fn(kind, dtype):
+    return getattr(kernels(), f"mmin_sparsemax_{kind}_{'f64' if dtype == torch.float64 else 'f32'}")
 
 
 def forward(z: torch.Tensor, max_passes: int):
@@ -170,36 +170,39 @@ def backward(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return dz
 
 
-def _attention_args(s, key_mask, query_mask):
-    """Shapes and mask pointers of the fused attention kernels; s is (B, ..., Lq, n) contiguous,
-    key_mask (B, n) and query_mask (B, Lq) or None, both contiguous uint8 (1 = real)."""
-    B, n, lq = s.shape[0], s.shape[-1], s.shape[-2]
-    rows = s.numel() // n if n else 0
+
+def _check(code, what):
+    if code == -1:
+        raise MemoryError(f"sparsemax attention {what}: could not allocate the kernel's scratch buffer")
+    if code == -2:
+        raise ValueError(f"sparsemax attention {what}: head width above the kernel's limit (1024)")
+    return code
+
+
+def attention_forward(q, k, v, key_mask, query_mask, max_passes: int):
+    """Fused sparsemax attention: out_i = sum_j sparsemax(q_i . k_j over the real keys)_j v_j.
+
+    q (B, Lq, H, dh), k and v (B, Lk, H, dh): contiguous, one dtype (float32 / float64), CPU;
+    key_mask (B, Lk) and query_mask (B, Lq) or None: contiguous uint8, 1 = real.
+    Returns (out (B, Lq, H, dh), stats (B, H, Lq, 2) float64 = (max, t) per row, tau = max + t,
+    rows finished by the exact sort)."""
+    B, Lq, H, dh = q.shape
+    out = torch.empty_like(q)
+    st = torch.empty(B, H, Lq, 2, dtype=torch.float64)
     qm = query_mask.data_ptr() if query_mask is not None else None
-    return rows, n, (rows // B if B else 1), lq, key_mask.data_ptr(), qm
+    fell_back = _check(kernels().mmin_attn_fwd(
+        int(q.dtype == torch.float64), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), st.data_ptr(),
+        key_mask.data_ptr(), qm, B, H, Lq, k.shape[1], dh, int(max_passes), torch.get_num_threads()), "forward")
+    return out, st, fell_back
 
 
-def attention_forward(s: torch.Tensor, key_mask: torch.Tensor, query_mask, max_passes: int):
-    """Sparsemax of the scores s over the real keys, IN PLACE (s becomes p), per row of the last dim.
-
-    s: contiguous float32/float64 (B, ..., Lq, n); key_mask (B, n) / query_mask (B, Lq) or None:
-    contiguous uint8, 1 = real.  Returns (stats (rows, 2) float64 = (max, t) per row, tau = max + t,
-    number of rows finished by the exact sort)."""
-    rows, n, per_b, lq, km, qm = _attention_args(s, key_mask, query_mask)
-    st = torch.empty(rows, 2, dtype=torch.float64)
-    if rows == 0 or n == 0:
-        return st.fill_(float("inf")), 0
-    fell_back = _fn("fwd", s.dtype, "mmin_attn")(s.data_ptr(), st.data_ptr(), km, qm, rows, n, per_b, lq,
-                                                  int(max_passes), torch.get_num_threads())
-    if fell_back < 0:
-        raise MemoryError("sparsemax attention: could not allocate the kernel's scratch buffer")
-    return st, fell_back
-
-
-def attention_backward(s: torch.Tensor, g: torch.Tensor, stats: torch.Tensor, key_mask: torch.Tensor,
-                       query_mask) -> None:
-    """IN PLACE: s (the recomputed scores) becomes p, g (dL/dp) becomes dL/ds = 1[p > 0] (g - mean_S g)."""
-    rows, n, per_b, lq, km, qm = _attention_args(s, key_mask, query_mask)
-    if rows and n:
-        _fn("bwd", s.dtype, "mmin_attn")(s.data_ptr(), g.data_ptr(), stats.data_ptr(), km, qm, rows, n, per_b,
-                                         lq, torch.get_num_threads())
+def attention_backward(q, k, v, dout, stats, key_mask, query_mask):
+    """Gradients (dq, dk, dv) of :func:`attention_forward` for dout (B, Lq, H, dh) contiguous."""
+    B, Lq, H, dh = q.shape
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    qm = query_mask.data_ptr() if query_mask is not None else None
+    _check(kernels().mmin_attn_bwd(
+        int(q.dtype == torch.float64), q.data_ptr(), k.data_ptr(), v.data_ptr(), dout.data_ptr(), dq.data_ptr(),
+        dk.data_ptr(), dv.data_ptr(), stats.data_ptr(), key_mask.data_ptr(), qm, B, H, Lq, k.shape[1], dh,
+        torch.get_num_threads()), "backward")
+    return dq, dk, dv

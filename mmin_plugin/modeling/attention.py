@@ -39,19 +39,16 @@ def _uint8_mask(mask: Optional[torch.Tensor], B: int, L: int) -> torch.Tensor:
 
 
 class _FusedSparsemaxAttention(torch.autograd.Function):
-    """out = sparsemax(q k^T, over the real keys of each row) v, computed as the reference
-    composition computes it (same score product, same threshold arithmetic, so the forward is
-    bit for bit the reference's), keeping only q, k, v and two float64 per row (max, t) for the
-    backward instead of the (B, h, Lq, Lk) probabilities.
-
-    Backward: s = q k^T again; p = max((s - max) - t, 0) and dS = 1[p > 0] (dP - mean_S dP),
-    dP = dout v^T, in one pass of the C kernel; dq = dS k, dk = dS^T q, dv = p^T dout."""
+    """out = sparsemax(q k^T over the real keys of each row) v in one C kernel per (sample, head):
+    each score row is built, normalised and multiplied by v over its support while it sits in
+    cache, so no (B, h, Lq, Lk) map is written, and only q, k, v and two float64 per row
+    (max, t; tau = max + t) are kept for the backward, which rebuilds each score row (the same
+    floats), its support and p, and forms dS = 1[p > 0] (dP - mean_S dP) with dP = dout v^T on
+    the support only: dq = dS k, dk = dS^T q, dv = p^T dout. Inputs in (B, L, heads, dh)."""
 
     @staticmethod
     def forward(ctx, q, k, v, key_mask, query_mask):
-        s = torch.matmul(q, k.transpose(-1, -2)).contiguous()  # (B, h, Lq, Lk)
-        stats, _ = _native.attention_forward(s, key_mask, query_mask, _MAX_PASSES)  # s is now p
-        out = torch.matmul(s, v)
+        out, stats, _ = _native.attention_forward(q, k, v, key_mask, query_mask, _MAX_PASSES)
         ctx.save_for_backward(q, k, v, stats, key_mask, query_mask)
         return out
 
@@ -59,13 +56,7 @@ class _FusedSparsemaxAttention(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dout):
         q, k, v, stats, key_mask, query_mask = ctx.saved_tensors
-        s = torch.matmul(q, k.transpose(-1, -2)).contiguous()
-        dp = torch.matmul(dout, v.transpose(-1, -2)).contiguous()
-        _native.attention_backward(s, dp, stats, key_mask, query_mask)  # s -> p, dp -> dS
-        dv = torch.matmul(s.transpose(-1, -2), dout)
-        dq = torch.matmul(dp, k)
-        dk = torch.matmul(q.transpose(-1, -2), dp).transpose(-1, -2)
-        return dq, dk, dv, None, None
+        return (*_native.attention_backward(q, k, v, dout.contiguous(), stats, key_mask, query_mask), None, None)
 
 
 def sparsemax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -92,7 +83,8 @@ def sparsemax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         B = q.shape[0]
         km = _uint8_mask(key_mask, B, k.shape[-2])
         qm = None if query_mask is None or bool(query_mask.all()) else _uint8_mask(query_mask, B, q.shape[-2])
-        return _FusedSparsemaxAttention.apply(q, k, v, km, qm)
+        heads_last = [x.transpose(1, 2).contiguous() for x in (q, k, v)]  # (B, L, h, dh): free for MMIN's views
+        return _FusedSparsemaxAttention.apply(*heads_last, km, qm).transpose(1, 2)
     return sparsemax_reference_attention(q, k, v, key_mask)
 
 
