@@ -44,8 +44,8 @@ def _name(backend: str, pool: bool) -> str:
 
 def sweep(backend: str, pool: bool, data: dict, out: Path, epochs: int, ray_cpus: int) -> dict:
     from mmin_plugin.experiments import compare
-    from mmin_plugin.experiments.backends import _pool, ray_session
-    from mmin_plugin.experiments.sweep import SweepOptions
+    from mmin_plugin.runs.backends import _pool, ray_session
+    from mmin_plugin.runs.sweep import SweepOptions
 
     opts = SweepOptions(backend=backend, cpus_per_trial=1, pool=pool)
     slots = min(ray_cpus, len(SEEDS)) if backend == "ray" else 1

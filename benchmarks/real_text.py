@@ -244,7 +244,7 @@ def model_specs(phase: str, chosen: str):
 
 def run_models(feature_path, specs, seeds, epochs, early_stop, out_dir, resume=True, valid_only=False):
     from mmin_plugin.experiments.compare import Session
-    from mmin_plugin.experiments.sweep import SweepOptions
+    from mmin_plugin.runs.sweep import SweepOptions
 
     class Blind(Session):
         """The recipe phase: no table is written or printed (they hold TEST); TEST is still evaluated
@@ -408,7 +408,7 @@ def main(argv=None) -> int:
     import torch
 
     import mmin_plugin
-    from mmin_plugin.experiments.trial import environment
+    from mmin_plugin.runs.trial import environment
 
     record = {"phase": a.phase, "split": split, "feature_path": str(fp), "args": vars(a), "summary": summary,
               "ridge": ridge, "environment": environment(), "loadavg": os.getloadavg(),

@@ -5,8 +5,10 @@ registers the model name 'mmin' into MMSA, so that `MMSA_run('mmin', 'mosi', ...
 
 Layers: `mmin_plugin.modeling` (the network, its losses, sparsemax, its config; no MMSA),
 `mmin_plugin.features` (reading, checking and making feature files; neither MMSA nor torch),
-`mmin_plugin.integration` (everything that touches MMSA), `mmin_plugin.experiments` (compare,
-ablate, tune, reports, the demo), `mmin_plugin.cli`. Design notes: docs/design/.
+`mmin_plugin.integration` (everything that touches MMSA), `mmin_plugin.runs` (what produces a
+trial folder: trial, sweep, backends, lock, fingerprint), `mmin_plugin.results` (what reads finished
+trials: aggregation, statistics, reports), `mmin_plugin.experiments` (compare, ablate, tune, the
+demo, explain), `mmin_plugin.cli`. Design notes: docs/design/.
 """
 from .errors import MMINConfigError, MMINDataError, MMINError, NonFiniteGradientError, NonFiniteLossError
 from .integration.registry import register, unregister

@@ -159,8 +159,8 @@ def _common_run_options(p):
 def _experiment_options(p, name):
     """Options of `compare` / `ablate` / `tune` (choices from mmin_plugin.constants and experiments.variants)."""
     from .constants import DEFAULT_SEEDS, TUNE_SEED
-    from .experiments.backends import BACKENDS
     from .experiments.variants import DESIGN_VARIANTS, PAPER_VARIANTS
+    from .runs.backends import BACKENDS
 
     if name == "tune":
         p.add_argument("-m", "--model", required=True, type=_model, help="MMSA model name (mmin, misa, mult, ...)")
@@ -222,7 +222,7 @@ def _experiment_options(p, name):
 
 def _sweep_options(a):
     from .errors import MMINConfigError
-    from .experiments.sweep import SweepOptions
+    from .runs.sweep import SweepOptions
 
     if a.resume_across_code_versions and not a.resume:
         raise MMINConfigError("--resume-across-code-versions: expected together with --resume; found it alone")

@@ -25,8 +25,9 @@ import pytest
 import mmin_plugin
 import mmin_plugin.integration.runner
 from mmin_plugin.errors import MMINConfigError, MMINDataError
-from mmin_plugin.experiments import compare, paper
+from mmin_plugin.experiments import compare
 from mmin_plugin.integration import runner
+from mmin_plugin.results import paper
 
 REPO = Path(__file__).resolve().parent.parent
 FAST_MMIN = {"mmin.d_model": 16, "mmin.nheads": 4, "mmin.fine_layers": 1, "mmin.fusion_ff_dim": 32,
@@ -122,8 +123,8 @@ def test_compare_csv_one_row_per_model_and_seed(comparison, demo):
         assert Path(r["checkpoint"]).is_file()
         assert r["checkpoint"].endswith(f"runs/{name}/mosi/seed1111/models/{name}-mosi.pth")
         # each model's TEST predictions were captured and reproduce MMSA's metrics
-        from mmin_plugin.experiments.stats import batch_metrics
-        from mmin_plugin.experiments.trial import read_predictions
+        from mmin_plugin.results.stats import batch_metrics
+        from mmin_plugin.runs.trial import read_predictions
 
         pred = read_predictions(Path(r["checkpoint"]).parent.parent)
         again = batch_metrics(pred["preds"], pred["labels"], "mosi")
@@ -251,8 +252,8 @@ def test_cli_compare_reports_statistics_against_the_reference(demo, tmp_path, ca
     """Issue 16's acceptance on the demo data: `compare --models mmin tfn --seeds ...` writes a CSV
     with the difference, CI bounds and p per metric against the reference, from saved predictions."""
     from mmin_plugin import cli
-    from mmin_plugin.experiments import stats
-    from mmin_plugin.experiments.trial import read_predictions
+    from mmin_plugin.results import stats
+    from mmin_plugin.runs.trial import read_predictions
 
     out = tmp_path / "st"
     rc = cli.main(["compare", "--models", "mmin", "tfn", "--seeds", "1111", "1112", "--max-epochs", "1",

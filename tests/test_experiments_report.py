@@ -3,8 +3,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmin_plugin.experiments import aggregate, compare, report, variants
+from mmin_plugin.experiments import compare, variants
 from mmin_plugin.experiments.variants import RunSpec
+from mmin_plugin.results import aggregate, report
 
 
 def _row(run, seed, status="ok", **metrics):
@@ -82,7 +83,7 @@ def test_training_curves_show_attention_support_when_logged():
 
     from matplotlib.image import imread
 
-    from mmin_plugin.experiments.report import plot_training_curves
+    from mmin_plugin.results.report import plot_training_curves
 
     base = [{"epoch": e, "train_L_senti": 1 / e, "valid_Loss": 1 / e, "KeyEval": "Loss", "best": True}
             for e in (1, 2, 3)]

@@ -11,8 +11,9 @@ import pytest
 
 import mmin_plugin.integration.runner as runner
 from mmin_plugin.errors import MMINConfigError
-from mmin_plugin.experiments import compare, sweep, tune
-from mmin_plugin.experiments.trial import read_row, run_trial
+from mmin_plugin.experiments import compare, tune
+from mmin_plugin.runs import sweep
+from mmin_plugin.runs.trial import read_row, run_trial
 
 TINY = {"mmin.d_model": 16, "mmin.nheads": 4, "mmin.fine_layers": 1, "mmin.fusion_ff_dim": 32,
         "mmin.disc_hidden": 8}

@@ -3,7 +3,9 @@
 modeling/     imports nothing of MMSA, the integration, the experiments or the CLI;
 features/     (reading, checking, making feature files) imports neither MMSA nor torch, nor anything above it;
 integration/  is the only layer that imports MMSA, and imports nothing of the experiments or the CLI;
-experiments/  reaches MMSA only through the integration; imports nothing of the CLI;
+runs/         (what produces a trial folder) reaches MMSA only through the integration; nothing of the CLI;
+results/      (what reads finished trials) reaches MMSA only through the integration; nothing of the CLI;
+experiments/  (compare, ablate, tune, demo, explain) reaches MMSA only through the integration; nothing of the CLI;
 reference/    (mmin_reference) shares no code with mmin_plugin.
 """
 import ast
@@ -44,10 +46,14 @@ def _ids(paths):
 
 
 FORBIDDEN = {
-    "modeling": ("MMSA", "mmin_plugin.integration", "mmin_plugin.experiments", "mmin_plugin.cli"),
-    "features": ("MMSA", "torch", "mmin_plugin.integration", "mmin_plugin.experiments", "mmin_plugin.cli",
+    "modeling": ("MMSA", "mmin_plugin.integration", "mmin_plugin.experiments", "mmin_plugin.runs",
+                 "mmin_plugin.results", "mmin_plugin.cli"),
+    "features": ("MMSA", "torch", "mmin_plugin.integration", "mmin_plugin.experiments", "mmin_plugin.runs",
+                 "mmin_plugin.results", "mmin_plugin.cli",
                  "mmin_plugin.modeling"),
-    "integration": ("mmin_plugin.experiments", "mmin_plugin.cli"),
+    "integration": ("mmin_plugin.experiments", "mmin_plugin.runs", "mmin_plugin.results", "mmin_plugin.cli"),
+    "runs": ("MMSA", "mmin_plugin.experiments", "mmin_plugin.cli"),
+    "results": ("MMSA", "mmin_plugin.experiments", "mmin_plugin.cli"),
     "experiments": ("MMSA", "mmin_plugin.cli"),
     "": ("mmin_plugin",),  # reference/
 }

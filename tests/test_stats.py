@@ -1,4 +1,4 @@
-"""experiments/stats.py: metrics equal to MMSA's MetricsTop, the paired bootstrap and t-test on
+"""results/stats.py: metrics equal to MMSA's MetricsTop, the paired bootstrap and t-test on
 constructed cases whose answer is known, the tables built from saved predictions."""
 import contextlib
 import io
@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from mmin_plugin.errors import MMINDataError
-from mmin_plugin.experiments import compare, stats
-from mmin_plugin.experiments.trial import read_predictions, trial_dir, write_predictions
+from mmin_plugin.experiments import compare
 from mmin_plugin.integration import runner
+from mmin_plugin.results import stats
+from mmin_plugin.runs.trial import read_predictions, trial_dir, write_predictions
 
 N = 120
 IDS = np.array([f"clip{i:03d}" for i in range(N)])
@@ -173,7 +174,7 @@ def test_tables_carry_difference_interval_p_and_marks(tmp_path):
     assert stats_mark() not in misa_line
     assert "Published number vs measured 95% interval" in md  # mmin, tfn have paper rows
     assert r"$^\dagger$" in (tmp_path / "compare-mosi.tex").read_text()
-    from mmin_plugin.experiments import aggregate
+    from mmin_plugin.results import aggregate
 
     back = aggregate.read_rows(tmp_path / "compare-mosi.csv")
     assert "MAE" in back[0]["metrics"] and not any("|" in k for k in back[0]["metrics"])
@@ -185,6 +186,6 @@ def test_tables_carry_difference_interval_p_and_marks(tmp_path):
 
 
 def stats_mark():
-    from mmin_plugin.experiments.report import SIG_MARK
+    from mmin_plugin.results.report import SIG_MARK
 
     return SIG_MARK

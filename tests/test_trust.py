@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from mmin_plugin.experiments import aggregate, compare, sweep
-from mmin_plugin.experiments.trial import read_row, trial_dir
+from mmin_plugin.experiments import compare
+from mmin_plugin.results import aggregate
+from mmin_plugin.runs import sweep
+from mmin_plugin.runs.trial import read_row, trial_dir
 
 
 @pytest.fixture
@@ -168,7 +170,7 @@ def test_resume_reruns_a_trial_whose_fingerprint_changed_and_says_why(fake, tmp_
     cfg.write_text(json.dumps(tune.mmsa_config_file("mmin", "mosi", {"d_model": 64})))  # same path, new contents
     ran, out = rerun(sweep=resume)
     assert ran == ["mmin"] and "mmin mosi seed 1111 runs again: changed since it ran: config, config_file" in out
-    from mmin_plugin.experiments import fingerprint as fp  # (imported here: the test runs on main up to this line)
+    from mmin_plugin.runs import fingerprint as fp  # (imported here: the test runs on main up to this line)
 
     row = read_row(trial_dir(tmp_path / "o", "mmin", "mosi", 1111))
     assert set(row["fingerprint"]["parts"]) == set(fp.PARTS) and len(row["fingerprint"]["sha256"]) == 64
@@ -193,7 +195,7 @@ def test_resume_reruns_a_trial_whose_fingerprint_changed_and_says_why(fake, tmp_
 
 
 def test_data_content_hash_is_computed_once_and_cached(tmp_path, cache):
-    from mmin_plugin.experiments.fingerprint import data_hash
+    from mmin_plugin.runs.fingerprint import data_hash
 
     f = tmp_path / "x.pkl"
     f.write_bytes(b"abc")

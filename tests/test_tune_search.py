@@ -14,8 +14,8 @@ import pytest
 
 import mmin_plugin.integration.runner as runner
 from mmin_plugin.errors import MMINConfigError
-from mmin_plugin.experiments import study as study_mod
 from mmin_plugin.experiments import tune
+from mmin_plugin.runs import study as study_mod
 
 TINY = {"mmin.d_model": 16, "mmin.nheads": 4, "mmin.fine_layers": 1, "mmin.fusion_ff_dim": 32,
         "mmin.disc_hidden": 8}
@@ -166,14 +166,14 @@ def test_search_is_a_seeded_optuna_study_in_the_output_folder(scripted, tmp_path
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
     assert study.best_trial.number == runs[0]["best_trial"]
     assert study.best_value == pytest.approx(runs[0]["search"][runs[0]["best_trial"]]["valid_score"])
-    from mmin_plugin.experiments.lock import LOCK_FILE
+    from mmin_plugin.runs.lock import LOCK_FILE
 
     assert not (tmp_path / "a" / LOCK_FILE).exists()  # a finished tune releases its --out
 
 
 def test_next_trial_is_asked_when_a_slot_frees_not_in_rounds(monkeypatch, tmp_path):
-    from mmin_plugin.experiments import sweep
-    from mmin_plugin.experiments.trial import Trial
+    from mmin_plugin.runs import sweep
+    from mmin_plugin.runs.trial import Trial
 
     events = []
 
@@ -214,7 +214,7 @@ def test_next_trial_is_asked_when_a_slot_frees_not_in_rounds(monkeypatch, tmp_pa
 
 
 def test_a_killed_tune_resumes_the_same_study(scripted, tmp_path, capsys, monkeypatch):
-    from mmin_plugin.experiments.sweep import SweepOptions
+    from mmin_plugin.runs.sweep import SweepOptions
 
     scripted["script"] = _loss
     real = runner.mmsa_run
@@ -241,7 +241,7 @@ def test_a_killed_tune_resumes_the_same_study(scripted, tmp_path, capsys, monkey
 def test_pruned_trials_are_recorded_as_pruned_and_never_chosen(scripted, tmp_path, capsys):
     import optuna
 
-    from mmin_plugin.experiments.sweep import SweepOptions
+    from mmin_plugin.runs.sweep import SweepOptions
 
     def script(args, seed):  # the first trial is the best; every later one is worse from epoch 1 on
         n = len(scripted["calls"])
@@ -306,9 +306,9 @@ def _probe_trial(trial):
 @pytest.mark.e2e
 def test_ray_pool_isolates_trials_and_hides_gpus_from_cpu_trials(tmp_path):
     pytest.importorskip("ray")
-    from mmin_plugin.experiments import sweep
-    from mmin_plugin.experiments.backends import ray_session
-    from mmin_plugin.experiments.trial import Trial
+    from mmin_plugin.runs import sweep
+    from mmin_plugin.runs.backends import ray_session
+    from mmin_plugin.runs.trial import Trial
 
     def trials(tag, n):
         return [Trial(run=f"{tag}{i}", model="m", dataset="mosi", seed=i, directory=str(tmp_path / f"{tag}{i}"))
@@ -329,7 +329,7 @@ def test_ray_pool_isolates_trials_and_hides_gpus_from_cpu_trials(tmp_path):
 # ---- issue 18: Slurm through submitit (its local executor) -----------------------------------------
 def test_slurm_job_requeues_the_same_trial():
     pytest.importorskip("submitit")
-    from mmin_plugin.experiments.slurm import _Job
+    from mmin_plugin.runs.slurm import _Job
 
     job = _Job()
     again = job.checkpoint({"run": "r", "seed": 1}, None, 0)
@@ -340,7 +340,7 @@ def test_slurm_job_requeues_the_same_trial():
 def test_slurm_backend_on_the_local_executor_matches_serial(small_mosi, tmp_path, capsys):
     pytest.importorskip("submitit")
     from mmin_plugin.experiments import compare
-    from mmin_plugin.experiments.sweep import SweepOptions
+    from mmin_plugin.runs.sweep import SweepOptions
 
     kw = dict(models=["mmin"], dataset="mosi", seeds=[1111], feature_path=small_mosi["feature_path"],
               pretrained=small_mosi["bert_dir"], max_epochs=1, overrides=dict(TINY))

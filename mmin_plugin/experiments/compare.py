@@ -16,11 +16,11 @@ from typing import Dict, List, Optional, Sequence
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..constants import DATASETS, DEFAULT_SEEDS
 from ..errors import MMINConfigError, MMINDataError
-from . import aggregate, report, stats
-from .aggregate import CSV_BASE_COLUMNS, read_rows
-from .report import plot_training_curves, render_figure, render_markdown
-from .sweep import SweepOptions, prepare_out, run_trials
-from .trial import Trial, read_predictions, read_row, trial_dir
+from ..results import aggregate, report, stats
+from ..results.aggregate import CSV_BASE_COLUMNS, read_rows
+from ..results.report import plot_training_curves, render_figure, render_markdown
+from ..runs.sweep import SweepOptions, prepare_out, run_trials
+from ..runs.trial import Trial, read_predictions, read_row, trial_dir
 from .variants import ABLATION_VARIANTS, VARIANTS, RunSpec
 
 logger = logging.getLogger("MMSA." + __name__)

@@ -1,4 +1,4 @@
-"""`tune`: an honest hyper-parameter search. An Optuna study (experiments/study.py: seeded random or
+"""`tune`: an honest hyper-parameter search. An Optuna study (runs/study.py: seeded random or
 TPE sampling, journal in `--out`, optional pruning) over the model's MMSA tune space
 (`debugParams.d_paras`), trials asynchronous with as many in flight as the backend has slots; every
 search trial trains on TRAIN and is scored on its best VALID KeyEval, TEST is never evaluated during
@@ -21,13 +21,13 @@ import pandas as pd
 from ..atomic import atomic_write_text
 from ..constants import DEFAULT_SEEDS, LOWER_IS_BETTER, TUNE_SEED
 from ..errors import MMINConfigError
-from . import report
-from .aggregate import summarize
-from .backends import ray_session
+from ..results import report
+from ..results.aggregate import summarize
+from ..runs.backends import ray_session
+from ..runs.study import PRUNERS, SAMPLERS, journal_path, open_study, spec_for
+from ..runs.sweep import SweepOptions, prepare_out, run_trials
+from ..runs.trial import Trial, read_row, trial_dir
 from .compare import check_datasets, check_file, check_max_epochs, check_seeds, split_overrides
-from .study import PRUNERS, SAMPLERS, journal_path, open_study, spec_for
-from .sweep import SweepOptions, prepare_out, run_trials
-from .trial import Trial, read_row, trial_dir
 from .variants import RunSpec
 
 logger = logging.getLogger("MMSA." + __name__)

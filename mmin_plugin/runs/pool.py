@@ -25,8 +25,8 @@ __all__ = ["TrialPool", "PRELOAD", "run_forked"]
 
 #: modules the fork server imports once (what a trial would otherwise import each time)
 PRELOAD = ["torch", "transformers", "MMSA", "MMSA.run", "torch.utils.tensorboard", "matplotlib.pyplot",
-           "mmin_plugin", "mmin_plugin.experiments.trial", "mmin_plugin.experiments.report",
-           "mmin_plugin.experiments.study", "mmin_plugin.experiments.pool"]
+           "mmin_plugin", "mmin_plugin.runs.trial", "mmin_plugin.results.report",
+           "mmin_plugin.runs.study", "mmin_plugin.runs.pool"]
 
 
 def _child(conn, trial_data: Dict, trial_fn: Optional[bytes], gpus: List, threads: int) -> None:

@@ -289,7 +289,7 @@ def _row_skeleton(trial: Trial) -> Dict:
 def _curves(trial: Trial, history: List[Dict]) -> None:
     """MMIN's training curves as `curves.png` in the trial's folder."""
     from ..atomic import atomic_write_bytes
-    from .report import plot_training_curves
+    from ..results.report import plot_training_curves
 
     title = (f"{trial.label or trial.run} on {trial.dataset.upper()}, seed {trial.seed}: training curves "
              "(MMIN trainer history)")
@@ -402,7 +402,7 @@ def write_outputs(trial: Trial, row: Dict) -> None:
 
 
 def main(argv=None) -> int:
-    """`python -m mmin_plugin.experiments.trial TRIAL.json`: run one trial in a fresh process."""
+    """`python -m mmin_plugin.runs.trial TRIAL.json`: run one trial in a fresh process."""
     import sys
 
     argv = sys.argv[1:] if argv is None else argv

@@ -105,7 +105,7 @@ def measured_metrics(summary: pd.DataFrame) -> List[str]:
 def rows_from_trial_dirs(root) -> List[Dict]:
     """Every sound `row.json` under `root` (`runs/<run>/<dataset>/seed<seed>/row.json`), as rows; a
     malformed one is logged and left out (trial.read_row)."""
-    from .trial import read_row
+    from ..runs.trial import read_row
 
     rows = (read_row(p.parent) for p in sorted(Path(root).glob("runs/*/*/seed*/row.json")))
     return [r for r in rows if r is not None]

@@ -1,7 +1,7 @@
 """Where trials run: `serial` (this process, one after another; no dependency), `ray` (a local
-instance or `--address auto|ray://...`: by default a pool of long-lived actors, experiments/pool.py,
+instance or `--address auto|ray://...`: by default a pool of long-lived actors, runs/pool.py,
 each trial a forked child of one of them; `pool=False`: each trial a Ray task in a fresh worker
-process) or `slurm` (submitit, experiments/slurm.py). All give back the trial's row; the tables
+process) or `slurm` (submitit, runs/slurm.py). All give back the trial's row; the tables
 never depend on the backend. Design notes: docs/design/experiments.md.
 """
 from __future__ import annotations
@@ -147,7 +147,7 @@ def _pool(ray, size: int, cpus: float, gpus: float):
 class RayBackend:
     """Trials with `cpus_per_trial` CPUs and `gpus_per_trial` GPUs each (fractions allowed); at most
     `max_concurrent` at once (default: what the cluster's resources allow). `pool` (default): one
-    long-lived actor per slot, each trial a forked child of one (experiments/pool.py); otherwise
+    long-lived actor per slot, each trial a forked child of one (runs/pool.py); otherwise
     each trial a Ray task (a fresh worker process per trial unless `reuse_workers`). Without
     `address` a local Ray instance is started (and shut down at the end); `address='auto'` or
     `'ray://host:10001'` joins a running cluster."""
