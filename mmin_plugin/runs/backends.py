@@ -17,6 +17,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 from ..atomic import atomic_write_text
 from ..errors import MMINConfigError
+from .threads import threads_for_trial, trial_threads
 from .trial import ROW_FILE, Trial, _error_text, _row_skeleton, run_trial
 
 logger = logging.getLogger("MMSA." + __name__)
@@ -51,14 +52,15 @@ class SerialBackend:
 
     def wait(self) -> Tuple[Trial, Dict]:
         trial = self._queue.popleft()
-        return trial, self.trial_fn(trial)
+        with threads_for_trial(trial_threads()):  # the cores free now (runs/threads.py)
+            return trial, self.trial_fn(trial)
 
     def close(self) -> None:
         self._queue.clear()
 
 
 def _ray_entry(trial_data: Dict, trial_fn, use_gpu: bool, threads: int) -> Dict:
-    """Runs in the Ray worker: one torch thread per CPU given; on a GPU the trial's device is cuda:0
+    """Runs in the Ray worker: one torch thread per CPU given (`trial_threads`); on a GPU the trial's device is cuda:0
     of the devices Ray assigned (CUDA_VISIBLE_DEVICES), since MMSA's own free-GPU pick reads NVML
     and would ignore the assignment."""
     import ray
@@ -67,7 +69,7 @@ def _ray_entry(trial_data: Dict, trial_fn, use_gpu: bool, threads: int) -> Dict:
     place_devices(trial, ray.get_gpu_ids() if use_gpu else [])
     import torch
 
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(trial_threads(threads))
     return (trial_fn or run_trial)(trial)
 
 

@@ -20,6 +20,7 @@ import time
 from typing import Callable, Dict, Optional, Tuple
 
 from ..errors import MMINConfigError
+from .threads import trial_env
 from .trial import SCHEDULER_DIR, Trial, _error_text, run_trial
 
 logger = logging.getLogger("MMSA." + __name__)
@@ -47,12 +48,17 @@ class _Job:
     def __call__(self, trial_data: Dict, trial_fn: Optional[Callable], gpus: int) -> Dict:
         import os
 
+        import torch
+
         from .backends import place_devices
+        from .threads import trial_threads
 
         trial = Trial(**trial_data)
         # Slurm already limits CUDA_VISIBLE_DEVICES to the job's GPUs; a CPU-only job sees none
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
         place_devices(trial, [g for g in visible.split(",") if g][:gpus] if gpus else [])
+        # the job's CPUs (SLURM_CPUS_PER_TASK); outside Slurm (submitit's local executor) the free cores
+        torch.set_num_threads(trial_threads(os.environ.get("SLURM_CPUS_PER_TASK") or None))
         return (trial_fn or run_trial)(trial)
 
     def checkpoint(self, *args, **kwargs):
@@ -80,8 +86,12 @@ class SlurmBackend:
 
     def _executor(self, trial: Trial):
         ex = self.submitit.AutoExecutor(folder=str(trial.path / SCHEDULER_DIR), cluster=self.cluster)
+        params = dict(self.params)
+        # threads and a passive OpenMP wait policy set before the job's Python starts (runs/threads.py)
+        params["slurm_setup"] = [f"export {k}={v}" for k, v in trial_env(self.cpus).items()] + list(
+            params.get("slurm_setup") or [])
         ex.update_parameters(name=f"mmin-{trial.run}-{trial.dataset}-s{trial.seed}", cpus_per_task=self.cpus,
-                             gpus_per_node=self.gpus, tasks_per_node=1, nodes=1, **self.params)
+                             gpus_per_node=self.gpus, tasks_per_node=1, nodes=1, **params)
         return ex
 
     def submit(self, trial: Trial) -> None:
