@@ -59,6 +59,8 @@ SCALING_LENGTHS_QUICK = (125, 250)
 CONTENDERS = {
     "mmin-tiny": dict(model="mmin", bert="tiny", label="MMIN, tiny demo BERT"),
     "mmin-base": dict(model="mmin", bert="base", label="MMIN, BERT-base-sized"),
+    # issue 27's "before": no trimming, the unfused attention (MMIN_ATTENTION=reference), same weights
+    "mmin-base-ref": dict(model="mmin", bert="base", label="MMIN, BERT-base-sized, before issue 27", reference=True),
     "misa-base": dict(model="misa", bert="base", label="MISA (MMSA), BERT-base-sized"),
     "mult": dict(model="mult", bert=None, label="MulT (MMSA), text features"),
 }
@@ -130,6 +132,21 @@ class Contender:
         self.text, self.audio, self.video, self.lengths, self.labels = make_inputs(
             self.kind, audio_len, video_len, self.vocab, seed)
 
+    def set_real_fraction(self, fraction):
+        """Same padded tensors, every clip's real audio / video length (and text tokens) = fraction
+        of the padded size; the steps past it are zeroed, as in a feature file."""
+        import torch
+
+        la, lv = max(1, int(self.audio.shape[1] * fraction)), max(1, int(self.video.shape[1] * fraction))
+        self.lengths = {"audio_lengths": torch.full((BATCH,), la, dtype=torch.long),
+                        "vision_lengths": torch.full((BATCH,), lv, dtype=torch.long)}
+        self.audio[:, la:], self.video[:, lv:] = 0, 0
+        lt = max(2, int(TEXT_LEN * fraction))
+        if self.text.dim() == 3 and self.text.shape[1] == 3:  # text_bert layout: ids, mask, segments
+            self.text[:, :, lt:] = 0
+        else:
+            self.text[:, lt:] = 0
+
     # -- per model: optimizer, loss and clipping exactly as its trainer sets them up -------------
     def _setup_mmin(self):
         import torch
@@ -141,8 +158,20 @@ class Contender:
         self.clip = float(self.args.get("grad_clip", -1.0) or -1.0)
         net = self.trainer._mmin(self.model)
 
+        reference = CONTENDERS[self.name].get("reference", False)
+
         def forward():
-            return self.model(self.text, self.audio, self.video, **self.lengths)
+            if not reference:
+                return self.model(self.text, self.audio, self.video, **self.lengths)
+            saved = os.environ.get("MMIN_ATTENTION")
+            os.environ["MMIN_ATTENTION"] = "reference"
+            try:
+                return self.model(self.text, self.audio, self.video, **self.lengths, trim_padding=False)
+            finally:
+                if saved is None:
+                    os.environ.pop("MMIN_ATTENTION")
+                else:
+                    os.environ["MMIN_ATTENTION"] = saved
 
         def loss_fn(outputs):
             loss, _ = net.total_loss(outputs, self.labels)
@@ -365,6 +394,61 @@ def memory_child(name, cache_dir, audio_len=AUDIO_LEN, video_len=VIDEO_LEN, step
     print("MEMJSON " + json.dumps(out), flush=True)
 
 
+def _spin():  # the competing process: one core's worth of pure-Python work
+    while True:
+        pass
+
+
+def busy_child(cache_dir, repeats, threads):
+    """In a fresh process (torch's thread pool starts with `threads`): median serial MMIN (tiny BERT)
+    step, as `compare` runs one, idle and then with one competing CPU-bound process."""
+    import multiprocessing
+
+    import torch
+
+    from mmin_plugin.runs.threads import trial_threads
+
+    n = trial_threads(None) if threads == "trial_threads" else torch.get_num_threads()
+    torch.set_num_threads(n)
+    c = Contender("mmin-tiny", bert_dirs(cache_dir))
+    c.step()
+    idle = statistics.median(c.step().wall for _ in range(repeats))
+    hog = multiprocessing.get_context("spawn").Process(target=_spin, daemon=True)
+    hog.start()
+    try:
+        time.sleep(1.0)
+        n_busy = trial_threads(None) if threads == "trial_threads" else n
+        torch.set_num_threads(n_busy)
+        c.step()
+        loaded = statistics.median(c.step().wall for _ in range(repeats))
+    finally:
+        hog.kill()
+        hog.join()
+    print("BUSYJSON " + json.dumps({"threads_idle": n, "threads_busy": n_busy, "idle_s": idle, "busy_s": loaded,
+                                    "ratio": loaded / idle}), flush=True)
+
+
+def measure_busy(cache_dir, repeats, log=print, timeout=900):
+    """Serial MMIN step idle vs with one competing process: torch's default threads (fixed at start)
+    and `runs.threads.trial_threads()` (the free cores, sampled before each phase), fresh processes."""
+    res = {}
+    for mode in ("torch-default", "trial_threads"):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--busy-child", mode, "--cache", str(cache_dir),
+               "--repeats", str(repeats)]
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        try:
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+            line = next((ln for ln in p.stdout.splitlines() if ln.startswith("BUSYJSON ")), None)
+            res[mode] = (json.loads(line[len("BUSYJSON "):]) if line else
+                         {"error": f"exit {p.returncode}: {(p.stderr.strip().splitlines() or ['?'])[-1][:200]}"})
+        except subprocess.TimeoutExpired:
+            res[mode] = {"error": f"timed out after {timeout}s"}
+        r = res[mode]
+        log(f"  busy {mode}: " + (f"idle {r['idle_s']:.3f}s ({r['threads_idle']} threads), busy {r['busy_s']:.3f}s "
+                                  f"({r['threads_busy']} threads): {r['ratio']:.2f}x" if "ratio" in r else r["error"]))
+    return res
+
+
 def measure_memory(names, cache_dir, log=print, timeout=900):
     res = {}
     for name in names:
@@ -427,19 +511,23 @@ def profile_step(name, cache_dir, rows=15, log=print):
             stack.pop().__exit__(None, None, None)
 
         handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    orig_sparsemax = mm.sparsemax
+    originals = {fn: getattr(mm, fn) for fn in ("sparsemax_attention", "sparsemax_reference_attention")}
 
-    def sparsemax_scoped(x, dim=-1):
-        with record_function("[fwd] sparsemax (inside CA)"):
-            return orig_sparsemax(x, dim)
+    def scoped(fn):
+        def call(*a, **kw):
+            with record_function("[fwd] sparsemax attention (inside CA)"):
+                return originals[fn](*a, **kw)
+        return call
 
-    mm.sparsemax = sparsemax_scoped
+    for fn in originals:
+        setattr(mm, fn, scoped(fn))
     try:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             with record_function("[step] total"):
                 c.step(scoped=True)
     finally:
-        mm.sparsemax = orig_sparsemax
+        for fn, orig in originals.items():
+            setattr(mm, fn, orig)
         for h in handles:
             h.remove()
     ev = prof.key_averages()
@@ -473,7 +561,7 @@ def profile_step(name, cache_dir, rows=15, log=print):
 # the benchmark
 # ----------------------------------------------------------------------------------------------
 def run(cache_dir, quick=False, repeats=None, warmup=None, memory=True, scaling=True,
-        contenders=None, log=print) -> dict:
+        contenders=None, busy=True, log=print) -> dict:
     import torch
 
     repeats = repeats or (1 if quick else 5)
@@ -518,6 +606,26 @@ def run(cache_dir, quick=False, repeats=None, warmup=None, memory=True, scaling=
         elif name in infer:
             rec["infer_batch_s"] = _summary(infer[name])
             rec["infer_samples_per_s"] = BATCH / rec["infer_batch_s"]["median"]
+    half = [n for n in ("mmin-base", "mmin-base-ref", "misa-base", "mmin-tiny") if n in built and "train_step_s" in
+            result["contenders"][n]]
+    if half:
+        log(f"[models] half real lengths (same padded tensors): {', '.join(half)}")
+        try:
+            for n in half:
+                built[n].set_real_fraction(0.5)
+            tr = round_robin({n: built[n].step for n in half}, repeats, warmup, log)
+            inf = round_robin({n: built[n].infer for n in half}, repeats, warmup, log)
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc(file=sys.stderr)
+            tr = inf = {n: {"error": _err(e)} for n in half}
+        for n in half:
+            if isinstance(tr[n], dict) or isinstance(inf[n], dict):
+                result["contenders"][n]["half"] = {"error": (tr[n] if isinstance(tr[n], dict) else inf[n])["error"]}
+                continue
+            st = _step_summary(tr[n])
+            result["contenders"][n]["half"] = {"train_step_s": st["step_s"], "train_cpu_s": st["cpu_s"],
+                                               "infer_samples_per_s": BATCH / statistics.median(inf[n])}
+            built[n].set_inputs(AUDIO_LEN, VIDEO_LEN)
     keep = built.get("mmin-tiny")
     built.clear()
     gc.collect()
@@ -558,6 +666,9 @@ def run(cache_dir, quick=False, repeats=None, warmup=None, memory=True, scaling=
     keep = c = None
     gc.collect()
 
+    if busy:
+        log("[models] serial MMIN step (tiny BERT) idle and with one competing CPU-bound process")
+        result["busy"] = measure_busy(cache_dir, repeats, log)
     if memory:
         log("[models] peak memory: one fresh subprocess per contender")
         result["memory"] = measure_memory(names, cache_dir, log)
@@ -640,6 +751,32 @@ def tables(result) -> str:
                    "with MALLOC_MMAP_THRESHOLD_=131072 (freed tensors return to the OS at once); "
                    "'peak - before step' = gradients + activations + temporaries; 'peak - libs' = everything "
                    "the model adds to a process that has imported torch/transformers/MMSA.")
+    halves = {n: r for n, r in cs.items() if "half" in r}
+    if halves:
+        out += ["", "### Half the real lengths (same padded tensors: every clip's audio, video and text real "
+                "length = half the padded size)", "",
+                "| model | full step (s) | half step (s) | half / full | full eval samples/s | half eval samples/s "
+                "| half step x MISA-base half |", "|---|---:|---:|---:|---:|---:|---:|"]
+        mh = halves.get("misa-base", {}).get("half", {}).get("train_step_s", {}).get("median")
+        for n, r in halves.items():
+            h = r["half"]
+            if "error" in h:
+                out.append(f"| {r['label']} | FAILED: {h['error']} | | | | | |")
+                continue
+            hs = h["train_step_s"]["median"]
+            out.append(f"| {r['label']} | {med[n]:.3f} | {hs:.3f} | {hs / med[n]:.2f} | {thr.get(n, 0):.2f} "
+                       f"| {h['infer_samples_per_s']:.2f} | {_f(_ratio(hs, mh), 2)} |")
+    busy = result.get("busy")
+    if busy:
+        out += ["", "### Serial MMIN (tiny BERT) step with one competing CPU-bound process (fresh process each)", "",
+                "| threads | idle step (s) | threads idle / busy | step with a competitor (s) | busy / idle |",
+                "|---|---:|---:|---:|---:|"]
+        for mode, r in busy.items():
+            if "error" in r:
+                out.append(f"| {mode} | FAILED: {r['error']} | | | |")
+                continue
+            out.append(f"| {mode} | {r['idle_s']:.3f} | {r['threads_idle']} / {r['threads_busy']} | {r['busy_s']:.3f} "
+                       f"| {r['ratio']:.2f} |")
     sc = result.get("scaling")
     if sc:
         out += ["", "### MMIN (tiny BERT) training step vs sequence length (text 50, video = 0.75 x audio)", ""]
@@ -688,6 +825,21 @@ def targets(result) -> str:
     scale_verdict = _verdict(exp, 1.0)
     if exp is not None and longest < max(SCALING_LENGTHS):
         scale_verdict += f" (inconclusive: lengths <= {longest} only, run without --quick)"
+    cs = result["contenders"]
+    thr = {n: r.get("infer_samples_per_s") for n, r in cs.items()}
+    mem = result.get("memory") or {}
+    fp = {n: m["step_peak_rss_mb"] - m["rss_libs_mb"] for n, m in mem.items() if "step_peak_rss_mb" in m}
+    half = (cs.get("mmin-base", {}).get("half") or {}).get("train_step_s", {}).get("median")
+    r_half = _ratio(half, med.get("mmin-base"))
+    busy = ((result.get("busy") or {}).get("trial_threads") or {}).get("ratio")
+    extra = [
+        f"| MMIN peak memory (peak - libs) <= MISA's | {_f(_ratio(fp.get('mmin-base'), fp.get('misa-base')), 2)} x "
+        f"| {_verdict(_ratio(fp.get('mmin-base'), fp.get('misa-base')), 1.0)} |",
+        f"| MMIN eval throughput >= MISA's | {_f(_ratio(thr.get('mmin-base'), thr.get('misa-base')), 2)} x "
+        f"| {_verdict(_ratio(thr.get('misa-base'), thr.get('mmin-base')), 1.0)} |",
+        f"| MMIN step at half the real lengths <= 0.6 x full | {_f(r_half, 2)} x | {_verdict(r_half, 0.6)} |",
+        f"| serial step with one competing process <= 2.5 x idle (trial_threads) | {_f(busy, 2)} x "
+        f"| {_verdict(busy, 2.5)} |"]
     return "\n".join([
         "### Targets (verdict on wall-clock medians; CPU-time figure for comparison)", "",
         "| target | measured (wall; CPU time) | verdict |", "|---|---|---|",
@@ -695,7 +847,7 @@ def targets(result) -> str:
         f"| {_verdict(r1, 1.3)} |",
         f"| MMIN step with tiny BERT faster than MulT's | {_f(r2, 2)} x MulT; {_f(r2c, 2)} x | {_verdict(r2, 1.0)} |",
         f"| MMIN step time grows at most linearly with sequence length | exponent {_f(exp, 2)}; {_f(expc, 2)} "
-        f"(last segment {_f(last, 2)}) | {scale_verdict} |"])
+        f"(last segment {_f(last, 2)}) | {scale_verdict} |", *extra])
 
 
 def main(argv=None):
@@ -704,10 +856,15 @@ def main(argv=None):
     ap.add_argument("--cache", default=None, help="where the random BERTs are kept (default: OUT)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--busy-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
     cache = Path(args.cache or args.out)
     if args.memory_child:
         memory_child(args.memory_child, cache)
+        return
+    if args.busy_child:
+        busy_child(cache, args.repeats, args.busy_child)
         return
     res = run(cache, quick=args.quick)
     print(tables(res))

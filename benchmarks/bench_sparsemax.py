@@ -89,6 +89,47 @@ def _time_shape(shape, impls, repeats, warmup):
     return rows
 
 
+ATTENTION_DH = 16  # MMIN's head width (d_model 128 / 8 heads)
+
+
+def _time_attention(shape, repeats, warmup):
+    """Attention fwd+bwd on (rows, Lq, Lk) = (B * heads, Lq, Lk), head width 16, MMIN's score scale:
+    softmax (q k^T -> softmax -> @ v), MMIN's sparsemax attention fused (C kernel) and the
+    reference composition (q k^T -> sparsemax -> @ v)."""
+    A = importlib.import_module("mmin_plugin.modeling.attention")
+    rows, lq, lk = shape
+    g = torch.Generator().manual_seed(0)
+    # q k^T / sqrt(16) with unit-variance q, k has std 1; / 3 gives MMIN's typical support (~10-20 keys)
+    q = (torch.randn(1, lq, rows, ATTENTION_DH, generator=g) / 12).transpose(1, 2).requires_grad_(True)
+    k = torch.randn(1, lk, rows, ATTENTION_DH, generator=g).transpose(1, 2).requires_grad_(True)
+    v = torch.randn(1, lk, rows, ATTENTION_DH, generator=g).transpose(1, 2).requires_grad_(True)
+    dout = torch.randn(1, rows, lq, ATTENTION_DH, generator=g)
+
+    def softmax_attention():
+        return torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+
+    def mmin(path):
+        def call():
+            os.environ["MMIN_ATTENTION"] = path
+            return A.sparsemax_attention(q, k, v)
+        return call
+
+    impls = {"softmax": softmax_attention, "mmin-fused": mmin("auto"), "mmin-reference": mmin("reference")}
+    times = {n: [] for n in impls}
+    for r in range(warmup + repeats):
+        for name, f in impls.items():
+            start = time.perf_counter()
+            f().backward(dout)
+            elapsed = time.perf_counter() - start
+            q.grad = k.grad = v.grad = None
+            if r >= warmup:
+                times[name].append(elapsed)
+    os.environ.pop("MMIN_ATTENTION", None)
+    return [{"shape": list(shape), "op": "attention fwd+bwd", "impl": n, "repeats": repeats,
+             "threads": torch.get_num_threads(), "median_ms": 1e3 * statistics.median(ts), "min_ms": 1e3 * min(ts)}
+            for n, ts in times.items()]
+
+
 def _compile_cost():
     """Cold build of the native kernel into an empty cache directory."""
     if N._compiler() is None:
@@ -120,6 +161,9 @@ def run(repeats: int = 10, warmup: int = 2, shapes=None, scaling=None, threads=N
             rows += _time_shape(shape, impls, repeats, warmup)
         for shape in SCALING if scaling is None else scaling:
             rows += _time_shape(shape, sweep, repeats, warmup)
+        if "mmin-native" in impls:
+            for shape in shapes or SHAPES:
+                rows += _time_attention(shape, repeats, warmup)
     finally:
         torch.set_num_threads(saved_threads)
         if saved is None:
@@ -139,7 +183,7 @@ def markdown(rows, stat: str = "median_ms") -> str:
            + " | native/softmax | entmax/native |",
            "|---|---|" + "---:|" * (len(cols) + 2)]
     seen = []
-    for shape, op, _ in med:
+    for shape, op, _ in [k for k in med if k[1] != "attention fwd+bwd"]:
         if (shape, op) in seen:
             continue
         seen.append((shape, op))
@@ -149,6 +193,14 @@ def markdown(rows, stat: str = "median_ms") -> str:
         r1 = f"{nat / soft:.2f}x" if nat and soft else "-"
         r2 = f"{ent / nat:.1f}x" if nat and ent else "-"
         out.append(f"| {tuple(shape)} | {op} | " + " | ".join(cell) + f" | {r1} | {r2} |")
+    att = {(tuple(r["shape"]), r["impl"]): r[stat] for r in rows if r.get("op") == "attention fwd+bwd"}
+    if att:
+        out += ["", f"Attention forward+backward, (B x heads, Lq, Lk), head width {ATTENTION_DH} (ms):", "",
+                "| shape | softmax attention | MMIN sparsemax, fused | MMIN sparsemax, reference "
+                "| fused / softmax | reference / softmax |", "|---|---:|---:|---:|---:|---:|"]
+        for shape in dict.fromkeys(sh for sh, _ in att):
+            sm, fu, re_ = (att.get((shape, n)) for n in ("softmax", "mmin-fused", "mmin-reference"))
+            out.append(f"| {shape} | {sm:.2f} | {fu:.2f} | {re_:.2f} | {fu / sm:.2f}x | {re_ / sm:.2f}x |")
     extra = [r for r in rows if r.get("op") in ("compile", "note")]
     for r in extra:
         if r["op"] == "compile":

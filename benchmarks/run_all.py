@@ -168,6 +168,9 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=None, help="warm-up repetitions (default 1)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    ap.add_argument("--no-busy", action="store_true", help="skip the busy-machine (competing process) step")
+    ap.add_argument("--contenders", default=None,
+                    help="comma list of model contenders (default: mmin-tiny,mmin-base,misa-base,mult)")
     args = ap.parse_args(argv)
 
     import torch
@@ -198,7 +201,8 @@ def main(argv=None):
     if args.only in (None, "models"):
         import bench_models
 
-        models = bench_models.run(out, quick=args.quick, repeats=repeats, warmup=warmup,
+        models = bench_models.run(out, quick=args.quick, repeats=repeats, warmup=warmup, busy=not args.no_busy,
+                                  contenders=args.contenders.split(",") if args.contenders else None,
                                   memory=not args.no_memory, log=lambda m: print(m, flush=True))
         result["models"] = models
         md.append(bench_models.tables(models))

@@ -319,7 +319,10 @@ def test_return_attention_names_shapes_and_masks(tiny_bert):
     with torch.no_grad():
         plain = model(text, audio, video, audio_lengths=al, vision_lengths=vl)
         out = model(text, audio, video, audio_lengths=al, vision_lengths=vl, return_attention=True)
-    assert torch.equal(plain["M"], out["M"]) and "attention" not in plain
+    # return_attention takes the reference attention on the untrimmed batch (maps in padded shapes):
+    # the same prediction up to rounding
+    torch.testing.assert_close(plain["M"], out["M"], rtol=1e-5, atol=1e-6)
+    assert "attention" not in plain
     attn, qmask = out["attention"], out["attention_query_mask"]
     pairs = [(a, b) for a in MODALITIES for b in MODALITIES if a != b]
     expected = {f"{a}_from_{b}/{i}" for a, b in pairs for i in range(2)} | {f"guided/{m}" for m in MODALITIES}

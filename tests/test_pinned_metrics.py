@@ -8,6 +8,16 @@
   objective, DANN ramp over 2 epochs, clipping by norm; evidence in docs/design/adversarial.md),
   which moves the numbers; re-pinned then.
 
+Both re-pinned by issue 27: MMIN now cuts each batch to its longest real sequence (the demo file's
+clips are shorter than its padded length) and computes the sparsemax attention in one fused
+kernel. Outputs and gradients are those of the untrimmed, unfused model to 1e-5
+(tests/test_padding.py, tests/test_attention.py), but the shorter rows round differently in
+the last bits (BERT's softmax and the products over fewer padded zeros), and two epochs of this
+tiny adversarial run amplify that. Checked on the paper recipe: untrimmed with the reference
+attention (`trim_padding=False`, MMIN_ATTENTION=reference) still gives the old numbers exactly;
+trimmed gives the new ones with either attention path. Before issue 27:
+paper MAE 0.6883 / Corr 0.8211 / Loss 0.7332, default MAE 0.6768 / Corr 0.8575 / Loss 0.6734.
+
 MMSA rounds its metrics to 4 decimals, so this is exact equality of what MMSA reports. A change
 that moves any of these numbers changes what users get for the same seed: it must be deliberate,
 and the new numbers recorded here with the reason.
@@ -17,10 +27,10 @@ import pytest
 from mmin_plugin.integration.runner import mmsa_run
 from mmin_plugin.modeling.config import ADV_RECIPES
 
-PINNED_PAPER = {"Has0_acc_2": 0.75, "Has0_F1_score": 0.7417, "Non0_acc_2": 0.75, "Non0_F1_score": 0.7448,
-                "Mult_acc_5": 0.375, "Mult_acc_7": 0.375, "MAE": 0.6883, "Corr": 0.8211, "Loss": 0.7332}
-PINNED = {"Has0_acc_2": 0.75, "Has0_F1_score": 0.7417, "Non0_acc_2": 0.75, "Non0_F1_score": 0.7448,
-          "Mult_acc_5": 0.4375, "Mult_acc_7": 0.4375, "MAE": 0.6768, "Corr": 0.8575, "Loss": 0.6734}
+PINNED_PAPER = {"Has0_acc_2": 0.75, "Has0_F1_score": 0.7227, "Non0_acc_2": 0.6667, "Non0_F1_score": 0.6476,
+                "Mult_acc_5": 0.375, "Mult_acc_7": 0.375, "MAE": 0.7173, "Corr": 0.8271, "Loss": 0.7452}
+PINNED = {"Has0_acc_2": 0.75, "Has0_F1_score": 0.7227, "Non0_acc_2": 0.6667, "Non0_F1_score": 0.6476,
+          "Mult_acc_5": 0.4375, "Mult_acc_7": 0.4375, "MAE": 0.7074, "Corr": 0.8591, "Loss": 0.7097}
 
 
 @pytest.mark.e2e

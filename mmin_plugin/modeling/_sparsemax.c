@@ -26,6 +26,22 @@
  * Backward (vector-Jacobian product; the Jacobian is symmetric, M&A eq. 14):
  *     dz = s * (g - sum_S g / |S|),   s = 1[p > 0];   a row with empty support gets 0.
  *
+ * Fused sparsemax attention (mmin_attn_*), per (sample b, head h), q (B, Lq, H, dh), k and v
+ * (B, Lk, H, dh), all contiguous (the layout of a linear layer's output viewed as heads):
+ *     out_i = sum_j p_ij v_j,   p_i = sparsemax(s_i) over the real keys,   s_ij = q_i . k_j.
+ * Per query row the scores are computed into a row buffer (the keys transposed once per (b, h),
+ * so the row is dh vectorised passes over Lk), normalised by the row kernel above restricted to
+ * the real keys (key mask km (B, Lk), uint8, 1 = real: a padded key is never read into the
+ * threshold and gets weight 0), and multiplied by v over the support only: no (Lq, Lk) map is
+ * ever written to memory.  Kept for the backward: st = (max, t) per row, tau = max + t
+ * (t = +inf: empty row, i.e. no real key or a padded query (query mask qm (B, Lq) or NULL);
+ * t = NaN: a NaN/+inf row, output NaN, zero gradient).  Backward, per row: the same scores
+ * again (same code, same order: the same floats), p_j = max((s_j - max) - t, 0) exactly as the
+ * forward had it, support S = {p > 0}, and with dP_j = dout_i . v_j on S only,
+ *     dS_j = dP_j - mean_S dP,   dq_i = sum_S dS_j k_j,   dk_j += dS_j q_i,   dv_j += p_j dout_i;
+ * dk, dv accumulate in double per (b, h) and are written once.  Sums over dh and over S are in
+ * double, the scores in T like a matrix product in T.
+ *
  * Rows are split into contiguous chunks over at most `nthreads` threads: an OpenMP parallel
  * for when built with -fopenmp (libgomp.so.1, i.e. the copy torch has already loaded, so the
  * kernel runs on torch's own thread pool), else pthreads created per call.  nthreads = 1
@@ -47,9 +63,29 @@
 #else
 #define CLONES
 #endif
+/* Small helpers are inlined into the (cloned) callers, so they run with the callers' AVX2. */
+#if defined(__GNUC__)
+#define INLINE __attribute__((always_inline)) inline
+#else
+#define INLINE inline
+#endif
 #define BLOCK 16       /* rows longer than SKIP_FROM skip blocks of 16 without candidates */
 #define SKIP_FROM 512  /* (shorter rows: the mispredicted branches cost more than they save) */
 #define SHORT_ROW 128  /* up to this length the output is one pass over the row */
+
+#define MAX_DH 1024  /* head width limit of the fused attention (MMIN: d_model / nheads) */
+
+/* One fused-attention call: pointers at element 0 of (B, L, H, dh) buffers. */
+typedef struct {
+    int f64, max_passes, fwd;
+    int64_t batch, heads, lq, lk, dh;
+    const void *q, *k, *v, *dout;
+    void *out, *dq, *dk, *dv;
+    double *st;                 /* (B, H, Lq, 2) */
+    const uint8_t *km, *qm;     /* (B, Lk), (B, Lq) or NULL */
+    int64_t u0, u1;             /* units (b, h) of this thread: u = b H + h */
+    int64_t fell_back;
+} attn_job_t;
 
 static int cmp_desc(const void *a, const void *b)
 {
@@ -86,8 +122,8 @@ static double sort_threshold(double *c, int64_t k)
  * S = {c > t'}, i.e. min_S c > t' >= max_{not S} c: then t' = (sum_S c - 1)/|S| is the
  * fixed point tau - max(z).  Both extremes come with the sums, so no extra pass is needed.
  * After max_passes steps: the exact sort. */
-static double threshold(const double *c, int64_t k, double *scratch, int max_passes,
-                        int *fell_back)
+INLINE static double threshold(const double *c, int64_t k, double *scratch, int max_passes,
+                               int *fell_back)
 {
     double t = -1.0;
     int pass;
@@ -209,6 +245,119 @@ int64_t mmin_sparsemax_bwd_f64(const double *p, const double *g, double *dz, int
                                int64_t n, int nthreads)
 { return dispatch(0, 1, p, g, dz, rows, n, 0, nthreads); }
 
+/* ------------------------------------------------------------------ fused attention */
+
+static size_t attn_scratch_bytes(const attn_job_t *a)
+{
+    size_t n = (size_t)a->lk, dh = (size_t)a->dh, ts = a->f64 ? sizeof(double) : sizeof(float);
+    /* kT + s (T), 8 bytes of alignment slack, then doubles / int64: forward y, c, idx;
+     * backward dkacc, dvacc (n dh each), P, D, J */
+    return (dh * n + n) * ts + 8 + (a->fwd ? 3 * n : 2 * n * dh + 3 * n) * sizeof(double);
+}
+
+static void *run_attn_job(void *arg)
+{
+    attn_job_t *a = (attn_job_t *)arg;
+    int64_t u, H = a->heads, dh = a->dh, lq = a->lq, lk = a->lk;
+    size_t ts = a->f64 ? sizeof(double) : sizeof(float);
+    char *scratch = (char *)malloc(attn_scratch_bytes(a));
+    if (!scratch) {
+        a->fell_back = -1;
+        return NULL;
+    }
+    for (u = a->u0; u < a->u1; u++) {
+        int64_t b = u / H, h = u % H;
+        size_t qo = (size_t)((b * lq * H + h) * dh) * ts, ko = (size_t)((b * lk * H + h) * dh) * ts;
+        const uint8_t *mk = a->km + b * lk, *qm = a->qm ? a->qm + b * lq : NULL;
+        double *st = a->st + 2 * u * lq;
+#define P_(ptr, off) ((void *)((char *)(ptr) + (off)))
+        if (a->fwd && a->f64)
+            attn_fwd_unit_f64(a, P_(a->q, qo), P_(a->k, ko), P_(a->v, ko), P_(a->out, qo), st, mk, qm,
+                              scratch, &a->fell_back);
+        else if (a->fwd)
+            attn_fwd_unit_f32(a, P_(a->q, qo), P_(a->k, ko), P_(a->v, ko), P_(a->out, qo), st, mk, qm,
+                              scratch, &a->fell_back);
+        else if (a->f64)
+            attn_bwd_unit_f64(a, P_(a->q, qo), P_(a->k, ko), P_(a->v, ko), P_(a->dout, qo), P_(a->dq, qo),
+                              P_(a->dk, ko), P_(a->dv, ko), st, mk, qm, scratch);
+        else
+            attn_bwd_unit_f32(a, P_(a->q, qo), P_(a->k, ko), P_(a->v, ko), P_(a->dout, qo), P_(a->dq, qo),
+                              P_(a->dk, ko), P_(a->dv, ko), st, mk, qm, scratch);
+#undef P_
+    }
+    free(scratch);
+    return NULL;
+}
+
+static int64_t attn_dispatch(const attn_job_t *tpl, int nthreads)
+{
+    attn_job_t jobs[MAX_THREADS];
+    int64_t units = tpl->batch * tpl->heads, total = 0;
+    int64_t by_size = units * tpl->lq * tpl->lk / MIN_ELEMS_PER_THREAD;
+    int t, nt = nthreads < 1 ? 1 : nthreads > MAX_THREADS ? MAX_THREADS : nthreads;
+    if (tpl->dh > MAX_DH) return -2;
+    if ((int64_t)nt > by_size) nt = by_size > 1 ? (int)by_size : 1;
+    if ((int64_t)nt > units) nt = units > 1 ? (int)units : 1;
+    if (units == 0) return 0;
+    for (t = 0; t < nt; t++) {
+        jobs[t] = *tpl;
+        jobs[t].u0 = units * t / nt;
+        jobs[t].u1 = units * (t + 1) / nt;
+        jobs[t].fell_back = 0;
+    }
+    if (nt == 1) {
+        run_attn_job(&jobs[0]);
+    } else {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+        for (t = 0; t < nt; t++) run_attn_job(&jobs[t]);
+#else
+        pthread_t tid[MAX_THREADS];
+        int started[MAX_THREADS];
+        for (t = 1; t < nt; t++)
+            started[t] = pthread_create(&tid[t], NULL, run_attn_job, &jobs[t]) == 0;
+        run_attn_job(&jobs[0]);
+        for (t = 1; t < nt; t++) {
+            if (started[t]) pthread_join(tid[t], NULL);
+            else run_attn_job(&jobs[t]);
+        }
+#endif
+    }
+    for (t = 0; t < nt; t++) {
+        if (jobs[t].fell_back < 0) return -1;
+        total += jobs[t].fell_back;
+    }
+    return total;
+}
+
+/* Fused attention entry points.  Forward: out and st written, returns the rows finished by the
+ * sort (>= 0), -1 if scratch memory could not be allocated, -2 if dh > MAX_DH.  Backward: dq, dk,
+ * dv written (every element), same error codes. */
+int64_t mmin_attn_fwd(int f64, const void *q, const void *k, const void *v, void *out, double *st,
+                      const uint8_t *km, const uint8_t *qm, int64_t batch, int64_t heads, int64_t lq,
+                      int64_t lk, int64_t dh, int max_passes, int nthreads)
+{
+    attn_job_t a;
+    memset(&a, 0, sizeof a);
+    a.f64 = f64; a.fwd = 1; a.max_passes = max_passes;
+    a.batch = batch; a.heads = heads; a.lq = lq; a.lk = lk; a.dh = dh;
+    a.q = q; a.k = k; a.v = v; a.out = out; a.st = st; a.km = km; a.qm = qm;
+    return attn_dispatch(&a, nthreads);
+}
+
+int64_t mmin_attn_bwd(int f64, const void *q, const void *k, const void *v, const void *dout,
+                      void *dq, void *dk, void *dv, double *st, const uint8_t *km, const uint8_t *qm,
+                      int64_t batch, int64_t heads, int64_t lq, int64_t lk, int64_t dh, int nthreads)
+{
+    attn_job_t a;
+    memset(&a, 0, sizeof a);
+    a.f64 = f64; a.fwd = 0;
+    a.batch = batch; a.heads = heads; a.lq = lq; a.lk = lk; a.dh = dh;
+    a.q = q; a.k = k; a.v = v; a.dout = dout; a.dq = dq; a.dk = dk; a.dv = dv; a.st = st;
+    a.km = km; a.qm = qm;
+    return attn_dispatch(&a, nthreads);
+}
+
 #else /* ------------------------------------ row kernels, included once per type T */
 
 /* Appends the indices i in [i0, i1) of the candidates z[i] > lo (branch-free). */
@@ -292,6 +441,165 @@ CLONES static void FN(bwd_row)(const T *p, const T *g, T *dz, int64_t n)
     mean = k > 0.0 ? (T)(s / k) : (T)0;  /* sums in double, the difference in T */
 #pragma omp simd
     for (i = 0; i < n; i++) dz[i] = p[i] > 0 ? g[i] - mean : (T)0;
+}
+
+/* Scores of one query row against the n keys of its (b, h): s_j = sum_d q[d] kT[d n + j], the
+ * dh terms added in order d = 0, 1, ... (kT: the keys transposed, dh x n). */
+INLINE static void FN(scores)(const T *q, const T *kT, int64_t n, int64_t dh, T *s)
+{
+    int64_t d, j;
+    for (j = 0; j < n; j++) s[j] = 0;
+    for (d = 0; d < dh; d++) {
+        T a = q[d];
+        const T *kd = kT + d * n;
+#pragma omp simd
+        for (j = 0; j < n; j++) s[j] += a * kd[j];
+    }
+}
+
+/* Sparsemax statistics of the scores s over the keys with mk[j] != 0, as fwd_row computes them:
+ * st = (max, t); the candidates (a superset of the support) in idx[0..k), y = s - max on them.
+ * Returns k, or -1 for a row without real key (st = (0, +inf)), -2 for a NaN/+inf row. */
+INLINE static int64_t FN(row_stats)(const T *s, const uint8_t *mk, int64_t n, double *st, double *y,
+                             double *c, int64_t *idx, int max_passes, int64_t *fell_back)
+{
+    T m = -INFINITY, lo;
+    int bad = 0, sorted = 0;
+    int64_t i, i0, j, k = 0;
+    double dm;
+#pragma omp simd reduction(max:m) reduction(|:bad)
+    for (i = 0; i < n; i++) {
+        T v = mk[i] ? s[i] : (T)-INFINITY;
+        m = v > m ? v : m;
+        bad |= v != v;
+    }
+    if (bad || m == INFINITY || m == -INFINITY) {
+        st[0] = 0.0;
+        st[1] = m == -INFINITY && !bad ? INFINITY : NAN;
+        return m == -INFINITY && !bad ? -1 : -2;
+    }
+    dm = (double)m;
+    lo = (T)(dm - 1.0);
+    while ((double)lo - dm > -1.0) lo = FN(nextafter)(lo, (T)-INFINITY);
+    i0 = 0;
+    if (n > SKIP_FROM) {
+        for (; i0 + BLOCK <= n; i0 += BLOCK) {
+            T bmax = lo;
+#pragma omp simd reduction(max:bmax)
+            for (i = i0; i < i0 + BLOCK; i++) {
+                T v = mk[i] ? s[i] : lo;
+                bmax = v > bmax ? v : bmax;
+            }
+            if (bmax > lo)
+                for (i = i0; i < i0 + BLOCK; i++) { idx[k] = i; k += (mk[i] != 0) & (s[i] > lo); }
+        }
+    }
+    for (i = i0; i < n; i++) { idx[k] = i; k += (mk[i] != 0) & (s[i] > lo); }
+    for (j = 0; j < k; j++) y[j] = (double)s[idx[j]] - dm;
+    st[0] = dm;
+    st[1] = threshold(y, k, c, max_passes, &sorted);
+    *fell_back += sorted;
+    return k;
+}
+
+INLINE static void FN(transpose_keys)(const T *k, int64_t n, int64_t stride, int64_t dh, T *kT)
+{
+    int64_t j, d;
+    for (j = 0; j < n; j++)
+        for (d = 0; d < dh; d++) kT[d * n + j] = k[j * stride + d];
+}
+
+/* Forward of one (b, h): q, k, v, out point at its first row / key; stride = H dh. */
+CLONES static void FN(attn_fwd_unit)(const attn_job_t *a, const T *q, const T *k, const T *v, T *out,
+                                     double *st, const uint8_t *mk, const uint8_t *qm, char *scratch,
+                                     int64_t *fell_back)
+{
+    int64_t n = a->lk, dh = a->dh, stride = a->heads * dh, i, j, d, kc;
+    T *kT = (T *)scratch, *s = kT + dh * n;
+    double *y = (double *)(((uintptr_t)(s + n) + 7) & ~(uintptr_t)7), *c = y + n, acc[MAX_DH];
+    int64_t *idx = (int64_t *)(c + n);
+    FN(transpose_keys)(k, n, stride, dh, kT);
+    for (i = 0; i < a->lq; i++) {
+        T *o = out + i * stride;
+        double *sti = st + 2 * i;
+        if (qm && !qm[i]) {
+            sti[0] = 0.0;
+            sti[1] = INFINITY;
+            for (d = 0; d < dh; d++) o[d] = 0;
+            continue;
+        }
+        FN(scores)(q + i * stride, kT, n, dh, s);
+        kc = FN(row_stats)(s, mk, n, sti, y, c, idx, a->max_passes, fell_back);
+        if (kc < 0) {
+            for (d = 0; d < dh; d++) o[d] = kc == -1 ? (T)0 : (T)NAN;
+            continue;
+        }
+        for (d = 0; d < dh; d++) acc[d] = 0.0;
+        for (j = 0; j < kc; j++) {
+            double pv = y[j] - sti[1];
+            T p = pv > 0.0 ? (T)pv : (T)0;
+            if (p > 0) {
+                const T *vj = v + idx[j] * stride;
+                for (d = 0; d < dh; d++) acc[d] += (double)p * (double)vj[d];
+            }
+        }
+        for (d = 0; d < dh; d++) o[d] = (T)acc[d];
+    }
+}
+
+/* Backward of one (b, h); dq, dk, dv point like q, k, v. */
+CLONES static void FN(attn_bwd_unit)(const attn_job_t *a, const T *q, const T *k, const T *v,
+                                     const T *dout, T *dq, T *dk, T *dv, const double *st,
+                                     const uint8_t *mk, const uint8_t *qm, char *scratch)
+{
+    int64_t n = a->lk, dh = a->dh, stride = a->heads * dh, i, j, d, m;
+    T *kT = (T *)scratch, *s = kT + dh * n;
+    double *base = (double *)(((uintptr_t)(s + n) + 7) & ~(uintptr_t)7);
+    double *dkacc = base, *dvacc = dkacc + n * dh, *P = dvacc + n * dh, *D = P + n, acc[MAX_DH];
+    int64_t *J = (int64_t *)(D + n);
+    FN(transpose_keys)(k, n, stride, dh, kT);
+    memset(dkacc, 0, (size_t)(2 * n * dh) * sizeof(double));
+    for (i = 0; i < a->lq; i++) {
+        const T *qi = q + i * stride, *gi = dout + i * stride;
+        T *dqi = dq + i * stride;
+        double dm = st[2 * i], t = st[2 * i + 1], sum = 0.0, mean;
+        if ((qm && !qm[i]) || !(t < INFINITY)) {  /* empty or NaN row: zero gradient */
+            for (d = 0; d < dh; d++) dqi[d] = 0;
+            continue;
+        }
+        FN(scores)(qi, kT, n, dh, s);
+        for (j = 0, m = 0; j < n; j++) {  /* the support, p exactly as the forward had it */
+            double pv = ((double)s[j] - dm) - t;
+            T p = mk[j] && pv > 0.0 ? (T)pv : (T)0;
+            J[m] = j;
+            P[m] = (double)p;
+            m += p > 0;
+        }
+        for (j = 0; j < m; j++) {
+            const T *vj = v + J[j] * stride;
+            double dp = 0.0;
+            for (d = 0; d < dh; d++) dp += (double)gi[d] * (double)vj[d];
+            D[j] = dp;
+            sum += dp;
+        }
+        mean = m > 0 ? sum / (double)m : 0.0;
+        for (d = 0; d < dh; d++) acc[d] = 0.0;
+        for (j = 0; j < m; j++) {
+            const T *kj = k + J[j] * stride;
+            double g = D[j] - mean, *dkj = dkacc + J[j] * dh, *dvj = dvacc + J[j] * dh;
+            for (d = 0; d < dh; d++) {
+                acc[d] += g * (double)kj[d];
+                dkj[d] += g * (double)qi[d];
+                dvj[d] += P[j] * (double)gi[d];
+            }
+        }
+        for (d = 0; d < dh; d++) dqi[d] = (T)acc[d];
+    }
+    for (j = 0; j < n; j++)
+        for (d = 0; d < dh; d++) {
+            dk[j * stride + d] = (T)dkacc[j * dh + d];
+            dv[j * stride + d] = (T)dvacc[j * dh + d];
+        }
 }
 
 #endif

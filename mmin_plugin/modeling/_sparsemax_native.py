@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["kernels", "build_info", "forward", "backward", "cache_dir", "build"]
+__all__ = ["kernels", "build_info", "forward", "backward", "attention_forward", "attention_backward",
+           "cache_dir", "build"]
 
 SOURCE = Path(__file__).with_name("_sparsemax.c")
 # Tried in order.  1: OpenMP, linked to libgomp.so.1, which resolves to the copy torch has
@@ -65,6 +66,10 @@ def _load(path: Path):
         fwd.argtypes, fwd.restype = [ptr, ptr, i64, i64, i32, i32], i64
         bwd = getattr(lib, "mmin_sparsemax_bwd_" + suffix)
         bwd.argtypes, bwd.restype = [ptr, ptr, ptr, i64, i64, i32], i64
+    lib.mmin_attn_fwd.argtypes = [i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i32, i32]
+    lib.mmin_attn_bwd.argtypes = [i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64,
+                                  i32]
+    lib.mmin_attn_fwd.restype = lib.mmin_attn_bwd.restype = i64
     return lib
 
 
@@ -163,3 +168,41 @@ def backward(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         _fn("bwd", p.dtype)(p.data_ptr(), g.data_ptr(), dz.data_ptr(), p.numel() // n, n,
                             torch.get_num_threads())
     return dz
+
+
+
+def _check(code, what):
+    if code == -1:
+        raise MemoryError(f"sparsemax attention {what}: could not allocate the kernel's scratch buffer")
+    if code == -2:
+        raise ValueError(f"sparsemax attention {what}: head width above the kernel's limit (1024)")
+    return code
+
+
+def attention_forward(q, k, v, key_mask, query_mask, max_passes: int):
+    """Fused sparsemax attention: out_i = sum_j sparsemax(q_i . k_j over the real keys)_j v_j.
+
+    q (B, Lq, H, dh), k and v (B, Lk, H, dh): contiguous, one dtype (float32 / float64), CPU;
+    key_mask (B, Lk) and query_mask (B, Lq) or None: contiguous uint8, 1 = real.
+    Returns (out (B, Lq, H, dh), stats (B, H, Lq, 2) float64 = (max, t) per row, tau = max + t,
+    rows finished by the exact sort)."""
+    B, Lq, H, dh = q.shape
+    out = torch.empty_like(q)
+    st = torch.empty(B, H, Lq, 2, dtype=torch.float64)
+    qm = query_mask.data_ptr() if query_mask is not None else None
+    fell_back = _check(kernels().mmin_attn_fwd(
+        int(q.dtype == torch.float64), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), st.data_ptr(),
+        key_mask.data_ptr(), qm, B, H, Lq, k.shape[1], dh, int(max_passes), torch.get_num_threads()), "forward")
+    return out, st, fell_back
+
+
+def attention_backward(q, k, v, dout, stats, key_mask, query_mask):
+    """Gradients (dq, dk, dv) of :func:`attention_forward` for dout (B, Lq, H, dh) contiguous."""
+    B, Lq, H, dh = q.shape
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    qm = query_mask.data_ptr() if query_mask is not None else None
+    _check(kernels().mmin_attn_bwd(
+        int(q.dtype == torch.float64), q.data_ptr(), k.data_ptr(), v.data_ptr(), dout.data_ptr(), dq.data_ptr(),
+        dk.data_ptr(), dv.data_ptr(), stats.data_ptr(), key_mask.data_ptr(), qm, B, H, Lq, k.shape[1], dh,
+        torch.get_num_threads()), "backward")
+    return dq, dk, dv

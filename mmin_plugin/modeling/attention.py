@@ -1,11 +1,102 @@
-"""Summaries of MMIN's sparsemax attention maps (see `MMIN.forward(..., return_attention=True)`)."""
+"""MMIN's sparsemax attention: the multi-head product A V with A = sparsemax(Q K^T over the real keys)
+(:func:`sparsemax_attention`, fused on CPU), and summaries of the maps that
+`MMIN.forward(..., return_attention=True)` returns (:func:`support_sizes`)."""
 from __future__ import annotations
 
-from typing import Dict, Mapping
+import os
+from typing import Dict, Mapping, Optional
 
 import torch
+from torch.autograd.function import once_differentiable
 
-__all__ = ["support_sizes"]
+from ..errors import MMINConfigError
+from . import _sparsemax_native as _native
+from .sparsemax import _MAX_PASSES, backend_for, sparsemax
+
+__all__ = ["sparsemax_attention", "sparsemax_reference_attention", "attention_path", "support_sizes"]
+
+ATTENTION_PATHS = ("auto", "fused", "reference")
+
+
+def attention_path(q: torch.Tensor) -> str:
+    """'fused' or 'reference': how :func:`sparsemax_attention` computes for q right now.
+
+    Environment variable MMIN_ATTENTION: 'reference' always takes the plain composition;
+    'auto' (default) and 'fused' take the fused kernel where it exists (CPU, float32/float64,
+    sparsemax backend 'native', see docs/design/model.md), the reference elsewhere."""
+    name = (os.environ.get("MMIN_ATTENTION") or "auto").strip().lower()
+    if name not in ATTENTION_PATHS:
+        raise MMINConfigError(f"MMIN_ATTENTION={name!r}: expected one of {', '.join(ATTENTION_PATHS)}")
+    if name == "reference" or q.device.type != "cpu" or q.dtype not in (torch.float32, torch.float64):
+        return "reference"
+    return "fused" if backend_for(q) == "native" else "reference"
+
+
+def _uint8_mask(mask: Optional[torch.Tensor], B: int, L: int) -> torch.Tensor:
+    if mask is None:
+        return torch.ones(B, L, dtype=torch.uint8)
+    return mask.to(torch.uint8).contiguous()
+
+
+class _FusedSparsemaxAttention(torch.autograd.Function):
+    """out = sparsemax(q k^T over the real keys of each row) v in one C kernel per (sample, head):
+    each score row is built, normalised and multiplied by v over its support while it sits in
+    cache, so no (B, h, Lq, Lk) map is written, and only q, k, v and two float64 per row
+    (max, t; tau = max + t) are kept for the backward, which rebuilds each score row (the same
+    floats), its support and p, and forms dS = 1[p > 0] (dP - mean_S dP) with dP = dout v^T on
+    the support only: dq = dS k, dk = dS^T q, dv = p^T dout. Inputs in (B, L, heads, dh)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, key_mask, query_mask):
+        out, stats, _ = _native.attention_forward(q, k, v, key_mask, query_mask, _MAX_PASSES)
+        ctx.save_for_backward(q, k, v, stats, key_mask, query_mask)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout):
+        q, k, v, stats, key_mask, query_mask = ctx.saved_tensors
+        return (*_native.attention_backward(q, k, v, dout.contiguous(), stats, key_mask, query_mask), None, None)
+
+
+def sparsemax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        key_mask: Optional[torch.Tensor] = None,
+                        query_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Multi-head sparsemax attention ``A v`` with ``A = sparsemax(q k^T)`` over the real keys.
+
+    ``q`` (B, h, Lq, dh), already scaled by 1/sqrt(dh); ``k``, ``v`` (B, h, Lk, dh); ``key_mask``
+    (B, Lk) bool, True on real keys (None: all real); ``query_mask`` (B, Lq) bool, True on real
+    queries (None: all real). Each row i: ``A_i = sparsemax(s_i)`` with ``s_ij = q_i . k_j`` on the
+    real keys, exactly 0 on padded keys (a row without real key is all 0). Returns (B, h, Lq, dh).
+
+    A padded query row's output is left 0 on the fused path (no threshold computed for it):
+    nothing downstream reads it (MMIN keys its sequences by the same mask), so only rows the mask
+    calls real are defined. The reference path computes them as ordinary rows.
+
+    Paths (:func:`attention_path`): 'fused' (CPU float32/float64 with the native sparsemax):
+    the C kernel normalises the score map in place, never reading a padded key, and the backward
+    recomputes the scores from q and k and the saved per-row thresholds; 'reference': scores,
+    ``masked_fill(-inf)``, :func:`~mmin_plugin.modeling.sparsemax.sparsemax`, product. Both give
+    the same forward (bit for bit on CPU) and the same gradients (to rounding).
+    """
+    if attention_path(q) == "fused" and q.dtype == k.dtype == v.dtype:
+        B = q.shape[0]
+        km = _uint8_mask(key_mask, B, k.shape[-2])
+        qm = None if query_mask is None or bool(query_mask.all()) else _uint8_mask(query_mask, B, q.shape[-2])
+        heads_last = [x.transpose(1, 2).contiguous() for x in (q, k, v)]  # (B, L, h, dh): free for MMIN's views
+        return _FusedSparsemaxAttention.apply(*heads_last, km, qm).transpose(1, 2)
+    return sparsemax_reference_attention(q, k, v, key_mask)
+
+
+def sparsemax_reference_attention(q, k, v, key_mask=None, dropout=None, return_weights=False):
+    """The plain composition: ``sparsemax(masked_fill(q k^T, ~key_mask, -inf)) v`` (all queries), with
+    an optional dropout module on the weights; returns the output, and the weights when asked."""
+    scores = q @ k.transpose(-1, -2)  # (B, h, Lq, Lk)
+    if key_mask is not None and not bool(key_mask.all()):
+        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    attn = sparsemax(scores, dim=-1)  # padded keys get exactly 0
+    out = (dropout(attn) if dropout is not None else attn) @ v
+    return (out, attn) if return_weights else out
 
 
 def support_sizes(attn: Mapping[str, torch.Tensor], query_mask: Mapping[str, torch.Tensor]) -> Dict[str, dict]:

@@ -19,10 +19,10 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..constants import MODALITIES
-from .attention import support_sizes
+from .attention import sparsemax_attention, sparsemax_reference_attention, support_sizes
 from .config import MMINConfig
 from .losses import ModalityDiscriminator, grad_reverse, modality_confusion, modality_cross_entropy, separation_loss
-from .sparsemax import sparsemax
+from .padding import trim_to_longest
 from .terms import LOSS_TERMS
 
 __all__ = [
@@ -269,8 +269,8 @@ class CrossAttention(nn.Module):
         self.has_ffn = ffn
 
     def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor, kv_mask: Optional[torch.Tensor] = None,
-                return_attention: bool = False):
-        # x_q: (B, Lq, d); x_kv: (B, Lk, d); kv_mask: (B, Lk) True = real step
+                return_attention: bool = False, q_mask: Optional[torch.Tensor] = None):
+        # x_q: (B, Lq, d); x_kv: (B, Lk, d); kv_mask: (B, Lk), q_mask: (B, Lq) True = real step
         B, Lq, d = x_q.shape
         Lk = x_kv.shape[1]
         q_in, kv_in = self.norm_q(x_q), self.norm_kv(x_kv)
@@ -278,11 +278,11 @@ class CrossAttention(nn.Module):
         q = (self.q(q_in) / math.sqrt(self.d_head)).view(B, Lq, self.nheads, self.d_head).transpose(1, 2)  # B,h,Lq,dh
         k = self.k(kv_in).view(B, Lk, self.nheads, self.d_head).transpose(1, 2)  # (B, h, Lk, dh)
         v = self.v(kv_in).view(B, Lk, self.nheads, self.d_head).transpose(1, 2)
-        scores = q @ k.transpose(-1, -2)  # (B, h, Lq, Lk)
-        if kv_mask is not None and not bool(kv_mask.all()):
-            scores = scores.masked_fill(~kv_mask[:, None, None, :], float("-inf"))
-        attn = sparsemax(scores, dim=-1)  # sparse weights; padded keys get exactly 0
-        ctx = (self.attn_dropout(attn) @ v).transpose(1, 2).reshape(B, Lq, d)  # (B, Lq, d)
+        if return_attention or (self.training and self.attn_dropout.p > 0):  # the weights are needed
+            ctx, attn = sparsemax_reference_attention(q, k, v, kv_mask, self.attn_dropout, return_weights=True)
+        else:  # fused on CPU: padded keys never normalised, no (B, h, Lq, Lk) map kept
+            ctx = sparsemax_attention(q, k, v, kv_mask, q_mask)
+        ctx = ctx.transpose(1, 2).reshape(B, Lq, d)  # (B, Lq, d)
         y = x_q + self.dropout(self.out(ctx))
         if self.has_ffn:
             hidden = self.dropout(F.relu(self.ffn_in(self.ffn_norm(y))))  # (B, Lq, 4 d)
@@ -307,7 +307,7 @@ class CALayerStack(nn.Module):
         self.positions = config.ca_positions
         self.embed_scale = math.sqrt(config.d_model)
 
-    def forward(self, x_q, x_kv, kv_mask, return_attention=False):
+    def forward(self, x_q, x_kv, kv_mask, return_attention=False, q_mask=None):
         if self.positions:
             d = x_q.shape[-1]
             x_q = self.embed_scale * x_q + sinusoidal_positions(x_q.shape[1], d, x_q.device, x_q.dtype)
@@ -318,7 +318,7 @@ class CALayerStack(nn.Module):
                 x_q, attn = layer(x_q, x_kv, kv_mask, return_attention=True)
                 maps.append(attn)
             else:
-                x_q = layer(x_q, x_kv, kv_mask)
+                x_q = layer(x_q, x_kv, kv_mask, q_mask=q_mask)
         return (x_q, maps) if return_attention else x_q
 
 
@@ -365,8 +365,8 @@ class FineInteraction(nn.Module):
                     out, maps = self.cross[name](seqs[a], seqs[b], masks[b], return_attention=True)
                     for layer, attn in enumerate(maps):
                         attention[f"{name}/{layer}"], query_masks[f"{name}/{layer}"] = attn, masks[a]
-                else:
-                    out = self.cross[name](seqs[a], seqs[b], masks[b])
+                else:  # a's padded query rows are left undefined: only a's real steps are read below
+                    out = self.cross[name](seqs[a], seqs[b], masks[b], q_mask=masks[a])
                 outs.append(out)
             if others:
                 seq_a = torch.cat(outs, dim=1)  # (B, (M-1) * L_a, d)
@@ -436,6 +436,10 @@ class MMIN(nn.Module):
       names ``"<a>_from_<b>/<layer index>"`` (FIN pair stacks, layer index from 0) and ``"guided/<m>"``
       (the coarse-guided step, Lq = 1), and ``"attention_query_mask"``: {name: (B, Lq) bool, True on
       real query steps}; both empty under the 'fin' ablation. :func:`support_sizes` summarises them.
+      These maps keep the padded shapes: ``return_attention`` turns the trimming below off.
+    * ``trim_padding=True`` (default) first cuts the batch along time to its longest real sequence of
+      each modality (:func:`~mmin_plugin.modeling.padding.trim_to_longest`): same outputs and
+      gradients (to rounding), compute and memory that follow the real lengths.
 
     :meth:`total_loss` assembles eq. 6, L = L_senti + alpha L_sep + beta L_ac + gamma L_ap, with
     ``self.weights`` = ``config.loss_weights`` (zeroed by the 'sep' / 'ac' / 'ap' ablations).
@@ -454,7 +458,11 @@ class MMIN(nn.Module):
         self.fin = FineInteraction(config) if self.use_fin else None
         self.fusion = FusionLayer(config)
 
-    def forward(self, text, audio, video, audio_lengths=None, vision_lengths=None, return_attention=False, **_):
+    def forward(self, text, audio, video, audio_lengths=None, vision_lengths=None, return_attention=False,
+                trim_padding=True, **_):
+        if trim_padding and not return_attention:  # compute follows the real lengths (exact: padding.py)
+            text, audio, video = trim_to_longest(text, audio, video, audio_lengths, vision_lengths,
+                                                 self.config.use_bert)
         feats = self.features(text, audio, video, audio_lengths, vision_lengths)
         vec = {m: feats[m][0] for m in self.modalities}
         seqs = {m: feats[m][1] for m in self.modalities}

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Deque, Dict, Tuple
 
 from .options import SweepOptions
 from .record import TrialRecord
+from .threads import threads_for_trial, trial_threads
 from .trial import Trial, error_text, failed_record, run_trial
 
 __all__ = ["Backend", "SerialBackend", "place_devices", "as_record"]
@@ -107,7 +108,8 @@ class SerialBackend(Backend):
         return _Deferred(self.trial_fn, trial)
 
     def collect(self, trial: Trial, handle) -> TrialRecord:
-        return as_record(trial, handle.result())  # run_trial records its own failures; others propagate
+        with threads_for_trial(trial_threads()):  # the cores free now (runs/threads.py)
+            return as_record(trial, handle.result())  # run_trial records its own failures; others propagate
 
 
 def place_devices(trial: Trial, gpus) -> None:

@@ -32,6 +32,7 @@ PRELOAD = ["torch", "transformers", "MMSA", "MMSA.run", "torch.utils.tensorboard
 def _child(conn, trial_data: Dict, trial_fn: Optional[bytes], gpus: List, threads: int) -> None:
     """In the forked child: place devices, run the trial, send the row back."""
     from .backend import place_devices
+    from .threads import trial_threads
     from .trial import Trial, run_trial
 
     trial_fn = pickle.loads(trial_fn) if trial_fn else None
@@ -39,7 +40,7 @@ def _child(conn, trial_data: Dict, trial_fn: Optional[bytes], gpus: List, thread
     place_devices(trial, gpus)
     import torch
 
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(trial_threads(threads))  # the slot's CPUs
     try:
         conn.send(("row", (trial_fn or run_trial)(trial)))
     except BaseException as exc:  # the trial function raised (run_trial itself records failures)

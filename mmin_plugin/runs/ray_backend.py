@@ -14,6 +14,7 @@ from ..errors import MMINConfigError
 from .backend import Backend, place_devices, trial_data
 from .options import SweepOptions
 from .record import TrialRecord
+from .threads import trial_threads
 from .trial import Trial, run_trial
 
 logger = logging.getLogger("MMSA." + __name__)
@@ -22,7 +23,7 @@ __all__ = ["RayBackend", "ray_session", "session_pool"]
 
 
 def _ray_entry(data: Dict, trial_fn, use_gpu: bool, threads: int):
-    """Runs in the Ray worker: one torch thread per CPU given; on a GPU the trial's device is cuda:0
+    """Runs in the Ray worker: one torch thread per CPU given (`trial_threads`); on a GPU the trial's device is cuda:0
     of the devices Ray assigned (CUDA_VISIBLE_DEVICES), since MMSA's own free-GPU pick reads NVML
     and would ignore the assignment."""
     import ray
@@ -31,7 +32,7 @@ def _ray_entry(data: Dict, trial_fn, use_gpu: bool, threads: int):
     place_devices(trial, ray.get_gpu_ids() if use_gpu else [])
     import torch
 
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(trial_threads(threads))
     return (trial_fn or run_trial)(trial)
 
 

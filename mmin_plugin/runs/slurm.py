@@ -30,6 +30,7 @@ from ..errors import MMINConfigError
 from .backend import Backend, place_devices, trial_data
 from .options import SweepOptions
 from .record import check_trial_folder
+from .threads import trial_env
 from .trial import SCHEDULER_PREFIX, Trial, error_text, run_trial
 
 logger = logging.getLogger("MMSA." + __name__)
@@ -55,10 +56,16 @@ class _Job:
     def __call__(self, data: Dict, trial_fn, gpus: int):
         import os
 
+        import torch
+
+        from .threads import trial_threads
+
         trial = Trial(**data)
         # Slurm already limits CUDA_VISIBLE_DEVICES to the job's GPUs; a CPU-only job sees none
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
         place_devices(trial, [g for g in visible.split(",") if g][:gpus] if gpus else [])
+        # the job's CPUs (SLURM_CPUS_PER_TASK); outside Slurm (submitit's local executor) the free cores
+        torch.set_num_threads(trial_threads(os.environ.get("SLURM_CPUS_PER_TASK") or None))
         return (trial_fn or run_trial)(trial)
 
     def checkpoint(self, *args, **kwargs):
@@ -93,8 +100,12 @@ class SlurmBackend(Backend):
         folder = d / trial.scheduler_dir
         folder.mkdir()  # fresh: FileExistsError if it were there (never reused, never read from before)
         ex = self.submitit.AutoExecutor(folder=str(folder), cluster=self.cluster)
+        params = dict(self.params)
+        # threads and a passive OpenMP wait policy set before the job's Python starts (runs/threads.py)
+        params["slurm_setup"] = [f"export {k}={v}" for k, v in trial_env(self.cpus).items()] + list(
+            params.get("slurm_setup") or [])
         ex.update_parameters(name=f"mmin-{trial.run}-{trial.dataset}-s{trial.seed}", cpus_per_task=self.cpus,
-                             gpus_per_node=self.gpus, tasks_per_node=1, nodes=1, **self.params)
+                             gpus_per_node=self.gpus, tasks_per_node=1, nodes=1, **params)
         job = ex.submit(_Job(), trial_data(trial), self.user_fn, self.gpus)
         logger.info("slurm: trial %s/%s/seed%s is job %s", trial.run, trial.dataset, trial.seed, job.job_id)
         return job
