@@ -6,6 +6,7 @@ import torch
 
 from mmin_plugin.runs import threads as T
 from mmin_plugin.runs.backends import SerialBackend
+from mmin_plugin.runs.options import SweepOptions
 
 
 def test_slot_threads_are_its_cpus_rounded_up_and_capped(monkeypatch):
@@ -40,14 +41,17 @@ def test_trial_env_sets_threads_and_a_passive_wait_policy():
 
 
 def test_serial_backend_runs_each_trial_with_the_free_cores_and_restores(monkeypatch):
-    monkeypatch.setattr("mmin_plugin.runs.backends.trial_threads", lambda cores=None: 1 if cores is None else 9)
+    from mmin_plugin.runs import backend as B
+
+    monkeypatch.setattr(B, "trial_threads", lambda cores=None: 1 if cores is None else 9)
+    monkeypatch.setattr(B, "as_record", lambda trial, value: value)  # the record itself is not the point
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         seen = []
-        backend = SerialBackend(trial_fn=lambda trial: seen.append(torch.get_num_threads()) or {"ok": True})
+        backend = SerialBackend(SweepOptions(trial_fn=lambda trial: seen.append(torch.get_num_threads()) or "rec"))
         backend.submit(object())
-        backend.wait()
+        assert backend.wait()[1] == "rec"
         assert seen == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
