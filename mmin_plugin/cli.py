@@ -499,14 +499,6 @@ def cmd_tune(a) -> int:
     return 0
 
 
-def _existing_dir(text):
-    p = Path(text).expanduser()
-    if not p.is_dir():
-        raise argparse.ArgumentTypeError(f"expected an existing folder; found {text!r} "
-                                         f"({'a file' if p.exists() else 'no such folder'})")
-    return str(p)
-
-
 def _report_options(p) -> None:
     """`report OUT` / `report --from-predictions SPEC.json --out DIR` (results/rebuild.py)."""
     p.add_argument("folder", nargs="?", type=_existing_dir, metavar="OUT",
