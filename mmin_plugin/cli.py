@@ -135,9 +135,7 @@ def _dataset_overrides(a) -> dict:
 
 def known_models():
     """MMSA's SUPPORTED_MODELS plus registered ones (lower case); imports MMSA and registers MMIN."""
-    from MMSA import run
-
-    import mmin_plugin  # noqa: F401  (registers MMIN)
+    from MMSA import run  # importing MMSA registers MMIN (integration/autoregister.py)
 
     return sorted({m.lower() for m in run.SUPPORTED_MODELS})
 
@@ -410,9 +408,7 @@ def _ensure_dataset(name, feature_path, a) -> None:
 
 def cmd_run(a) -> int:
     """MMSA_run with MMIN registered; `--max-epochs` caps every model by compare's rule."""
-    from MMSA import MMSA_run
-
-    import mmin_plugin  # noqa: F401  (registers MMIN, applies the compatibility layer)
+    from MMSA import MMSA_run  # importing MMSA registers MMIN (integration/autoregister.py)
 
     from .integration.runner import epoch_cap
 

@@ -149,7 +149,9 @@ class Session:
                  out_dir="mmin-results", overrides=None, gpu_ids=(), num_workers=0, verbose_level=0,
                  config_files=(), sweep: Optional[SweepOptions] = None, reference: Optional[str] = None,
                  primary: str = stats.PRIMARY, dataset_options: Optional[Dict] = None):
-        import mmin_plugin  # noqa: F401  (MMIN registered, compatibility layer applied)
+        from ..integration.registry import register
+
+        register()  # MMIN registered and MMSA's compatibility layer applied now (idempotent)
 
         self.kind, self.specs = kind, list(specs)
         self.reference = self._reference(reference)

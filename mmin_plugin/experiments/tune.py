@@ -179,7 +179,9 @@ def run_tune(model: str, dataset: str = "mosi", trials: int = 20, search: str = 
     A dataset MMSA does not know is registered from `feature_path` with `dataset_options`
     (`register_dataset`'s keywords).
     Returns {'chosen': config, 'search': rows, 'final': rows, 'rescore': rows, 'paths': {...}}."""
-    import mmin_plugin  # noqa: F401  (MMIN registered, compatibility layer applied)
+    from ..integration.registry import register
+
+    register()  # MMIN registered and MMSA's compatibility layer applied now (idempotent)
 
     model = str(model).lower()
     (dataset,) = check_datasets([dataset], feature_path, dataset_options)

@@ -272,9 +272,7 @@ def mmsa_run(model: str, dataset: str, **kwargs) -> List[Dict]:
     """`MMSA_run(model, dataset, **kwargs)`, returning one result dict per seed. A registered dataset's
     spec in `config[datasets.SPEC_KEY]` (how `compare` / `tune` hand it to a trial's process) is
     registered here first and taken out of the config."""
-    from MMSA import MMSA_run
-
-    import mmin_plugin  # noqa: F401  (registration and compatibility layer)
+    from MMSA import MMSA_run  # importing MMSA registers MMIN (autoregister.py)
 
     from .datasets import SPEC_KEY, ensure_dataset
 
