@@ -339,24 +339,36 @@ def markdown(summary, split, ridge=None) -> str:
     return "\n".join(lines)
 
 
-def figure(summary, path, title):
-    """Per-epoch L_ac (train solid, valid dashed; one line per seed) of every MMIN run, divided by the
-    number of modalities (= mean cross-entropy per code) against its chance level ln 3 and the
-    trainer's sane band (``LAC_BAND``); one shared log-scale y axis."""
+def _run_panels(summary, height):
+    """A figure with one panel per run of `summary` that has a history, sharing one y axis:
+    (figure, [(axes, run, its summary)]), or None when no run has a history."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     runs = [(r, s) for r, s in summary.items() if s.get("history")]
     if not runs:
         return None
-    fig = Figure(figsize=(4.6 * len(runs), 3.8), dpi=100, layout="constrained")
+    fig = Figure(figsize=(4.6 * len(runs), height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    from mmin_plugin.integration.trainer import LAC_BAND
-
-    first = None
-    for i, (_run, s) in enumerate(runs):
+    panels, first = [], None
+    for i, (run, s) in enumerate(runs):
         ax = fig.add_subplot(1, len(runs), i + 1, sharey=first)
         first = first or ax
+        panels.append((ax, run, s))
+    return fig, panels
+
+
+def figure(summary, path, title):
+    """Per-epoch L_ac (train solid, valid dashed; one line per seed) of every MMIN run, divided by the
+    number of modalities (= mean cross-entropy per code) against its chance level ln 3 and the
+    trainer's sane band (``LAC_BAND``); one shared log-scale y axis."""
+    from mmin_plugin.integration.trainer import LAC_BAND
+
+    made = _run_panels(summary, 3.8)
+    if made is None:
+        return None
+    fig, panels = made
+    for ax, _run, s in panels:
         for j, (seed, h) in enumerate(s["history"].items()):
             ep = [e["epoch"] for e in h]
             c = f"C{j}"
@@ -385,18 +397,11 @@ def max_swing(history, after_epoch=0):
 def zigzag_figure(summary, path, title, warmup_epochs=0):
     """Per-epoch VALID MAE of every seed of each MMIN run side by side (the zig-zag before and
     after issue 26), the warm-up shaded, the largest swing after it in each panel's title."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    runs = [(r, s) for r, s in summary.items() if s.get("history")]
-    if not runs:
+    made = _run_panels(summary, 3.6)
+    if made is None:
         return None
-    fig = Figure(figsize=(4.6 * len(runs), 3.6), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    first = None
-    for i, (run, s) in enumerate(runs):
-        ax = fig.add_subplot(1, len(runs), i + 1, sharey=first)
-        first = first or ax
+    fig, panels = made
+    for ax, run, s in panels:
         swings = []
         for j, (seed, h) in enumerate(s["history"].items()):
             ax.plot([e["epoch"] for e in h], [e["valid_MAE"] for e in h], "o-", color=f"C{j}", ms=3,
