@@ -48,6 +48,7 @@
  * runs on the calling thread only.
  */
 #ifndef T /* ------------------------------------------------------------ common part */
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -69,8 +70,8 @@
 #else
 #define INLINE inline
 #endif
-#define BLOCK 16       /* rows longer than SKIP_FROM skip blocks of 16 without candidates */
-#define SKIP_FROM 512  /* (shorter rows: the mispredicted branches cost more than they save) */
+#define CBLOCK 16      /* candidates are looked for in blocks of 16: most hold none */
+#define STILE 32       /* the fused attention's scores are summed over d in tiles of 32 keys */
 #define SHORT_ROW 128  /* up to this length the output is one pass over the row */
 
 #define MAX_DH 1024  /* head width limit of the fused attention (MMIN: d_model / nheads) */
@@ -107,37 +108,48 @@ static double sort_threshold(double *c, int64_t k)
     return (cs_sup - 1.0) / (double)k_sup;
 }
 
-/* Sums of one Newton step over c[0..k) at t: |S|, sum_S c, min_S c, max_{not S} c. */
-#define NEWTON_SUMS                                                     \
-    for (j = 0; j < k; j++) {                                           \
-        double v = c[j], a = v > t ? v : INFINITY, b = v > t ? -INFINITY : v; \
-        ks += v > t ? 1.0 : 0.0;                                        \
-        s += v > t ? v : 0.0;                                           \
-        min_in = a < min_in ? a : min_in;                               \
-        max_out = b > max_out ? b : max_out;                            \
-    }
-
-/* Newton steps on the candidates c[0..k) (a superset of the support; c is short, so no
- * compaction): from t = -1, S = {c > t}, t' = (sum_S c - 1) / |S|.  t' is exact as soon as
- * S = {c > t'}, i.e. min_S c > t' >= max_{not S} c: then t' = (sum_S c - 1)/|S| is the
+/* Newton steps (Michelot's algorithm) on the candidates y[0..k) (a superset of the support,
+ * y = z - max, so the max is 0): from t = -1, S = {y > t}, t' = (sum_S y - 1) / |S|.  t' is exact
+ * as soon as S = {y > t'}, i.e. min_S y > t' >= max_{not S} y: then t' = (sum_S y - 1)/|S| is the
  * fixed point tau - max(z).  Both extremes come with the sums, so no extra pass is needed.
- * After max_passes steps: the exact sort. */
-INLINE static double threshold(const double *c, int64_t k, double *scratch, int max_passes,
-                               int *fell_back)
+ * t only increases, so an element that leaves S never returns: when a step finds at most half
+ * of the elements still in S, S is compacted into c (the largest element that ever left is kept
+ * for the check) and later steps read only S.  After max_passes steps: the exact sort on what is
+ * left, still a superset of the support. */
+INLINE static double threshold(const double *y, int64_t k, double *c, int max_passes, int *fell_back)
 {
-    double t = -1.0;
+    double t = -1.0, max_out = -INFINITY;
+    const double *src = y;
     int pass;
     for (pass = 0; pass < max_passes; pass++) {
-        double s = 0.0, ks = 0.0, min_in = INFINITY, max_out = -INFINITY;
+        double s = 0.0, ks = 0.0, min_in = INFINITY, mo = -INFINITY, tn;
         int64_t j;
-#pragma omp simd reduction(+:s,ks) reduction(min:min_in) reduction(max:max_out)
-        NEWTON_SUMS
-        t = (s - 1.0) / ks;  /* ks >= 1: the max (c = 0) is in S since t < 0 */
-        if (min_in > t && max_out <= t) return t;  /* S = {c > t}: t is exact */
+#pragma omp simd reduction(+:s,ks) reduction(min:min_in) reduction(max:mo)
+        for (j = 0; j < k; j++) {
+            double v = src[j], a = v > t ? v : INFINITY, b = v > t ? -INFINITY : v;
+            ks += v > t ? 1.0 : 0.0;
+            s += v > t ? v : 0.0;
+            min_in = a < min_in ? a : min_in;
+            mo = b > mo ? b : mo;
+        }
+        max_out = mo > max_out ? mo : max_out;
+        tn = (s - 1.0) / ks;  /* ks >= 1: the max (y = 0) is in S since t < 0 */
+        if (min_in > tn && max_out <= tn) return tn;  /* S = {y > tn}: tn is exact */
+        if (2.0 * ks <= (double)k) {  /* compact S = {y > t}: what leaves is in max_out */
+            int64_t w = 0;
+            for (j = 0; j < k; j++) {
+                double v = src[j];
+                c[w] = v;
+                w += v > t;
+            }
+            src = c;
+            k = w;
+        }
+        t = tn;
     }
     *fell_back = 1;
-    memcpy(scratch, c, (size_t)k * sizeof(double));
-    return sort_threshold(scratch, k);
+    if (src != c) memcpy(c, src, (size_t)k * sizeof(double));
+    return sort_threshold(c, k);
 }
 
 #define T float
@@ -166,7 +178,7 @@ typedef struct {
 static void *run_job(void *arg)
 {
     job_t *j = (job_t *)arg;
-    int64_t r, n = j->n;
+    int64_t r, n = j->n, fell_back = 0;  /* counted here, stored once: the jobs share cache lines */
     double *y = NULL;  /* forward scratch: y, c (doubles) and idx (int64), n each */
     if (j->fwd && !(y = (double *)malloc((size_t)(n > 0 ? n : 1) * 3 * sizeof(double)))) {
         j->fell_back = -1;
@@ -174,10 +186,10 @@ static void *run_job(void *arg)
     }
     for (r = j->r0; r < j->r1; r++) {
         if (j->fwd && j->f64)
-            j->fell_back += fwd_row_f64((const double *)j->a + r * n, (double *)j->out + r * n, n,
+            fell_back += fwd_row_f64((const double *)j->a + r * n, (double *)j->out + r * n, n,
                                         y, y + n, (int64_t *)(y + 2 * n), j->max_passes);
         else if (j->fwd)
-            j->fell_back += fwd_row_f32((const float *)j->a + r * n, (float *)j->out + r * n, n,
+            fell_back += fwd_row_f32((const float *)j->a + r * n, (float *)j->out + r * n, n,
                                         y, y + n, (int64_t *)(y + 2 * n), j->max_passes);
         else if (j->f64)
             bwd_row_f64((const double *)j->a + r * n, (const double *)j->b + r * n,
@@ -187,6 +199,7 @@ static void *run_job(void *arg)
                         (float *)j->out + r * n, n);
     }
     free(y);
+    j->fell_back = fell_back;
     return NULL;
 }
 
@@ -251,14 +264,14 @@ static size_t attn_scratch_bytes(const attn_job_t *a)
 {
     size_t n = (size_t)a->lk, dh = (size_t)a->dh, ts = a->f64 ? sizeof(double) : sizeof(float);
     /* kT + s (T), 8 bytes of alignment slack, then doubles / int64: forward y, c, idx;
-     * backward dkacc, dvacc (n dh each), P, D, J */
-    return (dh * n + n) * ts + 8 + (a->fwd ? 3 * n : 2 * n * dh + 3 * n) * sizeof(double);
+     * backward dkacc, dvacc (n dh each), P, D, J, idx */
+    return (dh * n + n) * ts + 8 + (a->fwd ? 3 * n : 2 * n * dh + 4 * n) * sizeof(double);
 }
 
 static void *run_attn_job(void *arg)
 {
     attn_job_t *a = (attn_job_t *)arg;
-    int64_t u, H = a->heads, dh = a->dh, lq = a->lq, lk = a->lk;
+    int64_t u, H = a->heads, dh = a->dh, lq = a->lq, lk = a->lk, fell_back = 0;  /* stored once, as run_job */
     size_t ts = a->f64 ? sizeof(double) : sizeof(float);
     char *scratch = (char *)malloc(attn_scratch_bytes(a));
     if (!scratch) {
@@ -273,10 +286,10 @@ static void *run_attn_job(void *arg)
 #define P_(ptr, off) ((void *)((char *)(ptr) + (off)))
         if (a->fwd && a->f64)
             attn_fwd_unit_f64(a, P_(a->q, qo), P_(a->k, ko), P_(a->v, ko), P_(a->out, qo), st, mk, qm,
-                              scratch, &a->fell_back);
+                              scratch, &fell_back);
         else if (a->fwd)
             attn_fwd_unit_f32(a, P_(a->q, qo), P_(a->k, ko), P_(a->v, ko), P_(a->out, qo), st, mk, qm,
-                              scratch, &a->fell_back);
+                              scratch, &fell_back);
         else if (a->f64)
             attn_bwd_unit_f64(a, P_(a->q, qo), P_(a->k, ko), P_(a->v, ko), P_(a->dout, qo), P_(a->dq, qo),
                               P_(a->dk, ko), P_(a->dv, ko), st, mk, qm, scratch);
@@ -286,6 +299,7 @@ static void *run_attn_job(void *arg)
 #undef P_
     }
     free(scratch);
+    a->fell_back = fell_back;
     return NULL;
 }
 
@@ -360,24 +374,46 @@ int64_t mmin_attn_bwd(int f64, const void *q, const void *k, const void *v, cons
 
 #else /* ------------------------------------ row kernels, included once per type T */
 
-/* Appends the indices i in [i0, i1) of the candidates z[i] > lo (branch-free). */
-static int64_t FN(collect)(const T *z, int64_t i0, int64_t i1, T lo, int64_t *idx, int64_t k)
+/* The indices i of the candidates z[i] > lo (with mk[i] != 0 when mk is given), in order, into
+ * idx; returns their number.  Blocks of CBLOCK are first tested with one vectorised compare and
+ * skipped when they hold none (most do: candidates lie within 1 of the max); inside a block the
+ * collection is branch-free. */
+INLINE static int64_t FN(candidates)(const T *z, const uint8_t *mk, int64_t n, T lo, int64_t *idx)
 {
-    int64_t i;
-    for (i = i0; i < i1; i++) {
-        idx[k] = i;
-        k += z[i] > lo;
+    int64_t i, i0 = 0, k = 0, hit = 0;
+    for (; i0 + CBLOCK <= n; i0 += CBLOCK) {
+        int any = 0;
+        if (i0 == 4 * CBLOCK && hit >= 3) break;  /* dense row (candidates everywhere): no tests */
+#pragma omp simd reduction(|:any)
+        for (i = i0; i < i0 + CBLOCK; i++) any |= z[i] > lo;
+        if (!any) continue;
+        hit++;
+        if (mk)
+            for (i = i0; i < i0 + CBLOCK; i++) { idx[k] = i; k += (z[i] > lo) & (mk[i] != 0); }
+        else
+            for (i = i0; i < i0 + CBLOCK; i++) { idx[k] = i; k += z[i] > lo; }
     }
+    for (i = i0; i < n; i++) { idx[k] = i; k += (z[i] > lo) & (!mk || mk[i] != 0); }
     return k;
+}
+
+/* The largest T not above x - 1 (the candidates' bound: tau >= max - 1): (T)(x - 1) may round
+ * up, so step down while it is above; exact near -1 by Sterbenz, so this also holds for
+ * |x| >= 2^53, where x - 1 rounds back to x. */
+INLINE static T FN(below)(double x)
+{
+    T lo = (T)(x - 1.0);
+    while ((double)lo - x > -1.0) lo = FN(nextafter)(lo, (T)-INFINITY);
+    return lo;
 }
 
 /* One row; scratch y, c (doubles) and idx, n entries each.  Returns 1 if the sort was used. */
 CLONES static int FN(fwd_row)(const T *z, T *p, int64_t n, double *y, double *c, int64_t *idx,
                               int max_passes)
 {
-    T m = -INFINITY, lo;
+    T m = -INFINITY;
     int bad = 0, fell_back = 0;
-    int64_t i, i0, j, k = 0;
+    int64_t i, j, k;
     double dm, t;
 #pragma omp simd reduction(max:m) reduction(|:bad)
     for (i = 0; i < n; i++) {
@@ -391,20 +427,7 @@ CLONES static int FN(fwd_row)(const T *z, T *p, int64_t n, double *y, double *c,
         return 0;
     }
     dm = (double)m;
-    /* candidates z > lo, lo <= m - 1 (tau >= m - 1): lo - m is exact near -1 (Sterbenz),
-     * so this also holds for |m| >= 2^53, where m - 1 rounds back to m */
-    lo = (T)(dm - 1.0);
-    while ((double)lo - dm > -1.0) lo = FN(nextafter)(lo, (T)-INFINITY);
-    i0 = 0;
-    if (n > SKIP_FROM) {  /* long rows: skip the blocks that hold no candidate */
-        for (; i0 + BLOCK <= n; i0 += BLOCK) {
-            T bmax = lo;
-#pragma omp simd reduction(max:bmax)
-            for (i = i0; i < i0 + BLOCK; i++) bmax = z[i] > bmax ? z[i] : bmax;
-            if (bmax > lo) k = FN(collect)(z, i0, i0 + BLOCK, lo, idx, k);
-        }
-    }
-    k = FN(collect)(z, i0, n, lo, idx, k);
+    k = FN(candidates)(z, NULL, n, FN(below)(dm), idx);
     for (j = 0; j < k; j++) y[j] = (double)z[idx[j]] - dm;
     t = threshold(y, k, c, max_passes, &fell_back);
     if (n <= SHORT_ROW) {  /* p = max(y - t, 0): one vectorised pass ... */
@@ -415,7 +438,7 @@ CLONES static int FN(fwd_row)(const T *z, T *p, int64_t n, double *y, double *c,
         }
         return fell_back;
     }
-    for (i = 0; i < n; i++) p[i] = 0;  /* ... or zeros, then the candidates */
+    memset(p, 0, (size_t)n * sizeof(T));  /* ... or zeros, then the candidates */
     for (j = 0; j < k; j++) {
         double v = y[j] - t;
         p[idx[j]] = v > 0.0 ? (T)v : (T)0;
@@ -444,16 +467,29 @@ CLONES static void FN(bwd_row)(const T *p, const T *g, T *dz, int64_t n)
 }
 
 /* Scores of one query row against the n keys of its (b, h): s_j = sum_d q[d] kT[d n + j], the
- * dh terms added in order d = 0, 1, ... (kT: the keys transposed, dh x n). */
+ * dh terms added in order d = 0, 1, ... (kT: the keys transposed, dh x n).  Tiles of STILE keys
+ * stay in registers through the whole sum over d (one store per score, not dh). */
 INLINE static void FN(scores)(const T *q, const T *kT, int64_t n, int64_t dh, T *s)
 {
-    int64_t d, j;
-    for (j = 0; j < n; j++) s[j] = 0;
+    int64_t d, j, j0 = 0;
+    for (; j0 + STILE <= n; j0 += STILE) {
+        T acc[STILE];
+#pragma omp simd
+        for (j = 0; j < STILE; j++) acc[j] = 0;
+        for (d = 0; d < dh; d++) {
+            T a = q[d];
+            const T *kd = kT + d * n + j0;
+#pragma omp simd
+            for (j = 0; j < STILE; j++) acc[j] += a * kd[j];
+        }
+#pragma omp simd
+        for (j = 0; j < STILE; j++) s[j0 + j] = acc[j];
+    }
+    for (j = j0; j < n; j++) s[j] = 0;
     for (d = 0; d < dh; d++) {
         T a = q[d];
         const T *kd = kT + d * n;
-#pragma omp simd
-        for (j = 0; j < n; j++) s[j] += a * kd[j];
+        for (j = j0; j < n; j++) s[j] += a * kd[j];
     }
 }
 
@@ -463,9 +499,9 @@ INLINE static void FN(scores)(const T *q, const T *kT, int64_t n, int64_t dh, T 
 INLINE static int64_t FN(row_stats)(const T *s, const uint8_t *mk, int64_t n, double *st, double *y,
                              double *c, int64_t *idx, int max_passes, int64_t *fell_back)
 {
-    T m = -INFINITY, lo;
+    T m = -INFINITY;
     int bad = 0, sorted = 0;
-    int64_t i, i0, j, k = 0;
+    int64_t i, j, k;
     double dm;
 #pragma omp simd reduction(max:m) reduction(|:bad)
     for (i = 0; i < n; i++) {
@@ -479,27 +515,35 @@ INLINE static int64_t FN(row_stats)(const T *s, const uint8_t *mk, int64_t n, do
         return m == -INFINITY && !bad ? -1 : -2;
     }
     dm = (double)m;
-    lo = (T)(dm - 1.0);
-    while ((double)lo - dm > -1.0) lo = FN(nextafter)(lo, (T)-INFINITY);
-    i0 = 0;
-    if (n > SKIP_FROM) {
-        for (; i0 + BLOCK <= n; i0 += BLOCK) {
-            T bmax = lo;
-#pragma omp simd reduction(max:bmax)
-            for (i = i0; i < i0 + BLOCK; i++) {
-                T v = mk[i] ? s[i] : lo;
-                bmax = v > bmax ? v : bmax;
-            }
-            if (bmax > lo)
-                for (i = i0; i < i0 + BLOCK; i++) { idx[k] = i; k += (mk[i] != 0) & (s[i] > lo); }
-        }
-    }
-    for (i = i0; i < n; i++) { idx[k] = i; k += (mk[i] != 0) & (s[i] > lo); }
+    k = FN(candidates)(s, mk, n, FN(below)(dm), idx);
     for (j = 0; j < k; j++) y[j] = (double)s[idx[j]] - dm;
     st[0] = dm;
     st[1] = threshold(y, k, c, max_passes, &sorted);
     *fell_back += sorted;
     return k;
+}
+
+/* The support of one row, with p exactly as the forward has it: J[0..m) the keys with
+ * p_j = (T)(((double)s_j - max) - t) > 0 (and mk[j] != 0), P their weights; returns m.  A support
+ * key has (s_j - max) - t > 0 up to the rounding of doubles near 1, so s_j > max + t less a
+ * margin of a few units of max + 2 in the last place: the candidates above that bound hold the
+ * support (usually a handful of keys), and only they get the exact test. */
+INLINE static int64_t FN(support)(const T *s, const uint8_t *mk, int64_t n, double dm, double t,
+                                  int64_t *idx, int64_t *J, double *P)
+{
+    double bound = dm + t - 8.0 * DBL_EPSILON * (fabs(dm) + 2.0);
+    T lo = (T)bound;
+    int64_t j, m = 0, k;
+    while ((double)lo > bound) lo = FN(nextafter)(lo, (T)-INFINITY);
+    k = FN(candidates)(s, mk, n, lo, idx);
+    for (j = 0; j < k; j++) {
+        double pv = ((double)s[idx[j]] - dm) - t;
+        T p = pv > 0.0 ? (T)pv : (T)0;
+        J[m] = idx[j];
+        P[m] = (double)p;
+        m += p > 0;
+    }
+    return m;
 }
 
 INLINE static void FN(transpose_keys)(const T *k, int64_t n, int64_t stride, int64_t dh, T *kT)
@@ -514,7 +558,7 @@ CLONES static void FN(attn_fwd_unit)(const attn_job_t *a, const T *q, const T *k
                                      double *st, const uint8_t *mk, const uint8_t *qm, char *scratch,
                                      int64_t *fell_back)
 {
-    int64_t n = a->lk, dh = a->dh, stride = a->heads * dh, i, j, d, kc;
+    int64_t n = a->lk, dh = a->dh, stride = a->heads * dh, i, j, d, kc, m;
     T *kT = (T *)scratch, *s = kT + dh * n;
     double *y = (double *)(((uintptr_t)(s + n) + 7) & ~(uintptr_t)7), *c = y + n, acc[MAX_DH];
     int64_t *idx = (int64_t *)(c + n);
@@ -534,14 +578,19 @@ CLONES static void FN(attn_fwd_unit)(const attn_job_t *a, const T *q, const T *k
             for (d = 0; d < dh; d++) o[d] = kc == -1 ? (T)0 : (T)NAN;
             continue;
         }
-        for (d = 0; d < dh; d++) acc[d] = 0.0;
-        for (j = 0; j < kc; j++) {
+        for (j = 0, m = 0; j < kc; j++) {  /* the support, compacted in place (branch-free) */
             double pv = y[j] - sti[1];
             T p = pv > 0.0 ? (T)pv : (T)0;
-            if (p > 0) {
-                const T *vj = v + idx[j] * stride;
-                for (d = 0; d < dh; d++) acc[d] += (double)p * (double)vj[d];
-            }
+            idx[m] = idx[j];
+            y[m] = (double)p;
+            m += p > 0;
+        }
+        for (d = 0; d < dh; d++) acc[d] = 0.0;
+        for (j = 0; j < m; j++) {
+            const T *vj = v + idx[j] * stride;
+            double pj = y[j];
+#pragma omp simd
+            for (d = 0; d < dh; d++) acc[d] += pj * (double)vj[d];
         }
         for (d = 0; d < dh; d++) o[d] = (T)acc[d];
     }
@@ -556,7 +605,7 @@ CLONES static void FN(attn_bwd_unit)(const attn_job_t *a, const T *q, const T *k
     T *kT = (T *)scratch, *s = kT + dh * n;
     double *base = (double *)(((uintptr_t)(s + n) + 7) & ~(uintptr_t)7);
     double *dkacc = base, *dvacc = dkacc + n * dh, *P = dvacc + n * dh, *D = P + n, acc[MAX_DH];
-    int64_t *J = (int64_t *)(D + n);
+    int64_t *J = (int64_t *)(D + n), *idx = J + n;
     FN(transpose_keys)(k, n, stride, dh, kT);
     memset(dkacc, 0, (size_t)(2 * n * dh) * sizeof(double));
     for (i = 0; i < a->lq; i++) {
@@ -568,16 +617,11 @@ CLONES static void FN(attn_bwd_unit)(const attn_job_t *a, const T *q, const T *k
             continue;
         }
         FN(scores)(qi, kT, n, dh, s);
-        for (j = 0, m = 0; j < n; j++) {  /* the support, p exactly as the forward had it */
-            double pv = ((double)s[j] - dm) - t;
-            T p = mk[j] && pv > 0.0 ? (T)pv : (T)0;
-            J[m] = j;
-            P[m] = (double)p;
-            m += p > 0;
-        }
+        m = FN(support)(s, mk, n, dm, t, idx, J, P);  /* p exactly as the forward had it */
         for (j = 0; j < m; j++) {
             const T *vj = v + J[j] * stride;
             double dp = 0.0;
+#pragma omp simd reduction(+:dp)
             for (d = 0; d < dh; d++) dp += (double)gi[d] * (double)vj[d];
             D[j] = dp;
             sum += dp;
@@ -587,6 +631,7 @@ CLONES static void FN(attn_bwd_unit)(const attn_job_t *a, const T *q, const T *k
         for (j = 0; j < m; j++) {
             const T *kj = k + J[j] * stride;
             double g = D[j] - mean, *dkj = dkacc + J[j] * dh, *dvj = dvacc + J[j] * dh;
+#pragma omp simd
             for (d = 0; d < dh; d++) {
                 acc[d] += g * (double)kj[d];
                 dkj[d] += g * (double)qi[d];
