@@ -511,7 +511,7 @@ def profile_step(name, cache_dir, rows=15, log=print):
             stack.pop().__exit__(None, None, None)
 
         handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    originals = {fn: getattr(mm, fn) for fn in ("sparsemax_attention", "sparsemax_reference_attention")}
+    originals = {fn: getattr(mm, fn) for fn in ("projected_sparsemax_attention", "sparsemax_reference_attention")}
 
     def scoped(fn):
         def call(*a, **kw):

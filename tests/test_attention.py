@@ -105,3 +105,83 @@ def test_reference_returns_its_weights():
     out, w = sparsemax_reference_attention(q, k, v, km, return_weights=True)
     torch.testing.assert_close(out, w @ v)
     assert torch.equal(w[~km[:, None, None, :].expand_as(w)], torch.zeros(int((~km).sum()) * 2 * 3))
+
+
+def _ca_module(d=16, seed=0, dtype=torch.float32):
+    from torch import nn
+    torch.manual_seed(seed)
+    norms = (nn.LayerNorm(d), nn.LayerNorm(d))
+    projections = tuple(nn.Linear(d, d) for _ in range(3))
+    for m in (*norms, *projections):
+        m.to(dtype)
+        for p in m.parameters():  # away from LayerNorm's (1, 0) start, so its gradients are tested too
+            p.data += 0.1 * torch.randn_like(p)
+    return norms, projections
+
+
+def _projected(x_q, x_kv, km, qm, dout, path, heads=4, dtype=torch.float32):
+    """path 'fused': projected_sparsemax_attention; 'unprojected': the fused kernel on project_qkv's q, k, v
+    (kept by autograd); 'reference': the plain composition."""
+    from mmin_plugin.modeling.attention import project_qkv, projected_sparsemax_attention
+    norms, projections = _ca_module(x_q.shape[-1], dtype=dtype)
+    x_q, x_kv = (x.detach().clone().requires_grad_() for x in (x_q, x_kv))
+    os.environ["MMIN_ATTENTION"] = "fused" if path == "unprojected" else path
+    try:
+        if path == "unprojected":
+            out = sparsemax_attention(*project_qkv(x_q, x_kv, norms, projections, heads), km, qm)
+        else:
+            out = projected_sparsemax_attention(x_q, x_kv, norms, projections, heads, km, qm)
+        out = out * qm[:, None, :, None]
+    finally:
+        del os.environ["MMIN_ATTENTION"]
+    (out * dout).sum().backward()
+    params = [p for m in (*norms, *projections) for p in m.parameters()]
+    return [out.detach(), x_q.grad, x_kv.grad, *(p.grad for p in params)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("Lq,Lk", [(7, 30), (40, 9), (1, 1)])
+def test_projected_attention_equals_the_unfused_module_in_values_and_every_gradient(dtype, Lq, Lk):
+    g = torch.Generator().manual_seed(Lq * 100 + Lk)
+    B, d, heads = 3, 16, 4
+    x_q, x_kv = torch.randn(B, Lq, d, generator=g, dtype=dtype), torch.randn(B, Lk, d, generator=g, dtype=dtype)
+    km, qm = torch.rand(B, Lk, generator=g) > 0.3, torch.rand(B, Lq, generator=g) > 0.3
+    km[:, 0] = True
+    dout = torch.randn(B, heads, Lq, d // heads, generator=g, dtype=dtype)
+    fused = _projected(x_q, x_kv, km, qm, dout, "fused", heads, dtype)
+    unprojected = _projected(x_q, x_kv, km, qm, dout, "unprojected", heads, dtype)
+    plain = _projected(x_q, x_kv, km, qm, dout, "reference", heads, dtype)
+    assert torch.equal(fused[0], unprojected[0])  # the same operations: the same forward, bit for bit
+    tol = 1e-11 if dtype == torch.float64 else 2e-5
+    for got, want, ref in zip(fused, unprojected, plain):
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+        torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+
+
+def test_projected_attention_keeps_no_projection_for_the_backward():
+    """Issue 27 (peak memory): on the fused path a CA layer saves its inputs, the parameters and the
+    per-row thresholds, none of LN(x_q), LN(x_kv), q, k, v: under half of what the unfused module keeps."""
+    from mmin_plugin.modeling.attention import projected_sparsemax_attention
+    norms, projections = _ca_module(32)
+    x_q, x_kv = torch.randn(2, 60, 32, requires_grad=True), torch.randn(2, 80, 32, requires_grad=True)
+
+    def saved_activation_bytes(path):
+        seen = {}
+
+        def pack(t):
+            if t.dim() >= 2 and t.shape[0] == 2:  # activations (batch first), not the parameters
+                seen[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
+            return t
+
+        os.environ["MMIN_ATTENTION"] = path
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                projected_sparsemax_attention(x_q, x_kv, norms, projections, 8)
+        finally:
+            del os.environ["MMIN_ATTENTION"]
+        return sum(seen.values())
+
+    activations = (60 + 80) * 2 * 32 * 4  # x_q and x_kv themselves
+    fused, plain = saved_activation_bytes("fused"), saved_activation_bytes("reference")
+    assert fused <= activations + 2 * 8 * 60 * 2 * 8 + 2 * 80  # + (max, t) in float64 per row, the key mask
+    assert plain >= 3 * activations

@@ -3,17 +3,20 @@
 `MMIN.forward(..., return_attention=True)` returns (:func:`support_sizes`)."""
 from __future__ import annotations
 
+import math
 import os
 from typing import Dict, Mapping, Optional
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from ..errors import MMINConfigError
 from . import _sparsemax_native as _native
 from .sparsemax import _MAX_PASSES, backend_for, sparsemax
 
-__all__ = ["sparsemax_attention", "sparsemax_reference_attention", "attention_path", "support_sizes"]
+__all__ = ["sparsemax_attention", "projected_sparsemax_attention", "project_qkv", "sparsemax_reference_attention",
+           "attention_path", "support_sizes"]
 
 ATTENTION_PATHS = ("auto", "fused", "reference")
 
@@ -86,6 +89,86 @@ def sparsemax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         heads_last = [x.transpose(1, 2).contiguous() for x in (q, k, v)]  # (B, L, h, dh): free for MMIN's views
         return _FusedSparsemaxAttention.apply(*heads_last, km, qm).transpose(1, 2)
     return sparsemax_reference_attention(q, k, v, key_mask)
+
+
+def _project(x_q, x_kv, heads, scale, eps, params):
+    """(q, k, v) in (B, L, heads, dh): q = (LN_q(x_q) W_q^T + b_q) / scale, k, v = LN_kv(x_kv) W^T + b,
+    exactly the operations of MMIN's CA module (so the same floats)."""
+    lnq_w, lnq_b, lnkv_w, lnkv_b, wq, bq, wk, bk, wv, bv = params
+    (B, Lq, d), Lk = x_q.shape, x_kv.shape[1]
+    q_in = F.layer_norm(x_q, (d,), lnq_w, lnq_b, eps[0])
+    kv_in = F.layer_norm(x_kv, (d,), lnkv_w, lnkv_b, eps[1])
+    q = (F.linear(q_in, wq, bq) / scale).view(B, Lq, heads, d // heads)
+    k = F.linear(kv_in, wk, bk).view(B, Lk, heads, d // heads)
+    v = F.linear(kv_in, wv, bv).view(B, Lk, heads, d // heads)
+    return q, k, v
+
+
+class _ProjectedSparsemaxAttention(torch.autograd.Function):
+    """The fused attention of :class:`_FusedSparsemaxAttention` with the layer norms and the q, k, v
+    projections inside: the forward keeps only its inputs (x_q, x_kv and the parameters, which
+    are alive anyway) and the two float64 per row; the backward recomputes LN and the three
+    projections (three (B L, d) x (d, d) products, a small part of the step) and differentiates
+    them with autograd. A CA layer then keeps none of LN_q(x_q), LN_kv(x_kv), q, k or v for the
+    backward: about 3 (Lq + Lk) B d floats less per layer (issue 27: MMIN's peak memory)."""
+
+    @staticmethod
+    def forward(ctx, x_q, x_kv, key_mask, query_mask, heads, scale, eps, *params):
+        with torch.no_grad():
+            q, k, v = _project(x_q, x_kv, heads, scale, eps, params)
+            out, stats, _ = _native.attention_forward(q, k, v, key_mask, query_mask, _MAX_PASSES)
+        ctx.save_for_backward(x_q, x_kv, stats, key_mask, query_mask, *params)
+        ctx.heads, ctx.scale, ctx.eps = heads, scale, eps
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout):
+        x_q, x_kv, stats, key_mask, query_mask, *params = ctx.saved_tensors
+        inputs = [x_q, x_kv, *params]
+        needs = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], *ctx.needs_input_grad[7:]]
+        leaves = [t.detach().requires_grad_(n) for t, n in zip(inputs, needs)]
+        with torch.enable_grad():
+            q, k, v = _project(leaves[0], leaves[1], ctx.heads, ctx.scale, ctx.eps, leaves[2:])
+        dq, dk, dv = _native.attention_backward(q.detach(), k.detach(), v.detach(), dout.contiguous(), stats,
+                                                key_mask, query_mask)
+        wanted = [t for t, n in zip(leaves, needs) if n]
+        grads = iter(torch.autograd.grad((q, k, v), wanted, (dq, dk, dv), allow_unused=True) if wanted else ())
+        out = [next(grads) if n else None for n in needs]
+        return (out[0], out[1], None, None, None, None, None, *out[2:])
+
+
+def _params(norms, projections):
+    return (norms[0].weight, norms[0].bias, norms[1].weight, norms[1].bias,
+            *(t for lin in projections for t in (lin.weight, lin.bias)))
+
+
+def project_qkv(x_q: torch.Tensor, x_kv: torch.Tensor, norms, projections, heads: int):
+    """MMIN's CA projections: ``q = norms[0](x_q) W_q^T / sqrt(dh)``, ``k, v = norms[1](x_kv) W_{k,v}^T``
+    (``norms``: two ``nn.LayerNorm``, ``projections``: three ``nn.Linear``), as (B, heads, L, dh) views.
+    Scaling q rather than the (B, h, Lq, Lk) scores: same maths, Lk / dh times fewer multiplies."""
+    scale = math.sqrt(x_q.shape[-1] // heads)
+    eps = (norms[0].eps, norms[1].eps)
+    return tuple(t.transpose(1, 2) for t in _project(x_q, x_kv, heads, scale, eps, _params(norms, projections)))
+
+
+def projected_sparsemax_attention(x_q: torch.Tensor, x_kv: torch.Tensor, norms, projections, heads: int,
+                                  key_mask: Optional[torch.Tensor] = None,
+                                  query_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`sparsemax_attention` of :func:`project_qkv`'s q, k, v: x_q (B, Lq, d), x_kv (B, Lk, d),
+    masks as there; returns (B, heads, Lq, d / heads). On the fused path the LN outputs and q, k, v
+    are not kept for the backward (recomputed there from x_q and x_kv, the attention's thresholds
+    saved): the same values (the same operations) and gradients, less memory."""
+    (B, Lq, d), Lk = x_q.shape, x_kv.shape[1]
+    params = _params(norms, projections)
+    if (attention_path(x_q) == "fused" and all(t is not None and t.dtype == x_q.dtype for t in params)
+            and x_kv.dtype == x_q.dtype):
+        km = _uint8_mask(key_mask, B, Lk)
+        qm = None if query_mask is None or bool(query_mask.all()) else _uint8_mask(query_mask, B, Lq)
+        out = _ProjectedSparsemaxAttention.apply(x_q.contiguous(), x_kv.contiguous(), km, qm, heads,
+                                                 math.sqrt(d // heads), (norms[0].eps, norms[1].eps), *params)
+        return out.transpose(1, 2)
+    return sparsemax_attention(*project_qkv(x_q, x_kv, norms, projections, heads), key_mask, query_mask)
 
 
 def sparsemax_reference_attention(q, k, v, key_mask=None, dropout=None, return_weights=False):

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..constants import MODALITIES
-from .attention import sparsemax_attention, sparsemax_reference_attention, support_sizes
+from .attention import project_qkv, projected_sparsemax_attention, sparsemax_reference_attention, support_sizes
 from .config import MMINConfig
 from .losses import ModalityDiscriminator, grad_reverse, modality_confusion, modality_cross_entropy, separation_loss
 from .padding import trim_to_longest
@@ -272,16 +272,12 @@ class CrossAttention(nn.Module):
                 return_attention: bool = False, q_mask: Optional[torch.Tensor] = None):
         # x_q: (B, Lq, d); x_kv: (B, Lk, d); kv_mask: (B, Lk), q_mask: (B, Lq) True = real step
         B, Lq, d = x_q.shape
-        Lk = x_kv.shape[1]
-        q_in, kv_in = self.norm_q(x_q), self.norm_kv(x_kv)
-        # scaling q rather than the (B, h, Lq, Lk) scores: same maths, Lk/dh times fewer multiplies
-        q = (self.q(q_in) / math.sqrt(self.d_head)).view(B, Lq, self.nheads, self.d_head).transpose(1, 2)  # B,h,Lq,dh
-        k = self.k(kv_in).view(B, Lk, self.nheads, self.d_head).transpose(1, 2)  # (B, h, Lk, dh)
-        v = self.v(kv_in).view(B, Lk, self.nheads, self.d_head).transpose(1, 2)
+        norms, projections = (self.norm_q, self.norm_kv), (self.q, self.k, self.v)
         if return_attention or (self.training and self.attn_dropout.p > 0):  # the weights are needed
+            q, k, v = project_qkv(x_q, x_kv, norms, projections, self.nheads)  # (B, h, L, dh)
             ctx, attn = sparsemax_reference_attention(q, k, v, kv_mask, self.attn_dropout, return_weights=True)
-        else:  # fused on CPU: padded keys never normalised, no (B, h, Lq, Lk) map kept
-            ctx = sparsemax_attention(q, k, v, kv_mask, q_mask)
+        else:  # fused on CPU: padded keys never normalised, no (B, h, Lq, Lk) map, LN or q, k, v kept
+            ctx = projected_sparsemax_attention(x_q, x_kv, norms, projections, self.nheads, kv_mask, q_mask)
         ctx = ctx.transpose(1, 2).reshape(B, Lq, d)  # (B, Lq, d)
         y = x_q + self.dropout(self.out(ctx))
         if self.has_ffn:
