@@ -185,3 +185,14 @@ def test_projected_attention_keeps_no_projection_for_the_backward():
     fused, plain = saved_activation_bytes("fused"), saved_activation_bytes("reference")
     assert fused <= activations + 2 * 8 * 60 * 2 * 8 + 2 * 80  # + (max, t) in float64 per row, the key mask
     assert plain >= 3 * activations
+
+
+def test_the_kernel_refuses_what_it_cannot_read():
+    q = torch.zeros(1, 2, 1, 4)
+    km = torch.ones(1, 2, dtype=torch.uint8)
+    with pytest.raises(TypeError, match="float32/float64"):
+        N.attention_forward(q.bfloat16(), q.bfloat16(), q.bfloat16(), km, None, 8)
+    with pytest.raises(TypeError, match="contiguous"):
+        N.attention_forward(q.transpose(1, 3), q, q, km, None, 8)
+    with pytest.raises(TypeError, match="uint8"):
+        N.attention_forward(q, q, q, km.bool(), None, 8)

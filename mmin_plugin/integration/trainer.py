@@ -24,10 +24,14 @@ evaluates with MMSA's `MetricsTop`. Differences from MMSA's own trainers, on pur
 * the optimiser's schedule (issue 26, integration/schedule.py): every learning rate follows
   `lr_schedule` / `warmup_epochs` per optimizer step, with `ema_decay` an exponential moving average
   of the weights is what is validated, selected and saved, and with every best checkpoint the
-  scheduler's state is written beside it (`<stem>.train_state.pt`, see `read_train_state`).
+  scheduler's state is written beside it (`<stem>.train_state.pt`, see `read_train_state`);
+* `precision` 'bf16' / 'fp16' trains and evaluates under torch.autocast (`autocast_for`), fp16 with
+  a GradScaler (a step whose scaled gradients overflowed is skipped, not an error); the model keeps
+  its cross-attention in float32 there.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -189,6 +193,14 @@ class SupportMeter:
         return {name: self.total[name] / self.count[name] for name in self.total if self.count[name] > 0}
 
 
+def autocast_for(precision: str, device):
+    """The autocast context of ``config.precision`` on ``device``: 'fp32' none, 'bf16' / 'fp16' torch.autocast
+    to that dtype (the model keeps its cross-attention in float32 inside it, see model.CrossAttention)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
 def _batch_inputs(batch, device, layout=datasets.MMSA_STANDARD):
     """One of MMSA's batches (the same keys for every dataset its loader reads) as MMIN's inputs: the
     modalities in MMSA's order (text, audio, video), the sequence lengths as keyword arguments named
@@ -272,6 +284,8 @@ class MMINTrainer:
         n_batches = len(dataloader["train"])
         scheduler = make_scheduler(optimizer, self.config, n_batches)  # factor 1 throughout for the paper's
         ema = ModelEma(model, self.config.ema_decay) if self.config.ema_decay is not None else None
+        # fp16 only: loss scaling against underflow (disabled, every call is the plain optimizer's)
+        scaler = torch.amp.GradScaler(torch.device(device).type, enabled=self.config.precision == "fp16")
         eval_model = ema.module if ema is not None else model  # what is validated, selected and saved
         param_names = {p: n for n, p in model.named_parameters()}
         remove_stale_temps(a["model_save_path"])  # left by a run killed while saving
@@ -295,8 +309,9 @@ class MMINTrainer:
                     net.cin.adv_scale = adversarial_scale(epochs, step, n_batches, ramp)
                     inputs, kwargs, labels = _batch_inputs(batch, device)
                     optimizer.zero_grad()
-                    outputs = model(*inputs, **kwargs)
-                    loss, terms = net.total_loss(outputs, labels)
+                    with autocast_for(self.config.precision, device):
+                        outputs = model(*inputs, **kwargs)
+                        loss, terms = net.total_loss(outputs, labels)
                     if not torch.isfinite(loss):
                         bad = {k: float(v.detach()) for k, v in terms.items()}
                         raise NonFiniteLossError(
@@ -304,9 +319,10 @@ class MMINTrainer:
                             f"(terms: {bad}); training stopped, best checkpoint left as it was at "
                             f"{a['model_save_path']} (best epoch {best_epoch or 'none yet'})"
                         )
-                    loss.backward()
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)  # (both plain backward / no-op without fp16)
                     bad_grads = nonfinite_gradients(optimizer, param_names)
-                    if bad_grads:
+                    if bad_grads and not scaler.is_enabled():  # fp16: the scaler skips the step and backs off
                         where = "; ".join(f"group '{g}': {', '.join(ns)}" for g, ns in bad_grads)
                         raise NonFiniteGradientError(
                             f"non-finite gradient at epoch {epochs}, batch {step}/{n_batches} with a finite loss "
@@ -315,14 +331,22 @@ class MMINTrainer:
                             f"(best epoch {best_epoch or 'none yet'})"
                         )
                     clip_gradients(model.parameters(), grad_clip, self.config.grad_clip_mode)
-                    optimizer.step()
-                    scheduler.step()
-                    if ema is not None:
-                        ema.update(model)
+                    if scaler.is_enabled():  # fp16: a step whose scaled gradients overflowed is skipped
+                        scale = scaler.get_scale()
+                        scaler.step(optimizer)
+                        scaler.update()
+                        stepped = scaler.get_scale() >= scale  # the scale backs off exactly when it skipped
+                    else:
+                        optimizer.step()
+                        stepped = True
+                    if stepped:  # the schedule and the average count optimizer steps
+                        scheduler.step()
+                        if ema is not None:
+                            ema.update(model)
                     sums["Loss"] += loss.item()
                     for k in LOSS_TERMS:
                         sums[k] += float(terms[k].detach())
-                    y_pred.append(outputs["M"].detach().cpu())
+                    y_pred.append(outputs["M"].detach().float().cpu())
                     y_true.append(labels.cpu())
                     bar.set_postfix(loss=f"{loss.item():.4f}")
             means = {k: v / max(n_batches, 1) for k, v in sums.items()}
@@ -393,14 +417,17 @@ class MMINTrainer:
         with torch.no_grad():
             for batch in tqdm(dataloader, desc=f"MMIN {mode.lower()}", leave=False):
                 inputs, kwargs, labels = _batch_inputs(batch, device)
-                if meter is not None:
-                    outputs = model(*inputs, **kwargs, return_attention=True)
-                    attention, query_mask = outputs.pop("attention", None), outputs.pop("attention_query_mask", None)
-                    if attention:  # a network without attention maps has no support sizes to log
-                        meter.add(attention, query_mask)
-                else:
-                    outputs = model(*inputs, **kwargs)
-                _, terms = net.total_loss(outputs, labels)
+                with autocast_for(self.config.precision, device):
+                    if meter is not None:
+                        outputs = model(*inputs, **kwargs, return_attention=True)
+                        attention = outputs.pop("attention", None)
+                        query_mask = outputs.pop("attention_query_mask", None)
+                        if attention:  # a network without attention maps has no support sizes to log
+                            meter.add(attention, query_mask)
+                    else:
+                        outputs = model(*inputs, **kwargs)
+                    _, terms = net.total_loss(outputs, labels)
+                outputs["M"] = outputs["M"].float()  # MMSA's metrics and the saved predictions in float32
                 for k in LOSS_TERMS:
                     sums[k] += float(terms[k].detach())
                 y_pred.append(outputs["M"].cpu())

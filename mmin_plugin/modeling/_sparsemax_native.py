@@ -179,6 +179,20 @@ def _check(code, what):
     return code
 
 
+def _check_inputs(tensors, masks):
+    """The kernel reads raw memory: refuse anything but contiguous CPU float32/float64 of one dtype
+    and contiguous uint8 masks, before a pointer is passed."""
+    dtype = tensors[0].dtype
+    for t in tensors:
+        if t.dtype != dtype or dtype not in (torch.float32, torch.float64) or t.device.type != "cpu" \
+                or not t.is_contiguous():
+            raise TypeError(f"sparsemax attention kernel: expected contiguous CPU float32/float64 tensors of one "
+                            f"dtype, got {t.dtype} on {t.device} (contiguous: {t.is_contiguous()})")
+    for m in masks:
+        if m is not None and (m.dtype != torch.uint8 or not m.is_contiguous()):
+            raise TypeError(f"sparsemax attention kernel: masks must be contiguous uint8, got {m.dtype}")
+
+
 def attention_forward(q, k, v, key_mask, query_mask, max_passes: int):
     """Fused sparsemax attention: out_i = sum_j sparsemax(q_i . k_j over the real keys)_j v_j.
 
@@ -186,6 +200,7 @@ def attention_forward(q, k, v, key_mask, query_mask, max_passes: int):
     key_mask (B, Lk) and query_mask (B, Lq) or None: contiguous uint8, 1 = real.
     Returns (out (B, Lq, H, dh), stats (B, H, Lq, 2) float64 = (max, t) per row, tau = max + t,
     rows finished by the exact sort)."""
+    _check_inputs((q, k, v), (key_mask, query_mask))
     B, Lq, H, dh = q.shape
     out = torch.empty_like(q)
     st = torch.empty(B, H, Lq, 2, dtype=torch.float64)
@@ -198,6 +213,7 @@ def attention_forward(q, k, v, key_mask, query_mask, max_passes: int):
 
 def attention_backward(q, k, v, dout, stats, key_mask, query_mask):
     """Gradients (dq, dk, dv) of :func:`attention_forward` for dout (B, Lq, H, dh) contiguous."""
+    _check_inputs((q, k, v, dout), (key_mask, query_mask))
     B, Lq, H, dh = q.shape
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     qm = query_mask.data_ptr() if query_mask is not None else None

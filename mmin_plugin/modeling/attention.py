@@ -91,6 +91,10 @@ def sparsemax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return sparsemax_reference_attention(q, k, v, key_mask)
 
 
+def _no_autocast(x):
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def _project(x_q, x_kv, heads, scale, eps, params):
     """(q, k, v) in (B, L, heads, dh): q = (LN_q(x_q) W_q^T + b_q) / scale, k, v = LN_kv(x_kv) W^T + b,
     exactly the operations of MMIN's CA module (so the same floats)."""
@@ -114,7 +118,7 @@ class _ProjectedSparsemaxAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_q, x_kv, key_mask, query_mask, heads, scale, eps, *params):
-        with torch.no_grad():
+        with torch.no_grad(), _no_autocast(x_q):  # the kernel's dtype, whatever autocast the caller runs
             q, k, v = _project(x_q, x_kv, heads, scale, eps, params)
             out, stats, _ = _native.attention_forward(q, k, v, key_mask, query_mask, _MAX_PASSES)
         ctx.save_for_backward(x_q, x_kv, stats, key_mask, query_mask, *params)
@@ -128,7 +132,7 @@ class _ProjectedSparsemaxAttention(torch.autograd.Function):
         inputs = [x_q, x_kv, *params]
         needs = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], *ctx.needs_input_grad[7:]]
         leaves = [t.detach().requires_grad_(n) for t, n in zip(inputs, needs)]
-        with torch.enable_grad():
+        with torch.enable_grad(), _no_autocast(x_q):  # the same floats as the forward
             q, k, v = _project(leaves[0], leaves[1], ctx.heads, ctx.scale, ctx.eps, leaves[2:])
         dq, dk, dv = _native.attention_backward(q.detach(), k.detach(), v.detach(), dout.contiguous(), stats,
                                                 key_mask, query_mask)

@@ -26,6 +26,9 @@ __all__ = ["MMINConfig", "MMSA_KEYS", "ADV_RECIPES", "LR_RECIPES", "LR_SCHEDULES
 ABLATIONS = FUSION_ABLATIONS + MODALITIES + LOSS_ABLATIONS
 #: learning-rate schedules of the trainer (integration/schedule.py has the formulas)
 LR_SCHEDULES = ("constant", "linear", "cosine")
+#: `precision`: the training/eval autocast dtype ("fp32" = no autocast); modeling/model.py keeps the
+#: cross-attention (LN, q, k, v, scores, sparsemax, weighted sum) in float32 under autocast.
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 #: keys of MMSA 2.2.1's own args that MMIN does not read (run.py, config.py, data_loader.py and the
 #: dataset block `datasetCommonParams`); accepted by :meth:`MMINConfig.from_args` and ignored.
@@ -316,6 +319,11 @@ class MMINConfig:
     early_stop_from: str = _key("start", _choice("start", "warmup"), "when early_stop's patience may run out: "
                                 "'start' = counted from the best epoch only (MMSA's rule), 'warmup' = also not "
                                 "before the warm-up epochs are over", "'start' or 'warmup'", "training")
+    precision: str = _key("fp32", _choice(*PRECISIONS), "mixed precision of training and evaluation: 'fp32' = "
+                          "none; 'bf16' / 'fp16' = torch.autocast to that dtype (fp16 with a GradScaler) for "
+                          "BERT, the LSTMs, projections and fusion, while every cross-attention (its layer norms, "
+                          "q, k, v, scores, sparsemax and weighted sum) stays in float32", "'fp32', 'bf16' or "
+                          "'fp16'", "training")
     # --- data (set by MMSA from the dataset) --------------------------------------------------------
     dataset_name: str = _key("mosi", _dataset_name, "MMSA dataset (decides KeyEval's "
                              "choices and the metrics)", "'mosi', 'mosei', 'sims' or a registered name (any case)",

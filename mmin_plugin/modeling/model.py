@@ -10,6 +10,7 @@ The design notes, and every choice made where the paper is silent, are in docs/d
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Dict, Optional
 
@@ -273,11 +274,16 @@ class CrossAttention(nn.Module):
         # x_q: (B, Lq, d); x_kv: (B, Lk, d); kv_mask: (B, Lk), q_mask: (B, Lq) True = real step
         B, Lq, d = x_q.shape
         norms, projections = (self.norm_q, self.norm_kv), (self.q, self.k, self.v)
-        if return_attention or (self.training and self.attn_dropout.p > 0):  # the weights are needed
-            q, k, v = project_qkv(x_q, x_kv, norms, projections, self.nheads)  # (B, h, L, dh)
-            ctx, attn = sparsemax_reference_attention(q, k, v, kv_mask, self.attn_dropout, return_weights=True)
-        else:  # fused on CPU: padded keys never normalised, no (B, h, Lq, Lk) map, LN or q, k, v kept
-            ctx = projected_sparsemax_attention(x_q, x_kv, norms, projections, self.nheads, kv_mask, q_mask)
+        # under autocast (config.precision) the attention runs in float32: the support is decided on
+        # float32 scores, as the sparsemax itself is computed
+        amp = torch.is_autocast_enabled(x_q.device.type)
+        with torch.autocast(x_q.device.type, enabled=False) if amp else contextlib.nullcontext():
+            a_q, a_kv = (x_q.float(), x_kv.float()) if amp else (x_q, x_kv)
+            if return_attention or (self.training and self.attn_dropout.p > 0):  # the weights are needed
+                q, k, v = project_qkv(a_q, a_kv, norms, projections, self.nheads)  # (B, h, L, dh)
+                ctx, attn = sparsemax_reference_attention(q, k, v, kv_mask, self.attn_dropout, return_weights=True)
+            else:  # fused on CPU: padded keys never normalised, no (B, h, Lq, Lk) map, LN or q, k, v kept
+                ctx = projected_sparsemax_attention(a_q, a_kv, norms, projections, self.nheads, kv_mask, q_mask)
         ctx = ctx.transpose(1, 2).reshape(B, Lq, d)  # (B, Lq, d)
         y = x_q + self.dropout(self.out(ctx))
         if self.has_ffn:
