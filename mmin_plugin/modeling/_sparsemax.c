@@ -71,6 +71,8 @@
 #define INLINE inline
 #endif
 #define CBLOCK 16      /* candidates are looked for in blocks of 16: most hold none */
+#define LANES 8        /* rows of LANE_FROM keys or more: the max is taken in 8 lanes, whose maxima */
+#define LANE_FROM 128  /* give a first lower bound of tau (lower_bound) */
 #define STILE 32       /* the fused attention's scores are summed over d in tiles of 32 keys */
 #define SHORT_ROW 128  /* up to this length the output is one pass over the row */
 
@@ -109,16 +111,17 @@ static double sort_threshold(double *c, int64_t k)
 }
 
 /* Newton steps (Michelot's algorithm) on the candidates y[0..k) (a superset of the support,
- * y = z - max, so the max is 0): from t = -1, S = {y > t}, t' = (sum_S y - 1) / |S|.  t' is exact
- * as soon as S = {y > t'}, i.e. min_S y > t' >= max_{not S} y: then t' = (sum_S y - 1)/|S| is the
+ * y = z - max, so the max is 0), from a lower bound t of tau - max (every element left out of
+ * the candidates is at most max_out <= t):  S = {y > t}, t' = (sum_S y - 1) / |S|.  t' is exact as
+ * soon as S = {y > t'}, i.e. min_S y > t' >= max_{not S} y: then t' = (sum_S y - 1)/|S| is the
  * fixed point tau - max(z).  Both extremes come with the sums, so no extra pass is needed.
  * t only increases, so an element that leaves S never returns: when a step finds at most half
- * of the elements still in S, S is compacted into c (the largest element that ever left is kept
- * for the check) and later steps read only S.  After max_passes steps: the exact sort on what is
- * left, still a superset of the support. */
-INLINE static double threshold(const double *y, int64_t k, double *c, int max_passes, int *fell_back)
+ * of the elements still in S, S is compacted into c (what leaves is in max_out) and later steps
+ * read only S.  After max_passes steps: the exact sort on what is left, still a superset of the
+ * support. */
+INLINE static double threshold(const double *y, int64_t k, double *c, double t, double max_out,
+                               int max_passes, int *fell_back)
 {
-    double t = -1.0, max_out = -INFINITY;
     const double *src = y;
     int pass;
     for (pass = 0; pass < max_passes; pass++) {
@@ -150,6 +153,31 @@ INLINE static double threshold(const double *y, int64_t k, double *c, int max_pa
     *fell_back = 1;
     if (src != c) memcpy(c, src, (size_t)k * sizeof(double));
     return sort_threshold(c, k);
+}
+
+/* A lower bound of tau - max from a few elements y[0..r) of a row (y = z - max <= 0, the max
+ * among them): for ANY subset S of a row, (sum_S y - 1) / |S| <= tau - max, with equality for the
+ * support (tau = max_r (sum of the r largest - 1) / r, Duchi et al. 2008), so the best prefix of
+ * the r values sorted decreasingly is a bound, often tau itself.  Less a margin of a few units in
+ * the last place of |max| + 2 for the rounding of the sums; never below -1 (the max alone). */
+INLINE static double lower_bound(double *y, int r, double dm)
+{
+    double cs = 0.0, best = -1.0;
+    int i, j;
+    for (i = 1; i < r; i++)  /* insertion sort, decreasing: r <= LANES */
+        for (j = i; j > 0 && y[j] > y[j - 1]; j--) {
+            double tmp = y[j];
+            y[j] = y[j - 1];
+            y[j - 1] = tmp;
+        }
+    for (i = 0; i < r; i++) {
+        double g;
+        cs += y[i];
+        g = (cs - 1.0) / (double)(i + 1);
+        best = g > best ? g : best;
+    }
+    best -= 16.0 * DBL_EPSILON * (fabs(dm) + 2.0);
+    return best > -1.0 ? best : -1.0 - 16.0 * DBL_EPSILON * (fabs(dm) + 2.0);
 }
 
 #define T float
@@ -407,29 +435,129 @@ INLINE static T FN(below)(double x)
     return lo;
 }
 
+/* The largest T not above x. */
+INLINE static T FN(not_above)(double x)
+{
+    T lo = (T)x;
+    while ((double)lo > x) lo = FN(nextafter)(lo, (T)-INFINITY);
+    return lo;
+}
+
+/* First pass over a row z[0..n) (only the keys with mk[i] != 0 when mk is given): the max in
+ * LANES lanes, and whether a NaN is there.  Returns the max (-inf: nothing real; +inf or *bad:
+ * the row is NaN); lm receives the lanes' maxima. */
+INLINE static T FN(lane_max)(const T *z, const uint8_t *mk, int64_t n, T *lm, int *bad)
+{
+    int64_t i0, l;
+    int nan = 0;
+    T m = -INFINITY, acc[LANES];
+    for (l = 0; l < LANES; l++) acc[l] = -INFINITY;
+    if (mk) {
+        for (i0 = 0; i0 + LANES <= n; i0 += LANES)
+#pragma omp simd reduction(|:nan)
+            for (l = 0; l < LANES; l++) {
+                T v = mk[i0 + l] ? z[i0 + l] : (T)-INFINITY;
+                acc[l] = v > acc[l] ? v : acc[l];
+                nan |= v != v;
+            }
+    } else {
+        for (i0 = 0; i0 + LANES <= n; i0 += LANES)
+#pragma omp simd reduction(|:nan)
+            for (l = 0; l < LANES; l++) {
+                T v = z[i0 + l];
+                acc[l] = v > acc[l] ? v : acc[l];
+                nan |= v != v;
+            }
+    }
+    for (l = 0; i0 + l < n; l++) {
+        T v = mk && !mk[i0 + l] ? (T)-INFINITY : z[i0 + l];
+        acc[l] = v > acc[l] ? v : acc[l];
+        nan |= v != v;
+    }
+    for (l = 0; l < LANES; l++) {
+        lm[l] = acc[l];
+        m = acc[l] > m ? acc[l] : m;
+    }
+    *bad = nan;
+    return m;
+}
+
+/* tau - max of a finite row with max dm: the candidates (a superset of the support) in idx[0..*kout),
+ * y = z - max on them, then Newton's steps.  Rows of at least LANE_FROM keys pass the maxima of
+ * their LANES lanes (lm, from FN(lane_max)): these give a lower bound t0 (lower_bound), the
+ * candidates are the keys above max + t0 and the steps start at t0, which is what keeps dense rows
+ * cheap (an untrained MMIN has most keys within 1 of the max, but a support of 10-20).  Shorter rows
+ * (lm = NULL) start from the bound max - 1. */
+INLINE static double FN(row_threshold)(const T *z, const uint8_t *mk, int64_t n, double dm, const T *lm,
+                                       double *y, double *c, int64_t *idx, int64_t *kout, int max_passes,
+                                       int *fell_back)
+{
+    double ly[LANES], t0 = -1.0, max_out = -INFINITY;  /* max - 1: the rest is below t0 already */
+    int64_t j, k;
+    int r = 0, l;
+    T lo;
+    if (lm) {
+        for (l = 0; l < LANES; l++)
+            if (lm[l] > -INFINITY) ly[r++] = (double)lm[l] - dm;
+        t0 = lower_bound(ly, r, dm);
+        lo = FN(not_above)(dm + t0);
+        max_out = (double)lo - dm;  /* everything left out is <= lo */
+    } else {
+        lo = FN(below)(dm);
+    }
+    k = FN(candidates)(z, mk, n, lo, idx);
+    for (j = 0; j < k; j++) y[j] = (double)z[idx[j]] - dm;
+    *kout = k;
+    return threshold(y, k, c, t0, max_out, max_passes, fell_back);
+}
+
+/* The max of a row (over the keys with mk[i] != 0 when mk is given), whether it holds a NaN, and
+ * for rows of at least LANE_FROM keys the lanes' maxima; returns lm, or NULL for a short row. */
+INLINE static T *FN(row_max)(const T *z, const uint8_t *mk, int64_t n, T *m, int *bad, T *lm)
+{
+    int64_t i;
+    int nan = 0;
+    T mx = -INFINITY;
+    if (n >= LANE_FROM) {
+        *m = FN(lane_max)(z, mk, n, lm, bad);
+        return lm;
+    }
+    if (mk) {
+#pragma omp simd reduction(max:mx) reduction(|:nan)
+        for (i = 0; i < n; i++) {
+            T v = mk[i] ? z[i] : (T)-INFINITY;
+            mx = v > mx ? v : mx;
+            nan |= v != v;
+        }
+    } else {
+#pragma omp simd reduction(max:mx) reduction(|:nan)
+        for (i = 0; i < n; i++) {
+            T v = z[i];
+            mx = v > mx ? v : mx;
+            nan |= v != v;
+        }
+    }
+    *m = mx;
+    *bad = nan;
+    return NULL;
+}
+
 /* One row; scratch y, c (doubles) and idx, n entries each.  Returns 1 if the sort was used. */
 CLONES static int FN(fwd_row)(const T *z, T *p, int64_t n, double *y, double *c, int64_t *idx,
                               int max_passes)
 {
-    T m = -INFINITY;
+    T m, lmax[LANES], *lm;
     int bad = 0, fell_back = 0;
     int64_t i, j, k;
     double dm, t;
-#pragma omp simd reduction(max:m) reduction(|:bad)
-    for (i = 0; i < n; i++) {
-        T v = z[i];
-        m = v > m ? v : m;
-        bad |= v != v;
-    }
+    lm = FN(row_max)(z, NULL, n, &m, &bad, lmax);
     if (bad || m == INFINITY || m == -INFINITY) {  /* NaN/+inf row, or all masked */
         T fill = m == -INFINITY && !bad ? (T)0 : (T)NAN;
         for (i = 0; i < n; i++) p[i] = fill;
         return 0;
     }
     dm = (double)m;
-    k = FN(candidates)(z, NULL, n, FN(below)(dm), idx);
-    for (j = 0; j < k; j++) y[j] = (double)z[idx[j]] - dm;
-    t = threshold(y, k, c, max_passes, &fell_back);
+    t = FN(row_threshold)(z, NULL, n, dm, lm, y, c, idx, &k, max_passes, &fell_back);
     if (n <= SHORT_ROW) {  /* p = max(y - t, 0): one vectorised pass ... */
 #pragma omp simd
         for (i = 0; i < n; i++) {
@@ -499,26 +627,19 @@ INLINE static void FN(scores)(const T *q, const T *kT, int64_t n, int64_t dh, T 
 INLINE static int64_t FN(row_stats)(const T *s, const uint8_t *mk, int64_t n, double *st, double *y,
                              double *c, int64_t *idx, int max_passes, int64_t *fell_back)
 {
-    T m = -INFINITY;
+    T m, lmax[LANES], *lm;
     int bad = 0, sorted = 0;
-    int64_t i, j, k;
+    int64_t k;
     double dm;
-#pragma omp simd reduction(max:m) reduction(|:bad)
-    for (i = 0; i < n; i++) {
-        T v = mk[i] ? s[i] : (T)-INFINITY;
-        m = v > m ? v : m;
-        bad |= v != v;
-    }
+    lm = FN(row_max)(s, mk, n, &m, &bad, lmax);
     if (bad || m == INFINITY || m == -INFINITY) {
         st[0] = 0.0;
         st[1] = m == -INFINITY && !bad ? INFINITY : NAN;
         return m == -INFINITY && !bad ? -1 : -2;
     }
     dm = (double)m;
-    k = FN(candidates)(s, mk, n, FN(below)(dm), idx);
-    for (j = 0; j < k; j++) y[j] = (double)s[idx[j]] - dm;
     st[0] = dm;
-    st[1] = threshold(y, k, c, max_passes, &sorted);
+    st[1] = FN(row_threshold)(s, mk, n, dm, lm, y, c, idx, &k, max_passes, &sorted);
     *fell_back += sorted;
     return k;
 }
