@@ -38,9 +38,8 @@ def _compile_non_bert(net, torch):
 
 
 def run(model="mmin-tiny", repeats=5, warmup=1, cache=None):
-    import torch
-
     import bench_models as bm
+    import torch
 
     cache = Path(cache or "bench-results")
     dirs = bm.bert_dirs(cache)
