@@ -614,3 +614,43 @@ def test_every_module_is_built_as_the_config_says(over):
     assert net.weights == {"alpha": cfg.alpha, "beta": cfg.beta, "gamma": cfg.gamma}
     every_dropout = {m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)}
     assert every_dropout <= {cfg.dropout, cfg.attn_dropout}, every_dropout
+
+
+def test_sequence_lstm_recomputes_its_workspace_with_the_same_values_and_gradients():
+    """Issue 27 (peak memory): with gradients on, the LSTM runs under activation checkpointing: it keeps
+    only its input for the backward (oneDNN's workspace is rebuilt there), and outputs and gradients
+    are those of the plain LSTM."""
+    from mmin_plugin.modeling.model import SequenceLSTM
+
+    torch.manual_seed(0)
+    m = SequenceLSTM(5, MMINConfig(d_model=32))
+    x = torch.randn(4, 60, 5, requires_grad=True)
+    lengths = torch.tensor([60, 41, 7, 0])
+
+    def run(plain):
+        saved = {}
+
+        def pack(t):
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        m.zero_grad()
+        x.grad = None
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            if plain:
+                packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths.clamp(min=1), batch_first=True,
+                                                                 enforce_sorted=False)
+                out, (h, _) = m.lstm(packed)
+                out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=60)
+                end, seq = h[-1] * (lengths > 0)[:, None], out * (torch.arange(60)[None] < lengths[:, None])[..., None]
+            else:
+                end, seq, _ = m(x, lengths)
+        (end.sum() + (seq * torch.linspace(-1, 1, 32)).sum()).backward()
+        return end.detach(), seq.detach(), x.grad.clone(), [p.grad.clone() for p in m.parameters()], saved
+
+    e1, s1, gx1, gp1, saved_ckpt = run(False)
+    e2, s2, gx2, gp2, saved_plain = run(True)
+    assert torch.equal(e1, e2) and torch.equal(s1, s2)
+    for a, b in zip([gx1, *gp1], [gx2, *gp2]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert sum(saved_ckpt.values()) < sum(saved_plain.values()) / 2

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.utils.checkpoint import checkpoint
 
 from ..constants import MODALITIES
 from .attention import project_qkv, projected_sparsemax_attention, sparsemax_reference_attention, support_sizes
@@ -57,7 +58,12 @@ def _as_lengths(lengths, x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 class SequenceLSTM(nn.Module):
     """LSTM over the real lengths (packed): returns the end state and the zero-padded outputs.
-    ``d_in``: the modality's feature width; width ``config.d_model``, ``config.rnn_layers`` layers."""
+    ``d_in``: the modality's feature width; width ``config.d_model``, ``config.rnn_layers`` layers.
+
+    While gradients are recorded the LSTM runs under activation checkpointing: oneDNN's LSTM keeps
+    a workspace of several (L, B, 4 d) buffers for its backward (about 63 MB for MOSI's 500 audio
+    steps at batch 16), which is dropped and rebuilt by running the LSTM forward again in the
+    backward (the same floats; a few percent of MMIN's non-BERT step, see docs/speed.md)."""
 
     def __init__(self, d_in: int, config: MMINConfig):
         super().__init__()
@@ -68,7 +74,10 @@ class SequenceLSTM(nn.Module):
         B, L, _ = x.shape
         # pack_padded_sequence rejects length 0; such rows are run on one step and zeroed below.
         packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-        out, (h_n, _) = self.lstm(packed)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.lstm.parameters()):
+            out, (h_n, _) = checkpoint(self.lstm, packed, use_reentrant=False)
+        else:
+            out, (h_n, _) = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=L)  # (B, L, d)
         valid = (lengths > 0).to(out.dtype)
         end_state = h_n[-1] * valid[:, None]  # (B, d)
