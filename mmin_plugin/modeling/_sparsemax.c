@@ -73,7 +73,7 @@
 #define CBLOCK 16      /* candidates are looked for in blocks of 16: most hold none */
 #define LANES 8        /* rows of LANE_FROM keys or more: the max is taken in 8 lanes, whose maxima */
 #define LANE_FROM 128  /* give a first lower bound of tau (lower_bound) */
-#define STILE 32       /* the fused attention's scores are summed over d in tiles of 32 keys */
+#define DENSE_K 24     /* more candidates than this: 8 of them give a better start (threshold) */
 #define SHORT_ROW 128  /* up to this length the output is one pass over the row */
 
 #define MAX_DH 1024  /* head width limit of the fused attention (MMIN: d_model / nheads) */
@@ -110,6 +110,31 @@ static double sort_threshold(double *c, int64_t k)
     return (cs_sup - 1.0) / (double)k_sup;
 }
 
+/* A lower bound of tau - max from a few elements y[0..r) of a row (y = z - max <= 0, the max
+ * among them): for ANY subset S of a row, (sum_S y - 1) / |S| <= tau - max, with equality for the
+ * support (tau = max_r (sum of the r largest - 1) / r, Duchi et al. 2008), so the best prefix of
+ * the r values sorted decreasingly is a bound, often tau itself.  Less a margin of a few units in
+ * the last place of |max| + 2 for the rounding of the sums; never below -1 (the max alone). */
+INLINE static double lower_bound(double *y, int r, double dm)
+{
+    double cs = 0.0, best = -1.0;
+    int i, j;
+    for (i = 1; i < r; i++)  /* insertion sort, decreasing: r <= LANES */
+        for (j = i; j > 0 && y[j] > y[j - 1]; j--) {
+            double tmp = y[j];
+            y[j] = y[j - 1];
+            y[j - 1] = tmp;
+        }
+    for (i = 0; i < r; i++) {
+        double g;
+        cs += y[i];
+        g = (cs - 1.0) / (double)(i + 1);
+        best = g > best ? g : best;
+    }
+    best -= 16.0 * DBL_EPSILON * (fabs(dm) + 2.0);
+    return best > -1.0 ? best : -1.0 - 16.0 * DBL_EPSILON * (fabs(dm) + 2.0);
+}
+
 /* Newton steps (Michelot's algorithm) on the candidates y[0..k) (a superset of the support,
  * y = z - max, so the max is 0), from a lower bound t of tau - max (every element left out of
  * the candidates is at most max_out <= t):  S = {y > t}, t' = (sum_S y - 1) / |S|.  t' is exact as
@@ -119,11 +144,22 @@ static double sort_threshold(double *c, int64_t k)
  * of the elements still in S, S is compacted into c (what leaves is in max_out) and later steps
  * read only S.  After max_passes steps: the exact sort on what is left, still a superset of the
  * support. */
-INLINE static double threshold(const double *y, int64_t k, double *c, double t, double max_out,
+INLINE static double threshold(const double *y, int64_t k, double *c, double t, double max_out, double dm,
                                int max_passes, int *fell_back)
 {
     const double *src = y;
     int pass;
+    if (k > DENSE_K) {  /* many candidates (short dense rows): a better start from 8 of them */
+        double lm[LANES];
+        int64_t j0, l;
+        for (l = 0; l < LANES; l++) lm[l] = -INFINITY;
+        for (j0 = 0; j0 + LANES <= k; j0 += LANES)
+#pragma omp simd
+            for (l = 0; l < LANES; l++) lm[l] = y[j0 + l] > lm[l] ? y[j0 + l] : lm[l];
+        for (l = 0; j0 + l < k; l++) lm[l] = y[j0 + l] > lm[l] ? y[j0 + l] : lm[l];
+        lm[0] = lower_bound(lm, LANES, dm);  /* the max (y = 0) is among them: k > LANES */
+        t = lm[0] > t ? lm[0] : t;
+    }
     for (pass = 0; pass < max_passes; pass++) {
         double s = 0.0, ks = 0.0, min_in = INFINITY, mo = -INFINITY, tn;
         int64_t j;
@@ -155,30 +191,6 @@ INLINE static double threshold(const double *y, int64_t k, double *c, double t, 
     return sort_threshold(c, k);
 }
 
-/* A lower bound of tau - max from a few elements y[0..r) of a row (y = z - max <= 0, the max
- * among them): for ANY subset S of a row, (sum_S y - 1) / |S| <= tau - max, with equality for the
- * support (tau = max_r (sum of the r largest - 1) / r, Duchi et al. 2008), so the best prefix of
- * the r values sorted decreasingly is a bound, often tau itself.  Less a margin of a few units in
- * the last place of |max| + 2 for the rounding of the sums; never below -1 (the max alone). */
-INLINE static double lower_bound(double *y, int r, double dm)
-{
-    double cs = 0.0, best = -1.0;
-    int i, j;
-    for (i = 1; i < r; i++)  /* insertion sort, decreasing: r <= LANES */
-        for (j = i; j > 0 && y[j] > y[j - 1]; j--) {
-            double tmp = y[j];
-            y[j] = y[j - 1];
-            y[j - 1] = tmp;
-        }
-    for (i = 0; i < r; i++) {
-        double g;
-        cs += y[i];
-        g = (cs - 1.0) / (double)(i + 1);
-        best = g > best ? g : best;
-    }
-    best -= 16.0 * DBL_EPSILON * (fabs(dm) + 2.0);
-    return best > -1.0 ? best : -1.0 - 16.0 * DBL_EPSILON * (fabs(dm) + 2.0);
-}
 
 #define T float
 #define FN(name) name##_f32
@@ -416,10 +428,7 @@ INLINE static int64_t FN(candidates)(const T *z, const uint8_t *mk, int64_t n, T
         for (i = i0; i < i0 + CBLOCK; i++) any |= z[i] > lo;
         if (!any) continue;
         hit++;
-        if (mk)
-            for (i = i0; i < i0 + CBLOCK; i++) { idx[k] = i; k += (z[i] > lo) & (mk[i] != 0); }
-        else
-            for (i = i0; i < i0 + CBLOCK; i++) { idx[k] = i; k += z[i] > lo; }
+        for (i = i0; i < i0 + CBLOCK; i++) { idx[k] = i; k += (z[i] > lo) & (!mk || mk[i] != 0); }
     }
     for (i = i0; i < n; i++) { idx[k] = i; k += (z[i] > lo) & (!mk || mk[i] != 0); }
     return k;
@@ -508,7 +517,7 @@ INLINE static double FN(row_threshold)(const T *z, const uint8_t *mk, int64_t n,
     k = FN(candidates)(z, mk, n, lo, idx);
     for (j = 0; j < k; j++) y[j] = (double)z[idx[j]] - dm;
     *kout = k;
-    return threshold(y, k, c, t0, max_out, max_passes, fell_back);
+    return threshold(y, k, c, t0, max_out, dm, max_passes, fell_back);
 }
 
 /* The max of a row (over the keys with mk[i] != 0 when mk is given), whether it holds a NaN, and
@@ -595,28 +604,43 @@ CLONES static void FN(bwd_row)(const T *p, const T *g, T *dz, int64_t n)
 }
 
 /* Scores of one query row against the n keys of its (b, h): s_j = sum_d q[d] kT[d n + j], the
- * dh terms added in order d = 0, 1, ... (kT: the keys transposed, dh x n).  Tiles of STILE keys
- * stay in registers through the whole sum over d (one store per score, not dh). */
+ * dh terms added in order d = 0, 1, ... (kT: the keys transposed, dh x n).  Tiles of 8 vectors of
+ * keys stay in registers through the whole sum over d (GCC / clang vector types; one store per
+ * score instead of dh); the products and sums are the scalar loop's, in the same order. */
+#if defined(__GNUC__)
+typedef T FN(vec) __attribute__((vector_size(32), aligned(sizeof(T))));  /* unaligned loads allowed */
+#define FN_VL ((int64_t)(32 / sizeof(T)))
+#endif
 INLINE static void FN(scores)(const T *q, const T *kT, int64_t n, int64_t dh, T *s)
 {
     int64_t d, j, j0 = 0;
-    for (; j0 + STILE <= n; j0 += STILE) {
-        T acc[STILE];
-#pragma omp simd
-        for (j = 0; j < STILE; j++) acc[j] = 0;
+#if defined(__GNUC__)
+    for (; j0 + 4 * FN_VL <= n; j0 += 4 * FN_VL) {
+        FN(vec) a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
         for (d = 0; d < dh; d++) {
-            T a = q[d];
-            const T *kd = kT + d * n + j0;
-#pragma omp simd
-            for (j = 0; j < STILE; j++) acc[j] += a * kd[j];
+            const FN(vec) *kd = (const FN(vec) *)(kT + d * n + j0);
+            T qd = q[d];
+            a0 += qd * kd[0];
+            a1 += qd * kd[1];
+            a2 += qd * kd[2];
+            a3 += qd * kd[3];
         }
-#pragma omp simd
-        for (j = 0; j < STILE; j++) s[j0 + j] = acc[j];
+        memcpy(s + j0, &a0, sizeof a0);
+        memcpy(s + j0 + FN_VL, &a1, sizeof a1);
+        memcpy(s + j0 + 2 * FN_VL, &a2, sizeof a2);
+        memcpy(s + j0 + 3 * FN_VL, &a3, sizeof a3);
     }
+    for (; j0 + FN_VL <= n; j0 += FN_VL) {  /* then single vectors */
+        FN(vec) a0 = {0};
+        for (d = 0; d < dh; d++) a0 += q[d] * *(const FN(vec) *)(kT + d * n + j0);
+        memcpy(s + j0, &a0, sizeof a0);
+    }
+#endif
     for (j = j0; j < n; j++) s[j] = 0;
     for (d = 0; d < dh; d++) {
         T a = q[d];
         const T *kd = kT + d * n;
+#pragma omp simd
         for (j = j0; j < n; j++) s[j] += a * kd[j];
     }
 }
