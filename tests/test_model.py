@@ -654,3 +654,33 @@ def test_sequence_lstm_recomputes_its_workspace_with_the_same_values_and_gradien
     for a, b in zip([gx1, *gp1], [gx2, *gp2]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     assert sum(saved_ckpt.values()) < sum(saved_plain.values()) / 2
+
+
+def test_recompute_changes_memory_not_values(tiny_bert):
+    """config.recompute (default on) keeps less for the backward; off, autograd keeps the LSTM workspace
+    and every CA layer's LN(x), q, k, v. Outputs are the same floats and gradients agree."""
+    text, audio, video, al, vl, labels = make_batch()
+
+    def run(recompute):
+        torch.manual_seed(0)
+        model = MMIN(make_args(tiny_bert, recompute=recompute)).eval()  # eval: no dropout draws to align
+        saved = {}
+
+        def pack(t):
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(text, audio, video, al, vl)
+            loss, _ = model.total_loss(out, labels)
+        loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        return out["M"].detach(), grads, sum(saved.values())
+
+    m_on, g_on, bytes_on = run(True)
+    m_off, g_off, bytes_off = run(False)
+    assert torch.equal(m_on, m_off)
+    assert g_on.keys() == g_off.keys()
+    for name in g_on:
+        torch.testing.assert_close(g_on[name], g_off[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert bytes_on < 0.8 * bytes_off

@@ -319,6 +319,10 @@ class MMINConfig:
     early_stop_from: str = _key("start", _choice("start", "warmup"), "when early_stop's patience may run out: "
                                 "'start' = counted from the best epoch only (MMSA's rule), 'warmup' = also not "
                                 "before the warm-up epochs are over", "'start' or 'warmup'", "training")
+    recompute: bool = _key(True, _bool, "activation recomputation while training: the LSTMs (oneDNN's workspace) "
+                           "and each cross-attention's layer norms and q, k, v projections are recomputed in the "
+                           "backward instead of kept (the same values; about 200 MB less at MOSI's lengths and "
+                           "batch 16, about 3% more step time; off = keep them)", "true / false", "training")
     precision: str = _key("fp32", _choice(*PRECISIONS), "mixed precision of training and evaluation: 'fp32' = "
                           "none; 'bf16' / 'fp16' = torch.autocast to that dtype (fp16 with a GradScaler) for "
                           "BERT, the LSTMs, projections and fusion, while every cross-attention (its layer norms, "

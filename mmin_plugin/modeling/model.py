@@ -21,7 +21,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch.utils.checkpoint import checkpoint
 
 from ..constants import MODALITIES
-from .attention import project_qkv, projected_sparsemax_attention, sparsemax_reference_attention, support_sizes
+from .attention import (project_qkv, projected_sparsemax_attention, sparsemax_attention, sparsemax_reference_attention,
+                        support_sizes)
 from .config import MMINConfig
 from .losses import ModalityDiscriminator, grad_reverse, modality_confusion, modality_cross_entropy, separation_loss
 from .padding import trim_to_longest
@@ -60,7 +61,8 @@ class SequenceLSTM(nn.Module):
     """LSTM over the real lengths (packed): returns the end state and the zero-padded outputs.
     ``d_in``: the modality's feature width; width ``config.d_model``, ``config.rnn_layers`` layers.
 
-    While gradients are recorded the LSTM runs under activation checkpointing: oneDNN's LSTM keeps
+    While gradients are recorded (and ``config.recompute``) the LSTM runs under activation
+    checkpointing: oneDNN's LSTM keeps
     a workspace of several (L, B, 4 d) buffers for its backward (about 63 MB for MOSI's 500 audio
     steps at batch 16), which is dropped and rebuilt by running the LSTM forward again in the
     backward (the same floats; a few percent of MMIN's non-BERT step, see docs/speed.md)."""
@@ -68,13 +70,14 @@ class SequenceLSTM(nn.Module):
     def __init__(self, d_in: int, config: MMINConfig):
         super().__init__()
         self.lstm = nn.LSTM(d_in, config.d_model, num_layers=config.rnn_layers, batch_first=True)
+        self.recompute = config.recompute
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor):
         # x: (B, L, d_in), lengths: (B,) in [0, L]
         B, L, _ = x.shape
         # pack_padded_sequence rejects length 0; such rows are run on one step and zeroed below.
         packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.lstm.parameters()):
+        if self.recompute and torch.is_grad_enabled() and any(p.requires_grad for p in self.lstm.parameters()):
             out, (h_n, _) = checkpoint(self.lstm, packed, use_reentrant=False)
         else:
             out, (h_n, _) = self.lstm(packed)
@@ -257,7 +260,7 @@ class CrossAttention(nn.Module):
 
     ``forward(x_q (B, Lq, d), x_kv (B, Lk, d), kv_mask (B, Lk) or None, return_attention=False)``
     -> Y (B, Lq, d), and the sparsemax weights (B, heads, Lq, Lk) when ``return_attention``.
-    Reads ``d_model``, ``nheads``, ``attn_dropout``, ``dropout`` and ``ca_ffn`` of ``config``.
+    Reads ``d_model``, ``nheads``, ``attn_dropout``, ``dropout``, ``ca_ffn`` and ``recompute`` of ``config``.
     """
 
     def __init__(self, config: MMINConfig):
@@ -277,6 +280,7 @@ class CrossAttention(nn.Module):
             self.ffn_in = nn.Linear(d_model, 4 * d_model)
             self.ffn_out = nn.Linear(4 * d_model, d_model)
         self.has_ffn = ffn
+        self.recompute = config.recompute
 
     def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor, kv_mask: Optional[torch.Tensor] = None,
                 return_attention: bool = False, q_mask: Optional[torch.Tensor] = None):
@@ -291,8 +295,10 @@ class CrossAttention(nn.Module):
             if return_attention or (self.training and self.attn_dropout.p > 0):  # the weights are needed
                 q, k, v = project_qkv(a_q, a_kv, norms, projections, self.nheads)  # (B, h, L, dh)
                 ctx, attn = sparsemax_reference_attention(q, k, v, kv_mask, self.attn_dropout, return_weights=True)
-            else:  # fused on CPU: padded keys never normalised, no (B, h, Lq, Lk) map, LN or q, k, v kept
+            elif self.recompute:  # fused on CPU: no (B, h, Lq, Lk) map, and no LN or q, k, v kept either
                 ctx = projected_sparsemax_attention(a_q, a_kv, norms, projections, self.nheads, kv_mask, q_mask)
+            else:  # fused on CPU: no (B, h, Lq, Lk) map; autograd keeps LN(x) and q, k, v
+                ctx = sparsemax_attention(*project_qkv(a_q, a_kv, norms, projections, self.nheads), kv_mask, q_mask)
         ctx = ctx.transpose(1, 2).reshape(B, Lq, d)  # (B, Lq, d)
         y = x_q + self.dropout(self.out(ctx))
         if self.has_ffn:
