@@ -21,8 +21,13 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch.utils.checkpoint import checkpoint
 
 from ..constants import MODALITIES
-from .attention import (project_qkv, projected_sparsemax_attention, sparsemax_attention, sparsemax_reference_attention,
-                        support_sizes)
+from .attention import (
+    project_qkv,
+    projected_sparsemax_attention,
+    sparsemax_attention,
+    sparsemax_reference_attention,
+    support_sizes,
+)
 from .config import MMINConfig
 from .losses import ModalityDiscriminator, grad_reverse, modality_confusion, modality_cross_entropy, separation_loss
 from .padding import trim_to_longest
