@@ -48,6 +48,11 @@ def run(model="mmin-tiny", repeats=5, warmup=1, cache=None):
            "compiled_modules": list(COMPILED), "repeats": repeats}
     try:
         _compile_non_bert(compiled.model.Model, torch)
+        with torch.no_grad():  # fresh models, the same weights and inputs: the compiled forward agrees
+            eager.model.eval(), compiled.model.eval()
+            a, b = eager._forward()["M"], compiled._forward()["M"]
+            row["max_abs_diff_eval_M"] = float((a - b).abs().max())
+            eager.model.train(), compiled.model.train()
         start = time.perf_counter()
         first = compiled.step()
         row["first_compiled_step_s"] = time.perf_counter() - start
@@ -56,11 +61,6 @@ def run(model="mmin-tiny", repeats=5, warmup=1, cache=None):
         row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         traceback.print_exc(file=sys.stderr)
         return row
-    with torch.no_grad():  # same weights, same inputs: the compiled forward computes the same
-        eager.model.eval(), compiled.model.eval()
-        a, b = eager._forward()["M"], compiled._forward()["M"]
-        row["max_abs_diff_eval_M"] = float((a - b).abs().max())
-        eager.model.train(), compiled.model.train()
     times = {"eager": [], "compiled": []}
     for r in range(warmup + repeats):
         for name, c in (("eager", eager), ("compiled", compiled)):

@@ -60,7 +60,11 @@ CONTENDERS = {
     "mmin-tiny": dict(model="mmin", bert="tiny", label="MMIN, tiny demo BERT"),
     "mmin-base": dict(model="mmin", bert="base", label="MMIN, BERT-base-sized"),
     # issue 27's "before": no trimming, the unfused attention (MMIN_ATTENTION=reference), same weights
-    "mmin-base-ref": dict(model="mmin", bert="base", label="MMIN, BERT-base-sized, before issue 27", reference=True),
+    "mmin-base-ref": dict(model="mmin", bert="base", label="MMIN, BERT-base-sized, before issue 27", reference=True,
+                          overrides={"recompute": False}),
+    # recompute off: autograd keeps the LSTM workspace and each CA layer's LN(x), q, k, v (same values)
+    "mmin-base-keep": dict(model="mmin", bert="base", label="MMIN, BERT-base-sized, recompute off",
+                           overrides={"recompute": False}),
     "misa-base": dict(model="misa", bert="base", label="MISA (MMSA), BERT-base-sized"),
     "mult": dict(model="mult", bert=None, label="MulT (MMSA), text features"),
 }
@@ -118,6 +122,7 @@ class Contender:
             from _bert import vocab_size
 
             vocab = vocab_size(dirs[spec["bert"]])
+        args.update(spec.get("overrides", {}))
         self.args = args
         torch.manual_seed(seed)
         self.model = AMIO(args)
