@@ -320,7 +320,7 @@ class MMINTrainer:
                             f"{a['model_save_path']} (best epoch {best_epoch or 'none yet'})"
                         )
                     scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)  # (both plain backward / no-op without fp16)
+                    scaler.unscale_(optimizer)  # without fp16: the plain backward, and this is a no-op
                     bad_grads = nonfinite_gradients(optimizer, param_names)
                     if bad_grads and not scaler.is_enabled():  # fp16: the scaler skips the step and backs off
                         where = "; ".join(f"group '{g}': {', '.join(ns)}" for g, ns in bad_grads)

@@ -67,10 +67,9 @@ class SequenceLSTM(nn.Module):
     ``d_in``: the modality's feature width; width ``config.d_model``, ``config.rnn_layers`` layers.
 
     While gradients are recorded (and ``config.recompute``) the LSTM runs under activation
-    checkpointing: oneDNN's LSTM keeps
-    a workspace of several (L, B, 4 d) buffers for its backward (about 63 MB for MOSI's 500 audio
-    steps at batch 16), which is dropped and rebuilt by running the LSTM forward again in the
-    backward (the same floats; a few percent of MMIN's non-BERT step, see docs/speed.md)."""
+    checkpointing: oneDNN's LSTM keeps a workspace of several (L, B, 4 d) buffers for its backward
+    (about 63 MB for MOSI's 500 audio steps at batch 16), which is dropped and rebuilt by running
+    the LSTM forward again in the backward (the same floats; its cost is in docs/speed.md)."""
 
     def __init__(self, d_in: int, config: MMINConfig):
         super().__init__()
