@@ -215,6 +215,33 @@ typedef struct {
     int64_t fell_back;  /* forward: rows finished by the sort; -1 if malloc failed */
 } job_t;
 
+/* Runs fn on each of the nt jobs (elements of `size` bytes from `jobs`), in parallel when nt > 1. */
+static void run_parallel(void *(*fn)(void *), void *jobs, size_t size, int nt)
+{
+    char *base = (char *)jobs;
+    int t;
+    if (nt == 1) {
+        fn(base);
+        return;
+    }
+#ifdef _OPENMP  /* torch's own libgomp (same soname, already loaded): its thread pool */
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+    for (t = 0; t < nt; t++) fn(base + (size_t)t * size);
+#else
+    {
+        pthread_t tid[MAX_THREADS];
+        int started[MAX_THREADS];
+        for (t = 1; t < nt; t++)  /* a thread that cannot be created leaves its chunk to us */
+            started[t] = pthread_create(&tid[t], NULL, fn, base + (size_t)t * size) == 0;
+        fn(base);
+        for (t = 1; t < nt; t++) {
+            if (started[t]) pthread_join(tid[t], NULL);
+            else fn(base + (size_t)t * size);
+        }
+    }
+#endif
+}
+
 static void *run_job(void *arg)
 {
     job_t *j = (job_t *)arg;
@@ -255,24 +282,7 @@ static int64_t dispatch(int fwd, int f64, const void *a, const void *b, void *ou
         job_t jb = {fwd, f64, max_passes, a, b, out, n, rows * t / nt, rows * (t + 1) / nt, 0};
         jobs[t] = jb;
     }
-    if (nt == 1) {
-        run_job(&jobs[0]);
-    } else {
-#ifdef _OPENMP  /* torch's own libgomp (same soname, already loaded): its thread pool */
-#pragma omp parallel for schedule(static, 1) num_threads(nt)
-        for (t = 0; t < nt; t++) run_job(&jobs[t]);
-#else
-        pthread_t tid[MAX_THREADS];
-        int started[MAX_THREADS];
-        for (t = 1; t < nt; t++)  /* a thread that cannot be created leaves its chunk to us */
-            started[t] = pthread_create(&tid[t], NULL, run_job, &jobs[t]) == 0;
-        run_job(&jobs[0]);
-        for (t = 1; t < nt; t++) {
-            if (started[t]) pthread_join(tid[t], NULL);
-            else run_job(&jobs[t]);
-        }
-#endif
-    }
+    run_parallel(run_job, jobs, sizeof jobs[0], nt);
     for (t = 0; t < nt; t++) {
         if (jobs[t].fell_back < 0) return -1;
         total += jobs[t].fell_back;
@@ -359,24 +369,7 @@ static int64_t attn_dispatch(const attn_job_t *tpl, int nthreads)
         jobs[t].u1 = units * (t + 1) / nt;
         jobs[t].fell_back = 0;
     }
-    if (nt == 1) {
-        run_attn_job(&jobs[0]);
-    } else {
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static, 1) num_threads(nt)
-        for (t = 0; t < nt; t++) run_attn_job(&jobs[t]);
-#else
-        pthread_t tid[MAX_THREADS];
-        int started[MAX_THREADS];
-        for (t = 1; t < nt; t++)
-            started[t] = pthread_create(&tid[t], NULL, run_attn_job, &jobs[t]) == 0;
-        run_attn_job(&jobs[0]);
-        for (t = 1; t < nt; t++) {
-            if (started[t]) pthread_join(tid[t], NULL);
-            else run_attn_job(&jobs[t]);
-        }
-#endif
-    }
+    run_parallel(run_attn_job, jobs, sizeof jobs[0], nt);
     for (t = 0; t < nt; t++) {
         if (jobs[t].fell_back < 0) return -1;
         total += jobs[t].fell_back;
