@@ -111,9 +111,17 @@ def _inner_dtype(x: torch.Tensor, exact_cpu: bool) -> torch.dtype:
     return torch.float32
 
 
+def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x in dtype, contiguous; x itself when it already is (each torch call costs microseconds,
+    which is what a small sparsemax costs in all)."""
+    if x.dtype != dtype:
+        x = x.to(dtype)
+    return x if x.is_contiguous() else x.contiguous()
+
+
 def _forward_native(z):
-    y, _ = _native.forward(z.to(_inner_dtype(z, False)).contiguous(), _MAX_PASSES)
-    return y.to(z.dtype)
+    y, _ = _native.forward(_as(z, _inner_dtype(z, False)), _MAX_PASSES)
+    return y if y.dtype == z.dtype else y.to(z.dtype)
 
 
 def _forward_torch(z):
@@ -133,7 +141,8 @@ def _vjp(p: torch.Tensor, g: torch.Tensor, backend: str) -> torch.Tensor:
     """s * (g - mean_S g), s = 1[p > 0], over the last dim; 0 on rows with empty support."""
     if backend == "native":
         dtype = _inner_dtype(p, False)
-        return _native.backward(p.to(dtype).contiguous(), g.to(dtype).contiguous()).to(g.dtype)
+        dz = _native.backward(_as(p, dtype), _as(g, dtype))
+        return dz if dz.dtype == g.dtype else dz.to(g.dtype)
     s = p > 0
     gs = torch.where(s, g.to(_inner_dtype(g, True)), 0)
     mean = gs.sum(-1, keepdim=True) / s.sum(-1, keepdim=True).clamp_min(1)
@@ -160,23 +169,24 @@ class _SparsemaxFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, dim, backend):
-        z = x.transpose(dim, -1)
+        last = dim in (-1, x.dim() - 1)  # no transposes (a few microseconds each) on the usual last dim
+        z = x if last else x.transpose(dim, -1)
         p = _FORWARD[backend](z) if z.numel() else torch.zeros_like(z)
         ctx.save_for_backward(p)
-        ctx.dim, ctx.backend = dim, backend
-        return p.transpose(dim, -1)
+        ctx.dim, ctx.backend = None if last else dim, backend
+        return p if last else p.transpose(dim, -1)
 
     @staticmethod
     def backward(ctx, grad):
         (p,) = ctx.saved_tensors
-        g = grad.transpose(ctx.dim, -1)
+        g = grad if ctx.dim is None else grad.transpose(ctx.dim, -1)
         if not g.numel():
             dz = torch.zeros_like(g)
         elif torch.is_grad_enabled():  # create_graph: the VJP must itself be differentiable
             dz = _SparsemaxVJP.apply(p, g, ctx.backend)
         else:  # the usual first-order backward: no second autograd node (about 20 us a call)
             dz = _vjp(p, g, ctx.backend)
-        return dz.transpose(ctx.dim, -1), None, None
+        return dz if ctx.dim is None else dz.transpose(ctx.dim, -1), None, None
 
 
 def sparsemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
