@@ -74,3 +74,25 @@ def test_the_trainer_trains_and_evaluates_under_autocast(tmp_path, tiny_bert, mo
     assert state["step"] <= 3 * best and (precision == "fp16" or state["step"] == 3 * best)
     results = trainer.do_test(model, make_loader(2, seed=3), mode="TEST")
     assert all(isinstance(v, float) for v in results.values())
+
+
+def test_adam_is_torchs_fused_kernel_where_it_runs_and_the_same_update():
+    torch.manual_seed(0)
+    w = torch.randn(50, requires_grad=True)
+    ref = w.detach().clone().requires_grad_(True)
+    fused = trainer_mod.make_adam([{"params": [w], "lr": 1e-2, "weight_decay": 1e-3}])
+    plain = torch.optim.Adam([{"params": [ref], "lr": 1e-2, "weight_decay": 1e-3}])
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    for _ in range(5):  # the same update rule: torch's default Adam to rounding
+        g = torch.randn(50)
+        w.grad, ref.grad = g.clone(), g.clone()
+        fused.step()
+        plain.step()
+    torch.testing.assert_close(w, ref)
+    elsewhere = torch.zeros(3, device="meta", requires_grad=True)  # a device without the fused kernel
+    assert not trainer_mod.make_adam([{"params": [elsewhere]}]).defaults["fused"]
+
+
+def test_the_trainer_steps_with_make_adam(tmp_path, tiny_bert):
+    args = make_trainer_args(tmp_path, tiny_bert)
+    assert trainer_mod.MMINTrainer(args)._optimizer(MMIN(args)).defaults["fused"]

@@ -27,7 +27,9 @@ evaluates with MMSA's `MetricsTop`. Differences from MMSA's own trainers, on pur
   scheduler's state is written beside it (`<stem>.train_state.pt`, see `read_train_state`);
 * `precision` 'bf16' / 'fp16' trains and evaluates under torch.autocast (`autocast_for`), fp16 with
   a GradScaler (a step whose scaled gradients overflowed is skipped, not an error); the model keeps
-  its cross-attention in float32 there.
+  its cross-attention in float32 there;
+* Adam is torch's fused implementation wherever it runs (`make_adam`): the same update, 5x faster on
+  a BERT-base-sized model on CPU.
 """
 from __future__ import annotations
 
@@ -52,8 +54,8 @@ from .schedule import TRAIN_STATE_FORMAT, ModelEma, make_scheduler, patience_sta
 
 logger = logging.getLogger("MMSA." + __name__)
 
-__all__ = ["MMINTrainer", "atomic_save", "config_path", "nonfinite_gradients", "clip_gradients", "LacBandMonitor",
-           "lac_chance", "LAC_BAND", "LAC_PATIENCE", "train_state_path", "read_train_state"]
+__all__ = ["MMINTrainer", "atomic_save", "make_adam", "config_path", "nonfinite_gradients", "clip_gradients",
+           "LacBandMonitor", "lac_chance", "LAC_BAND", "LAC_PATIENCE", "train_state_path", "read_train_state"]
 
 #: the loss terms logged per epoch (train and valid) and kept in the history: the loss table's
 LOSS_TERMS = TERM_NAMES
@@ -158,6 +160,16 @@ def nonfinite_gradients(optimizer, names, limit=5):
             for gi, ns in sorted(bad.items())]
 
 
+def make_adam(groups) -> optim.Adam:
+    """Adam over ``groups``: torch's fused kernel when every parameter is a floating-point tensor on
+    the CPU or a CUDA device (one pass per tensor, no temporaries; on 2 CPU cores a BERT-base-sized
+    step took 63 ms against 311 ms for the default per-tensor loop, issue 27), else torch's default
+    implementation. The same update rule; the two differ in the last bits of the weights."""
+    params = [p for g in groups for p in g["params"]]
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return optim.Adam(groups, fused=fused or None)  # torch checks devices only at the first step
+
+
 def clip_gradients(parameters, grad_clip: float, mode: str) -> None:
     """Clip in place: ``'value'`` clamps every gradient entry to [-grad_clip, grad_clip] (MMSA's
     models; changes the direction), ``'norm'`` rescales all gradients together so their global L2
@@ -260,7 +272,7 @@ class MMINTrainer:
         if bert:
             groups.append({"params": bert, "lr": c.learning_rate_bert, "weight_decay": c.weight_decay_bert,
                            "name": "BERT"})
-        return optim.Adam(groups)
+        return make_adam(groups)
 
     def _is_better(self, cur, best):
         if not math.isfinite(cur):  # a NaN/inf epoch is never kept (else it would lock in: NaN compares False)
