@@ -30,9 +30,10 @@
  * (B, Lk, H, dh), all contiguous (the layout of a linear layer's output viewed as heads):
  *     out_i = sum_j p_ij v_j,   p_i = sparsemax(s_i) over the real keys,   s_ij = q_i . k_j.
  * Per query row the scores are computed into a row buffer (the keys transposed once per (b, h),
- * so the row is dh vectorised passes over Lk), normalised by the row kernel above restricted to
- * the real keys (key mask km (B, Lk), uint8, 1 = real: a padded key is never read into the
- * threshold and gets weight 0), and multiplied by v over the support only: no (Lq, Lk) map is
+ * so the row is dh vectorised passes over Lk), the padded keys' scores set to -inf (key mask km
+ * (B, Lk), uint8, 1 = real; nothing to set in a sample whose keys are all real), so that a padded
+ * key never enters the threshold and gets weight 0, normalised by the row kernel above, and
+ * multiplied by v over the support only: no (Lq, Lk) map is
  * ever written to memory.  Kept for the backward: st = (max, t) per row, tau = max + t
  * (t = +inf: empty row, i.e. no real key or a padded query (query mask qm (B, Lq) or NULL);
  * t = NaN: a NaN/+inf row, output NaN, zero gradient).  Backward, per row: the same scores
@@ -332,6 +333,7 @@ static void *run_attn_job(void *arg)
         int64_t b = u / H, h = u % H;
         size_t qo = (size_t)((b * lq * H + h) * dh) * ts, ko = (size_t)((b * lk * H + h) * dh) * ts;
         const uint8_t *mk = a->km + b * lk, *qm = a->qm ? a->qm + b * lq : NULL;
+        if (!memchr(mk, 0, (size_t)lk)) mk = NULL;  /* every key of this sample is real: no masking */
         double *st = a->st + 2 * u * lq;
 #define P_(ptr, off) ((void *)((char *)(ptr) + (off)))
         if (a->fwd && a->f64)
@@ -407,11 +409,11 @@ int64_t mmin_attn_bwd(int f64, const void *q, const void *k, const void *v, cons
 
 #else /* ------------------------------------ row kernels, included once per type T */
 
-/* The indices i of the candidates z[i] > lo (with mk[i] != 0 when mk is given), in order, into
+/* The indices i of the candidates z[i] > lo, in order, into
  * idx; returns their number.  Blocks of CBLOCK are first tested with one vectorised compare and
  * skipped when they hold none (most do: candidates lie within 1 of the max); inside a block the
  * collection is branch-free. */
-INLINE static int64_t FN(candidates)(const T *z, const uint8_t *mk, int64_t n, T lo, int64_t *idx)
+INLINE static int64_t FN(candidates)(const T *z, int64_t n, T lo, int64_t *idx)
 {
     int64_t i, i0 = 0, k = 0, hit = 0;
     for (; i0 + CBLOCK <= n; i0 += CBLOCK) {
@@ -421,9 +423,9 @@ INLINE static int64_t FN(candidates)(const T *z, const uint8_t *mk, int64_t n, T
         for (i = i0; i < i0 + CBLOCK; i++) any |= z[i] > lo;
         if (!any) continue;
         hit++;
-        for (i = i0; i < i0 + CBLOCK; i++) { idx[k] = i; k += (z[i] > lo) & (!mk || mk[i] != 0); }
+        for (i = i0; i < i0 + CBLOCK; i++) { idx[k] = i; k += z[i] > lo; }
     }
-    for (i = i0; i < n; i++) { idx[k] = i; k += (z[i] > lo) & (!mk || mk[i] != 0); }
+    for (i = i0; i < n; i++) { idx[k] = i; k += z[i] > lo; }
     return k;
 }
 
@@ -445,34 +447,23 @@ INLINE static T FN(not_above)(double x)
     return lo;
 }
 
-/* First pass over a row z[0..n) (only the keys with mk[i] != 0 when mk is given): the max in
- * LANES lanes, and whether a NaN is there.  Returns the max (-inf: nothing real; +inf or *bad:
- * the row is NaN); lm receives the lanes' maxima. */
-INLINE static T FN(lane_max)(const T *z, const uint8_t *mk, int64_t n, T *lm, int *bad)
+/* First pass over a row z[0..n): the max in LANES lanes, and whether a NaN is there.  Returns the
+ * max (-inf: every key masked; +inf or *bad: the row is NaN); lm receives the lanes' maxima. */
+INLINE static T FN(lane_max)(const T *z, int64_t n, T *lm, int *bad)
 {
     int64_t i0, l;
     int nan = 0;
     T m = -INFINITY, acc[LANES];
     for (l = 0; l < LANES; l++) acc[l] = -INFINITY;
-    if (mk) {
-        for (i0 = 0; i0 + LANES <= n; i0 += LANES)
+    for (i0 = 0; i0 + LANES <= n; i0 += LANES)
 #pragma omp simd reduction(|:nan)
-            for (l = 0; l < LANES; l++) {
-                T v = mk[i0 + l] ? z[i0 + l] : (T)-INFINITY;
-                acc[l] = v > acc[l] ? v : acc[l];
-                nan |= v != v;
-            }
-    } else {
-        for (i0 = 0; i0 + LANES <= n; i0 += LANES)
-#pragma omp simd reduction(|:nan)
-            for (l = 0; l < LANES; l++) {
-                T v = z[i0 + l];
-                acc[l] = v > acc[l] ? v : acc[l];
-                nan |= v != v;
-            }
-    }
+        for (l = 0; l < LANES; l++) {
+            T v = z[i0 + l];
+            acc[l] = v > acc[l] ? v : acc[l];
+            nan |= v != v;
+        }
     for (l = 0; i0 + l < n; l++) {
-        T v = mk && !mk[i0 + l] ? (T)-INFINITY : z[i0 + l];
+        T v = z[i0 + l];
         acc[l] = v > acc[l] ? v : acc[l];
         nan |= v != v;
     }
@@ -490,7 +481,7 @@ INLINE static T FN(lane_max)(const T *z, const uint8_t *mk, int64_t n, T *lm, in
  * candidates are the keys above max + t0 and the steps start at t0, which is what keeps dense rows
  * cheap (an untrained MMIN has most keys within 1 of the max, but a support of 10-20).  Shorter rows
  * (lm = NULL) start from the bound max - 1. */
-INLINE static double FN(row_threshold)(const T *z, const uint8_t *mk, int64_t n, double dm, const T *lm,
+INLINE static double FN(row_threshold)(const T *z, int64_t n, double dm, const T *lm,
                                        double *y, double *c, int64_t *idx, int64_t *kout, int max_passes,
                                        int *fell_back)
 {
@@ -507,37 +498,28 @@ INLINE static double FN(row_threshold)(const T *z, const uint8_t *mk, int64_t n,
     } else {
         lo = FN(below)(dm);
     }
-    k = FN(candidates)(z, mk, n, lo, idx);
+    k = FN(candidates)(z, n, lo, idx);
     for (j = 0; j < k; j++) y[j] = (double)z[idx[j]] - dm;
     *kout = k;
     return threshold(y, k, c, t0, max_out, dm, max_passes, fell_back);
 }
 
-/* The max of a row (over the keys with mk[i] != 0 when mk is given), whether it holds a NaN, and
- * for rows of at least LANE_FROM keys the lanes' maxima; returns lm, or NULL for a short row. */
-INLINE static T *FN(row_max)(const T *z, const uint8_t *mk, int64_t n, T *m, int *bad, T *lm)
+/* The max of a row, whether it holds a NaN, and for rows of at least LANE_FROM keys the lanes'
+ * maxima; returns lm, or NULL for a short row. */
+INLINE static T *FN(row_max)(const T *z, int64_t n, T *m, int *bad, T *lm)
 {
     int64_t i;
     int nan = 0;
     T mx = -INFINITY;
     if (n >= LANE_FROM) {
-        *m = FN(lane_max)(z, mk, n, lm, bad);
+        *m = FN(lane_max)(z, n, lm, bad);
         return lm;
     }
-    if (mk) {
 #pragma omp simd reduction(max:mx) reduction(|:nan)
-        for (i = 0; i < n; i++) {
-            T v = mk[i] ? z[i] : (T)-INFINITY;
-            mx = v > mx ? v : mx;
-            nan |= v != v;
-        }
-    } else {
-#pragma omp simd reduction(max:mx) reduction(|:nan)
-        for (i = 0; i < n; i++) {
-            T v = z[i];
-            mx = v > mx ? v : mx;
-            nan |= v != v;
-        }
+    for (i = 0; i < n; i++) {
+        T v = z[i];
+        mx = v > mx ? v : mx;
+        nan |= v != v;
     }
     *m = mx;
     *bad = nan;
@@ -552,14 +534,14 @@ CLONES static int FN(fwd_row)(const T *z, T *p, int64_t n, double *y, double *c,
     int bad = 0, fell_back = 0;
     int64_t i, j, k;
     double dm, t;
-    lm = FN(row_max)(z, NULL, n, &m, &bad, lmax);
+    lm = FN(row_max)(z, n, &m, &bad, lmax);
     if (bad || m == INFINITY || m == -INFINITY) {  /* NaN/+inf row, or all masked */
         T fill = m == -INFINITY && !bad ? (T)0 : (T)NAN;
         for (i = 0; i < n; i++) p[i] = fill;
         return 0;
     }
     dm = (double)m;
-    t = FN(row_threshold)(z, NULL, n, dm, lm, y, c, idx, &k, max_passes, &fell_back);
+    t = FN(row_threshold)(z, n, dm, lm, y, c, idx, &k, max_passes, &fell_back);
     if (n <= SHORT_ROW) {  /* p = max(y - t, 0): one vectorised pass ... */
 #pragma omp simd
         for (i = 0; i < n; i++) {
@@ -638,17 +620,27 @@ INLINE static void FN(scores)(const T *q, const T *kT, int64_t n, int64_t dh, T 
     }
 }
 
-/* Sparsemax statistics of the scores s over the keys with mk[j] != 0, as fwd_row computes them:
+/* The padded keys' scores set to -inf (mk[j] == 0), which is how the row code knows a masked key:
+ * it is never a candidate and gets exactly 0, whatever its score was (even NaN).  One vectorised
+ * pass, so that the row code itself has no mask (its loops over the mask did not vectorise). */
+INLINE static void FN(mask_scores)(T *s, const uint8_t *mk, int64_t n)
+{
+    int64_t j;
+#pragma omp simd
+    for (j = 0; j < n; j++) s[j] = mk[j] ? s[j] : (T)-INFINITY;
+}
+
+/* Sparsemax statistics of a score row s (masked keys at -inf), as fwd_row computes them:
  * st = (max, t); the candidates (a superset of the support) in idx[0..k), y = s - max on them.
  * Returns k, or -1 for a row without real key (st = (0, +inf)), -2 for a NaN/+inf row. */
-INLINE static int64_t FN(row_stats)(const T *s, const uint8_t *mk, int64_t n, double *st, double *y,
-                             double *c, int64_t *idx, int max_passes, int64_t *fell_back)
+INLINE static int64_t FN(row_stats)(const T *s, int64_t n, double *st, double *y, double *c, int64_t *idx,
+                                    int max_passes, int64_t *fell_back)
 {
     T m, lmax[LANES], *lm;
     int bad = 0, sorted = 0;
     int64_t k;
     double dm;
-    lm = FN(row_max)(s, mk, n, &m, &bad, lmax);
+    lm = FN(row_max)(s, n, &m, &bad, lmax);
     if (bad || m == INFINITY || m == -INFINITY) {
         st[0] = 0.0;
         st[1] = m == -INFINITY && !bad ? INFINITY : NAN;
@@ -656,24 +648,24 @@ INLINE static int64_t FN(row_stats)(const T *s, const uint8_t *mk, int64_t n, do
     }
     dm = (double)m;
     st[0] = dm;
-    st[1] = FN(row_threshold)(s, mk, n, dm, lm, y, c, idx, &k, max_passes, &sorted);
+    st[1] = FN(row_threshold)(s, n, dm, lm, y, c, idx, &k, max_passes, &sorted);
     *fell_back += sorted;
     return k;
 }
 
-/* The support of one row, with p exactly as the forward has it: J[0..m) the keys with
- * p_j = (T)(((double)s_j - max) - t) > 0 (and mk[j] != 0), P their weights; returns m.  A support
+/* The support of one score row (masked keys at -inf), with p exactly as the forward has it: J[0..m)
+ * the keys with p_j = (T)(((double)s_j - max) - t) > 0, P their weights; returns m.  A support
  * key has (s_j - max) - t > 0 up to the rounding of doubles near 1, so s_j > max + t less a
  * margin of a few units of max + 2 in the last place: the candidates above that bound hold the
  * support (usually a handful of keys), and only they get the exact test. */
-INLINE static int64_t FN(support)(const T *s, const uint8_t *mk, int64_t n, double dm, double t,
+INLINE static int64_t FN(support)(const T *s, int64_t n, double dm, double t,
                                   int64_t *idx, int64_t *J, double *P)
 {
     double bound = dm + t - 8.0 * DBL_EPSILON * (fabs(dm) + 2.0);
     T lo = (T)bound;
     int64_t j, m = 0, k;
     while ((double)lo > bound) lo = FN(nextafter)(lo, (T)-INFINITY);
-    k = FN(candidates)(s, mk, n, lo, idx);
+    k = FN(candidates)(s, n, lo, idx);
     for (j = 0; j < k; j++) {
         double pv = ((double)s[idx[j]] - dm) - t;
         T p = pv > 0.0 ? (T)pv : (T)0;
@@ -711,7 +703,8 @@ CLONES static void FN(attn_fwd_unit)(const attn_job_t *a, const T *q, const T *k
             continue;
         }
         FN(scores)(q + i * stride, kT, n, dh, s);
-        kc = FN(row_stats)(s, mk, n, sti, y, c, idx, a->max_passes, fell_back);
+        if (mk) FN(mask_scores)(s, mk, n);
+        kc = FN(row_stats)(s, n, sti, y, c, idx, a->max_passes, fell_back);
         if (kc < 0) {
             for (d = 0; d < dh; d++) o[d] = kc == -1 ? (T)0 : (T)NAN;
             continue;
@@ -755,7 +748,8 @@ CLONES static void FN(attn_bwd_unit)(const attn_job_t *a, const T *q, const T *k
             continue;
         }
         FN(scores)(qi, kT, n, dh, s);
-        m = FN(support)(s, mk, n, dm, t, idx, J, P);  /* p exactly as the forward had it */
+        if (mk) FN(mask_scores)(s, mk, n);
+        m = FN(support)(s, n, dm, t, idx, J, P);  /* p exactly as the forward had it */
         for (j = 0; j < m; j++) {
             const T *vj = v + J[j] * stride;
             double dp = 0.0;
