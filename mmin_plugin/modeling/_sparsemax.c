@@ -43,6 +43,13 @@
  * dk, dv accumulate in double per (b, h) and are written once.  Sums over dh and over S are in
  * double, the scores in T like a matrix product in T.
  *
+ * Dropout (mmin_dropout), the other kernel of this file: out = x * scale where element i is kept,
+ * 0 elsewhere; element i is kept iff u_i < keep (probability keep / 2^32), u_i the (i mod 4)-th
+ * word of Philox4x32-10 (Salmon et al. 2011, the Random123 generator; cuRAND's, and so torch's
+ * CUDA dropout's) at counter (i / 4, 0) under the 64-bit key `seed`.  A counter-based generator:
+ * the mask of any element follows from (seed, i) alone, so the backward (the same map applied
+ * to the gradient) needs no stored mask, and the result does not depend on the threads.
+ *
  * Rows are split into contiguous chunks over at most `nthreads` threads: an OpenMP parallel
  * for when built with -fopenmp (libgomp.so.1, i.e. the copy torch has already loaded, so the
  * kernel runs on torch's own thread pool), else pthreads created per call.  nthreads = 1
@@ -405,6 +412,105 @@ int64_t mmin_attn_bwd(int f64, const void *q, const void *k, const void *v, cons
     a.q = q; a.k = k; a.v = v; a.dout = dout; a.dq = dq; a.dk = dk; a.dv = dv; a.st = st;
     a.km = km; a.qm = qm;
     return attn_dispatch(&a, nthreads);
+}
+
+/* ------------------------------------------------------------------ dropout (Philox4x32-10) */
+
+#define PHILOX_M0 0xD2511F53u  /* Random123's multipliers and Weyl key increments */
+#define PHILOX_M1 0xCD9E8D57u
+#define PHILOX_W0 0x9E3779B9u
+#define PHILOX_W1 0xBB67AE85u
+#define PHILOX_LANES 8  /* counters per pass: the rounds run as vector code over them */
+
+/* Philox4x32-10 of the counters (c0, c1, c2, c3)[l], l < PHILOX_LANES, in place, key (k0, k1):
+ * 10 rounds of (c0, c1, c2, c3) <- (hi(M1 c2) ^ c1 ^ k0, lo(M1 c2), hi(M0 c0) ^ c3 ^ k1, lo(M0 c0)),
+ * the key bumped by (W0, W1) between rounds. */
+INLINE static void philox_rounds(uint32_t *c0, uint32_t *c1, uint32_t *c2, uint32_t *c3, uint32_t k0,
+                                 uint32_t k1)
+{
+    int r, l;
+    for (r = 0; r < 10; r++) {
+#pragma omp simd
+        for (l = 0; l < PHILOX_LANES; l++) {
+            uint64_t p0 = (uint64_t)PHILOX_M0 * c0[l], p1 = (uint64_t)PHILOX_M1 * c2[l];
+            uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1[l] ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3[l] ^ k1;
+            c1[l] = (uint32_t)p1;
+            c3[l] = (uint32_t)p0;
+            c0[l] = n0;
+            c2[l] = n2;
+        }
+        k0 += PHILOX_W0;
+        k1 += PHILOX_W1;
+    }
+}
+
+/* One Philox4x32-10 block, for the tests: Random123's known answers. */
+void mmin_philox4x32_10(const uint32_t *ctr, const uint32_t *key, uint32_t *out)
+{
+    uint32_t c[4][PHILOX_LANES] = {{0}};
+    int w;
+    for (w = 0; w < 4; w++) c[w][0] = ctr[w];
+    philox_rounds(c[0], c[1], c[2], c[3], key[0], key[1]);
+    for (w = 0; w < 4; w++) out[w] = c[w][0];
+}
+
+typedef struct {
+    int f64;
+    const void *x;
+    void *out;
+    int64_t n, e0, e1;  /* elements [e0, e1) of this thread; e0 a multiple of 4 PHILOX_LANES */
+    uint64_t seed;
+    uint32_t keep;
+    double scale;
+} drop_job_t;
+
+CLONES static void *run_drop_job(void *arg)
+{
+    drop_job_t *j = (drop_job_t *)arg;
+    const int64_t span = 4 * PHILOX_LANES;
+    int64_t e;
+    for (e = j->e0; e < j->e1; e += span) {
+        uint32_t c0[PHILOX_LANES], c1[PHILOX_LANES], c2[PHILOX_LANES], c3[PHILOX_LANES], u[4 * PHILOX_LANES];
+        int64_t m = j->e1 - e < span ? j->e1 - e : span;
+        int l;
+        for (l = 0; l < PHILOX_LANES; l++) {  /* counter = element / 4, as (low, high, 0, 0) */
+            uint64_t block = (uint64_t)(e / 4 + l);
+            c0[l] = (uint32_t)block;
+            c1[l] = (uint32_t)(block >> 32);
+            c2[l] = c3[l] = 0;
+        }
+        philox_rounds(c0, c1, c2, c3, (uint32_t)j->seed, (uint32_t)(j->seed >> 32));
+        for (l = 0; l < PHILOX_LANES; l++) {
+            u[4 * l] = c0[l];
+            u[4 * l + 1] = c1[l];
+            u[4 * l + 2] = c2[l];
+            u[4 * l + 3] = c3[l];
+        }
+        if (j->f64)
+            drop_f64((const double *)j->x + e, (double *)j->out + e, m, u, j->keep, j->scale);
+        else
+            drop_f32((const float *)j->x + e, (float *)j->out + e, m, u, j->keep, (float)j->scale);
+    }
+    return NULL;
+}
+
+/* out = x * scale where u_i < keep, else 0, over n contiguous float (f64 = 0) or double elements;
+ * returns 0.  The same call maps a gradient to the input's gradient. */
+int64_t mmin_dropout(int f64, const void *x, void *out, int64_t n, uint64_t seed, uint32_t keep, double scale,
+                     int nthreads)
+{
+    drop_job_t jobs[MAX_THREADS];
+    const int64_t span = 4 * PHILOX_LANES, spans = (n + span - 1) / span;
+    int64_t by_size = n / MIN_ELEMS_PER_THREAD;
+    int t, nt = nthreads < 1 ? 1 : nthreads > MAX_THREADS ? MAX_THREADS : nthreads;
+    if ((int64_t)nt > by_size) nt = by_size > 1 ? (int)by_size : 1;
+    for (t = 0; t < nt; t++) {
+        drop_job_t jb = {f64, x, out, n, spans * t / nt * span, spans * (t + 1) / nt * span, seed, keep, scale};
+        if (jb.e1 > n) jb.e1 = n;
+        jobs[t] = jb;
+    }
+    run_parallel(run_drop_job, jobs, sizeof jobs[0], nt);
+    return 0;
 }
 
 #else /* ------------------------------------ row kernels, included once per type T */
@@ -777,6 +883,14 @@ CLONES static void FN(attn_bwd_unit)(const attn_job_t *a, const T *q, const T *k
             dk[j * stride + d] = (T)dkacc[j * dh + d];
             dv[j * stride + d] = (T)dvacc[j * dh + d];
         }
+}
+
+/* Dropout of m <= 4 PHILOX_LANES elements given their Philox words u. */
+INLINE static void FN(drop)(const T *x, T *out, int64_t m, const uint32_t *u, uint32_t keep, T scale)
+{
+    int64_t i;
+#pragma omp simd
+    for (i = 0; i < m; i++) out[i] = u[i] < keep ? x[i] * scale : (T)0;
 }
 
 #endif

@@ -1,4 +1,5 @@
-"""Build-on-first-use loader for the C sparsemax kernels in ``_sparsemax.c`` (via ctypes).
+"""Build-on-first-use loader for the C kernels in ``_sparsemax.c`` (via ctypes): sparsemax, the fused
+sparsemax attention, and dropout.
 
 The kernel is plain C99 with OpenMP (or pthreads) and no torch headers, so it compiles in
 about a second with the system compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``).  The shared
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["kernels", "build_info", "forward", "backward", "attention_forward", "attention_backward",
-           "cache_dir", "build"]
+           "dropout", "philox4x32_10", "cache_dir", "build"]
 
 SOURCE = Path(__file__).with_name("_sparsemax.c")
 # Tried in order.  1: OpenMP, linked to libgomp.so.1, which resolves to the copy torch has
@@ -70,6 +71,10 @@ def _load(path: Path):
     lib.mmin_attn_bwd.argtypes = [i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64,
                                   i32]
     lib.mmin_attn_fwd.restype = lib.mmin_attn_bwd.restype = i64
+    lib.mmin_dropout.argtypes = [i32, ptr, ptr, i64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_double, i32]
+    lib.mmin_dropout.restype = i64
+    lib.mmin_philox4x32_10.argtypes = [ptr, ptr, ptr]
+    lib.mmin_philox4x32_10.restype = None
     return lib
 
 
@@ -171,6 +176,26 @@ def backward(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 
+def dropout(x: torch.Tensor, seed: int, keep: int, scale: float) -> torch.Tensor:
+    """x * scale where element i (of contiguous x) is kept, 0 elsewhere: kept iff the i-th Philox4x32-10
+    word under key ``seed`` (0 <= seed < 2^64) is below ``keep`` (0 <= keep < 2^32), i.e. with
+    probability keep / 2^32. x: contiguous CPU float32/float64. The same call maps the output's
+    gradient to the input's."""
+    _check_inputs((x,), (), "dropout")
+    out = torch.empty_like(x)
+    if x.numel():
+        kernels().mmin_dropout(int(x.dtype == torch.float64), x.data_ptr(), out.data_ptr(), x.numel(), seed, keep,
+                               scale, torch.get_num_threads())
+    return out
+
+
+def philox4x32_10(counter, key):
+    """One Philox4x32-10 block (4 words) of a 4-word counter and 2-word key, as the kernel computes it."""
+    ctr, k, out = (ctypes.c_uint32 * 4)(*counter), (ctypes.c_uint32 * 2)(*key), (ctypes.c_uint32 * 4)()
+    kernels().mmin_philox4x32_10(ctr, k, out)
+    return tuple(out)
+
+
 def _check(code, what):
     if code == -1:
         raise MemoryError(f"sparsemax attention {what}: could not allocate the kernel's scratch buffer")
@@ -179,18 +204,18 @@ def _check(code, what):
     return code
 
 
-def _check_inputs(tensors, masks):
+def _check_inputs(tensors, masks, kernel="sparsemax attention"):
     """The kernel reads raw memory: refuse anything but contiguous CPU float32/float64 of one dtype
     and contiguous uint8 masks, before a pointer is passed."""
     dtype = tensors[0].dtype
     for t in tensors:
         if t.dtype != dtype or dtype not in (torch.float32, torch.float64) or t.device.type != "cpu" \
                 or not t.is_contiguous():
-            raise TypeError(f"sparsemax attention kernel: expected contiguous CPU float32/float64 tensors of one "
+            raise TypeError(f"{kernel} kernel: expected contiguous CPU float32/float64 tensors of one "
                             f"dtype, got {t.dtype} on {t.device} (contiguous: {t.is_contiguous()})")
     for m in masks:
         if m is not None and (m.dtype != torch.uint8 or not m.is_contiguous()):
-            raise TypeError(f"sparsemax attention kernel: masks must be contiguous uint8, got {m.dtype}")
+            raise TypeError(f"{kernel} kernel: masks must be contiguous uint8, got {m.dtype}")
 
 
 def attention_forward(q, k, v, key_mask, query_mask, max_passes: int):

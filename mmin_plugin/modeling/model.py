@@ -29,6 +29,7 @@ from .attention import (
     support_sizes,
 )
 from .config import MMINConfig
+from .dropout import use_kernel_dropout
 from .losses import ModalityDiscriminator, grad_reverse, modality_confusion, modality_cross_entropy, separation_loss
 from .padding import trim_to_longest
 from .terms import LOSS_TERMS
@@ -462,6 +463,9 @@ class MMIN(nn.Module):
       each modality (:func:`~mmin_plugin.modeling.padding.trim_to_longest`): same outputs and
       gradients (to rounding), compute and memory that follow the real lengths.
 
+    With ``config.dropout_kernel`` every ``nn.Dropout`` of the network, BERT's included, is
+    :class:`~mmin_plugin.modeling.dropout.Dropout` (the same dropout, its mask recomputed in the backward).
+
     :meth:`total_loss` assembles eq. 6, L = L_senti + alpha L_sep + beta L_ac + gamma L_ap, with
     ``self.weights`` = ``config.loss_weights`` (zeroed by the 'sep' / 'ac' / 'ap' ablations).
     """
@@ -478,6 +482,8 @@ class MMIN(nn.Module):
         self.cin = CoarseInteraction(config)
         self.fin = FineInteraction(config) if self.use_fin else None
         self.fusion = FusionLayer(config)
+        if config.dropout_kernel:  # every nn.Dropout, BERT's too: the same dropout, no mask kept (dropout.py)
+            use_kernel_dropout(self)
 
     def forward(self, text, audio, video, audio_lengths=None, vision_lengths=None, return_attention=False,
                 trim_padding=True, **_):
