@@ -319,14 +319,15 @@ class MMINConfig:
     early_stop_from: str = _key("start", _choice("start", "warmup"), "when early_stop's patience may run out: "
                                 "'start' = counted from the best epoch only (MMSA's rule), 'warmup' = also not "
                                 "before the warm-up epochs are over", "'start' or 'warmup'", "training")
-    recompute: bool = _key(True, _bool, "activation recomputation while training: the LSTMs (oneDNN's workspace) "
-                           "and each cross-attention's layer norms and q, k, v projections are recomputed in the "
-                           "backward instead of kept (the same values; about 200 MB less at MOSI's lengths and "
-                           "batch 16, about 3% more step time; off = keep them)", "true / false", "training")
+    recompute: bool = _key(True, _bool, "activation recomputation while training: the LSTMs (oneDNN's workspace), "
+                           "each cross-attention's layer norms and q, k, v projections, and the activation of "
+                           "BERT's feed-forward blocks are recomputed in the backward instead of kept (the same "
+                           "values; about 300 MB less with a BERT-base encoder at MOSI's lengths and batch 16, a "
+                           "few percent more step time; off = keep them)", "true / false", "training")
     dropout_kernel: bool = _key(True, _bool, "every dropout of the model (BERT's included) draws its mask on CPU "
                                 "from a counter-based generator (Philox, one seed from torch's generator per "
                                 "call) and recomputes it in the backward instead of keeping it (the same keep "
-                                "probability and scaling; about 6x faster than torch's draw, about 140 MB less "
+                                "probability and scaling; about 6x faster than torch's draw, about 90 MB less "
                                 "for a BERT-base model at MOSI's shapes; off = torch's nn.Dropout and its "
                                 "random stream)", "true / false", "training")
     precision: str = _key("fp32", _choice(*PRECISIONS), "mixed precision of training and evaluation: 'fp32' = "

@@ -6,7 +6,7 @@ where the mask comes from. torch draws it with ``bernoulli_`` (about 14 ns an el
 here) and keeps it, as float32, for the backward. :func:`dropout` takes one 64-bit seed from torch's
 default generator (so ``torch.manual_seed`` still fixes every mask) and derives element i's bit from
 Philox4x32-10 of (seed, i) (``_sparsemax.c``, "dropout"). The backward derives the same bits again.
-At MOSI's shapes that is 6x faster than torch's draw, and a BERT-base MMIN step keeps about 140 MB
+At MOSI's shapes that is 6x faster than torch's draw, and a BERT-base MMIN step keeps about 90 MB
 less (BERT's hidden dropouts and MMIN's own; issue 27).
 
 :class:`Dropout` is ``nn.Dropout`` with this kernel wherever it applies: training, CPU,

@@ -21,6 +21,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch.utils.checkpoint import checkpoint
 
 from ..constants import MODALITIES
+from .activations import recompute_feed_forward
 from .attention import (
     project_qkv,
     projected_sparsemax_attention,
@@ -107,6 +108,8 @@ class FeatureExtractor(nn.Module):
         if "text" in self.modalities:
             if self.use_bert:
                 self.bert = _load_text_encoder(config)
+                if config.recompute:  # BERT's feed-forward activations recomputed, not kept (activations.py)
+                    recompute_feed_forward(self.bert)
                 text_dim = int(self.bert.config.hidden_size)
             else:
                 text_dim = config.feature_dims[0]
