@@ -14,6 +14,9 @@ Contenders (batch 16, text 50 tokens, audio 500 x 5, video 375 x 20, all lengths
     mmin-base   MMIN, registry.json's MOSI config, a BERT-base-sized random encoder
     misa-base   MMSA's MISA (MMSA's MOSI config), the same BERT-base-sized random encoder
     mult        MMSA's MulT (MMSA's MOSI config: use_bert false -> text is (B, 50, 768) features)
+and, for `--contenders`, variants of mmin-base that undo parts of issue 27 (CONTENDERS below):
+mmin-base-ref (all of it), mmin-base-keep (`recompute` off), mmin-base-torchdrop (`dropout_kernel`
+off), mmin-base-plainadam (torch's default Adam instead of the trainer's fused one).
 
 Every model is built through `MMSA.models.AMIO` from `MMSA.get_config_regression(name, 'mosi')`
 (after `import mmin_plugin`, which registers MMIN and makes MMSA run on CPU), like MMSA_run does.
@@ -59,12 +62,19 @@ SCALING_LENGTHS_QUICK = (125, 250)
 CONTENDERS = {
     "mmin-tiny": dict(model="mmin", bert="tiny", label="MMIN, tiny demo BERT"),
     "mmin-base": dict(model="mmin", bert="base", label="MMIN, BERT-base-sized"),
-    # issue 27's "before": no trimming, the unfused attention (MMIN_ATTENTION=reference), same weights
+    # issue 27's "before": no trimming, the unfused attention (MMIN_ATTENTION=reference), nothing recomputed,
+    # torch's dropout and torch's default (per-tensor) Adam; same weights
     "mmin-base-ref": dict(model="mmin", bert="base", label="MMIN, BERT-base-sized, before issue 27", reference=True,
-                          overrides={"recompute": False}),
-    # recompute off: autograd keeps the LSTM workspace and each CA layer's LN(x), q, k, v (same values)
+                          overrides={"recompute": False, "dropout_kernel": False}, plain_adam=True),
+    # recompute off: autograd keeps the LSTM workspace, each CA layer's LN(x), q, k, v and BERT's
+    # feed-forward activations (same values)
     "mmin-base-keep": dict(model="mmin", bert="base", label="MMIN, BERT-base-sized, recompute off",
                            overrides={"recompute": False}),
+    # one change of issue 27's third pass undone each: torch's nn.Dropout; torch's default Adam
+    "mmin-base-torchdrop": dict(model="mmin", bert="base", label="MMIN, BERT-base-sized, torch's dropout",
+                                overrides={"dropout_kernel": False}),
+    "mmin-base-plainadam": dict(model="mmin", bert="base", label="MMIN, BERT-base-sized, torch's default Adam",
+                                plain_adam=True),
     "misa-base": dict(model="misa", bert="base", label="MISA (MMSA), BERT-base-sized"),
     "mult": dict(model="mult", bert=None, label="MulT (MMSA), text features"),
 }
@@ -159,7 +169,10 @@ class Contender:
         from mmin_plugin.integration.trainer import MMINTrainer
 
         self.trainer = MMINTrainer(self.args)
-        self.optimizer = self.trainer._optimizer(self.model)
+        self.optimizer = self.trainer._optimizer(self.model)  # fused Adam where torch has it (make_adam)
+        if CONTENDERS[self.name].get("plain_adam"):  # the same groups with torch's default implementation
+            self.optimizer = torch.optim.Adam([{k: g[k] for k in ("params", "lr", "weight_decay", "name")}
+                                               for g in self.optimizer.param_groups])
         self.clip = float(self.args.get("grad_clip", -1.0) or -1.0)
         net = self.trainer._mmin(self.model)
 
