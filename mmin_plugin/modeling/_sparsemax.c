@@ -458,7 +458,7 @@ typedef struct {
     int f64;
     const void *x;
     void *out;
-    int64_t n, e0, e1;  /* elements [e0, e1) of this thread; e0 a multiple of 4 PHILOX_LANES */
+    int64_t e0, e1;  /* elements [e0, e1) of this thread; e0 a multiple of 4 PHILOX_LANES */
     uint64_t seed;
     uint32_t keep;
     double scale;
@@ -505,7 +505,7 @@ int64_t mmin_dropout(int f64, const void *x, void *out, int64_t n, uint64_t seed
     int t, nt = nthreads < 1 ? 1 : nthreads > MAX_THREADS ? MAX_THREADS : nthreads;
     if ((int64_t)nt > by_size) nt = by_size > 1 ? (int)by_size : 1;
     for (t = 0; t < nt; t++) {
-        drop_job_t jb = {f64, x, out, n, spans * t / nt * span, spans * (t + 1) / nt * span, seed, keep, scale};
+        drop_job_t jb = {f64, x, out, spans * t / nt * span, spans * (t + 1) / nt * span, seed, keep, scale};
         if (jb.e1 > n) jb.e1 = n;
         jobs[t] = jb;
     }
@@ -515,10 +515,9 @@ int64_t mmin_dropout(int f64, const void *x, void *out, int64_t n, uint64_t seed
 
 #else /* ------------------------------------ row kernels, included once per type T */
 
-/* The indices i of the candidates z[i] > lo, in order, into
- * idx; returns their number.  Blocks of CBLOCK are first tested with one vectorised compare and
- * skipped when they hold none (most do: candidates lie within 1 of the max); inside a block the
- * collection is branch-free. */
+/* The indices i of the candidates z[i] > lo, in order, into idx; returns their number.  Blocks of
+ * CBLOCK are first tested with one vectorised compare and skipped when they hold none (most do:
+ * candidates lie within 1 of the max); inside a block the collection is branch-free. */
 INLINE static int64_t FN(candidates)(const T *z, int64_t n, T lo, int64_t *idx)
 {
     int64_t i, i0 = 0, k = 0, hit = 0;
