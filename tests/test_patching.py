@@ -1,4 +1,5 @@
 """The one patch mechanism: records, idempotence, printing and undo; every lasting MMSA patch is in it."""
+import threading
 import types
 
 import pytest
@@ -61,6 +62,66 @@ def test_temporarily_restores_on_exit_and_on_error():
     with pytest.raises(RuntimeError), patching.temporarily(mod, "value", 8):
         raise RuntimeError
     assert mod.value == 1 and not patching.is_patched(mod, "value")
+
+
+def _tagging(tag, log):
+    def wrap(inner):
+        def fit(self):
+            log.append(tag)
+            return f"{tag}({inner(self)})"
+        return fit
+    return wrap
+
+
+def test_per_thread_blocks_of_threads_closing_out_of_order_leave_nothing_behind():
+    """Two threads open blocks on the same method and close them in the order they were opened (not
+    nested): each thread's calls see its own wrapper only, a third thread sees the original, and the
+    original is back at the end (nested mock.patch.object blocks left the first thread's wrapper)."""
+    mod, Trainer = _target()
+    original = Trainer.fit
+    opened, first_closed, seen, log = threading.Barrier(2), threading.Event(), {}, []
+
+    def trial(tag, close_first):
+        with patching.per_thread(Trainer, "fit", _tagging(tag, log)):
+            opened.wait()
+            if not close_first:
+                first_closed.wait()
+            seen[tag] = Trainer().fit()
+        if close_first:
+            first_closed.set()
+
+    threads = [threading.Thread(target=trial, args=("a", True)), threading.Thread(target=trial, args=("b", False))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"a": "a(orig)", "b": "b(orig)"} and sorted(log) == ["a", "b"]
+    assert Trainer.fit is original and Trainer().fit() == "orig"
+
+
+def test_per_thread_blocks_nest_and_other_threads_are_unaffected():
+    mod, Trainer = _target()
+    log, other = [], []
+    with patching.per_thread(Trainer, "fit", _tagging("outer", log)):
+        with patching.per_thread(Trainer, "fit", _tagging("inner", log)):
+            assert Trainer().fit() == "inner(outer(orig))"
+            t = threading.Thread(target=lambda: other.append(Trainer().fit()))
+            t.start()
+            t.join()
+        assert Trainer().fit() == "outer(orig)"
+    assert other == ["orig"] and Trainer().fit() == "orig" and not patching.is_patched(Trainer, "fit")
+
+
+def test_shared_replacement_stays_while_any_block_is_open():
+    mod, _ = _target()
+    first, second = patching.shared(mod, "value", 5), patching.shared(mod, "value", 6)
+    first.__enter__()
+    second.__enter__()
+    assert mod.value == 5  # the first block's replacement
+    first.__exit__(None, None, None)  # closed out of order
+    assert mod.value == 5
+    second.__exit__(None, None, None)
+    assert mod.value == 1
 
 
 def test_every_mmsa_patch_goes_through_the_helper_and_is_described():

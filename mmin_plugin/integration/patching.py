@@ -4,11 +4,14 @@ MMSA 2.2.1 has no extension points (its model and trainer maps are dict literals
 `__init__` methods), so registration and the compatibility fixes must replace names inside MMSA's
 modules and classes. Each replacement is recorded here with what it replaced and why, so that
 `describe()` prints the full list (also `python -m mmin_plugin patches`) and `undo()` restores
-MMSA exactly. Temporary changes (for the length of one run) use `temporarily`, a thin
-`unittest.mock.patch.object`, and are not recorded.
+MMSA exactly. Temporary changes (for the length of one run) are not recorded: `temporarily` is a thin
+`unittest.mock.patch.object`; `shared` and `per_thread` are for runs on several threads of one
+process (a trial backend's thread pool), where nested `mock.patch.object` blocks of different
+threads close out of order and leave a patch behind.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -18,7 +21,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 logger = logging.getLogger("MMSA." + __name__)
 
-__all__ = ["Patch", "patch", "wrap", "is_patched", "patches", "describe", "undo", "temporarily"]
+__all__ = ["Patch", "patch", "wrap", "is_patched", "patches", "describe", "undo", "temporarily", "shared",
+           "per_thread"]
 
 
 @dataclass(frozen=True)
@@ -120,3 +124,61 @@ def undo(owner: Optional[Any] = None, name: Optional[str] = None) -> int:
 def temporarily(owner: Any, name: str, replacement: Any):
     """Context manager: `owner.name = replacement` inside the block only (`mock.patch.object`)."""
     return unittest.mock.patch.object(owner, name, replacement)
+
+
+_SHARED: Dict[Tuple[int, str], list] = {}  # (id(owner), name) -> [original, open blocks]
+_THREAD = threading.local()  # .wrappers: (id(owner), name) -> this thread's wrap functions, outermost first
+
+
+@contextlib.contextmanager
+def _installed(owner: Any, name: str, make: Callable[[Any], Any]):
+    """`owner.name = make(original)` while at least one block for `owner.name` is open, in any thread:
+    the first block installs it (under the lock, from the true original), the last one to close, in
+    whatever order, puts the original back."""
+    key = (id(owner), name)
+    with _LOCK:
+        entry = _SHARED.get(key)
+        if entry is None:
+            original = getattr(owner, name)
+            entry = _SHARED[key] = [original, 0]
+            setattr(owner, name, make(original))
+        entry[1] += 1
+    try:
+        yield
+    finally:
+        with _LOCK:
+            entry[1] -= 1
+            if entry[1] == 0:
+                setattr(owner, name, entry[0])
+                del _SHARED[key]
+
+
+def shared(owner: Any, name: str, replacement: Any):
+    """Context manager: `owner.name = replacement` while at least one such block is open, in any thread
+    (the first block's replacement; the original is back when the last block closes, in any order)."""
+    return _installed(owner, name, lambda original: replacement)
+
+
+@contextlib.contextmanager
+def per_thread(owner: Any, name: str, wrap: Callable[[Callable], Callable]):
+    """Context manager: inside the block, calls of the function `owner.name` made by this thread go
+    through `wrap(inner)`, inner being what the call reaches without this block (the original, or the
+    wrappers of this thread's outer blocks). Calls from other threads are not affected; the original
+    is back once every block, in any thread, has closed."""
+    key = (id(owner), name)
+
+    def dispatcher(original):
+        def dispatch(*args, **kwargs):
+            fn = original
+            for w in getattr(_THREAD, "wrappers", {}).get(key, ()):
+                fn = w(fn)
+            return fn(*args, **kwargs)
+        return dispatch
+
+    with _installed(owner, name, dispatcher):
+        stack = _THREAD.__dict__.setdefault("wrappers", {}).setdefault(key, [])
+        stack.append(wrap)
+        try:
+            yield
+        finally:
+            stack.pop()

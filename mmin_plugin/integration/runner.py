@@ -1,18 +1,20 @@
 """Running one `MMSA_run` and getting its numbers back: per-seed results, the trainer's epochs and
 validation scores, MMSA's log handlers cleaned up. Every temporary patch of MMSA is a context
-manager on `unittest.mock.patch.object`. Design notes: docs/design/experiments.md.
+manager on `patching.per_thread` / `patching.shared`: trials may run on several threads of one
+process, and each sees only its own instrumentation. Design notes: docs/design/experiments.md.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections import Counter
 from typing import Callable, Dict, List, Optional
-from unittest import mock
 
 from ..constants import LOWER_IS_BETTER
+from . import patching
 
 logger = logging.getLogger("MMSA." + __name__)
 
@@ -36,16 +38,21 @@ def own_mmsa_handlers():
                     h.close()
 
 
+_capturing = threading.local()  # .depth: open capture_results blocks of this thread
+
+
 class _NoSleep:
-    """`MMSA.run`'s view of the `time` module without `sleep`: `_run` ends with `time.sleep(1)` (for
-    its optional database's sake), a second of every trial spent doing nothing."""
+    """`MMSA.run`'s view of the `time` module without `sleep` in a thread inside `capture_results`:
+    `_run` ends with `time.sleep(1)` (for its optional database's sake), a second of every trial spent
+    doing nothing."""
 
     def __getattr__(self, name):
         return getattr(time, name)
 
     @staticmethod
     def sleep(seconds) -> None:
-        return None
+        if not getattr(_capturing, "depth", 0):
+            time.sleep(seconds)
 
 
 @contextlib.contextmanager
@@ -55,16 +62,21 @@ def capture_results():
     import MMSA.run as mrun
 
     captured: List[Dict] = []
-    inner = mrun._run
 
-    def _run(args, *a, **kw):
-        result = inner(args, *a, **kw)
-        if isinstance(result, dict):
-            captured.append({k: v for k, v in result.items() if isinstance(v, (int, float))})
-        return result
+    def wrap(inner):
+        def _run(args, *a, **kw):
+            result = inner(args, *a, **kw)
+            if isinstance(result, dict):
+                captured.append({k: v for k, v in result.items() if isinstance(v, (int, float))})
+            return result
+        return _run
 
-    with mock.patch.object(mrun, "_run", _run), mock.patch.object(mrun, "time", _NoSleep()):
-        yield captured
+    _capturing.depth = getattr(_capturing, "depth", 0) + 1
+    try:
+        with patching.per_thread(mrun, "_run", wrap), patching.shared(mrun, "time", _NoSleep()):
+            yield captured
+    finally:
+        _capturing.depth -= 1
 
 
 def _numbers(result) -> Dict[str, float]:
@@ -246,17 +258,17 @@ class TrialProbe:
 
 @contextlib.contextmanager
 def instrument_trainers(probe: TrialProbe):
-    """Within the block, every trainer `ATIO.getTrain` builds is instrumented by `probe`."""
+    """Within the block, every trainer `ATIO.getTrain` builds in this thread is instrumented by `probe`."""
     from MMSA.trains import ATIO
 
-    orig = ATIO.getTrain
+    def wrap(inner):
+        def getTrain(self, args):
+            trainer = inner(self, args)
+            probe.instrument(trainer)
+            return trainer
+        return getTrain
 
-    def getTrain(self, args):
-        trainer = orig(self, args)
-        probe.instrument(trainer)
-        return trainer
-
-    with mock.patch.object(ATIO, "getTrain", getTrain):
+    with patching.per_thread(ATIO, "getTrain", wrap):
         yield probe
 
 
